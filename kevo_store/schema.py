@@ -1,0 +1,154 @@
+"""The store's tables: one Arrow schema each, with the meaning of every column.
+
+This module is the single source of truth for the table layout of store format v1.
+FORMAT.md is written from it; the writer validates every batch against it; the reader
+exposes each table as a DuckDB view of the same name.
+
+Conventions
+- Layers are numbered 0..L: 0 is the embedding output, l is the output of decoder layer l
+  (transformers' ``hidden_states[l]``), L is the last layer (already passed through the final norm
+  in transformers, so the lens never norms it twice).
+- Ranks are 1-based: rank 1 is the top-1 token.
+- Probabilities are softmax probabilities in [0, 1]; divergences are in nats (natural log), so a
+  Jensen-Shannon divergence lies in [0, ln 2].
+- ``token_uid`` is unique in the store, dense from 0 in commit order, and is the row of the token
+  in the Zarr array ``hidden``.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+FORMAT_VERSION = 1
+
+LENS_MODES = ("final_norm", "raw")
+ROLES = ("image", "prompt", "generated")
+
+
+def _f(name: str, type_: pa.DataType, doc: str, nullable: bool = True) -> pa.Field:
+    return pa.field(name, type_, nullable=nullable, metadata={"doc": doc})
+
+
+SAMPLES = pa.schema(
+    [
+        _f("sample_id", pa.int64(), "Dense id in commit order; key of the table.", False),
+        _f("sample_key", pa.string(), "Stable resume key: '<dataset>:<item_id>[:<variant>]'. Unique.", False),
+        _f("dataset", pa.string(), "Dataset name (amber, coco, vqa, folder, text, ...).", False),
+        _f("item_id", pa.string(), "The dataset's own id of the item (AMBER id, COCO image id, file name)."),
+        _f("image_id", pa.string(), "Image file name relative to the dataset root, null for text-only."),
+        _f("image_sha256", pa.string(), "sha256 of the image file's bytes, null for text-only."),
+        _f("prompt", pa.string(), "The user prompt, before templating."),
+        _f("prompt_text", pa.string(), "The exact text handed to the processor after templating."),
+        _f("response", pa.string(), "The decoded generated text (special tokens skipped)."),
+        _f("n_prompt_tokens", pa.int32(), "Tokens in the model input, image tokens included (no padding)."),
+        _f("n_generated", pa.int32(), "Generated tokens, the end-of-sequence token included if emitted."),
+        _f("stop_reason", pa.string(), "'eos' or 'max_new_tokens'."),
+        _f("annotations", pa.string(), "The dataset's record for this item, verbatim, as JSON."),
+        _f("metrics", pa.string(), "Per-sample evaluation metrics (e.g. AMBER/CHAIR counts) as JSON, or null."),
+    ]
+)
+
+TOKENS = pa.schema(
+    [
+        _f("token_uid", pa.int64(), "Unique in the store; row in the Zarr array 'hidden'. Key.", False),
+        _f("sample_id", pa.int64(), "The sample this token belongs to.", False),
+        _f("step", pa.int32(), "Generation step (0 = first generated token); -1 for image/prompt positions.", False),
+        _f("position", pa.int32(), "Position in the unpadded sequence (prompt + generated) that PREDICTED this token for "
+           "generated tokens, i.e. the hidden state's position; the token's own position for image/prompt.", False),
+        _f("role", pa.string(), "image | prompt | generated.", False),
+        _f("token_id", pa.int32(), "Vocabulary id of the token (the emitted token for generated rows).", False),
+        _f("piece", pa.string(), "The tokenizer's piece for token_id (e.g. '▁guitar')."),
+        _f("char_start", pa.int32(), "Start offset of the token's text in samples.response (generated only)."),
+        _f("char_end", pa.int32(), "End offset (exclusive) of the token's text in samples.response."),
+        _f("word_index", pa.int32(), "Index of the word (whitespace/punctuation split) in the response."),
+        _f("word", pa.string(), "The word this token overlaps."),
+        _f("is_word_start", pa.bool_(), "True for the first token of the word: the decision token."),
+        _f("patch_row", pa.int16(), "Image tokens: row of the patch in the vision grid."),
+        _f("patch_col", pa.int16(), "Image tokens: column of the patch in the vision grid."),
+        _f("object", pa.string(), "Canonical object word if this token belongs to an object mention (AMBER/CHAIR)."),
+        _f("label", pa.string(), "Object mention label: 'correct' | 'hallucinated' | 'safe'; null if no object."),
+        _f("hallucinated", pa.bool_(), "label == 'hallucinated' (null if not an object token)."),
+        _f("is_answer", pa.bool_(), "VQA: the first token of the answer word."),
+    ]
+)
+
+LAYERS = pa.schema(
+    [
+        _f("token_uid", pa.int64(), "Token (key part 1).", False),
+        _f("lens", pa.string(), "Lens mode: 'final_norm' (lm_head(norm(h_l))) or 'raw' (lm_head(h_l), L normed). Key part 2.", False),
+        _f("layer", pa.int16(), "Layer 0..L (key part 3).", False),
+        _f("p_out", pa.float32(), "Probability at this layer of the token the model finally emitted.", False),
+        _f("logit_out", pa.float32(), "Logit of the emitted token at this layer (after soft-capping if any).", False),
+        _f("rank_out", pa.int32(), "1-based rank of the emitted token at this layer.", False),
+        _f("top1_id", pa.int32(), "Vocabulary id of the top-1 token at this layer.", False),
+        _f("top1_prob", pa.float32(), "Probability of the top-1 token.", False),
+        _f("entropy", pa.float32(), "Shannon entropy of the layer's distribution, nats.", False),
+        _f("js_prev", pa.float32(), "Jensen-Shannon divergence to layer-1's distribution, nats; null at layer 0."),
+        _f("js_final", pa.float32(), "Jensen-Shannon divergence to the last layer's distribution, nats.", False),
+        _f("kl_final", pa.float32(), "KL(final || this layer), nats.", False),
+        _f("js_dola", pa.float32(), "Paper code's variant vs layer-1 (reverse KL to the mixture, vocab-mean); null unless captured."),
+    ]
+)
+
+TOPK = pa.schema(
+    [
+        _f("token_uid", pa.int64(), "Token (key part 1).", False),
+        _f("lens", pa.string(), "Lens mode (key part 2).", False),
+        _f("layer", pa.int16(), "Layer 0..L (key part 3).", False),
+        _f("rank", pa.int8(), "1-based rank (key part 4).", False),
+        _f("vocab_id", pa.int32(), "Vocabulary id.", False),
+        _f("prob", pa.float32(), "Probability.", False),
+    ]
+)
+
+VOCAB = pa.schema(
+    [
+        _f("vocab_id", pa.int32(), "Vocabulary id. Key.", False),
+        _f("piece", pa.string(), "Tokenizer piece (convert_ids_to_tokens)."),
+        _f("text", pa.string(), "Decoded text of the single token."),
+    ]
+)
+
+ERRORS = pa.schema(
+    [
+        _f("sample_key", pa.string(), "The sample that failed (same key scheme as samples.sample_key).", False),
+        _f("dataset", pa.string(), "Dataset name."),
+        _f("item_id", pa.string(), "The dataset's own id."),
+        _f("stage", pa.string(), "Where it failed: read | prepare | generate | label | write."),
+        _f("error_type", pa.string(), "Exception class name."),
+        _f("message", pa.string(), "Human-readable reason."),
+        _f("time", pa.string(), "UTC ISO-8601 time of the failure."),
+    ]
+)
+
+# Written back by `kevo embed` (queries), one row per embedded point.
+EMBEDDINGS = pa.schema(
+    [
+        _f("embedding_id", pa.string(), "Name of the embedding run (parameters in the manifest's 'derived').", False),
+        _f("token_uid", pa.int64(), "Token whose hidden state was embedded.", False),
+        _f("layer", pa.int16(), "Layer of the hidden state.", False),
+        _f("x", pa.float32(), "First embedding coordinate.", False),
+        _f("y", pa.float32(), "Second embedding coordinate.", False),
+    ]
+)
+
+TABLES: dict[str, pa.Schema] = {
+    "samples": SAMPLES,
+    "tokens": TOKENS,
+    "layers": LAYERS,
+    "topk": TOPK,
+    "vocab": VOCAB,
+    "errors": ERRORS,
+}
+DERIVED_TABLES: dict[str, pa.Schema] = {"embeddings": EMBEDDINGS}
+
+# Sort keys: each table's Parquet files are sorted by these columns.
+KEYS: dict[str, tuple[str, ...]] = {
+    "samples": ("sample_id",),
+    "tokens": ("token_uid",),
+    "layers": ("token_uid", "lens", "layer"),
+    "topk": ("token_uid", "lens", "layer", "rank"),
+    "vocab": ("vocab_id",),
+    "errors": ("sample_key",),
+    "embeddings": ("embedding_id", "token_uid", "layer"),
+}
