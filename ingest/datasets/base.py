@@ -1,0 +1,101 @@
+"""What a dataset hands to the runner: items, an optional labeler, and a source fingerprint.
+
+A dataset module (``ingest/datasets/<name>.py``) exposes
+
+* ``items(...) -> Iterator[DatasetItem]``: one item per (image, prompt), in a deterministic order
+  (the runner splits items across ranks by their index in this order). Malformed input raises
+  :class:`DatasetError` naming the file and the record.
+* optionally ``labeler(item, response, tokens) -> (token_columns, metrics)``, called by the runner
+  after generation for every sample (see :data:`Labeler`).
+
+and builds a :class:`Dataset` that the runner consumes (``ingest.runner.run_ingest``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:  # the root `kevo` command turns KevoError into "kevo: error: <message>" and exit 1
+    from kevo_store.errors import KevoError as _ErrorBase
+except ImportError:  # pragma: no cover - kevo_store.errors is written by the store package
+    _ErrorBase = Exception
+
+
+class DatasetError(_ErrorBase):
+    """Malformed dataset input. The message names the file and the record (e.g. 'query.json, record 17')."""
+
+
+@dataclass
+class DatasetItem:
+    """One (image, prompt) to run through the model."""
+
+    key: str
+    """``samples.sample_key``: '<dataset>:<item_id>[:<variant>]'. Unique in a store; the resume key."""
+    item_id: str
+    """The dataset's own id of the item (AMBER id, COCO image id, file name, prompt line id)."""
+    prompt: str
+    """The user prompt, before templating (the adapter applies the model's chat template)."""
+    image_path: Path | None
+    """The image file, or None for a text-only item."""
+    annotations: dict = field(default_factory=dict)
+    """The dataset's record for this item; stored verbatim as JSON in ``samples.annotations``."""
+    image_id: str | None = None
+    """``samples.image_id``: the image's name relative to the dataset root; defaults to the file name."""
+
+    @property
+    def dataset(self) -> str:
+        """The dataset name: the key's prefix before the first ':'."""
+        return self.key.split(":", 1)[0]
+
+    @property
+    def image_name(self) -> str | None:
+        if self.image_id is not None:
+            return self.image_id
+        return None if self.image_path is None else Path(self.image_path).name
+
+
+Labeler = Callable[[DatasetItem, str, Any], "tuple[Mapping[str, Iterable], Mapping[str, Any] | None]"]
+"""``labeler(item, response, tokens) -> (token_columns, metrics)``.
+
+``tokens`` is a ``pyarrow.Table`` with one row per generated token in generation order and the
+columns ``step`` (int32), ``token_id`` (int32), ``piece`` (str), ``char_start``/``char_end`` (int32,
+the token's text span in ``response``; a token that contributes no characters of its own, e.g. the
+end-of-sequence token or a partial byte of a multi-byte character, has an empty span
+``char_start == char_end``).
+
+``token_columns`` maps column names of ``kevo_store.schema.TOKENS`` (``word_index``, ``word``,
+``is_word_start``, ``object``, ``label``, ``hallucinated``, ``is_answer``) to sequences aligned with
+the rows of ``tokens``. ``metrics`` is a JSON-serialisable dict stored in ``samples.metrics`` (or None).
+An exception raised by a labeler sends the sample to ``errors`` with stage 'label'.
+"""
+
+
+@dataclass
+class Dataset:
+    """A dataset ready for the runner."""
+
+    name: str
+    """Dataset name, stored in ``samples.dataset`` and the manifest."""
+    items: Iterable[DatasetItem]
+    """The items in a deterministic order (iterated once, lazily)."""
+    labeler: Labeler | None = None
+    """Optional per-sample labeler (see :data:`Labeler`)."""
+    fingerprint: dict = field(default_factory=dict)
+    """Where the data came from, for the manifest: e.g. {'root': ..., 'files': {name: sha256}}."""
+    n_items: int | None = None
+    """Number of items if known cheaply (for the progress bar and the disk estimate)."""
+    settings: dict = field(default_factory=dict)
+    """Dataset options worth recording in the manifest (prompt, split, ...)."""
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes (streamed)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
