@@ -1,0 +1,143 @@
+"""``kevo ingest …``: run a model over a dataset and write everything the analyses need into a store.
+
+Every dataset is one subcommand of the ``ingest`` group. They share one set of options (model,
+store, capture and generation settings) through the :func:`ingest_options` decorator and one entry
+point, :func:`run_ingest_command`, which builds an :class:`ingest.runner.IngestConfig` from those
+options and hands the dataset to :func:`ingest.runner.run_ingest`. Adding a dataset is ten lines::
+
+    @ingest.command("amber")
+    @click.option("--data", type=click.Path(path_type=Path), required=True, help="AMBER root directory.")
+    @ingest_options
+    def amber_cmd(data, **options):
+        \"\"\"AMBER generative task: describe each image.\"\"\"
+        def make_dataset():
+            from ingest.datasets import amber          # imported lazily: `kevo --help` stays fast
+            return amber.dataset(data)                 # -> ingest.datasets.Dataset
+        run_ingest_command(make_dataset, options)
+
+``make_dataset`` may raise :class:`ingest.datasets.DatasetError`; it becomes one clean
+``kevo: error: …`` line and exit 1. Torch and transformers are imported only inside the commands,
+so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+LENS_CHOICES = ("final_norm", "raw")
+
+
+def _split_lens(ctx, param, value: str) -> tuple[str, ...]:
+    modes = tuple(m.strip() for m in value.split(",") if m.strip())
+    bad = [m for m in modes if m not in LENS_CHOICES]
+    if not modes or bad:
+        raise click.BadParameter(
+            f"{value!r}: expected a comma-separated list of {', '.join(LENS_CHOICES)}", ctx=ctx, param=param
+        )
+    return tuple(dict.fromkeys(modes))
+
+
+def ingest_options(f: Callable) -> Callable:
+    """The options every ``kevo ingest <dataset>`` subcommand shares (see the module docstring)."""
+    options = [
+        click.option("--model", "-m", required=True,
+                     help="Hugging Face hub id (found in the local cache, offline) or a local model directory."),
+        click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
+                     help="The store to write (created, or resumed if it exists)."),
+        click.option("--revision", default=None, help="Model revision (branch, tag or commit) for a hub id."),
+        click.option("--dtype", default="auto", show_default=True,
+                     type=click.Choice(["auto", "float32", "float16", "bfloat16"]),
+                     help="Weights dtype; auto = float32 on CPU, the checkpoint's dtype on GPU."),
+        click.option("--device", default=None,
+                     help="cpu, cuda, cuda:1, mps … (default: cuda if available, else cpu; per rank LOCAL_RANK)."),
+        click.option("--device-map", default=None,
+                     help="Spread one model over several GPUs (e.g. 'auto'); exclusive with several ranks."),
+        click.option("--batch-size", "-b", default=1, show_default=True, type=click.IntRange(min=1),
+                     help="Samples generated together (left padding)."),
+        click.option("--max-new-tokens", default=256, show_default=True, type=click.IntRange(min=1),
+                     help="Generation budget per sample (the paper uses 256)."),
+        click.option("--lens", "lens_modes", default="final_norm", show_default=True, callback=_split_lens,
+                     help="Logit-lens modes, comma-separated: final_norm (norm then head) and/or raw (head only)."),
+        click.option("--top-k", default=10, show_default=True, type=click.IntRange(min=0),
+                     help="Top-k tokens kept per (token, lens, layer); 0 keeps none."),
+        click.option("--hidden", default="all", show_default=True,
+                     help="Layers whose hidden states are stored: all, none, or a list like 0,8,16-32."),
+        click.option("--hidden-dtype", default="auto", show_default=True,
+                     type=click.Choice(["auto", "float16", "bfloat16"]),
+                     help="Storage dtype of hidden states; auto = bfloat16 for a bfloat16 model, else float16."),
+        click.option("--dola", is_flag=True, help="Also store the paper code's JS variant (layers.js_dola)."),
+        click.option("--capture-prompt", is_flag=True,
+                     help="Also capture prompt and image positions (role, patch grid position)."),
+        click.option("--skip-layers", default=None,
+                     help="Decoder layers to remove for a skip experiment, e.g. 20-26,30 (0-based)."),
+        click.option("--limit", default=None, type=click.IntRange(min=0),
+                     help="Only the first N items of the dataset."),
+        click.option("--dry-run", is_flag=True, help="Print the disk-budget estimate and exit; writes nothing."),
+        click.option("--resume/--no-resume", default=True, show_default=True,
+                     help="Skip samples already committed to --out (a re-run continues a crashed one). "
+                          "--no-resume refuses a store that already holds samples."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def run_ingest_command(make_dataset: Callable, options: dict) -> None:
+    """Build the dataset, turn the shared options into an IngestConfig, and run the ingest.
+
+    ``make_dataset()`` returns an :class:`ingest.datasets.Dataset`; ``options`` is the ``**kwargs``
+    that :func:`ingest_options` added to the command.
+    """
+    from ingest.datasets.base import DatasetError
+    from ingest.runner import IngestConfig, IngestError, run_ingest
+
+    try:
+        config = IngestConfig.from_options(**options)
+        dataset = make_dataset()
+        result = run_ingest(dataset, config, echo=lambda msg: click.echo(msg, err=True))
+    except (DatasetError, IngestError) as e:
+        raise click.ClickException(str(e)) from e
+    if result is not None and result.failed_all:
+        raise click.ClickException(
+            f"every sample failed ({result.n_errors} errors); see: kevo sql {config.out} \"SELECT * FROM errors\""
+        )
+
+
+@click.group()
+def ingest() -> None:
+    """Run a model over a dataset into a store (hidden states + logit lens per generated token)."""
+
+
+@ingest.command("folder")
+@click.option("--images", required=True, type=click.Path(path_type=Path),
+              help="Directory of images (searched recursively; sorted by path).")
+@click.option("--prompt", required=True, help="The user prompt asked about every image.")
+@ingest_options
+def folder_cmd(images: Path, prompt: str, **options) -> None:
+    """Every image in a folder with one prompt."""
+
+    def make_dataset():
+        from ingest.datasets import folder
+
+        return folder.dataset(images, prompt)
+
+    run_ingest_command(make_dataset, options)
+
+
+@ingest.command("text")
+@click.option("--prompts", required=True, type=click.Path(path_type=Path),
+              help="Text file with one prompt per line, or JSONL (.jsonl) with {\"id\", \"prompt\"} records.")
+@ingest_options
+def text_cmd(prompts: Path, **options) -> None:
+    """Text-only prompts (no image): the LLM side of the LVLM-vs-LLM comparison."""
+
+    def make_dataset():
+        from ingest.datasets import text
+
+        return text.dataset(prompts)
+
+    run_ingest_command(make_dataset, options)
+
