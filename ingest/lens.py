@@ -1,0 +1,203 @@
+"""The logit lens: every layer's hidden state read out through the model's own unembedding.
+
+``Unembedding(adapter)`` is a frozen fp32 copy of the three pieces that turn a hidden state into
+next-token logits: the final norm, the output head (``lm_head``) and, where the config has it, the
+final logit soft-capping ``cap * tanh(logits / cap)`` (Gemma 2/3). It lives on the model's device.
+
+``compute_lens(unembedding, hidden, out_ids, mode=...)`` takes the hidden states of N tokens at all
+layers, ``hidden`` of shape (N, L+1, D) (layer 0 = embeddings, layer L = transformers' last
+``hidden_states`` entry, which is ALREADY normed), and returns per (token, layer) arrays:
+
+- mode ``final_norm`` (the standard lens): ``logits_l = head(norm(h_l))`` for l < L, ``head(h_L)``.
+- mode ``raw`` (the paper's released code): ``logits_l = head(h_l)`` for l < L, ``head(h_L)``.
+  In both modes layer L is never normed twice, so layer L's logits are the model's own logits.
+
+Everything runs on the device in float32, over chunks of whole tokens (all L+1 layers of a chunk
+in one matmul), sized so a chunk's (tokens, L+1, V) temporaries stay under ``chunk_bytes``; only
+the per-(token, layer) statistics and the top-k leave the device.
+
+Statistics (natural log; P_l = softmax(logits_l); "out" = the token the model emitted):
+
+- ``p_out`` = P_l[out], ``logit_out`` = logits_l[out] (after soft-capping),
+  ``rank_out`` = 1 + #{v : logits_l[v] > logits_l[out]} (1-based; ties share the better rank),
+- ``top1_id``, ``top1_prob``: argmax of P_l and its probability,
+- ``entropy`` = -sum_v P_l log P_l,
+- ``js_prev`` = JS(P_l, P_{l-1}) and ``js_final`` = JS(P_l, P_L), where
+  JS(P, Q) = 1/2 KL(P || M) + 1/2 KL(Q || M), M = (P + Q)/2, bounded by ln 2; js_prev is NaN
+  (stored as null) at layer 0,
+- ``kl_final`` = KL(P_L || P_l) = sum_v P_L (log P_L - log P_l),
+- ``js_dola`` (only when asked): the variant in the DoLa code that the paper's code reuses, between
+  layer l and layer l-1: with M = (P_l + P_{l-1})/2,
+  ``js_dola = 1/2 * ( mean_v M (log M - log P_l) + mean_v M (log M - log P_{l-1}) )``,
+  i.e. ``0.5 * (F.kl_div(logP_l, M, reduction='none').mean(-1) + F.kl_div(logP_{l-1}, M, ...).mean(-1))``:
+  the KL divergences go from the mixture to each distribution (reverse KL) and are averaged over the
+  vocabulary instead of summed, so js_dola = (true JS) / V only to first order, and it is not
+  bounded by ln 2 / V. NaN at layer 0.
+- ``topk_ids`` / ``topk_probs``: (N, L+1, k), ranks 1..k in order.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+LENS_MODES = ("final_norm", "raw")
+LN2 = math.log(2.0)
+_NEG = -1e30  # finite stand-in for -inf logits, so that 0 * log 0 terms are 0, never NaN
+
+
+class Unembedding(nn.Module):
+    """Frozen fp32 final norm + output head (+ soft-capping) of one model, on its device."""
+
+    def __init__(self, adapter):
+        super().__init__()
+        self.model_id = adapter.model_id
+        self.device = adapter.device
+        self.norm = copy.deepcopy(adapter.final_norm).to(device=self.device, dtype=torch.float32)
+        head = adapter.lm_head
+        self.weight = nn.Parameter(head.weight.detach().to(self.device, torch.float32).clone(), requires_grad=False)
+        b = getattr(head, "bias", None)
+        self.bias = None if b is None else nn.Parameter(b.detach().to(self.device, torch.float32).clone(),
+                                                         requires_grad=False)
+        self.softcap = adapter.final_logit_softcapping
+        self.n_layers = adapter.n_layers
+        self.vocab_size = self.weight.shape[0]
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.eval()
+
+    @torch.no_grad()
+    def logits(self, h: torch.Tensor, mode: str = "final_norm") -> torch.Tensor:
+        """(n, L+1, D) hidden states -> (n, L+1, V) fp32 logits in lens ``mode``."""
+        h = h.to(self.device, torch.float32)
+        if mode == "final_norm":
+            # layers 0..L-1 through the norm; layer L is already normed by the model
+            h = torch.cat([self.norm(h[:, :-1]), h[:, -1:]], dim=1)
+        elif mode != "raw":
+            raise ValueError(f"unknown lens mode {mode!r}; choose from {LENS_MODES}")
+        out = torch.nn.functional.linear(h, self.weight, self.bias)
+        if self.softcap:
+            out = torch.tanh(out / self.softcap) * self.softcap
+        return out
+
+    def __repr__(self) -> str:
+        return f"Unembedding({self.model_id!r}, V={self.vocab_size}, softcap={self.softcap})"
+
+
+@dataclass
+class LensResult:
+    """Per (token, layer) lens statistics for one mode, numpy on the host. Shapes (N, L+1) / (N, L+1, k)."""
+
+    mode: str
+    p_out: np.ndarray
+    logit_out: np.ndarray
+    rank_out: np.ndarray
+    top1_id: np.ndarray
+    top1_prob: np.ndarray
+    entropy: np.ndarray
+    js_prev: np.ndarray  # NaN at layer 0
+    js_final: np.ndarray
+    kl_final: np.ndarray
+    js_dola: np.ndarray | None  # NaN at layer 0; None unless asked
+    topk_ids: np.ndarray
+    topk_probs: np.ndarray
+
+    def select(self, rows) -> LensResult:
+        """The rows (tokens) ``rows`` of every array."""
+        kw = {k: (None if v is None else v[rows]) for k, v in self.__dict__.items() if k != "mode"}
+        return LensResult(mode=self.mode, **kw)
+
+    @staticmethod
+    def concat(parts: list[LensResult]) -> LensResult:
+        kw = {}
+        for k in parts[0].__dict__:
+            if k == "mode":
+                continue
+            vals = [getattr(p, k) for p in parts]
+            kw[k] = None if vals[0] is None else np.concatenate(vals, 0)
+        return LensResult(mode=parts[0].mode, **kw)
+
+
+def _js(logp: torch.Tensor, logq: torch.Tensor, p: torch.Tensor, q: torch.Tensor):
+    logm = torch.logaddexp(logp, logq) - LN2
+    return 0.5 * (p * (logp - logm)).sum(-1) + 0.5 * (q * (logq - logm)).sum(-1), logm
+
+
+def _chunk_stats(logits: torch.Tensor, out_ids: torch.Tensor, top_k: int, dola: bool) -> dict[str, torch.Tensor]:
+    """All statistics for one chunk of logits (c, L+1, V) fp32 on the device."""
+    logits = logits.clamp_(min=_NEG)
+    logp = torch.log_softmax(logits, dim=-1)
+    p = logp.exp()
+    idx = out_ids.view(-1, 1, 1).expand(-1, logits.shape[1], 1)
+    lp_out = logp.gather(-1, idx).squeeze(-1)
+    res = {
+        "p_out": lp_out.exp(),
+        "logit_out": logits.gather(-1, idx).squeeze(-1),
+        "rank_out": (logp > lp_out.unsqueeze(-1)).sum(-1) + 1,
+        "entropy": -(p * logp).sum(-1),
+    }
+    top_lp, top_id = logp.topk(max(top_k, 1), dim=-1)
+    res["top1_id"], res["top1_prob"] = top_id[..., 0], top_lp[..., 0].exp()
+    res["topk_ids"], res["topk_probs"] = top_id[..., :top_k], top_lp[..., :top_k].exp()
+    c = logits.shape[0]
+    nan = torch.full((c, 1), float("nan"), device=logits.device)
+    js_prev, logm = _js(logp[:, 1:], logp[:, :-1], p[:, 1:], p[:, :-1])
+    res["js_prev"] = torch.cat([nan, js_prev], 1)
+    if dola:
+        m = logm.exp()
+        kl1 = (m * (logm - logp[:, 1:])).mean(-1)
+        kl2 = (m * (logm - logp[:, :-1])).mean(-1)
+        res["js_dola"] = torch.cat([nan, 0.5 * (kl1 + kl2)], 1)
+    del logm
+    lpL, pL = logp[:, -1:], p[:, -1:]
+    res["js_final"] = _js(logp, lpL.expand_as(logp), p, pL.expand_as(p))[0]
+    res["kl_final"] = (pL * (lpL - logp)).sum(-1)
+    return res
+
+
+@torch.no_grad()
+def compute_lens(
+    unembedding: Unembedding,
+    hidden: torch.Tensor,
+    out_ids: torch.Tensor | None,
+    mode: str = "final_norm",
+    top_k: int = 10,
+    dola: bool = False,
+    chunk_bytes: int = 256 << 20,
+) -> LensResult:
+    """Lens statistics for ``hidden`` (N, L+1, D); ``out_ids`` (N,) the emitted tokens, or None to use
+    each token's last-layer argmax (e.g. for prompt positions)."""
+    n, nl, _ = hidden.shape
+    V = unembedding.vocab_size
+    if top_k > V:
+        raise ValueError(f"top_k={top_k} exceeds the vocabulary size {V}")
+    # ~8 live (c, L+1, V) fp32 temporaries at the peak (logits, logp, p, the JS mixture, products)
+    per_token = 8 * nl * V * 4
+    c = max(1, int(chunk_bytes // per_token))
+    parts: dict[str, list[np.ndarray]] = {}
+    for s in range(0, n, c):
+        logits = unembedding.logits(hidden[s : s + c], mode=mode)
+        ids = logits[:, -1].argmax(-1) if out_ids is None else out_ids[s : s + c].to(logits.device).long()
+        stats = _chunk_stats(logits, ids, top_k, dola)
+        del logits
+        for k, v in stats.items():
+            parts.setdefault(k, []).append(v.cpu().numpy())
+    if n == 0:
+        z = np.zeros((0, nl), np.float32)
+        zi = np.zeros((0, nl), np.int32)
+        return LensResult(mode, z, z, zi, zi, z, z, z, z, z, z if dola else None,
+                          np.zeros((0, nl, top_k), np.int32), np.zeros((0, nl, top_k), np.float32))
+    cat = {k: np.concatenate(v, 0) for k, v in parts.items()}
+    f32 = lambda k: cat[k].astype(np.float32, copy=False)  # noqa: E731
+    i32 = lambda k: cat[k].astype(np.int32, copy=False)  # noqa: E731
+    return LensResult(
+        mode=mode, p_out=f32("p_out"), logit_out=f32("logit_out"), rank_out=i32("rank_out"),
+        top1_id=i32("top1_id"), top1_prob=f32("top1_prob"), entropy=f32("entropy"), js_prev=f32("js_prev"),
+        js_final=f32("js_final"), kl_final=f32("kl_final"), js_dola=f32("js_dola") if dola else None,
+        topk_ids=i32("topk_ids"), topk_probs=f32("topk_probs"),
+    )
