@@ -1,0 +1,156 @@
+"""Word spans -> generated tokens.
+
+The runner gives every generated token its character span in the response (``char_start``,
+``char_end``). A word's tokens are all the tokens whose span overlaps the word's span; the first of
+them (in generation order) is the *decision token*: the step at which the model committed to the
+word. A token whose span is empty (a byte-fallback piece that completes no character by itself, e.g.
+``<0xE2>`` before ``<0x80><0x99>``) is attached to the word whose first character it helps to build,
+i.e. the word whose span contains the token's position; the end-of-sequence token (position = end of
+the response) belongs to no word.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ingest.labels.words import Word
+
+
+def align_tokens(words: Sequence[Word], char_start: Sequence[int | None],
+                 char_end: Sequence[int | None]) -> list[int | None]:
+    """Return, for every token, the index of the word it belongs to (None for none)."""
+    n = len(char_start)
+    out: list[int | None] = [None] * n
+    if not words:
+        return out
+    starts = [w.start for w in words]
+    import bisect
+
+    for i in range(n):
+        s, e = char_start[i], char_end[i]
+        if s is None or e is None:
+            continue
+        if e > s:
+            # first word whose end is past the token's start and whose start is before the token's end
+            j = bisect.bisect_right(starts, s) - 1
+            j = max(j, 0)
+            while j < len(words) and words[j].end <= s:
+                j += 1
+            if j < len(words) and words[j].start < e:
+                out[i] = j  # the token may also overlap later words; it is the *first* word's token
+        else:
+            j = bisect.bisect_right(starts, s) - 1
+            if j >= 0 and words[j].start <= s < words[j].end:
+                out[i] = j
+    return out
+
+
+def word_columns(words: Sequence[Word], char_start: Sequence[int | None],
+                 char_end: Sequence[int | None]) -> dict[str, list]:
+    """``word_index``, ``word`` and ``is_word_start`` columns for the tokens.
+
+    A token that spans several words (e.g. a merged piece ``".\\n"`` or ``"s."``) is assigned to the
+    first of them; every word gets its first overlapping token as decision token.
+    """
+    idx = align_tokens(words, char_start, char_end)
+    seen: set[int] = set()
+    word_index: list[int | None] = []
+    word: list[str | None] = []
+    is_start: list[bool | None] = []
+    for j in idx:
+        word_index.append(j)
+        if j is None:
+            word.append(None)
+            is_start.append(None)
+        else:
+            word.append(words[j].text)
+            is_start.append(j not in seen)
+            seen.add(j)
+    return {"word_index": word_index, "word": word, "is_word_start": is_start}
+
+
+def tokens_of_words(words: Sequence[Word], char_start: Sequence[int | None],
+                    char_end: Sequence[int | None]) -> dict[int, list[int]]:
+    """word index -> rows of every token that overlaps the word, in generation order."""
+    out: dict[int, list[int]] = {}
+    for i in range(len(char_start)):
+        s, e = char_start[i], char_end[i]
+        if s is None or e is None:
+            continue
+        for w in words:
+            if (e > s and w.start < e and s < w.end) or (e == s and w.start <= s < w.end):
+                out.setdefault(w.index, []).append(i)
+    return out
+
+
+def char_spans_from_ids(tokenizer, token_ids: Sequence[int]) -> tuple[str, list[int], list[int]]:
+    """Decode ``token_ids`` and give each token its character span in the decoded text.
+
+    Incremental decoding: token i's span is the text added when it is appended. A token that ends in
+    the middle of a multi-byte character decodes to U+FFFD; it is given an empty span at the position
+    where the character will start, and the token that completes the character gets the character.
+    Special tokens are skipped (empty span at the end of the text so far).
+    """
+    text = tokenizer.decode(list(token_ids), skip_special_tokens=True)
+    starts: list[int] = []
+    ends: list[int] = []
+    prev = ""
+    for i in range(len(token_ids)):
+        cur = tokenizer.decode(list(token_ids[: i + 1]), skip_special_tokens=True)
+        stable = cur.rstrip("\ufffd")
+        if stable.startswith(prev) or not prev:
+            s, e = len(prev), len(stable)
+        else:  # the decoder re-spelled the tail (rare): fall back to the common prefix
+            k = 0
+            while k < min(len(prev), len(stable)) and prev[k] == stable[k]:
+                k += 1
+            s, e = k, len(stable)
+        s, e = min(s, len(text)), min(max(e, s), len(text))
+        starts.append(s)
+        ends.append(e)
+        prev = stable
+    return text, starts, ends
+
+
+def _column(tokens, name: str) -> list:
+    if hasattr(tokens, "column"):  # pyarrow.Table
+        return tokens.column(name).to_pylist()
+    return list(tokens[name])
+
+
+def label_columns(response: str, tokens, mentions: Sequence = (), answer_span: tuple[int, int] | None = None) -> dict:
+    """All label columns of ``tokens`` (a pyarrow.Table or dict with ``char_start``/``char_end``).
+
+    ``mentions`` are objects with ``start``, ``end``, ``object`` and ``label`` (character span in the
+    response): every token overlapping the mention's span gets its object and label. ``answer_span``
+    (VQA/Yes-No): the decision token of the word at that span gets ``is_answer = True``.
+    """
+    from ingest.labels.words import split_words
+
+    cs, ce = _column(tokens, "char_start"), _column(tokens, "char_end")
+    words = split_words(response)
+    cols = word_columns(words, cs, ce)
+    n = len(cs)
+    obj: list[str | None] = [None] * n
+    lab: list[str | None] = [None] * n
+    hal: list[bool | None] = [None] * n
+    spans = [Word(-1, "", m.start, m.end) for m in mentions]
+    for m, rows in zip(mentions, _rows_overlapping(spans, cs, ce)):
+        for r in rows:
+            obj[r], lab[r], hal[r] = m.object, m.label, m.label == "hallucinated"
+    cols.update({"object": obj, "label": lab, "hallucinated": hal})
+    if answer_span is not None:
+        rows = _rows_overlapping([Word(-1, "", *answer_span)], cs, ce)[0]
+        cols["is_answer"] = [i == rows[0] if rows else False for i in range(n)]
+    return cols
+
+
+def _rows_overlapping(spans: Sequence[Word], cs: Sequence, ce: Sequence) -> list[list[int]]:
+    out: list[list[int]] = [[] for _ in spans]
+    for i, (s, e) in enumerate(zip(cs, ce)):
+        if s is None or e is None:
+            continue
+        for k, w in enumerate(spans):
+            if (e > s and w.start < e and s < w.end) or (e == s and w.start <= s < w.end):
+                out[k].append(i)
+    return out

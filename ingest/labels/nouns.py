@@ -1,0 +1,173 @@
+"""Noun extraction for AMBER: which words of a response are object nouns, and their lemmas.
+
+AMBER's official evaluator runs ``nltk.word_tokenize`` -> ``nltk.pos_tag`` (keep tags ``NN*``) ->
+``WordNetLemmatizer().lemmatize`` (noun lemmas, no lowercasing) and keeps the lemmas found in its
+418-word vocabulary. Two interchangeable extractors produce the same thing, a list of
+:class:`Noun` (the word, with its span in the response, and its lemma):
+
+* :class:`OfflineNouns` (default): no downloads. Words from :func:`ingest.labels.words.split_words`;
+  lemmas from a re-implementation of WordNet's noun morphology (the ``morphy`` suffix rules, the
+  irregular plurals that matter for the vocabulary, "keep the shortest known form") where "known"
+  is the AMBER vocabulary plus the handful of WordNet nouns that shadow a vocabulary word (e.g.
+  "slippers" -> "slipper", which is *not* in the vocabulary, as with NLTK); part of speech from a few
+  context rules (after "to", a modal or a subject pronoun -> verb; "-ing" after a form of "be" ->
+  verb; "can" is a noun only after a determiner; a colour/adjective-capable word right before
+  another word -> adjective). It is an approximation of NLTK's statistical tagger: see
+  ``docs`` in the eval module and the measured agreement in tests/test_labels_amber.py.
+* :class:`NltkNouns` (faithful): the official pipeline, for users who provide NLTK and its data
+  (``punkt``/``punkt_tab``, ``averaged_perceptron_tagger``/``_eng``, ``wordnet`` under NLTK_DATA).
+  NLTK's tokens are mapped back to character spans in the response.
+Both keep case as NLTK does: a capitalised sentence-initial "Dog" is not lemmatised to "dog" and so
+falls outside the (lower-case) vocabulary, exactly as in the official evaluator.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ingest.labels.words import Word, split_words
+
+
+@dataclass(frozen=True)
+class Noun:
+    """A noun of the response and its lemma."""
+
+    word: Word
+    """The word as written, with its character span."""
+    lemma: str
+    """Its noun lemma (case kept, as WordNet's lemmatizer does)."""
+
+
+# WordNet's noun "morphy" substitutions, in its order.
+_MORPHY_RULES = (("s", ""), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"),
+                 ("men", "man"), ("ies", "y"))
+# Irregular plurals from WordNet's noun.exc that reach the AMBER vocabulary (or shadow it).
+_IRREGULAR = {
+    "children": "child", "women": "woman", "feet": "foot", "teeth": "tooth", "geese": "goose",
+    "mice": "mouse", "knives": "knife", "leaves": "leaf", "shelves": "shelf", "scarves": "scarf",
+    "oxen": "ox", "calves": "calf", "wolves": "wolf", "halves": "half", "loaves": "loaf",
+    "lives": "life", "wives": "wife", "thieves": "thief", "dice": "die", "cacti": "cactus",
+}
+# WordNet nouns (outside the AMBER vocabulary) that win the "shortest form" choice over a vocabulary
+# word, or make a plural vocabulary word lemmatise away from itself.
+_WORDNET_EXTRA = frozenset({
+    "slipper", "earring", "chopstick", "sunglass", "leaf", "men", "glass", "die", "ox", "calf",
+    "wolf", "half", "loaf", "life", "wife", "thief", "foot", "tooth",
+})
+
+_DETERMINERS = frozenset({"a", "an", "the", "this", "that", "these", "those", "one", "each", "every",
+                          "its", "his", "her", "their", "my", "our", "your", "some", "any", "no",
+                          "another", "two", "three", "four", "several", "many", "few"})
+_PREPOSITIONS = frozenset({"of", "in", "on", "at", "with", "by", "near", "behind", "under", "over", "from",
+                           "for", "beside", "above", "below", "into", "onto", "across", "around", "and", "or"})
+_MODALS_PRONOUNS = frozenset({"can", "could", "will", "would", "shall", "should", "may", "might", "must",
+                              "i", "we", "they", "you", "he", "she", "to"})
+_TO_NOT_VERB = frozenset({"next", "close", "due", "according", "similar", "attached", "adjacent", "near",
+                          "belonging", "leading", "compared", "up", "down", "back", "related", "opposite"})
+_OBJECT_DETERMINERS = frozenset({"the", "a", "an", "his", "her", "their", "its"})
+_BE = frozenset({"is", "are", "was", "were", "be", "been", "being", "'s", "'re", "am"})
+# vocabulary words that are often adjectives right before another word ("orange cat", "light blue")
+_ADJECTIVE_CAPABLE = frozenset({"orange", "light", "hot", "sound", "ice", "kiwi"})
+_NOT_NOUN_AFTER = frozenset({"and", "or", "is", "are", "was", "were", "in", "on", "at", "with", "of", "to",
+                             "by", "near", "behind", "under", "over", "from", "for", "that", "which",
+                             "who", "while", "as", "the", "a", "an"})
+
+
+class OfflineNouns:
+    """The default, download-free approximation of AMBER's NLTK pipeline (see the module docstring)."""
+
+    name = "offline"
+
+    def __init__(self, vocabulary: Iterable[str]):
+        self.vocabulary = frozenset(vocabulary)
+        self._known = self.vocabulary | _WORDNET_EXTRA
+
+    def lemmatize(self, word: str) -> str:
+        """WordNet-style noun lemma: shortest known form among the word, its irregular or rule forms."""
+        if word in _IRREGULAR:
+            forms = [word, _IRREGULAR[word]]
+        else:
+            forms = [word] + [word[: -len(old)] + new for old, new in _MORPHY_RULES if word.endswith(old)]
+        known = [f for f in dict.fromkeys(forms) if f in self._known]
+        return min(known, key=len) if known else word
+
+    def _is_noun(self, words: list[Word], i: int, lemma: str) -> bool:
+        w = words[i].text
+        low = w.lower()
+        p1 = words[i - 1].text.lower() if i >= 1 else ""
+        p2 = words[i - 2].text.lower() if i >= 2 else ""
+        n1 = words[i + 1].text if i + 1 < len(words) else ""
+        if p1 in _MODALS_PRONOUNS and not (p1 == "to" and p2 in _TO_NOT_VERB):
+            return False
+        if low == "can" and p1 not in _DETERMINERS and p1 not in _PREPOSITIONS:
+            return False
+        if low.endswith("ing") and p1 in _BE:
+            return False
+        if lemma in _ADJECTIVE_CAPABLE and n1[:1].isalpha() and n1.lower() not in _NOT_NOUN_AFTER:
+            return False
+        # a verb-capable word followed by a determiner ("the man watches the TV")
+        if n1.lower() in _OBJECT_DETERMINERS and p1 not in _DETERMINERS \
+                and p1 not in _PREPOSITIONS and p1 != "":
+            return False
+        return True
+
+    def __call__(self, text: str) -> list[Noun]:
+        words = split_words(text)
+        out = []
+        for i, w in enumerate(words):
+            if not w.text[:1].isalnum():
+                continue
+            lemma = self.lemmatize(w.text)
+            if lemma in self.vocabulary and self._is_noun(words, i, lemma):
+                out.append(Noun(w, lemma))
+        return out
+
+
+class NltkNouns:
+    """AMBER's own pipeline (NLTK word_tokenize + pos_tag NN* + WordNet lemmatizer); needs NLTK data."""
+
+    name = "nltk"
+
+    def __init__(self, vocabulary: Iterable[str] | None = None):
+        try:
+            import nltk
+            from nltk.stem import WordNetLemmatizer
+        except ImportError as e:  # pragma: no cover - depends on the user's environment
+            raise RuntimeError("--nouns nltk needs the nltk package (pip install nltk) and its data "
+                               "(punkt, averaged_perceptron_tagger, wordnet) under NLTK_DATA") from e
+        self._nltk = nltk
+        self._lemmatizer = WordNetLemmatizer()
+        try:  # fail now, with the data's name, rather than on the first response
+            nltk.pos_tag(nltk.word_tokenize("A dog."))
+            self._lemmatizer.lemmatize("dogs")
+        except LookupError as e:  # pragma: no cover
+            raise RuntimeError(f"NLTK data missing (set NLTK_DATA): {str(e).strip().splitlines()[0:3]}") from e
+
+    def __call__(self, text: str) -> list[Noun]:
+        nltk = self._nltk
+        tokens = nltk.word_tokenize(text)
+        tagged = nltk.pos_tag(tokens)
+        out = []
+        pos = 0
+        for k, (tok, tag) in enumerate(tagged):
+            # word_tokenize rewrites quotes ("" -> `` / ''); find the token's text from where we are
+            m = re.compile(re.escape(tok)).search(text, pos) if tok not in ("``", "''") else None
+            if m is None:
+                span = Word(k, tok, pos, pos)
+            else:
+                span = Word(k, tok, m.start(), m.end())
+                pos = m.end()
+            if tag.startswith("NN"):
+                out.append(Noun(span, self._lemmatizer.lemmatize(tok)))
+        return out
+
+
+def make_noun_extractor(kind: str, vocabulary: Iterable[str]):
+    """``offline`` (default, no downloads) or ``nltk`` (faithful; needs NLTK and its data)."""
+    if kind == "offline":
+        return OfflineNouns(vocabulary)
+    if kind == "nltk":
+        return NltkNouns(vocabulary)
+    raise ValueError(f"unknown noun extractor {kind!r}: expected 'offline' or 'nltk'")
