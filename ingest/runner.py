@@ -15,7 +15,7 @@ Resume is the default: items whose key is already committed (as a sample or an e
 
 Several processes (``torchrun``/``accelerate launch``: ``RANK``/``WORLD_SIZE`` in the environment)
 split the items by index (item i goes to rank i % world_size); rank K writes the part store
-``OUT/parts/rank-K``; after a barrier rank 0 joins the parts into ``OUT`` in the dataset's item
+``OUT.parts/rank-K``; after a barrier rank 0 joins the parts into ``OUT`` in the dataset's item
 order (:func:`kevo_store.join.join_parts`), so the result equals a one-process run.
 """
 
@@ -200,8 +200,29 @@ class RankContext:
             dist.destroy_process_group()
 
 
+def parts_dir(out: str) -> str:
+    """Where the ranks of a multi-process run keep their parts: next to the store, removed after the join."""
+    return str(out).rstrip("/\\") + ".parts"
+
+
 def part_path(out: str, rank: int) -> str:
-    return os.path.join(out, "parts", f"rank-{rank}")
+    return os.path.join(parts_dir(out), f"rank-{rank}")
+
+
+def committed_keys(path: str) -> set[str]:
+    """sample_key of every committed sample and error of the store at ``path`` (empty if none), read-only."""
+    mf = Path(path) / "manifest.json"
+    if not mf.is_file():
+        return set()
+    import pyarrow.parquet as pq
+
+    m = json.loads(mf.read_text())
+    keys: set[str] = set()
+    for t in ("samples", "errors"):
+        files = [str(Path(path) / f) for f in ((m.get("tables") or {}).get(t) or {}).get("files", [])]
+        if files:
+            keys.update(pq.read_table(files, columns=["sample_key"]).column(0).to_pylist())
+    return keys
 
 
 # --------------------------------------------------------------------------------------------
@@ -308,10 +329,11 @@ def token_char_spans(tokenizer, ids: Sequence[int], response: str) -> tuple[list
     """Character span in ``response`` of each generated token.
 
     The boundary after token i is the longest common prefix of ``response`` and the decoded text of
-    tokens 0..i (an unfinished multi-byte character, decoded as U+FFFD, is not yet text), made
-    monotone from the end. So the spans partition the response; a token that adds no text of its
-    own (the end-of-sequence token, the first bytes of a byte-fallback character) gets an empty
-    span, and the token that completes a character owns it.
+    tokens 0..i, made monotone from the end. An unfinished multi-byte character decodes as U+FFFD in
+    the prefix but not in the response, so it is not text yet; a byte that never becomes a valid
+    character stays U+FFFD in both and is owned by its own token. So the spans partition the
+    response; a token that adds no text of its own (the end-of-sequence token, the first bytes of a
+    byte-fallback character) gets an empty span, and the token that completes a character owns it.
     """
     n = len(ids)
     if n == 0:
@@ -320,8 +342,6 @@ def token_char_spans(tokenizer, ids: Sequence[int], response: str) -> tuple[list
     bounds = []
     for i in range(n):
         text = tokenizer.decode(ids[: i + 1], skip_special_tokens=True)
-        if i < n - 1:
-            text = text.rstrip("\ufffd")
         bounds.append(len(os.path.commonprefix([text, response])))
     for i in range(n - 2, -1, -1):
         bounds[i] = min(bounds[i], bounds[i + 1])
@@ -610,8 +630,18 @@ def _run_rank(dataset, items, config, ctx, dims, skip, hidden_layers, estimate, 
     mine = [it for i, it in enumerate(items) if ctx.owns(i)]
     result = IngestResult(out=config.out, n_items=len(mine), estimate=estimate)
     t0 = time.perf_counter()
+    elsewhere: set[str] = set()
+    if ctx.distributed:
+        # a rank also skips what is already joined into the store, or sits in another part (a re-run
+        # with a different number of ranks)
+        elsewhere = committed_keys(config.out)
+        pdir = Path(parts_dir(config.out))
+        if pdir.is_dir():
+            for d in sorted(pdir.iterdir()):
+                if d.name != f"rank-{ctx.rank}":
+                    elsewhere |= committed_keys(str(d))
     with _open_writer(out, meta, adapter, hidden_layers, hidden_dtype, config) as writer:
-        done = set(writer.committed_keys)
+        done = set(writer.committed_keys) | elsewhere
         if done and not config.resume:
             raise IngestError(f"store {out} already holds {len(done)} samples; --no-resume refuses to add to it "
                               "(remove it or drop --no-resume)")
@@ -750,11 +780,9 @@ def _add_sample(rows: _BatchRows, p: _Prepared, cap, adapter, dataset: Dataset) 
         "char_start": pa.array(char_start, mask=~is_gen),
         "char_end": pa.array(char_end, mask=~is_gen),
     }
-    for name in ("patch_row", "patch_col"):
-        v = getattr(cap, name, None)
-        if v is not None:
-            v = np.asarray(v)
-            cols[name] = pa.array(np.where(v < 0, 0, v).astype(np.int16), mask=v < 0)
+    for name in ("patch_row", "patch_col"):  # -1 = not an image token / no grid: null
+        v = np.asarray(getattr(cap, name), dtype=np.int16)
+        cols[name] = pa.array(v, pa.int16(), mask=v < 0)
 
     metrics = None
     if dataset.labeler is not None:
@@ -784,14 +812,12 @@ def _add_sample(rows: _BatchRows, p: _Prepared, cap, adapter, dataset: Dataset) 
 
     tokens = _table(cols, schema.TOKENS, exclude=("sample_id",), extra=[pa.field("sample_key", pa.string())])
     uids = cols["token_uid"]
-    rows.layers.append(_layers_table(cap, uids))
-    if getattr(cap, "topk_ids", None) is not None or getattr(cap, "topk", None) is not None:
-        t = _topk_table(cap, uids)
-        if t is not None:
-            rows.topk.append(t)
-    h = getattr(cap, "hidden", None)
-    if h is not None:
-        rows.hidden.append(np.asarray(h))
+    rows.layers.append(_layers_table(cap.lens, uids))
+    t = _topk_table(cap.lens, uids)
+    if t is not None:
+        rows.topk.append(t)
+    if cap.hidden is not None:
+        rows.hidden.append(np.asarray(cap.hidden))
     rows.tokens.append(tokens)
     rows.samples.append({
         "sample_key": item.key,
@@ -841,53 +867,48 @@ LENS_COLUMNS = ("p_out", "logit_out", "rank_out", "top1_id", "top1_prob", "entro
                 "kl_final", "js_dola")
 
 
-def _layers_table(cap, uids: np.ndarray) -> pa.Table:
-    """(token, mode, layer) rows, sorted by the table's key (modes in sorted order)."""
-    lens = cap.lens  # {mode: {column: (n_tok, L+1) array}}
-    modes = sorted(lens)
+def _layers_table(lens: dict, uids: np.ndarray) -> pa.Table:
+    """(token, lens, layer) rows in the table's key order, from {mode: ingest.lens.LensResult}."""
+    modes = sorted(lens)  # key order: 'final_norm' < 'raw'
     n = len(uids)
-    any_col = next(iter(lens[modes[0]].values()))
-    n_l = np.asarray(any_col).shape[1]
+    n_l = lens[modes[0]].p_out.shape[1]
     shape = (n, len(modes), n_l)
+    layer = np.broadcast_to(np.arange(n_l, dtype=np.int16)[None, None, :], shape).ravel()
     cols: dict[str, Any] = {
         "token_uid": np.broadcast_to(uids[:, None, None], shape).ravel(),
-        "lens": np.broadcast_to(np.array(modes, dtype=object)[None, :, None], shape).ravel().tolist(),
-        "layer": np.broadcast_to(np.arange(n_l, dtype=np.int16)[None, None, :], shape).ravel(),
+        "lens": pa.array(np.broadcast_to(np.array(modes, dtype=object)[None, :, None], shape).ravel(), pa.string()),
+        "layer": layer,
     }
     for c in LENS_COLUMNS:
-        present = [c in lens[m] and lens[m][c] is not None for m in modes]
-        if not any(present):
-            continue
+        values = [getattr(lens[m], c) for m in modes]
+        if any(v is None for v in values):
+            continue  # js_dola unless --dola: null
         ft = schema.LAYERS.field(c).type
-        stacked = np.stack([np.asarray(lens[m][c]) for m in modes], axis=1).ravel()
+        stacked = np.stack([np.asarray(v) for v in values], axis=1).ravel()
         if pa.types.is_floating(ft):
             stacked = stacked.astype(np.float32)
-            cols[c] = pa.array(stacked, ft, mask=np.isnan(stacked)) if c in ("js_prev", "js_dola") else \
-                pa.array(stacked, ft)
+            # NaN marks "no value" (js_prev/js_dola at layer 0): store null
+            cols[c] = pa.array(stacked, ft, mask=np.isnan(stacked)) if schema.LAYERS.field(c).nullable \
+                else pa.array(stacked, ft)
         else:
             cols[c] = pa.array(stacked.astype(ft.to_pandas_dtype()), ft)
-    if "js_prev" in cols:
-        # layer 0 has no previous layer
-        js = cols["js_prev"]
-        layer = cols["layer"]
-        cols["js_prev"] = pa.array(np.asarray(js.to_numpy(zero_copy_only=False), np.float32),
-                                   pa.float32(), mask=(layer == 0) | np.isnan(js.to_numpy(zero_copy_only=False)))
     return _table(cols, schema.LAYERS)
 
 
-def _topk_table(cap, uids: np.ndarray) -> pa.Table | None:
-    topk = cap.topk  # {mode: (ids (n_tok, L+1, k), probs (n_tok, L+1, k))}
-    modes = sorted(topk)
-    ids = np.stack([np.asarray(topk[m][0]) for m in modes], axis=1)  # (n, M, L+1, k)
-    probs = np.stack([np.asarray(topk[m][1]) for m in modes], axis=1)
-    n, n_m, n_l, k = ids.shape
-    if k == 0:
-        return None
+def _topk_table(lens: dict, uids: np.ndarray) -> pa.Table | None:
+    """(token, lens, layer, rank) rows in the table's key order."""
+    modes = sorted(lens)
+    ids = np.stack([np.asarray(lens[m].topk_ids) for m in modes], axis=1)  # (n, M, L+1, k)
+    probs = np.stack([np.asarray(lens[m].topk_probs) for m in modes], axis=1)
     shape = ids.shape
+    k = shape[-1]
+    if k == 0 or ids.size == 0:
+        return None
     cols = {
         "token_uid": np.broadcast_to(uids[:, None, None, None], shape).ravel(),
-        "lens": np.broadcast_to(np.array(modes, dtype=object)[None, :, None, None], shape).ravel().tolist(),
-        "layer": np.broadcast_to(np.arange(n_l, dtype=np.int16)[None, None, :, None], shape).ravel(),
+        "lens": pa.array(np.broadcast_to(np.array(modes, dtype=object)[None, :, None, None], shape).ravel(),
+                         pa.string()),
+        "layer": np.broadcast_to(np.arange(shape[2], dtype=np.int16)[None, None, :, None], shape).ravel(),
         "rank": np.broadcast_to(np.arange(1, k + 1, dtype=np.int8)[None, None, None, :], shape).ravel(),
         "vocab_id": ids.astype(np.int32).ravel(),
         "prob": probs.astype(np.float32).ravel(),
@@ -918,15 +939,19 @@ def _samples_in_schema() -> pa.Schema:
 
 def _join(dataset, items, config, ctx: RankContext, echo, result, all_ok: bool):
     if not all_ok:
-        raise IngestError("a rank failed; its part is kept under "
-                          f"{os.path.join(config.out, 'parts')} and a re-run resumes every part")
+        raise IngestError(f"a rank failed; the parts are kept under {parts_dir(config.out)} and a re-run "
+                          "resumes every part")
     if ctx.rank == 0:
+        import shutil
+
         from kevo_store.join import join_parts
 
-        parts = [part_path(config.out, r) for r in range(ctx.world_size)]
-        keys = [it.key for it in items]
-        stats = join_parts(parts, config.out, keys)
-        echo(f"joined {ctx.world_size} parts into {config.out}: {stats}")
+        pdir = Path(parts_dir(config.out))
+        parts = sorted((str(d) for d in pdir.iterdir() if (d / "manifest.json").is_file()),
+                       key=lambda d: int(d.rsplit("-", 1)[1]) if d.rsplit("-", 1)[1].isdigit() else 1 << 30)
+        stats = join_parts(parts, config.out, [it.key for it in items])
+        echo(f"joined {len(parts)} parts into {config.out}: {stats}")
+        shutil.rmtree(pdir)  # everything is in the store now (a crash before this line re-joins nothing twice)
     ctx.barrier()
     return result
 

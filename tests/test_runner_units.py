@@ -107,3 +107,12 @@ def _empty(tmp_path):
     d = tmp_path / "empty"
     d.mkdir()
     return d
+
+
+def test_token_char_spans_invalid_bytes_keep_their_own_replacement_char(tok):
+    # two lone continuation bytes never form a character: each stays U+FFFD, owned by its own token
+    ids = [tok.convert_tokens_to_ids(p) for p in ("Ġyes", "¿", "ß", "x")]
+    response = tok.decode(ids, skip_special_tokens=True)
+    assert response == " yes\ufffd\ufffdx"
+    starts, ends = token_char_spans(tok, ids, response)
+    assert [response[s:e] for s, e in zip(starts, ends)] == [" yes", "\ufffd", "\ufffd", "x"]

@@ -1,0 +1,190 @@
+"""Join part stores (one per ingest rank) into one store, in a given sample order.
+
+A multi-process ingest writes one part store per rank; rank 0 then calls :func:`join_parts` with
+the dataset's keys in item order. The joined store is written with :class:`StoreWriter`, so its
+format is the writer's, and samples are committed in that order: sample_id and token_uid come out
+exactly as a one-process run over the same items would give them. Samples are copied verbatim
+(hidden states bit for bit); only sample_id and token_uid are renumbered.
+
+Resumable like any ingest: keys already committed to the target are skipped, so a join that crashed
+can simply be run again. A key found in several parts (a re-run with a different number of ranks)
+is taken from the first part that has it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from . import hidden as hid
+from .errors import StoreError
+from .fs import LocalFS
+from .manifest import META_SECTIONS, load_manifest
+from .writer import StoreWriter
+
+
+@dataclass
+class JoinStats:
+    parts: int
+    samples: int
+    errors: int
+    tokens: int
+    skipped: int
+
+    def __str__(self) -> str:
+        return (f"{self.samples} samples, {self.errors} errors, {self.tokens} tokens from {self.parts} parts"
+                + (f" ({self.skipped} already joined)" if self.skipped else ""))
+
+
+class _Part:
+    """Read-only view of one committed part store (what its manifest names, nothing else)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fs = LocalFS(path)
+        self.m = load_manifest(self.fs)
+        self.samples = self.table("samples")
+        self.errors = self.table("errors")
+        self.hidden = hid.HiddenReader(self.fs, self.m["hidden"]) if self.m.get("hidden") else None
+        self.sample_id_of = dict(zip(self.samples.column("sample_key").to_pylist(),
+                                     self.samples.column("sample_id").to_pylist()))
+        self.error_row_of = {k: i for i, k in enumerate(self.errors.column("sample_key").to_pylist())}
+
+    def files(self, table: str) -> list[str]:
+        return [self.fs.full(f) for f in self.m["tables"][table]["files"]]
+
+    def table(self, name: str, filters: Any = None) -> pa.Table:
+        from .schema import TABLES
+
+        files = self.files(name)
+        if not files:
+            return TABLES[name].empty_table()
+        return pq.read_table(files, filters=filters, schema=TABLES[name])
+
+    def token_rows(self, name: str, lo: int, hi: int, uids: np.ndarray) -> pa.Table:
+        t = self.table(name, filters=[("token_uid", ">=", lo), ("token_uid", "<=", hi)])
+        return t.filter(pc.is_in(t.column("token_uid"), pa.array(uids)))
+
+
+def join_parts(parts: Sequence[str | os.PathLike], out: str | os.PathLike, keys: Sequence[str] | None = None, *,
+               samples_per_commit: int = 64, tokens_per_commit: int = 1 << 16) -> JoinStats:
+    """Copy every sample and error of ``parts`` into the store ``out``, ordered by ``keys``.
+
+    Keys of ``keys`` that no part holds are ignored; keys the parts hold that ``keys`` lacks come
+    last, in part order. Commits are made every ``samples_per_commit`` samples or
+    ``tokens_per_commit`` tokens, whichever comes first.
+    """
+    ps = [_Part(str(p)) for p in parts]
+    if not ps:
+        raise StoreError(f"join into {out}: no part stores given")
+    first = ps[0].m
+    for p in ps[1:]:
+        for sec in ("model", "lens", "generation"):
+            if p.m.get(sec) != first.get(sec):
+                raise StoreError(f"cannot join {p.path} and {ps[0].path}: their '{sec}' sections differ")
+        if (p.m.get("hidden") or {}).get("layers") != (first.get("hidden") or {}).get("layers"):
+            raise StoreError(f"cannot join {p.path} and {ps[0].path}: they keep hidden states of different layers")
+
+    where: dict[str, tuple[int, str]] = {}
+    for i, p in enumerate(ps):
+        for k in p.sample_id_of:
+            where.setdefault(k, (i, "sample"))
+        for k in p.error_row_of:
+            where.setdefault(k, (i, "error"))
+    order = [k for k in dict.fromkeys(keys or []) if k in where]
+    seen = set(order)
+    order += [k for k in where if k not in seen]
+
+    hsec = first.get("hidden")
+    meta = {sec: first.get(sec) or {} for sec in META_SECTIONS}
+    stats = JoinStats(parts=len(ps), samples=0, errors=0, tokens=0, skipped=0)
+    with StoreWriter(out, meta=meta, hidden_size=hsec["hidden_size"] if hsec else None,
+                     hidden_layers=list(hsec["layers"]) if hsec else None,
+                     hidden_dtype=hsec["logical_dtype"] if hsec else "float16") as w:
+        done = w.committed_keys
+        todo = [k for k in order if k not in done]
+        stats.skipped = len(order) - len(todo)
+        vocab = ps[0].table("vocab")
+        if vocab.num_rows:
+            w.write_vocab(vocab)
+        group: list[str] = []
+        n_tok = 0
+        for k in todo:
+            group.append(k)
+            i, kind = where[k]
+            if kind == "sample":
+                n_tok += _n_tokens(ps[i], k)
+            if len(group) >= samples_per_commit or n_tok >= tokens_per_commit:
+                _copy_group(w, ps, where, group, stats)
+                group, n_tok = [], 0
+        if group:
+            _copy_group(w, ps, where, group, stats)
+    return stats
+
+
+def _n_tokens(p: _Part, key: str) -> int:
+    if not hasattr(p, "_ntok"):
+        t = p.table("tokens").select(["sample_id"])
+        counts = pc.value_counts(t.column("sample_id").combine_chunks()) if t.num_rows else pa.array([])
+        p._ntok = {c["values"].as_py(): c["counts"].as_py() for c in counts} if t.num_rows else {}
+    return int(p._ntok.get(p.sample_id_of[key], 0))
+
+
+def _copy_group(w: StoreWriter, ps: list[_Part], where: dict, group: list[str], stats: JoinStats) -> None:
+    samples, tokens, layers, topk, hidden, errors = [], [], [], [], [], []
+    offset = 0
+    # per part: old uids (sorted) -> new batch-local uids
+    remap: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+    for k in group:
+        i, kind = where[k]
+        p = ps[i]
+        if kind == "error":
+            errors.append(p.errors.slice(p.error_row_of[k], 1))
+            continue
+        sid = p.sample_id_of[k]
+        s = p.samples.filter(pc.equal(p.samples.column("sample_id"), sid))
+        samples.append(s.drop_columns(["sample_id"]))
+        t = p.table("tokens", filters=[("sample_id", "=", sid)]).sort_by("token_uid")
+        old = t.column("token_uid").to_numpy()
+        new = np.arange(offset, offset + len(old), dtype=np.int64)
+        offset += len(old)
+        olds, news = remap.setdefault(i, ([], []))
+        olds.append(old)
+        news.append(new)
+        t = t.set_column(t.schema.get_field_index("token_uid"), "token_uid", pa.array(new))
+        t = t.drop_columns(["sample_id"]).append_column("sample_key", pa.array([k] * len(old), pa.string()))
+        tokens.append(t)
+        if p.hidden is not None and len(old):
+            h = p.hidden.read(old)
+            if p.hidden.sec["logical_dtype"] == "bfloat16":
+                h = hid.float32_to_bf16_bits(h)  # exact: the values are bfloat16 numbers
+            hidden.append(h)
+    for i, (olds, news) in remap.items():
+        old = np.concatenate(olds)
+        new = np.concatenate(news)
+        if not len(old):
+            continue
+        srt = np.argsort(old)
+        old_s, new_s = old[srt], new[srt]
+        for name, acc in (("layers", layers), ("topk", topk)):
+            t = ps[i].token_rows(name, int(old_s[0]), int(old_s[-1]), old_s)
+            if t.num_rows:
+                u = t.column("token_uid").to_numpy()
+                t = t.set_column(0, "token_uid", pa.array(new_s[np.searchsorted(old_s, u)]))
+                acc.append(t)
+
+    def cat(ts):
+        return pa.concat_tables(ts) if ts else None
+
+    w.write_batch(samples=cat(samples), tokens=cat(tokens), layers=cat(layers), topk=cat(topk),
+                  hidden=np.concatenate(hidden) if hidden else None, errors=cat(errors))
+    stats.samples += len(samples)
+    stats.errors += len(errors)
+    stats.tokens += offset
