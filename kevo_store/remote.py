@@ -1,0 +1,341 @@
+"""Stores at a URL, read in place: DuckDB and Zarr over an fsspec filesystem.
+
+A store URL is any fsspec URL (``s3://bucket/amber.kevo``, ``gs://…``, ``https://…``,
+``file:///…``, ``memory://…``). :class:`StoreLocation` is the store's root on that filesystem and
+hands out the two read paths the reader needs:
+
+- ``register(con)`` registers a read-only view of the store with a DuckDB connection under a
+  private protocol (``kevo<N>://``) and ``duckdb_path(rel)`` names a store file through it, so
+  ``read_parquet`` fetches only the byte ranges a query touches (footers, the row groups and
+  columns it needs) and nothing outside the store can be reached through that protocol;
+- ``zarr_store("hidden")`` is a read-only Zarr store that fetches only the chunks a selection
+  touches, and only chunks the manifest names (with the size it declares).
+
+Both refuse any file the manifest does not name, and any file whose size differs from the one
+declared, before a byte of it is parsed (the manifest is untrusted input, see ``safety``).
+
+Configuration (S3 and S3-compatible stores such as MinIO or a lab's Ceph):
+the standard AWS variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``,
+``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``) and fsspec's own
+configuration (``~/.config/fsspec/*.json`` or ``FSSPEC_S3_ENDPOINT_URL=…``-style variables) are
+honoured; ``KEVO_STORAGE_OPTIONS`` may hold a JSON object of extra options for the filesystem.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from kevo_store.errors import KevoError
+from kevo_store.fs import FsspecFS
+from kevo_store.safety import (
+    MANIFEST,
+    MAX_MANIFEST_BYTES,
+    ZARR_META,
+    UnsafeStoreError,
+    check_format_version,
+    check_zarr_metadata,
+    parse_manifest,
+)
+
+_LOCAL_SCHEMES = {"", "file", "local"}
+
+
+class RemoteStoreError(KevoError):
+    """A store URL could not be reached or is not a store."""
+
+
+# ---------------------------------------------------------------------------------------------
+# URLs
+
+
+def scheme_of(location: str | os.PathLike) -> str:
+    """The URL scheme of a location ('' for a plain path). Windows drive letters are paths."""
+    s = os.fspath(location)
+    if "://" not in s:
+        return ""
+    return urlsplit(s).scheme.lower()
+
+
+def is_remote(location: str | os.PathLike) -> bool:
+    """True for a URL whose files are not on the local disk (``s3://``, ``https://``, ``memory://``)."""
+    return scheme_of(location) not in _LOCAL_SCHEMES
+
+
+def local_path(location: str | os.PathLike) -> Path:
+    """A local location (path or ``file://`` URL) as a Path."""
+    s = os.fspath(location)
+    if scheme_of(s) in ("file", "local"):
+        return Path(urlsplit(s).path)
+    return Path(s)
+
+
+def storage_options(url: str) -> dict:
+    """Options for the filesystem of ``url``, from the environment (fsspec's config applies too).
+
+    For S3 the endpoint comes from ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` (unless fsspec's
+    config already sets one), so ``export AWS_ENDPOINT_URL=http://minio:9000`` is all it takes to
+    use MinIO. ``KEVO_STORAGE_OPTIONS`` (a JSON object) is merged on top.
+    """
+    import fsspec.config
+
+    scheme = scheme_of(url)
+    opts: dict = {}
+    if scheme in ("s3", "s3a"):
+        conf = fsspec.config.conf.get("s3", {})
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint and "endpoint_url" not in conf and "endpoint_url" not in conf.get("client_kwargs", {}):
+            opts["endpoint_url"] = endpoint
+    extra = os.environ.get("KEVO_STORAGE_OPTIONS")
+    if extra:
+        try:
+            more = json.loads(extra)
+        except ValueError as e:
+            raise RemoteStoreError(f"KEVO_STORAGE_OPTIONS is not valid JSON: {e}") from None
+        if not isinstance(more, dict):
+            raise RemoteStoreError("KEVO_STORAGE_OPTIONS must be a JSON object of filesystem options")
+        opts.update(more)
+    return opts
+
+
+def filesystem(url: str, *, asynchronous: bool = False):
+    """``(fs, root)`` for a URL; a clear error when its filesystem is not installed."""
+    import fsspec
+
+    scheme = scheme_of(url) or "file"
+    try:
+        cls = fsspec.get_filesystem_class(scheme)
+    except (ImportError, ValueError) as e:
+        hint = " (pip install s3fs, or kevo[s3])" if scheme in ("s3", "s3a") else ""
+        raise RemoteStoreError(f"{url}: no filesystem for '{scheme}://' URLs{hint}: {e}") from None
+    opts = storage_options(url)
+    if asynchronous and getattr(cls, "async_impl", False):
+        opts["asynchronous"] = True
+    fs, root = fsspec.core.url_to_fs(url, **opts)
+    return fs, root.rstrip("/")
+
+
+# ---------------------------------------------------------------------------------------------
+# the read-only view DuckDB sees
+
+_protocol_ids = itertools.count()
+_protocol_lock = threading.Lock()
+
+
+def _ro_filesystem_class():
+    from fsspec.implementations.dirfs import DirFileSystem
+
+    class ManifestFileSystem(DirFileSystem):
+        """The store's root as a read-only filesystem that serves only the files the manifest names.
+
+        DuckDB routes ``<protocol>://rel`` here; paths are relative to the store root, so a query
+        cannot name anything outside the store, cannot write (``COPY … TO`` fails), and a file
+        whose size differs from the manifest's is refused before DuckDB parses it.
+        """
+
+        cachable = False  # one instance per opened store (each has its own protocol)
+
+        def __init__(self, fs, root: str, declared: Mapping[str, int], protocol: str, where: str):
+            super().__init__(path=root, fs=fs)
+            self.protocol = (protocol,)
+            self._prefix = protocol + "://"
+            self._declared = dict(declared)
+            self._where = where
+            self.bytes_opened = 0  # sum of the sizes of files opened (diagnostics)
+
+        def _strip_protocol(self, path):
+            if isinstance(path, str):
+                if path.startswith(self._prefix):
+                    path = path[len(self._prefix):]
+                return path.lstrip("/")
+            return path
+
+        def _rel(self, path) -> str:
+            rel = self._strip_protocol(path)
+            if rel not in self._declared:
+                raise UnsafeStoreError(f"{self._where}: refused: {rel!r} is not named by the store's manifest")
+            return rel
+
+        def open(self, path, mode="rb", *args, **kwargs):
+            if "r" not in mode or any(c in mode for c in "wax+"):
+                raise PermissionError(f"{self._where} is opened read-only (mode {mode!r})")
+            rel = self._rel(path)
+            f = super().open(rel, mode, *args, **kwargs)
+            size = getattr(f, "size", None)
+            if size is None:
+                size = self.fs.size(self._join(rel))
+            if size != self._declared[rel]:
+                f.close()
+                raise UnsafeStoreError(
+                    f"{self._where}: refused: {rel!r} is {size} bytes, the manifest declares {self._declared[rel]}"
+                )
+            self.bytes_opened += size
+            return f
+
+        def info(self, path, **kwargs):
+            rel = self._rel(path)
+            out = dict(super().info(rel, **kwargs))
+            out["name"] = rel
+            return out
+
+        def _refuse_write(self, *args, **kwargs):
+            raise PermissionError(f"{self._where} is opened read-only")
+
+        rm = rm_file = mkdir = makedirs = pipe = pipe_file = put = put_file = mv = cp_file = touch = _refuse_write
+        _rm = _rm_file = _mkdir = _makedirs = _pipe = _pipe_file = _put = _put_file = _mv = _cp_file = _touch = (
+            _refuse_write
+        )
+
+    return ManifestFileSystem
+
+
+def _ro_zarr_store_class():
+    from zarr.storage import FsspecStore
+
+    class ManifestZarrStore(FsspecStore):
+        """Read-only Zarr store over fsspec that fetches only keys the manifest names.
+
+        A key the manifest does not name is absent (Zarr fills it: the writer skips chunks that are
+        all fill value) and is never requested; a fetched key must have the declared size.
+        """
+
+        supports_writes = False
+        supports_deletes = False
+
+        def __init__(self, fs, path: str, declared: Mapping[str, int], where: str):
+            super().__init__(fs=fs, read_only=True, path=path)
+            self._declared = dict(declared)
+            self._where = where
+            self.bytes_fetched = 0
+
+        async def get(self, key, prototype, byte_range=None):
+            if key not in self._declared:
+                return None
+            value = await super().get(key, prototype, byte_range)
+            if value is not None:
+                n = len(value)
+                self.bytes_fetched += n
+                declared = self._declared[key]
+                if byte_range is None and declared is not None and n != declared:
+                    raise UnsafeStoreError(
+                        f"{self._where}: refused: hidden/{key} is {n} bytes, the manifest declares {declared}"
+                    )
+            return value
+
+        async def exists(self, key):
+            return key in self._declared
+
+        def with_read_only(self, read_only: bool = False):
+            if not read_only:
+                raise PermissionError(f"{self._where} is opened read-only")
+            return self
+
+    return ManifestZarrStore
+
+
+# ---------------------------------------------------------------------------------------------
+# the store filesystem for a URL
+
+
+class RemoteFS(FsspecFS):
+    """Read-only access to a store at a URL, trusting nothing the store says until checked.
+
+    Plugs into ``kevo_store.fs.store_fs`` (so ``open_store(url)`` uses it): the manifest is read
+    size-capped and parsed strictly, every other read goes only to files the manifest declares,
+    DuckDB reads through a private read-only protocol, and Zarr through a manifest-checked store.
+    """
+
+    def __init__(self, url: str):
+        fs, _path = filesystem(url)
+        super().__init__(url, fs=fs)
+        self._declared: dict[str, dict] | None = None
+        self._duck_fs = None
+
+    def declared(self) -> dict[str, dict]:
+        """Every file the store declares (see ``safety.declared_files``), loaded once."""
+        if self._declared is None:
+            from kevo_store.safety import declared_files
+
+            raw = self._read_raw(MANIFEST, MAX_MANIFEST_BYTES)
+            manifest = parse_manifest(raw, self.root)
+            check_format_version(manifest, self.root)
+            self._declared = declared_files(manifest, self._read_declared_part, self.root)
+        return self._declared
+
+    def _read_declared_part(self, rel: str) -> bytes:
+        return self._read_raw(rel, MAX_MANIFEST_BYTES)
+
+    def _read_raw(self, rel: str, cap: int | None) -> bytes:
+        p = self._p(rel)
+        try:
+            if cap is not None:
+                size = self._fs.size(p)
+                if size is not None and size > cap:
+                    raise UnsafeStoreError(f"{self.root}: refused: {rel!r} is {size} bytes (at most {cap} expected)")
+            return self._fs.cat_file(p)
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            raise RemoteStoreError(f"{self.root}: cannot read {rel!r}: {e}") from None
+
+    def _check_declared(self, rel: str) -> dict:
+        entry = self.declared().get(rel)
+        if entry is None:
+            raise UnsafeStoreError(f"{self.root}: refused: {rel!r} is not named by the store's manifest")
+        return entry
+
+    # -- StoreFS interface --------------------------------------------------------------------
+    def read_bytes(self, rel: str) -> bytes:
+        if rel == MANIFEST:
+            return self._read_raw(rel, MAX_MANIFEST_BYTES)
+        entry = self._check_declared(rel)
+        data = self._read_raw(rel, entry["size"] if entry["size"] is not None else MAX_MANIFEST_BYTES)
+        if entry["size"] is not None and len(data) != entry["size"]:
+            raise UnsafeStoreError(f"{self.root}: refused: {rel!r} is {len(data)} bytes, the manifest declares {entry['size']}")
+        if rel == ZARR_META:
+            check_zarr_metadata(parse_manifest(data, f"{self.root}/{rel}"), f"{self.root}/{rel}")
+        return data
+
+    def open(self, rel: str, mode: str = "rb"):
+        if "r" not in mode or any(c in mode for c in "wax+"):
+            raise PermissionError(f"{self.root} is a remote store, opened read-only")
+        if rel != MANIFEST:
+            self._check_declared(rel)
+        return self._fs.open(self._p(rel), mode)
+
+    def fsspec(self):
+        if self._duck_fs is None:
+            with _protocol_lock:
+                proto = f"kevo{next(_protocol_ids)}"
+            sizes = {rel: e["size"] for rel, e in self.declared().items() if e["size"] is not None}
+            self._duck_fs = _ro_filesystem_class()(self._fs, self._path, sizes, proto, self.root)
+        return self._duck_fs
+
+    def full(self, rel: str) -> str:
+        # DuckDB (and anything else given this string) reads through the read-only protocol
+        return f"{self.fsspec().protocol[0]}://{rel}"
+
+    def zarr_store(self, rel: str, read_only: bool = True):
+        if not read_only:
+            raise PermissionError(f"{self.root} is a remote store, opened read-only")
+        from zarr.storage._fsspec import _make_async
+
+        prefix = rel.rstrip("/") + "/"
+        declared = {}
+        for k, e in self.declared().items():
+            if k.startswith(prefix):
+                declared[k[len(prefix):]] = e["size"]
+        meta = f"{prefix}zarr.json"
+        if meta in self.declared():
+            self.read_bytes(meta)  # checked by check_zarr_metadata before Zarr parses it
+        return _ro_zarr_store_class()(_make_async(self._fs), self._p(rel), declared, self.root)
+
+
+def remote_store_fs(url: str) -> RemoteFS:
+    """The read-only StoreFS for a store URL (used by ``kevo_store.fs.store_fs``)."""
+    return RemoteFS(url)
