@@ -1,0 +1,260 @@
+"""The `kevo` command: the root group, `kevo sql` and `kevo store info|verify`.
+
+Subcommands are listed in pyproject's ``[project.entry-points."kevo.commands"]`` and imported
+only when they run, so `kevo --help` and `kevo sql` never import torch. This module imports
+nothing heavy at the top: duckdb and polars load inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib.metadata import entry_points
+
+import click
+
+from .errors import KevoError
+
+ENTRY_GROUP = "kevo.commands"
+
+
+def _entry_points() -> dict:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_GROUP)}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands come from entry points, imported on use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(_entry_points()))
+
+    def get_command(self, ctx: click.Context, name: str):
+        cmd = super().get_command(ctx, name)
+        if cmd is not None:
+            return cmd
+        ep = _entry_points().get(name)
+        if ep is None:
+            return None
+        try:
+            return ep.load()
+        except Exception as e:  # a broken subcommand must not take the others down
+            return _unavailable(name, ep.value, e)
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KevoError as e:
+            click.echo(f"kevo: error: {e}", err=True)
+            ctx.exit(1)
+
+
+def _unavailable(name: str, target: str, err: Exception) -> click.Command:
+    msg = f"`kevo {name}` is unavailable: importing {target} failed ({type(err).__name__}: {err})"
+
+    @click.command(name, help=f"(unavailable: {type(err).__name__})", context_settings={"ignore_unknown_options": True})
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def cmd(args):
+        raise KevoError(msg)
+
+    return cmd
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="kevo", prog_name="kevo")
+def main() -> None:
+    """kevo: an activation store and query engine for how knowledge evolves across the layers of
+    vision-language models.
+
+    \b
+    kevo ingest amber --data ~/AMBER --model llava-hf/llava-1.5-7b-hf --out amber.kevo
+    kevo sql amber.kevo "SELECT layer, avg(p_out) FROM layers GROUP BY layer ORDER BY layer"
+    kevo store info amber.kevo
+    """
+
+
+# ---------------------------------------------------------------------------------- kevo sql
+def _parse_store_args(args: tuple[str, ...]) -> dict[str, str]:
+    from .reader import alias_for
+
+    stores: dict[str, str] = {}
+    for a in args:
+        if "=" in a and not a.startswith(("s3://", "gs://", "file://", "memory://")) and a.split("=", 1)[0].isidentifier():
+            alias, path = a.split("=", 1)
+        else:
+            alias, path = alias_for(a), a
+        if alias in stores:
+            raise KevoError(f"two stores are both called {alias!r} ({stores[alias]}, {path}); name them: NAME=PATH")
+        stores[alias] = path
+    return stores
+
+
+@click.command("sql")
+@click.argument("args", nargs=-1, required=True, metavar="STORE... SQL")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table",
+              show_default=True, help="Output format (parquet needs --output).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the result to this file.")
+@click.option("--max-rows", type=int, default=40, show_default=True, help="Rows shown by --format table (-1: all).")
+def sql(args: tuple[str, ...], fmt: str, output: str | None, max_rows: int) -> None:
+    """Run SQL over one or more stores.
+
+    Each store's tables are views named ALIAS.TABLE, where ALIAS is the directory name without
+    '.kevo' (or give NAME=PATH). With one store the tables are also available unqualified.
+
+    \b
+    kevo sql amber.kevo "SELECT count(*) FROM tokens"
+    kevo sql base=amber.kevo skip=amber_skip.kevo \\
+        "SELECT a.layer, avg(a.p_out - b.p_out) FROM base.layers a JOIN skip.layers b USING (token_uid, lens, layer) GROUP BY 1"
+    """
+    if len(args) < 2:
+        raise click.UsageError("give at least one STORE and the SQL query (the last argument)")
+    *store_args, query = args
+    stores = _parse_store_args(tuple(store_args))
+    if fmt == "parquet" and not output:
+        raise click.UsageError("--format parquet needs --output FILE")
+    from .reader import QueryError, one_line, open_stores
+
+    first = next(iter(stores))
+    ms = open_stores(stores, unqualified=first if len(stores) == 1 else None)
+    import duckdb
+
+    try:
+        rel = ms.con.sql(query)
+        if rel is None:  # a statement without a result (SET, CREATE TEMP VIEW, ...)
+            return
+        if output and fmt in ("parquet", "csv", "json"):
+            opts = {"parquet": "FORMAT parquet, COMPRESSION zstd", "csv": "FORMAT csv, HEADER true",
+                    "json": "FORMAT json, ARRAY true"}[fmt]
+            rel.to_view("__kevo_out", replace=True)
+            dst = output.replace("'", "''")
+            ms.con.execute(f"COPY (SELECT * FROM __kevo_out) TO '{dst}' ({opts})")
+            return
+        df = rel.pl()
+    except duckdb.Error as e:
+        raise QueryError(one_line(e)) from None
+    finally:
+        pass
+    text = _render(df, fmt, max_rows)
+    if output:
+        with open(output, "w") as f:
+            f.write(text)
+    else:
+        click.echo(text, nl=not text.endswith("\n"))
+
+
+def _render(df, fmt: str, max_rows: int) -> str:
+    import polars as pl
+
+    if fmt == "csv":
+        return df.write_csv()
+    if fmt == "json":
+        import json
+
+        return json.dumps(df.to_dicts(), default=str, ensure_ascii=False) + "\n"
+    with pl.Config(tbl_rows=max_rows, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200,
+                   tbl_hide_dataframe_shape=False):
+        return str(df)
+
+
+# ---------------------------------------------------------------------------------- kevo store
+@click.group("store")
+def store() -> None:
+    """Inspect and check stores."""
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def store_summary(path: str) -> dict:
+    """What `kevo store info` shows, as a dict (also its --json output)."""
+    from .fs import store_fs
+    from .manifest import load_manifest
+
+    fs = store_fs(path)
+    m = load_manifest(fs)
+    files = m["files"]
+    tables = {}
+    for name, ent in m["tables"].items():
+        tables[name] = {"rows": ent["rows"], "files": len(ent["files"]),
+                        "bytes": sum(files.get(f, {}).get("size", 0) for f in ent["files"])}
+    derived = {name: {"rows": d["rows"], "bytes": sum(files.get(f, {}).get("size", 0) for f in d["files"]),
+                      "params": d.get("params", {})} for name, d in (m.get("derived") or {}).items()}
+    h = m.get("hidden")
+    hidden = None
+    if h:
+        hidden = {"shape": [h["rows"], len(h["layers"]), h["hidden_size"]], "dtype": h["logical_dtype"],
+                  "layers": h["layers"], "bytes": fs.disk_usage(h["path"]) if hasattr(fs, "disk_usage") else None}
+    total = fs.disk_usage("") if hasattr(fs, "disk_usage") else None
+    return {"path": fs.root, "format_version": m["format_version"], "kevo_version": m.get("kevo_version"),
+            "state": m.get("state"), "commits": m.get("commits"), "created": m.get("created"),
+            "updated": m.get("updated"), "model": m.get("model", {}), "dataset": m.get("dataset", {}),
+            "lens": m.get("lens", {}), "generation": m.get("generation", {}), "capture": m.get("capture", {}),
+            "tables": tables, "derived": derived, "hidden": hidden, "disk_bytes": total}
+
+
+@store.command("info")
+@click.argument("store_path", metavar="STORE")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def info(store_path: str, as_json: bool) -> None:
+    """Model, dataset, row counts and disk use of a store."""
+    s = store_summary(store_path)
+    if as_json:
+        import json
+
+        click.echo(json.dumps(s, indent=1))
+        return
+    md, ds, t = s["model"], s["dataset"], s["tables"]
+    lines = [f"store      {s['path']}  (format v{s['format_version']}, kevo {s['kevo_version']}, {s['state']}, "
+             f"{s['commits']} commits, updated {s['updated']})"]
+    if md:
+        extra = ", ".join(f"{k} {md[k]}" for k in ("family", "dtype", "n_layers", "hidden_size", "vocab_size") if k in md)
+        lines.append(f"model      {md.get('id', '?')}{' @ ' + str(md['revision']) if md.get('revision') else ''}"
+                     f"{'  (' + extra + ')' if extra else ''}")
+    if ds:
+        lines.append("dataset    " + ", ".join(f"{k}={v}" for k, v in ds.items() if not isinstance(v, (dict, list))))
+    if s["lens"]:
+        lines.append("lens       " + ", ".join(f"{k}={v}" for k, v in s["lens"].items()))
+    lines.append(f"samples    {t['samples']['rows']:,}   errors {t['errors']['rows']:,}")
+    for name in ("tokens", "layers", "topk", "vocab"):
+        e = t[name]
+        lines.append(f"{name:<10} {e['rows']:>13,} rows  {_human(e['bytes']):>10}  in {e['files']} file(s)"
+                     + (f"  ({e['bytes'] / e['rows']:.1f} B/row)" if e["rows"] else ""))
+    for name, d in s["derived"].items():
+        lines.append(f"{name:<10} {d['rows']:>13,} rows  {_human(d['bytes']):>10}  (derived)")
+    h = s["hidden"]
+    if h:
+        ly = h["layers"]
+        span = f"{ly[0]}..{ly[-1]}" if ly == list(range(ly[0], ly[-1] + 1)) else ",".join(map(str, ly))
+        lines.append(f"hidden     {h['shape'][0]:,} x {h['shape'][1]} x {h['shape'][2]} {h['dtype']} (layers {span})"
+                     + (f"  {_human(h['bytes'])}" if h["bytes"] is not None else ""))
+    else:
+        lines.append("hidden     none captured")
+    if s["disk_bytes"] is not None:
+        lines.append(f"disk       {_human(s['disk_bytes'])} in all")
+    click.echo("\n".join(lines))
+
+
+@store.command("verify")
+@click.argument("store_path", metavar="STORE")
+@click.option("--quick", is_flag=True, help="Check sizes, footers and counts but skip the sha256 of every file.")
+def verify(store_path: str, quick: bool) -> None:
+    """Check every file against the manifest: checksums, row counts, hidden shape against tokens."""
+    from .verify import verify_store
+
+    rep = verify_store(store_path, checksums=not quick)
+    for n in rep.notes:
+        click.echo(f"note: {n}", err=True)
+    if rep.ok:
+        click.echo(f"ok: {rep.path}: {rep.checked_files} files, {_human(rep.checked_bytes)} "
+                   f"{'size-checked' if quick else 'checksummed'}; counts, schemas and keys consistent")
+        return
+    for p in rep.problems:
+        click.echo(f"problem: {p}", err=True)
+    raise KevoError(f"{rep.path} failed verification: {len(rep.problems)} problem(s), first: {rep.problems[0]}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Reading a store: DuckDB views over the manifest's Parquet files, hidden states from Zarr.
+
+Opening a store reads manifest.json and creates one view per table over exactly the files the
+manifest names (so a writer's uncommitted files are invisible); nothing else is read until a
+query runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from .errors import KevoError, QueryError, StoreError
+from .fs import StoreFS, store_fs
+from .hidden import HiddenReader
+from .manifest import load_manifest
+from .schema import DERIVED_TABLES, TABLES
+
+_DUCK_TYPES = {
+    pa.int8(): "TINYINT", pa.int16(): "SMALLINT", pa.int32(): "INTEGER", pa.int64(): "BIGINT",
+    pa.float32(): "FLOAT", pa.float64(): "DOUBLE", pa.string(): "VARCHAR", pa.bool_(): "BOOLEAN",
+}
+
+
+def _q(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _ident(s: str) -> str:
+    return '"' + s.replace('"', '""') + '"'
+
+
+def _empty_select(schema: pa.Schema) -> str:
+    cols = ", ".join(f"CAST(NULL AS {_DUCK_TYPES.get(f.type, 'VARCHAR')}) AS {_ident(f.name)}" for f in schema)
+    return f"SELECT {cols} WHERE false"
+
+
+def view_sql(fs: StoreFS, files: list[str], schema: pa.Schema | None) -> str:
+    if not files:
+        if schema is None:
+            raise StoreError(f"{fs.root}: a derived table has no files")
+        return _empty_select(schema)
+    lst = ", ".join(_q(fs.full(f)) for f in files)
+    return f"SELECT * FROM read_parquet([{lst}])"
+
+
+def _table_entries(m: dict) -> list[tuple[str, list[str], pa.Schema | None]]:
+    out = [(name, m["tables"].get(name, {}).get("files", []), schema) for name, schema in TABLES.items()]
+    for name, d in (m.get("derived") or {}).items():
+        out.append((name, d.get("files", []), DERIVED_TABLES.get(name)))
+    return out
+
+
+def _connect() -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(":memory:")
+    return con
+
+
+def _attach(con: duckdb.DuckDBPyConnection, fs: StoreFS, m: dict, schema_name: str | None) -> None:
+    if fs.fsspec() is not None:
+        con.register_filesystem(fs.fsspec())
+    prefix = ""
+    if schema_name:
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {_ident(schema_name)}")
+        prefix = _ident(schema_name) + "."
+    for name, files, schema in _table_entries(m):
+        con.execute(f"CREATE OR REPLACE VIEW {prefix}{_ident(name)} AS {view_sql(fs, files, schema)}")
+
+
+def _run(con: duckdb.DuckDBPyConnection, query: str):
+    try:
+        return con.sql(query)
+    except duckdb.Error as e:
+        raise QueryError(one_line(e)) from None
+
+
+def one_line(e: BaseException) -> str:
+    """DuckDB errors span several lines (a caret under the query); keep the message and any hint."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    keep = [lines[0]] if lines else [type(e).__name__]
+    keep += [ln for ln in lines[1:] if ln.startswith(("Did you mean", "Candidate"))]
+    return " ".join(keep)
+
+
+class Store:
+    """A read-only view of one store. Create it with :func:`open_store`."""
+
+    def __init__(self, path: str | os.PathLike | StoreFS, con: duckdb.DuckDBPyConnection | None = None):
+        self.fs = store_fs(path)
+        self.path = self.fs.root
+        self.manifest = load_manifest(self.fs)
+        self.con = con if con is not None else _connect()
+        _attach(self.con, self.fs, self.manifest, None)
+        self._hidden: HiddenReader | None = None
+
+    # --- queries
+    def sql(self, query: str):
+        """Run SQL over the views; returns a polars.DataFrame."""
+        rel = _run(self.con, query)
+        if rel is None:
+            return None
+        try:
+            return rel.pl()
+        except duckdb.Error as e:
+            raise QueryError(one_line(e)) from None
+
+    def arrow(self, query: str) -> pa.Table:
+        rel = _run(self.con, query)
+        try:
+            return rel.fetch_arrow_table() if rel is not None else pa.table({})
+        except duckdb.Error as e:
+            raise QueryError(one_line(e)) from None
+
+    # --- manifest accessors
+    @property
+    def model(self) -> dict[str, Any]:
+        return self.manifest.get("model", {})
+
+    @property
+    def dataset(self) -> dict[str, Any]:
+        return self.manifest.get("dataset", {})
+
+    @property
+    def n_layers(self) -> int:
+        """L: layers are numbered 0..L (manifest model.n_layers, else the largest layer stored)."""
+        n = self.model.get("n_layers")
+        if n is not None:
+            return int(n)
+        v = self.con.execute("SELECT max(layer) FROM layers").fetchone()[0]
+        if v is None:
+            raise StoreError(f"{self.path}: number of layers unknown (no model.n_layers, no layers rows)")
+        return int(v)
+
+    @property
+    def lens_modes(self) -> list[str]:
+        modes = self.manifest.get("lens", {}).get("modes")
+        if modes:
+            return list(modes)
+        return [r[0] for r in self.con.execute("SELECT DISTINCT lens FROM layers ORDER BY 1").fetchall()]
+
+    @property
+    def hidden_layers(self) -> list[int]:
+        h = self.manifest.get("hidden")
+        return list(h["layers"]) if h else []
+
+    @property
+    def tables(self) -> list[str]:
+        return [name for name, _f, _s in _table_entries(self.manifest)]
+
+    def rows(self, table: str) -> int:
+        if table in self.manifest["tables"]:
+            return int(self.manifest["tables"][table]["rows"])
+        if table in (self.manifest.get("derived") or {}):
+            return int(self.manifest["derived"][table]["rows"])
+        raise KevoError(f"{self.path} has no table {table!r}; tables: {self.tables}")
+
+    # --- hidden states
+    def hidden(self, token_uids: Any, layers: Any = None) -> np.ndarray:
+        """Hidden states (n, n_layers, D) of ``token_uids`` at ``layers`` (default: all captured).
+
+        float16 stores give float16; bfloat16 stores give float32 (exact)."""
+        h = self.manifest.get("hidden")
+        if not h:
+            raise KevoError(f"{self.path} holds no hidden states (captured without them)")
+        if self._hidden is None:
+            self._hidden = HiddenReader(self.fs, h)
+        return self._hidden.read(token_uids, layers)
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({self.path!r}, samples={self.rows('samples')}, tokens={self.rows('tokens')})"
+
+
+def open_store(path: str | os.PathLike) -> Store:
+    """Open a store (a directory or an fsspec URL) for reading."""
+    return Store(path)
+
+
+_ALIAS = re.compile(r"[^0-9A-Za-z_]")
+
+
+def alias_for(path: str) -> str:
+    """Schema name for a store: its directory name without '.kevo', made an identifier."""
+    base = os.path.basename(os.fspath(path).rstrip("/")) or "store"
+    if base.endswith(".kevo"):
+        base = base[: -len(".kevo")]
+    a = _ALIAS.sub("_", base) or "store"
+    return "s_" + a if a[0].isdigit() else a
+
+
+class Stores:
+    """Several stores in one DuckDB connection: ``<alias>.<table>`` views."""
+
+    def __init__(self, stores: dict[str, Store], con: duckdb.DuckDBPyConnection):
+        self.stores = stores
+        self.con = con
+
+    def __getitem__(self, alias: str) -> Store:
+        return self.stores[alias]
+
+    def sql(self, query: str):
+        rel = _run(self.con, query)
+        return rel.pl() if rel is not None else None
+
+    def arrow(self, query: str) -> pa.Table:
+        rel = _run(self.con, query)
+        return rel.fetch_arrow_table() if rel is not None else pa.table({})
+
+    def close(self) -> None:
+        self.con.close()
+
+
+def open_stores(stores: dict[str, str | os.PathLike] | list[str], unqualified: str | None = None) -> Stores:
+    """Attach several stores to one connection, each as a schema named by its alias.
+
+    ``stores`` maps alias -> path (or is a list of paths, aliased by directory name). The views of
+    the store named by ``unqualified`` are also created without a schema prefix."""
+    if not isinstance(stores, dict):
+        d: dict[str, Any] = {}
+        for p in stores:
+            a = alias_for(os.fspath(p))
+            if a in d:
+                raise KevoError(f"two stores would both be called {a!r}; name them: {a}=PATH")
+            d[a] = p
+        stores = d
+    con = _connect()
+    out: dict[str, Store] = {}
+    for alias, path in stores.items():
+        if not alias.isidentifier():
+            raise KevoError(f"store alias {alias!r} is not an SQL identifier")
+        if alias in ("main", "temp", "system", "information_schema", "pg_catalog", "memory"):
+            raise KevoError(f"store alias {alias!r} is reserved; name it: other={path}")
+        fs = store_fs(path)
+        m = load_manifest(fs)
+        _attach(con, fs, m, alias)
+        s = Store.__new__(Store)
+        s.fs, s.path, s.manifest, s.con, s._hidden = fs, fs.root, m, con, None
+        out[alias] = s
+        if unqualified == alias:
+            _attach(con, fs, m, None)
+    return Stores(out, con)

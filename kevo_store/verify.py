@@ -1,0 +1,228 @@
+"""`kevo store verify`: check a store against its manifest and name everything that is wrong."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .fs import StoreFS, store_fs
+from .hidden import CHUNK_TOKENS, HIDDEN_DIR, chunk_keys, load_tail
+from .lock import LOCK
+from .manifest import load_manifest
+from .schema import DERIVED_TABLES, TABLES
+
+
+@dataclass
+class VerifyReport:
+    path: str
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    checked_files: int = 0
+    checked_bytes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _parquet_schema_problem(rel: str, got: pa.Schema, want: pa.Schema) -> str | None:
+    got_t = [(f.name, f.type) for f in got]
+    want_t = [(f.name, f.type) for f in want]
+    if got_t != want_t:
+        diff = [f"{n}: {t}" for n, t in got_t if (n, t) not in want_t] or [n for n, _ in want_t if n not in got.names]
+        return f"{rel}: schema differs from format v1 ({', '.join(map(str, diff[:4]))})"
+    return None
+
+
+def verify_store(path: str | os.PathLike | StoreFS, checksums: bool = True) -> VerifyReport:
+    """Check sizes and sha256 of every file, Parquet footers, row counts, schemas, the hidden array
+    (shape against tokens, chunk index) and the keys. Manifest problems raise StoreError."""
+    fs = store_fs(path)
+    m = load_manifest(fs)
+    rep = VerifyReport(fs.root)
+    P = rep.problems.append
+    files = m["files"]
+    damaged: set[str] = set()
+    # --- every named file: present, right size, right sha256
+    for rel, ent in files.items():
+        if not fs.exists(rel):
+            P(f"{rel}: missing (named by the manifest)")
+            damaged.add(rel)
+            continue
+        size = fs.size(rel)
+        if size != ent["size"]:
+            P(f"{rel}: size {size} bytes, manifest says {ent['size']} (truncated or overwritten)")
+            damaged.add(rel)
+            continue
+        if checksums:
+            sha, _ = fs.sha256(rel)
+            if sha != ent["sha256"]:
+                P(f"{rel}: sha256 mismatch (corrupted): {sha[:16]}... != manifest {ent['sha256'][:16]}...")
+                damaged.add(rel)
+                continue
+        rep.checked_files += 1
+        rep.checked_bytes += size
+    # --- tables: footers, schemas, row counts
+    entries = [(name, m["tables"].get(name), schema) for name, schema in TABLES.items()]
+    entries += [(name, d, DERIVED_TABLES.get(name)) for name, d in (m.get("derived") or {}).items()]
+    for name, ent, schema in entries:
+        if ent is None:
+            P(f"manifest: table '{name}' is missing")
+            continue
+        total = 0
+        for rel in ent["files"]:
+            if rel not in files:
+                P(f"{rel}: listed for table '{name}' but has no checksum entry")
+                continue
+            if rel in damaged:
+                continue
+            try:
+                pf = pq.ParquetFile(fs.open(rel, "rb"))
+                n = pf.metadata.num_rows
+                got = pf.schema_arrow
+            except Exception as e:  # noqa: BLE001 - any footer failure is corruption
+                P(f"{rel}: not a readable Parquet file ({type(e).__name__}: {e})")
+                continue
+            if files[rel].get("rows") is not None and n != files[rel]["rows"]:
+                P(f"{rel}: {n} rows, manifest says {files[rel]['rows']}")
+            if schema is not None:
+                prob = _parquet_schema_problem(rel, got, schema)
+                if prob:
+                    P(prob)
+            total += n
+        if not any(r in damaged for r in ent["files"]) and total != ent["rows"]:
+            P(f"table '{name}': {total} rows in its files, manifest says {ent['rows']}")
+    n_tokens = m["tables"]["tokens"]["rows"]
+    if m.get("next_token_uid", n_tokens) != n_tokens:
+        P(f"manifest: next_token_uid {m.get('next_token_uid')} != tokens rows {n_tokens}")
+    # --- hidden
+    h = m.get("hidden")
+    if h:
+        _verify_hidden(fs, m, h, n_tokens, checksums, damaged, rep)
+    # --- keys and references, if the tables are readable
+    if not rep.problems:
+        _verify_keys(fs, m, rep)
+    # --- notes
+    named = set(files)
+    orphans = [r for top in ("tables", "derived") for r in fs.walk_files(top) if r not in named]
+    if orphans:
+        rep.notes.append(f"{len(orphans)} file(s) not named by the manifest (left by an interrupted writer; "
+                         f"ignored, and removed by the next writer), e.g. {orphans[0]}")
+    if fs.exists(LOCK):
+        try:
+            who = json.loads(fs.read_bytes(LOCK))
+            rep.notes.append(f"a writer holds the lock: pid {who.get('pid')} on {who.get('host')} since {who.get('since')}")
+        except ValueError:
+            rep.notes.append("a lock file is present")
+    if m.get("state") != "closed":
+        rep.notes.append("the store is open (a writer has not closed it: parts are not compacted yet)")
+    return rep
+
+
+def _verify_hidden(fs: StoreFS, m: dict, h: dict, n_tokens: int, checksums: bool, damaged: set, rep) -> None:
+    P = rep.problems.append
+    nl, d = len(h["layers"]), h["hidden_size"]
+    if h["rows"] != n_tokens:
+        P(f"hidden: {h['rows']} rows, but the store has {n_tokens} tokens")
+    zr = h["zarr_rows"]
+    try:
+        meta = json.loads(fs.read_bytes(f"{HIDDEN_DIR}/zarr.json"))
+        shape = meta["shape"]
+        chunks = meta["chunk_grid"]["configuration"]["chunk_shape"]
+        dtype = meta["data_type"]
+    except Exception as e:  # noqa: BLE001
+        P(f"{HIDDEN_DIR}/zarr.json: unreadable Zarr metadata ({type(e).__name__}: {e})")
+        return
+    if list(shape[1:]) != [nl, d]:
+        P(f"{HIDDEN_DIR}/zarr.json: shape {shape}, expected (rows, {nl}, {d})")
+    if shape[0] < zr or (m.get("state") == "closed" and shape[0] != h["rows"]):
+        P(f"{HIDDEN_DIR}/zarr.json: {shape[0]} rows, but the manifest commits {zr} rows to the array"
+          f"{' (closed store: must equal the token count)' if m.get('state') == 'closed' else ''}")
+    if list(chunks) != [CHUNK_TOKENS, 1, d]:
+        P(f"{HIDDEN_DIR}/zarr.json: chunks {chunks}, expected [{CHUNK_TOKENS}, 1, {d}]")
+    if dtype != h["dtype"]:
+        P(f"{HIDDEN_DIR}/zarr.json: data type {dtype}, manifest says {h['dtype']}")
+    tail_rows = h["rows"] - zr
+    if h.get("tail"):
+        if h["tail"] not in damaged:
+            try:
+                t = load_tail(fs, h["tail"])
+                if t.shape != (tail_rows, nl, d):
+                    P(f"{h['tail']}: shape {t.shape}, expected ({tail_rows}, {nl}, {d})")
+            except Exception as e:  # noqa: BLE001
+                P(f"{h['tail']}: unreadable ({type(e).__name__}: {e})")
+    elif tail_rows:
+        P(f"hidden: {tail_rows} rows are neither in the array nor in a tail file")
+    index: dict[str, list] = {}
+    for rel in h.get("index", []):
+        if rel in damaged:
+            continue
+        try:
+            index.update(json.loads(fs.read_bytes(rel))["chunks"])
+        except Exception as e:  # noqa: BLE001
+            P(f"{rel}: unreadable chunk index ({type(e).__name__}: {e})")
+    if any(rel in damaged for rel in h.get("index", [])):
+        return
+    bad = 0
+    for key in chunk_keys(0, -(-zr // CHUNK_TOKENS), nl):
+        rel = f"{HIDDEN_DIR}/{key}"
+        ent = index.get(key)
+        if ent is None:
+            P(f"{rel}: hidden chunk has no checksum in the chunk index")
+            bad += 1
+        elif not fs.exists(rel):
+            P(f"{rel}: hidden chunk missing")
+            bad += 1
+        else:
+            size = fs.size(rel)
+            if size != ent[1]:
+                P(f"{rel}: hidden chunk is {size} bytes, index says {ent[1]} (truncated)")
+                bad += 1
+            elif checksums:
+                sha, _ = fs.sha256(rel)
+                if sha != ent[0]:
+                    P(f"{rel}: hidden chunk sha256 mismatch (corrupted)")
+                    bad += 1
+                else:
+                    rep.checked_files += 1
+                    rep.checked_bytes += size
+        if bad >= 20:
+            P("hidden: stopping after 20 damaged chunks")
+            break
+
+
+def _verify_keys(fs: StoreFS, m: dict, rep) -> None:
+    from .reader import Store
+
+    P = rep.problems.append
+    s = Store(fs)
+    try:
+        one = s.con.execute
+        n_t = m["tables"]["tokens"]["rows"]
+        lo, hi, nd = one("SELECT min(token_uid), max(token_uid), count(DISTINCT token_uid) FROM tokens").fetchone()
+        if n_t and (lo != 0 or hi != n_t - 1 or nd != n_t):
+            P(f"tokens.token_uid is not dense 0..{n_t - 1} (min {lo}, max {hi}, {nd} distinct)")
+        n_s, nd = one("SELECT count(*), count(DISTINCT sample_key) FROM samples").fetchone()
+        if nd != n_s:
+            P(f"samples.sample_key has {n_s - nd} duplicate(s)")
+        (n,) = one("SELECT count(*) FROM samples s JOIN errors e USING (sample_key)").fetchone()
+        if n:
+            P(f"{n} sample_key(s) are both in samples and in errors")
+        (n,) = one("SELECT count(*) FROM tokens t ANTI JOIN samples s USING (sample_id)").fetchone()
+        if n:
+            P(f"{n} token(s) refer to a sample_id that is not in samples")
+        for t in ("layers", "topk"):
+            lo, hi = one(f"SELECT min(token_uid), max(token_uid) FROM {t}").fetchone()
+            if lo is not None and (lo < 0 or hi >= n_t):
+                P(f"{t}.token_uid outside the tokens table (min {lo}, max {hi}, tokens {n_t})")
+            n_layers = m.get("model", {}).get("n_layers")
+            if n_layers is not None:
+                lo, hi = one(f"SELECT min(layer), max(layer) FROM {t}").fetchone()
+                if lo is not None and (lo < 0 or hi > n_layers):
+                    P(f"{t}.layer outside 0..{n_layers} (min {lo}, max {hi})")
+    finally:
+        s.close()

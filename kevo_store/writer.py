@@ -1,0 +1,520 @@
+"""StoreWriter: appends batches of samples to a store, one atomic commit per batch.
+
+Commit protocol: every data file of a batch is written under a new name (Parquet parts named by
+the commit number, whole Zarr chunks, the hidden tail), hashed, and only then is ``manifest.json``
+replaced atomically. The manifest is the commit record: a crash before the rename leaves files
+that no manifest names, which the next writer deletes before it resumes. Committed files are never
+rewritten in place.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from . import hidden as hid
+from .errors import SchemaError, StoreError
+from .fs import LocalFS, is_url
+from .lock import LOCK, StoreLock
+from .manifest import (
+    MANIFEST,
+    META_SECTIONS,
+    dump_manifest,
+    load_manifest,
+    new_manifest,
+    now_iso,
+)
+from .schema import DERIVED_TABLES, KEYS, TABLES
+from .tables import check_unique, conform, parquet_options, sort_by_key
+
+# The shape of batches handed to write_batch: samples/tokens carry sample_key instead of sample_id.
+SAMPLES_IN = pa.schema([f for f in TABLES["samples"] if f.name != "sample_id"])
+TOKENS_IN = pa.schema(
+    [f if f.name != "sample_id" else pa.field("sample_key", pa.string(), nullable=False, metadata=f.metadata)
+     for f in TABLES["tokens"]]
+)
+# Sections of meta that define the numbers: a resumed run must not change them.
+STRICT_SECTIONS = ("model", "lens", "generation")
+# Compaction: rows per row group and per file of a compacted table.
+ROW_GROUP_ROWS = 1 << 20
+FILE_ROWS = 1 << 26
+# Tables whose parts, in commit order, are already globally sorted by key (ids grow with commits).
+_MONOTONE = {"samples", "tokens", "layers", "topk"}
+
+
+def _part_name(table: str, commit: int, kind: str = "part", k: int | None = None) -> str:
+    suffix = f"-{k:03d}" if k is not None else ""
+    return f"tables/{table}/{kind}-{commit:06d}{suffix}.parquet"
+
+
+def write_parquet(fs: LocalFS, rel: str, table: pa.Table, name: str) -> dict[str, Any]:
+    """Write one Parquet file, fsync it, and return its manifest entry."""
+    fs.makedirs(os.path.dirname(rel))
+    pq.write_table(table, fs.full(rel), row_group_size=ROW_GROUP_ROWS, **parquet_options(table.schema, name))
+    fs.fsync_file(rel)
+    sha, size = fs.sha256(rel)
+    return {"sha256": sha, "size": size, "rows": table.num_rows}
+
+
+class StoreWriter:
+    """Creates or resumes a store and appends batches to it. Use as a context manager.
+
+    Parameters
+    ----------
+    path: a local directory (created if missing). Remote stores are written locally and pushed.
+    meta: the manifest sections ``model``, ``lens``, ``generation``, ``dataset``, ``capture``.
+        On resume, keys of ``model``/``lens``/``generation`` must equal the stored ones; the other
+        sections are merged.
+    hidden_size: D; None stores no hidden states.
+    hidden_layers: the layers whose hidden states are kept (axis 1 of ``hidden``); None = 0..L
+        with L = ``meta["model"]["n_layers"]``.
+    hidden_dtype: "float16" or "bfloat16" (kept as uint16 bits).
+    compact: on close, compact each table's per-batch parts into few files sorted by the key.
+    """
+
+    def __init__(self, path: str | os.PathLike, meta: dict[str, Any] | None = None, hidden_size: int | None = None,
+                 hidden_layers: list[int] | None = None, hidden_dtype: str = "float16", *, compact: bool = True):
+        if is_url(path):
+            raise StoreError(f"{path}: the writer writes local stores only; write locally, then `kevo store push`")
+        self.fs = fs = LocalFS(path)
+        self.path = fs.root
+        self.compact = compact
+        self._broken: BaseException | None = None
+        self._closed = False
+        if os.path.exists(fs.root) and not os.path.isdir(fs.root):
+            raise StoreError(f"{fs.root} exists and is not a directory")
+        if os.path.isdir(fs.root) and not fs.exists(MANIFEST):
+            leftovers = [n for n in os.listdir(fs.root) if n != LOCK]
+            if leftovers:
+                raise StoreError(f"{fs.root} exists, is not empty and is not a kevo store (no manifest.json); "
+                                 "refusing to write into it")
+        fs.makedirs("")
+        self._lock = StoreLock(fs)
+        self._lock.acquire()
+        try:
+            self._open(meta, hidden_size, hidden_layers, hidden_dtype)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    # ------------------------------------------------------------------ open / resume
+    def _open(self, meta, hidden_size, hidden_layers, hidden_dtype) -> None:
+        fs = self.fs
+        if hidden_dtype not in hid.LOGICAL_DTYPES:
+            raise StoreError(f"hidden_dtype must be one of {list(hid.LOGICAL_DTYPES)}, not {hidden_dtype!r}")
+        if hidden_size is not None and hidden_layers is None:
+            n_layers = ((meta or {}).get("model") or {}).get("n_layers")
+            if n_layers is None:
+                raise StoreError("hidden_layers not given and meta['model']['n_layers'] unknown: "
+                                 "cannot tell which layers the hidden states cover")
+            hidden_layers = list(range(int(n_layers) + 1))
+        want_hidden = (hid.new_section(hidden_layers, hidden_size, hidden_dtype)
+                       if hidden_size is not None else None)
+        if fs.exists(MANIFEST):
+            m = load_manifest(fs)
+            self._check_resume(m, meta, want_hidden)
+            self.manifest = m
+            self._remove_orphans()
+            self.hidden = hid.HiddenWriter(fs, m["hidden"]) if m["hidden"] else None
+            if self.hidden:
+                self.hidden.recover()
+            if self.hidden and self.hidden.reopen_partial():
+                # the closed store ended in a partial chunk: keep it as a tail so no chunk is rewritten
+                self._commit({}, reopen=True)
+        else:
+            m = new_manifest(meta)
+            self.manifest = m
+            self.hidden = None
+            if want_hidden:
+                hid.create_array(fs, want_hidden)
+                m["hidden"] = want_hidden
+                self.hidden = hid.HiddenWriter(fs, want_hidden)
+            fs.write_atomic(MANIFEST, dump_manifest(m))
+        self._committed_keys = self._load_keys()
+
+    def _check_resume(self, m: dict, meta: dict | None, want_hidden: dict | None) -> None:
+        where = self.fs.root
+        for sec in STRICT_SECTIONS:
+            for k, v in ((meta or {}).get(sec) or {}).items():
+                if k in m.get(sec, {}) and m[sec][k] != v:
+                    raise StoreError(f"{where} was written with {sec}.{k} = {m[sec][k]!r}, not {v!r}; "
+                                     "write to a new store instead of mixing runs")
+        extra = set(meta or {}) - set(META_SECTIONS)
+        if extra:
+            raise StoreError(f"unknown manifest section(s) {sorted(extra)} in meta; expected {list(META_SECTIONS)}")
+        for sec in META_SECTIONS:
+            m.setdefault(sec, {}).update((meta or {}).get(sec) or {})
+        have = m.get("hidden")
+        if want_hidden is not None or have is not None:
+            if have is None or want_hidden is None:
+                raise StoreError(f"{where}: hidden states were {'not ' if have is None else ''}captured in this store "
+                                 f"but {'are' if want_hidden else 'are not'} asked for now")
+            for k in ("layers", "hidden_size", "logical_dtype"):
+                if have[k] != want_hidden[k]:
+                    raise StoreError(f"{where}: hidden.{k} is {have[k]!r} in the store, not {want_hidden[k]!r}")
+
+    def _remove_orphans(self) -> None:
+        """Delete the files of batches that crashed before their commit (anything the manifest does not name)."""
+        named = set(self.manifest["files"])
+        for top in ("tables", "derived"):
+            for rel in self.fs.walk_files(top):
+                if rel not in named:
+                    self.fs.remove(rel)
+        for name in os.listdir(self.fs.root):
+            if ".tmp-" in name:
+                self.fs.remove(name)
+
+    def _load_keys(self) -> set[str]:
+        keys: set[str] = set()
+        for t in ("samples", "errors"):
+            files = self.manifest["tables"][t]["files"]
+            if files:
+                col = pq.read_table([self.fs.full(f) for f in files], columns=["sample_key"]).column(0)
+                keys.update(col.to_pylist())
+        return keys
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def committed_keys(self) -> set[str]:
+        """sample_key of every committed sample and error: skip these when resuming."""
+        return set(self._committed_keys)
+
+    @property
+    def n_samples(self) -> int:
+        return self.manifest["tables"]["samples"]["rows"]
+
+    @property
+    def n_tokens(self) -> int:
+        return self.manifest["next_token_uid"]
+
+    def write_vocab(self, vocab: Any) -> bool:
+        """Store the vocabulary once; returns False (and writes nothing) if the store has one."""
+        self._usable()
+        if self.manifest["tables"]["vocab"]["rows"]:
+            return False
+        t = sort_by_key(conform(vocab, TABLES["vocab"], "vocab"), "vocab")
+        check_unique(t.column("vocab_id"), "vocab.vocab_id")
+        self._guarded(lambda: self._commit({"vocab": t}))
+        return True
+
+    def write_batch(self, samples: Any = None, tokens: Any = None, layers: Any = None, topk: Any = None,
+                    hidden: Any = None, errors: Any = None) -> None:
+        """Append one batch as one atomic commit (see ARCHITECTURE.md for the conventions)."""
+        self._usable()
+        m = self.manifest
+        tables: dict[str, pa.Table] = {}
+        # --- samples: assign sample_id
+        n_s = 0
+        sample_keys: pa.Array | None = None
+        if samples is not None:
+            s = conform(samples, SAMPLES_IN, "samples")
+            n_s = s.num_rows
+            sample_keys = s.column("sample_key").combine_chunks()
+            check_unique(sample_keys, "samples.sample_key")
+            self._check_new(sample_keys.to_pylist(), "samples")
+            ids = pa.array(np.arange(m["next_sample_id"], m["next_sample_id"] + n_s, dtype=np.int64))
+            tables["samples"] = sort_by_key(
+                conform(s.append_column(pa.field("sample_id", pa.int64(), nullable=False), ids), TABLES["samples"],
+                        "samples"), "samples")
+        # --- errors
+        if errors is not None:
+            e = conform(errors, TABLES["errors"], "errors")
+            check_unique(e.column("sample_key"), "errors.sample_key")
+            ek = e.column("sample_key").to_pylist()
+            self._check_new(ek, "errors")
+            if sample_keys is not None and set(ek) & set(sample_keys.to_pylist()):
+                raise SchemaError(f"errors: sample {sorted(set(ek) & set(sample_keys.to_pylist()))[0]!r} is both "
+                                  "a sample and an error in this batch")
+            tables["errors"] = sort_by_key(e, "errors")
+        # --- tokens: map sample_key -> sample_id, offset token_uid
+        n_t = 0
+        base = m["next_token_uid"]
+        if tokens is not None:
+            t = conform(tokens, TOKENS_IN, "tokens")
+            n_t = t.num_rows
+            t = t.sort_by("token_uid")
+            uid = t.column("token_uid").to_numpy()
+            if n_t and not np.array_equal(uid, np.arange(n_t)):
+                raise SchemaError("tokens.token_uid must be batch-local: exactly 0..n-1 for the batch's n tokens")
+            if n_t and sample_keys is None:
+                raise SchemaError("tokens given without samples: tokens must belong to samples of the same batch")
+            if n_t:
+                idx = pc.index_in(t.column("sample_key"), value_set=sample_keys)
+                if idx.null_count:
+                    bad = t.column("sample_key").filter(pc.is_null(idx))[0].as_py()
+                    raise SchemaError(f"tokens.sample_key {bad!r} is not a sample of this batch")
+                sid = pc.add(idx.cast(pa.int64()), m["next_sample_id"])
+                t = t.set_column(t.schema.get_field_index("token_uid"), TABLES["tokens"].field("token_uid"),
+                                 pc.add(t.column("token_uid"), base))
+                t = t.drop_columns(["sample_key"]).append_column(TABLES["tokens"].field("sample_id"), sid)
+            else:
+                t = t.drop_columns(["sample_key"]).append_column(TABLES["tokens"].field("sample_id"),
+                                                                 pa.array([], pa.int64()))
+            tables["tokens"] = conform(t, TABLES["tokens"], "tokens")
+        # --- layers / topk: offset token_uid
+        for name, data in (("layers", layers), ("topk", topk)):
+            if data is None:
+                continue
+            x = conform(data, TABLES[name], name)
+            if x.num_rows:
+                u = x.column("token_uid")
+                lo, hi = pc.min(u).as_py(), pc.max(u).as_py()
+                if lo < 0 or hi >= n_t:
+                    raise SchemaError(f"{name}.token_uid {lo if lo < 0 else hi} is outside the batch's tokens 0..{n_t - 1}")
+                x = x.set_column(0, TABLES[name].field("token_uid"), pc.add(u, base))
+            tables[name] = sort_by_key(x, name)
+        # --- hidden
+        h = None
+        if self.hidden is not None:
+            if hidden is None:
+                if n_t:
+                    raise SchemaError(f"hidden is missing: this store keeps hidden states for every token "
+                                      f"({n_t} tokens in the batch)")
+            else:
+                sec = self.hidden.sec
+                h = hid.to_storage(hidden, sec["logical_dtype"], (len(sec["layers"]), sec["hidden_size"]))
+                if len(h) != n_t:
+                    raise SchemaError(f"hidden has {len(h)} rows but the batch has {n_t} tokens")
+        elif hidden is not None:
+            raise SchemaError("hidden given, but this store was created without hidden states (hidden_size=None)")
+        self._guarded(lambda: self._commit(tables, hidden=h, n_tokens=n_t, n_samples=n_s))
+
+    # ------------------------------------------------------------------ commit machinery
+    def _usable(self) -> None:
+        if self._closed:
+            raise StoreError(f"{self.path}: the writer is closed")
+        if self._broken is not None:
+            raise StoreError(f"{self.path}: an earlier write failed ({self._broken}); reopen the store to resume")
+
+    def _check_new(self, keys: list[str], what: str) -> None:
+        dup = [k for k in keys if k in self._committed_keys]
+        if dup:
+            raise SchemaError(f"{what}: sample_key {dup[0]!r} is already committed in {self.path} "
+                              f"(skip writer.committed_keys when resuming)")
+
+    def _guarded(self, fn) -> None:
+        try:
+            fn()
+        except BaseException as e:
+            self._broken = e
+            raise
+
+    def _commit(self, tables: dict[str, pa.Table], hidden: np.ndarray | None = None, n_tokens: int = 0,
+                n_samples: int = 0, reopen: bool = False) -> None:
+        fs = self.fs
+        old = self.manifest
+        m = copy.deepcopy(old)
+        commit = old["commits"] + 1
+        written: list[str] = []
+        obsolete: list[str] = []
+        staged = False
+        try:
+            for name, t in tables.items():
+                if t.num_rows == 0:
+                    continue
+                rel = _part_name(name, commit)
+                written.append(rel)
+                m["files"][rel] = write_parquet(fs, rel, t, name)
+                m["tables"][name]["files"].append(rel)
+                m["tables"][name]["rows"] += t.num_rows
+            staged = self.hidden is not None and ((hidden is not None and len(hidden)) or reopen)
+            if staged:
+                if hidden is not None and len(hidden):
+                    self.hidden.append(hidden)
+                sec, files, obsolete = self.hidden.stage(commit)
+                written.extend(files)
+                m["files"].update(files)
+                for rel in obsolete:
+                    m["files"].pop(rel, None)
+                m["hidden"] = sec
+            m["next_sample_id"] += n_samples
+            m["next_token_uid"] += n_tokens
+            m["commits"] = commit
+            m["state"] = "open"
+            m["updated"] = now_iso()
+            fs.write_atomic(MANIFEST, dump_manifest(m))  # the commit point
+        except BaseException:
+            if staged:  # the staged hidden buffer no longer matches the committed state
+                self._broken = self._broken or StoreError("a commit failed while writing hidden states")
+            for rel in written:  # best effort: these would be orphans anyway
+                fs.remove(rel)
+            raise
+        self.manifest = m
+        if staged:
+            self.hidden.committed(m["hidden"])
+        for rel in obsolete:
+            fs.remove(rel)
+        for name in ("samples", "errors"):
+            if name in tables:
+                self._committed_keys.update(tables[name].column("sample_key").to_pylist())
+
+    # ------------------------------------------------------------------ close / compaction
+    def close(self) -> None:
+        """Compact the per-batch parts, write the last partial hidden chunk, release the lock."""
+        if self._closed:
+            return
+        try:
+            if self._broken is None:
+                self._finalize()
+        finally:
+            self._closed = True
+            self._lock.release()
+
+    def abort(self) -> None:
+        """Release the lock without compacting; committed batches stay, the next writer resumes."""
+        if not self._closed:
+            self._closed = True
+            self._lock.release()
+
+    def _finalize(self) -> None:
+        fs = self.fs
+        old = self.manifest
+        m = copy.deepcopy(old)
+        commit = old["commits"] + 1
+        written: list[str] = []
+        obsolete: list[str] = []
+        try:
+            if self.compact:
+                for name in TABLES:
+                    new_files, gone = self._compact_table(name, m, commit)
+                    written.extend(new_files)
+                    obsolete.extend(gone)
+            if self.hidden is not None:
+                sec, files, gone = self.hidden.stage_close(commit)
+                written.extend(files)
+                m["files"].update(files)
+                m["hidden"] = sec
+                obsolete.extend(gone)
+            for rel in obsolete:
+                m["files"].pop(rel, None)
+            m["commits"] = commit
+            m["state"] = "closed"
+            m["updated"] = now_iso()
+            fs.write_atomic(MANIFEST, dump_manifest(m))
+        except BaseException:
+            for rel in written:
+                fs.remove(rel)
+            raise
+        self.manifest = m
+        if self.hidden is not None:
+            self.hidden.committed(m["hidden"])
+        for rel in obsolete:
+            fs.remove(rel)
+
+    def _compact_table(self, name: str, m: dict, commit: int) -> tuple[list[str], list[str]]:
+        """Replace the table's per-batch parts by files of up to FILE_ROWS rows, sorted by the key.
+
+        Returns (new files, files they replace). Parts of the id-keyed tables are already in key
+        order when taken in commit order, so they are streamed; small tables are re-sorted whole."""
+        entry = m["tables"][name]
+        if name in _MONOTONE:
+            parts = [f for f in entry["files"] if os.path.basename(f).startswith("part-")]
+            if len(parts) <= 1:
+                return [], []
+        else:
+            parts = list(entry["files"])
+            if len(parts) <= 1:
+                return [], []
+        keep = [f for f in entry["files"] if f not in parts]
+        schema = TABLES[name]
+        opts = parquet_options(schema, name)
+        new_files: list[str] = []
+        writer: pq.ParquetWriter | None = None
+        rows_in_file = 0
+
+        def write(t: pa.Table) -> None:
+            nonlocal writer, rows_in_file
+            if writer is None:
+                rel = _part_name(name, commit, "data", len(new_files))
+                self.fs.makedirs(os.path.dirname(rel))
+                new_files.append(rel)
+                writer = pq.ParquetWriter(self.fs.full(rel), schema, **opts)
+            writer.write_table(t, row_group_size=ROW_GROUP_ROWS)
+            rows_in_file += t.num_rows
+            if rows_in_file >= FILE_ROWS:
+                writer.close()
+                writer, rows_in_file = None, 0
+
+        try:
+            if name in _MONOTONE:
+                pending: list[pa.Table] = []
+                n_pending = 0
+                for p in parts:
+                    pending.append(pq.read_table(self.fs.full(p), schema=schema))
+                    n_pending += pending[-1].num_rows
+                    if n_pending >= ROW_GROUP_ROWS:
+                        write(pa.concat_tables(pending).combine_chunks())
+                        pending, n_pending = [], 0
+                if pending:
+                    write(pa.concat_tables(pending).combine_chunks())
+            else:
+                write(sort_by_key(pq.read_table([self.fs.full(p) for p in parts], schema=schema), name))
+        finally:
+            if writer is not None:
+                writer.close()
+        for rel in new_files:
+            self.fs.fsync_file(rel)
+            sha, size = self.fs.sha256(rel)
+            m["files"][rel] = {"sha256": sha, "size": size,
+                               "rows": pq.ParquetFile(self.fs.full(rel)).metadata.num_rows}
+        entry["files"] = keep + new_files
+        return new_files, parts
+
+    # ------------------------------------------------------------------ context manager
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_derived_table(path: str | os.PathLike, name: str, table: Any, params: dict[str, Any] | None = None) -> None:
+    """Store a result computed from the store (e.g. ``embeddings``) as table ``name``, replacing any earlier one.
+
+    Known names (schema.DERIVED_TABLES) are checked against their schema; other names keep the
+    table's own schema. ``params`` (the parameters that produced it) go to the manifest's "derived".
+    """
+    from .tables import to_table
+
+    if not name.isidentifier() or name in TABLES:
+        raise StoreError(f"derived table name {name!r} must be an identifier other than {list(TABLES)}")
+    fs = LocalFS(path)
+    m = load_manifest(fs)
+    lock = StoreLock(fs, purpose=f"write_derived_table {name}")
+    lock.acquire()
+    try:
+        m = load_manifest(fs)
+        t = conform(table, DERIVED_TABLES[name], name) if name in DERIVED_TABLES else to_table(table, name)
+        if name in KEYS:
+            t = sort_by_key(t, name)
+        commit = m["commits"] + 1
+        rel = f"derived/{name}/{name}-{commit:06d}.parquet"
+        fs.makedirs(f"derived/{name}")
+        pq.write_table(t, fs.full(rel), row_group_size=ROW_GROUP_ROWS, **parquet_options(t.schema, name))
+        fs.fsync_file(rel)
+        sha, size = fs.sha256(rel)
+        old = m.setdefault("derived", {}).get(name)
+        m["derived"][name] = {"files": [rel], "rows": t.num_rows, "params": params or {}, "created": now_iso()}
+        m["files"][rel] = {"sha256": sha, "size": size, "rows": t.num_rows}
+        for f in (old or {}).get("files", []):
+            m["files"].pop(f, None)
+        m["commits"] = commit
+        m["updated"] = now_iso()
+        try:
+            fs.write_atomic(MANIFEST, dump_manifest(m))
+        except BaseException:
+            fs.remove(rel)
+            raise
+        for f in (old or {}).get("files", []):
+            fs.remove(f)
+    finally:
+        lock.release()
