@@ -1,0 +1,102 @@
+"""Visual question answering sets with single-word answers (the paper's cross-image experiment).
+
+``--questions FILE``: a JSON list or JSONL of records ``{"image": ..., "question": ...[, "answer": ...][, "id": ...]}``;
+``image`` is a path relative to ``--images`` (or absolute). The answer word of each response is
+marked in ``tokens.is_answer`` (its first token): the expected answer where the response contains it,
+else the first word of the response.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ingest.datasets.base import Dataset, DatasetError, DatasetItem, sha256_file
+
+_SKIP = frozenset({"the", "a", "an", "it", "is", "its", "it's", "this", "that", "of"})
+
+
+def read_records(path: Path) -> list[dict]:
+    """JSON list or JSONL; DatasetError naming the file and the record for malformed input."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"--questions {path}: file not found")
+    text = path.read_text(encoding="utf-8")
+    records: list = []
+    if path.suffix == ".jsonl" or not text.lstrip().startswith("["):
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{path}, record {len(records) + 1} (line {n}): malformed JSON: {e.msg}") from e
+    else:
+        from ingest.datasets.amber import read_json
+
+        records = read_json(path)
+        if not isinstance(records, list):
+            raise DatasetError(f"{path}: expected a JSON list of records")
+    for i, r in enumerate(records, 1):
+        if not isinstance(r, dict):
+            raise DatasetError(f"{path}, record {i}: expected an object")
+        for key in ("image", "question"):
+            if not isinstance(r.get(key), str) or not r[key].strip():
+                raise DatasetError(f"{path}, record {i}: missing or empty {key!r}")
+        if "answer" in r and not isinstance(r["answer"], str):
+            raise DatasetError(f"{path}, record {i}: 'answer' must be a string")
+    return records
+
+
+def dataset(questions: str | Path, images: str | Path, limit: int | None = None) -> Dataset:
+    """The VQA :class:`Dataset`."""
+    images = Path(images)
+    if not images.is_dir():
+        raise DatasetError(f"--images {images}: not a directory")
+    recs = read_records(Path(questions))
+    items = []
+    seen = set()
+    for i, r in enumerate(recs):
+        item_id = str(r.get("id", i))
+        if item_id in seen:
+            raise DatasetError(f"{questions}, record {i + 1}: duplicate id {item_id!r}")
+        seen.add(item_id)
+        p = Path(r["image"])
+        items.append(DatasetItem(key=f"vqa:{item_id}", item_id=item_id, prompt=r["question"],
+                                 image_path=p if p.is_absolute() else images / p, annotations=dict(r),
+                                 image_id=r["image"]))
+    if limit is not None:
+        items = items[:limit]
+    return Dataset(name="vqa", items=items, labeler=labeler, n_items=len(items),
+                   fingerprint={"questions": str(Path(questions).resolve()),
+                                "files": {Path(questions).name: sha256_file(questions)}, "images": str(images)},
+                   settings={})
+
+
+def answer_word(response: str, expected: str | None):
+    """The answer word of a response (a :class:`ingest.labels.words.Word`) or None."""
+    from ingest.labels.words import split_words
+
+    words = [w for w in split_words(response) if w.text[:1].isalnum()]
+    if expected:
+        for w in words:
+            if w.text.lower() == expected.strip().lower():
+                return w
+    for w in words:
+        if w.text.lower() not in _SKIP:
+            return w
+    return words[0] if words else None
+
+
+def labeler(item: DatasetItem, response: str, tokens):
+    """Words, the answer token, and correctness when an answer is given."""
+    from ingest.labels.align import label_columns
+
+    expected = item.annotations.get("answer")
+    w = answer_word(response, expected)
+    cols = label_columns(response, tokens, (), answer_span=(w.start, w.end) if w else None)
+    if w is None:
+        cols["is_answer"] = [False] * len(cols["word_index"])
+    metrics = {"task": "vqa", "answer": w.text if w else None, "expected": expected,
+               "correct": (w.text.lower() == expected.strip().lower()) if (w and expected) else None}
+    return cols, metrics

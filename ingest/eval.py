@@ -1,0 +1,233 @@
+"""``kevo eval amber|coco``: AMBER and CHAIR metrics on a store or on a plain response file.
+
+Scores are recomputed from each sample's response and annotations (``samples.response``,
+``samples.annotations``), so the same store can be re-scored with another noun extractor or a
+similarity table. Stores are read only through :func:`kevo_store.open_store`.
+
+AMBER modes
+- ``--nouns offline`` (default): kevo's rule-based noun extraction (:mod:`ingest.labels.nouns`), no
+  downloads; similarity = exact match. An approximation of the official evaluator: it can miss a
+  noun NLTK's tagger finds or keep one it drops (e.g. verbs and adjectives spelled like vocabulary
+  words), and without spaCy vectors a mention that is only *similar* (> 0.8) to a truth word counts
+  as hallucinated. See README / tests/test_labels_amber.py for the measured difference on the fixture.
+- ``--nouns nltk``: the official pipeline (needs ``nltk`` and its data under NLTK_DATA), and
+  ``--similarity TABLE.json`` (a table over the 418-word vocabulary, made once with
+  ``kevo eval amber-similarity --spacy-model en_core_web_lg``) or ``--spacy-model`` for the official
+  spaCy similarity. Both together reproduce the official numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import click
+
+# --------------------------------------------------------------------------------------------
+# AMBER
+
+
+def _amber_scorer(data_dir, nouns: str, similarity_table, spacy_model):
+    from ingest.labels import amber as rules
+    from ingest.labels.nouns import make_noun_extractor
+
+    vocab = rules.AmberVocabulary.load(data_dir)
+    try:
+        extract = make_noun_extractor(nouns, vocab.vocabulary)
+        if similarity_table:
+            sim = rules.TableSimilarity(similarity_table)
+        elif spacy_model:
+            sim = rules.SpacySimilarity(spacy_model)
+        else:
+            sim = rules.exact_similarity
+    except (RuntimeError, ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from e
+
+    def score(record: dict, response: str) -> dict:
+        if record.get("type") == "generative":
+            return rules.score_generative(record, extract(response), vocab, sim).metrics()
+        return rules.score_discriminative(record, response)
+
+    settings = {"nouns": nouns, "similarity": getattr(sim, "source", "exact"), "vocabulary": vocab.source}
+    return score, settings
+
+
+def evaluate_amber(pairs: Iterable[tuple[dict, str]], data_dir=None, nouns: str = "offline",
+                   similarity_table=None, spacy_model=None) -> dict:
+    """AMBER metrics over (annotation record, response) pairs: {'settings', 'generative', 'discriminative'}."""
+    from ingest.labels.amber import AmberTotals
+
+    score, settings = _amber_scorer(data_dir, nouns, similarity_table, spacy_model)
+    totals = AmberTotals()
+    n = 0
+    for record, response in pairs:
+        totals.add(score(record, response if response is not None else ""))
+        n += 1
+    return {"settings": settings, "n_responses": n, **totals.summary()}
+
+
+def read_responses(path: Path) -> list[dict]:
+    """AMBER's response format: a JSON list of {"id": int, "response": str}."""
+    from ingest.datasets.amber import read_json
+    from ingest.datasets.base import DatasetError
+
+    data = read_json(path)
+    if not isinstance(data, list):
+        raise DatasetError(f"{path}: expected a JSON list of {{\"id\", \"response\"}} records")
+    for i, r in enumerate(data, 1):
+        if not isinstance(r, dict) or not isinstance(r.get("id"), int) or not isinstance(r.get("response"), str):
+            raise DatasetError(f"{path}, record {i}: expected {{\"id\": <int>, \"response\": <str>}}, got {r!r:.80}")
+    return data
+
+
+def amber_pairs_from_responses(responses: list[dict], data_dir: Path, path: Path):
+    from ingest.datasets.amber import find_file, read_json
+    from ingest.datasets.base import DatasetError
+
+    ann_path = find_file(Path(data_dir), "annotations.json")
+    anns = {r["id"]: r for r in read_json(ann_path) if isinstance(r, dict) and "id" in r}
+    top = max(anns) if anns else 0
+    out = []
+    for i, r in enumerate(responses, 1):
+        if r["id"] not in anns:
+            raise DatasetError(f"{path}, record {i}: id {r['id']} is out of range: {ann_path.name} has ids 1..{top}")
+        out.append((anns[r["id"]], r["response"]))
+    return out
+
+
+def amber_pairs_from_store(store: str):
+    from kevo_store import open_store
+
+    s = open_store(store)
+    df = s.sql("SELECT item_id, response, annotations FROM samples WHERE dataset = 'amber' ORDER BY sample_id")
+    return [(json.loads(a), r) for a, r in zip(df["annotations"].to_list(), df["response"].to_list())]
+
+
+# --------------------------------------------------------------------------------------------
+# COCO / CHAIR
+
+
+def evaluate_coco_store(store: str) -> dict:
+    """CHAIR_s, CHAIR_i, Recall over the COCO samples of a store."""
+    from ingest.labels.chair import chair_totals, score_caption
+    from kevo_store import open_store
+
+    s = open_store(store)
+    df = s.sql("SELECT response, annotations FROM samples WHERE dataset = 'coco' ORDER BY sample_id")
+    per = [score_caption(r or "", json.loads(a).get("gt_objects", []))[1]
+           for r, a in zip(df["response"].to_list(), df["annotations"].to_list())]
+    return chair_totals(per)
+
+
+# --------------------------------------------------------------------------------------------
+# output
+
+
+def format_amber(result: dict) -> str:
+    lines = [f"AMBER  ({result['n_responses']} responses; nouns={result['settings']['nouns']}, "
+             f"similarity={result['settings']['similarity']})"]
+    g = result.get("generative")
+    if g:
+        lines.append(f"Generative ({g['n']})")
+        for k in ("CHAIR", "Cover", "Hal", "Cog"):
+            lines.append(f"  {k:<8}{g[k]:>7.1f}")
+    d = result.get("discriminative")
+    if d:
+        names = list(d["official"])
+        lines.append("Discriminative (\"No\" is positive)   official (exact Yes/No) | normalised")
+        lines.append(f"  {'':<10}{'n':>6}  {'Acc':>6}{'P':>7}{'R':>7}{'F1':>7} | {'Acc':>6}{'P':>7}{'R':>7}{'F1':>7}")
+        for name in names:
+            o, m = d["official"][name], d["normalised"][name]
+            lines.append(f"  {name:<10}{o['n']:>6}  {o['accuracy']:>6.1f}{o['precision']:>7.1f}{o['recall']:>7.1f}"
+                         f"{o['f1']:>7.1f} | {m['accuracy']:>6.1f}{m['precision']:>7.1f}{m['recall']:>7.1f}{m['f1']:>7.1f}")
+    if not g and not d:
+        lines.append("  (no AMBER samples)")
+    return "\n".join(lines)
+
+
+def format_chair(result: dict) -> str:
+    c = result["counts"]
+    return "\n".join([
+        f"CHAIR on COCO ({result['n']} captions, {c['mentions']} object mentions)",
+        f"  CHAIR_s {result['CHAIR_s']:>7.1f}",
+        f"  CHAIR_i {result['CHAIR_i']:>7.1f}",
+        f"  Recall  {result['Recall']:>7.1f}",
+    ])
+
+
+# --------------------------------------------------------------------------------------------
+# commands
+
+
+@click.group("eval")
+def eval_() -> None:
+    """Hallucination metrics: AMBER (CHAIR, Cover, Hal, Cog; Yes/No P/R/F1) and CHAIR on COCO."""
+
+
+def _fail(e: Exception):
+    raise click.ClickException(str(e)) from e
+
+
+@eval_.command("amber")
+@click.argument("store", required=False)
+@click.option("--responses", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="A response file in AMBER's format: [{\"id\": …, \"response\": \"…\"}] (instead of STORE).")
+@click.option("--data", type=click.Path(path_type=Path),
+              help="AMBER directory (annotations.json, relation.json, safe_words.txt). Required with "
+                   "--responses; for a store, overrides the packaged relation/safe words.")
+@click.option("--nouns", type=click.Choice(["offline", "nltk"]), default="offline", show_default=True,
+              help="Noun extraction: offline approximation, or the official NLTK pipeline (needs NLTK data).")
+@click.option("--similarity", "similarity_table", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Precomputed similarity table over the vocabulary (JSON) for the official similarity rule.")
+@click.option("--spacy-model", help="spaCy model name or path (e.g. en_core_web_lg) for the official similarity rule.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def amber_cmd(store, responses, data, nouns, similarity_table, spacy_model, as_json) -> None:
+    """AMBER metrics of STORE's amber samples, or of a --responses file."""
+    from ingest.datasets.base import DatasetError
+    from kevo_store.errors import KevoError
+
+    if (store is None) == (responses is None):
+        raise click.UsageError("give either STORE or --responses FILE (with --data DIR)")
+    try:
+        if responses is not None:
+            if data is None:
+                raise click.UsageError("--responses needs --data DIR (the AMBER directory with annotations.json)")
+            pairs = amber_pairs_from_responses(read_responses(responses), data, responses)
+        else:
+            pairs = amber_pairs_from_store(store)
+        result = evaluate_amber(pairs, data, nouns, similarity_table, spacy_model)
+    except (DatasetError, KevoError) as e:
+        _fail(e)
+    click.echo(json.dumps(result, indent=2) if as_json else format_amber(result))
+
+
+@eval_.command("coco")
+@click.argument("store")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def coco_cmd(store, as_json) -> None:
+    """CHAIR_s, CHAIR_i and Recall of STORE's coco samples."""
+    from kevo_store.errors import KevoError
+
+    try:
+        result = evaluate_coco_store(store)
+    except KevoError as e:
+        _fail(e)
+    click.echo(json.dumps(result, indent=2) if as_json else format_chair(result))
+
+
+@eval_.command("amber-similarity")
+@click.option("--spacy-model", required=True, help="spaCy model name or path (the official: en_core_web_lg).")
+@click.option("--data", type=click.Path(path_type=Path), help="AMBER directory (default: the packaged vocabulary).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="The JSON table to write.")
+def amber_similarity_cmd(spacy_model, data, out) -> None:
+    """Precompute spaCy similarities over AMBER's vocabulary (for --similarity)."""
+    from ingest.labels.amber import AmberVocabulary, SpacySimilarity, build_similarity_table
+
+    try:
+        sim = SpacySimilarity(spacy_model)
+    except (RuntimeError, OSError) as e:
+        _fail(e)
+    table = build_similarity_table(sim, AmberVocabulary.load(data).vocabulary)
+    Path(out).write_text(json.dumps(table), encoding="utf-8")
+    click.echo(f"wrote {out}: {len(table['words'])} x {len(table['words'])} similarities")
