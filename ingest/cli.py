@@ -141,3 +141,70 @@ def text_cmd(prompts: Path, **options) -> None:
 
     run_ingest_command(make_dataset, options)
 
+
+
+# --- datasets with hallucination labels (ingest/datasets/amber.py, coco.py, vqa.py) ---------------
+
+
+@ingest.command("amber")
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help="AMBER directory as published (annotations.json, relation.json, safe_words.txt, query/).")
+@click.option("--task", default="generative", show_default=True,
+              type=click.Choice(["generative", "discriminative", "existence", "attribute", "relation", "all"]),
+              help="Which AMBER query file to run.")
+@click.option("--ids", default=None, help="Only these AMBER ids, e.g. 1,2,10-20 (must belong to --task).")
+@click.option("--prompt", default=None,
+              help="Override AMBER's query (the paper used \"Please describe this image in detail.\").")
+@click.option("--images", default=None, type=click.Path(path_type=Path),
+              help="Directory of AMBER_<n>.jpg (default: DATA/image or DATA/images).")
+@click.option("--nouns", default="offline", show_default=True, type=click.Choice(["offline", "nltk"]),
+              help="Noun extraction for labels: offline approximation or the official NLTK pipeline.")
+@ingest_options
+def amber_cmd(data: Path, task: str, ids: str | None, prompt: str | None, images: Path | None, nouns: str,
+              **options) -> None:
+    """AMBER (generative and/or discriminative) with token-level hallucination labels."""
+
+    def make_dataset():
+        from ingest.datasets import amber
+
+        return amber.dataset(data, task=task, ids=ids, prompt=prompt, images=images, nouns=nouns,
+                             warn=lambda m: click.echo(m, err=True))
+
+    run_ingest_command(make_dataset, options)
+
+
+@ingest.command("coco")
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help="COCO directory: annotations/instances_val2014.json, captions_val2014.json, val2014/*.jpg.")
+@click.option("--image-ids", default=None, type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="File of image ids (one per line, or a JSON list); default: every image.")
+@click.option("--prompt", default=None, help="Prompt (default: \"Please describe this image in detail.\").")
+@ingest_options
+def coco_cmd(data: Path, image_ids: Path | None, prompt: str | None, **options) -> None:
+    """COCO 2014 val captions with CHAIR object labels."""
+
+    def make_dataset():
+        from ingest.datasets import coco
+
+        return coco.dataset(data, image_ids=image_ids, prompt=prompt, limit=options.get("limit"))
+
+    run_ingest_command(make_dataset, options)
+
+
+@ingest.command("vqa")
+@click.option("--questions", required=True, type=click.Path(path_type=Path),
+              help="JSON list or JSONL of {\"image\", \"question\"[, \"answer\"][, \"id\"]}.")
+@click.option("--images", required=True, type=click.Path(path_type=Path), help="Directory the image paths are relative to.")
+@ingest_options
+def vqa_cmd(questions: Path, images: Path, **options) -> None:
+    """Single-word-answer VQA (the cross-image experiment); the answer token is marked in tokens.is_answer."""
+
+    def make_dataset():
+        from ingest.datasets import vqa
+
+        return vqa.dataset(questions, images)
+
+    run_ingest_command(make_dataset, options)
+
+
+from ingest.eval import eval_  # noqa: E402,F401  (the `kevo eval` entry point: ingest.cli:eval_)
