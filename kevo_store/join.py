@@ -74,18 +74,23 @@ class _Part:
 
 
 def join_parts(parts: Sequence[str | os.PathLike], out: str | os.PathLike, keys: Sequence[str] | None = None, *,
-               samples_per_commit: int = 64, tokens_per_commit: int = 1 << 16) -> JoinStats:
+               samples_per_commit: int = 64, tokens_per_commit: int = 1 << 16, check: bool = True,
+               meta: dict[str, Any] | None = None) -> JoinStats:
     """Copy every sample and error of ``parts`` into the store ``out``, ordered by ``keys``.
 
     Keys of ``keys`` that no part holds are ignored; keys the parts hold that ``keys`` lacks come
     last, in part order. Commits are made every ``samples_per_commit`` samples or
     ``tokens_per_commit`` tokens, whichever comes first.
+
+    This is also the implementation of ``kevo store merge`` (kevo_store/merge.py, sharing helper):
+    merge checks compatibility itself (naming every difference, ``--force``), then calls this with
+    ``check=False`` and ``meta`` (the merged manifest sections, e.g. several datasets).
     """
     ps = [_Part(str(p)) for p in parts]
     if not ps:
         raise StoreError(f"join into {out}: no part stores given")
     first = ps[0].m
-    for p in ps[1:]:
+    for p in ps[1:] if check else []:
         for sec in ("model", "lens", "generation"):
             if p.m.get(sec) != first.get(sec):
                 raise StoreError(f"cannot join {p.path} and {ps[0].path}: their '{sec}' sections differ")
@@ -103,7 +108,7 @@ def join_parts(parts: Sequence[str | os.PathLike], out: str | os.PathLike, keys:
     order += [k for k in where if k not in seen]
 
     hsec = first.get("hidden")
-    meta = {sec: first.get(sec) or {} for sec in META_SECTIONS}
+    meta = meta or {sec: first.get(sec) or {} for sec in META_SECTIONS}
     stats = JoinStats(parts=len(ps), samples=0, errors=0, tokens=0, skipped=0)
     with StoreWriter(out, meta=meta, hidden_size=hsec["hidden_size"] if hsec else None,
                      hidden_layers=list(hsec["layers"]) if hsec else None,

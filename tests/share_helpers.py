@@ -103,3 +103,53 @@ def s3(s3_server, monkeypatch) -> S3:
     s = S3(endpoint=s3_server, bucket=bucket, env=env)
     s.fs.mkdir(bucket)
     return s
+
+
+# ---------------------------------------------------------------------------------------------
+# stores
+
+
+def synthetic_meta(n_layers: int, n_tokens: int, top_k: int, hidden_size: int | None, vocab_size: int,
+                   dataset: str = "synthetic") -> dict:
+    return {
+        "model": {"id": "synthetic", "family": "synthetic", "revision": None, "dtype": "float16",
+                  "n_layers": n_layers, "hidden_size": hidden_size, "vocab_size": vocab_size},
+        "lens": {"modes": ["final_norm"], "top_k": top_k, "dtype": "float32"},
+        "generation": {"greedy": True, "max_new_tokens": n_tokens},
+        "dataset": {"name": dataset},
+        "capture": {"roles": ["generated"]},
+    }
+
+
+def write_sample_range(path, synth, s0: int, s1: int, *, batch_samples: int = 2, meta_patch: dict | None = None):
+    """Write samples [s0, s1) of ``synth = synthesize(...)`` (+ its shape) as a store at ``path``.
+
+    The same sample always gets the same key, whichever store it is written to, exactly as the
+    same input item would in two ingests; batches of ``batch_samples`` are separate commits.
+    """
+    from kevo_store import StoreWriter
+    from kevo_store.synthetic import _slice_batch
+
+    tables, hidden, n_tokens, n_layers, top_k = synth
+    d = hidden.shape[-1] if hidden is not None else None
+    meta = synthetic_meta(n_layers, n_tokens, top_k, d, tables["vocab"].num_rows)
+    for sec, patch in (meta_patch or {}).items():
+        meta[sec].update(patch)
+    kw = {"hidden_size": d, "hidden_layers": list(range(n_layers)), "hidden_dtype": "float16"} if d else {}
+    with StoreWriter(path, meta=meta, **kw) as w:
+        w.write_vocab(tables["vocab"])
+        for a in range(s0, s1, batch_samples):
+            b = min(s1, a + batch_samples)
+            samples, tokens, layers, topk, h = _slice_batch(tables, hidden, a, b, n_tokens, n_layers,
+                                                            n_layers * top_k, 1)
+            w.write_batch(samples=samples.drop_columns(["sample_id"]) if "sample_id" in samples.column_names
+                          else samples, tokens=tokens, layers=layers, topk=topk, hidden=h)
+    return path
+
+
+def synth(n_samples: int = 6, n_tokens: int = 10, n_layers: int = 24, top_k: int = 4, hidden_size: int | None = 16,
+          seed: int = 0):
+    from kevo_store.synthetic import synthesize
+
+    tables, hidden, _truth = synthesize(n_samples, n_tokens, n_layers, top_k, hidden_size, seed)
+    return tables, hidden, n_tokens, n_layers, top_k

@@ -1,0 +1,153 @@
+"""``kevo store merge A B … --out C``: several stores into one, sample_id and token_uid renumbered.
+
+The stores may be the per-node parts of a multi-node ingest (split with ``--rank``/``--world``,
+or by dataset shards) or runs over different datasets with the same model. Samples are copied
+verbatim in store order (A's, then B's, …; hidden states bit for bit) through the writer, so the
+result is exactly what one ingest of A's inputs followed by B's would have written, and an
+interrupted merge resumes when run again.
+
+The copying is :func:`kevo_store.join.join_parts` (the runner's join of rank parts: one
+implementation for both); this module decides whether the stores may be merged at all.
+Refused unless ``force``: different model, lens or generation settings, or capture choices
+(numbers computed under different settings do not belong in one table). Refused always: hidden
+states of different shapes or dtypes and different vocabularies, which no flag can reconcile,
+and stores read from a URL (pull them first). A sample key found in two stores is refused unless
+``force`` (then the first store's sample is kept).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kevo_store.errors import KevoError
+
+# manifest sections whose differences make numbers incomparable (--force overrides)
+CHECKED_SECTIONS = ("model", "lens", "generation", "capture")
+# capture entries that legitimately differ between parts of one ingest
+_CAPTURE_FREE = {"rank", "world_size", "world", "shard", "parts", "merged_from", "merge_forced", "synthetic_plan"}
+
+
+class MergeError(KevoError):
+    """Stores that cannot be merged (as asked)."""
+
+
+def _diff(a: Any, b: Any, path: str) -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += _diff(a.get(k), b.get(k), f"{path}.{k}")
+        return out
+    return [] if a == b else [f"{path}: {a!r} vs {b!r}"]
+
+
+def _vocab_digest(store) -> str:
+    t = store.arrow("SELECT vocab_id, piece, text FROM vocab ORDER BY vocab_id")
+    h = hashlib.sha256()
+    for col in t.columns:
+        h.update(repr(col.to_pylist()).encode())
+    return h.hexdigest()
+
+
+def compatibility(paths: Sequence[str | os.PathLike]) -> tuple[list[str], list[str], list[dict]]:
+    """(forcible differences, hard differences, manifests) between the first store and each other."""
+    from kevo_store.reader import open_store
+
+    soft: list[str] = []
+    hard: list[str] = []
+    manifests: list[dict] = []
+    first = None
+    first_vocab = None
+    for p in paths:
+        with open_store(p) as s:
+            m = s.manifest
+            if m.get("partial"):
+                hard.append(f"{p} is a partial pull (it lacks {', '.join(m['partial'].get('omitted_tables', [])) or 'some hidden layers'})")
+            vocab = _vocab_digest(s) if s.rows("vocab") else None
+        manifests.append(m)
+        if first is None:
+            first, first_vocab = (p, m), vocab
+            continue
+        p0, m0 = first
+        for sec in CHECKED_SECTIONS:
+            a, b = dict(m0.get(sec) or {}), dict(m.get(sec) or {})
+            if sec == "capture":
+                a = {k: v for k, v in a.items() if k not in _CAPTURE_FREE}
+                b = {k: v for k, v in b.items() if k not in _CAPTURE_FREE}
+            soft += [f"{p} vs {p0}: {d}" for d in _diff(a, b, sec)]
+        h0, h1 = m0.get("hidden") or {}, m.get("hidden") or {}
+        for k in ("layers", "hidden_size", "logical_dtype"):
+            if (h0 or None) is None and (h1 or None) is None:
+                break
+            if h0.get(k) != h1.get(k):
+                hard.append(f"{p} vs {p0}: hidden.{k}: {h0.get(k)!r} vs {h1.get(k)!r} (hidden arrays of different shapes)")
+        if vocab is not None and first_vocab is not None and vocab != first_vocab:
+            hard.append(f"{p} vs {p0}: the vocab tables differ (different tokenizers)")
+    return soft, hard, manifests
+
+
+def merged_meta(paths: Sequence[str | os.PathLike], manifests: list[dict], forced: list[str]) -> dict:
+    """Manifest sections of the merged store: the first store's, datasets combined, provenance kept."""
+    from kevo_store.manifest import META_SECTIONS
+
+    meta = {sec: dict(manifests[0].get(sec) or {}) for sec in META_SECTIONS}
+    datasets = [m.get("dataset") or {} for m in manifests]
+    if any(d != datasets[0] for d in datasets[1:]):
+        names = list(dict.fromkeys(str(d.get("name", "?")) for d in datasets))
+        meta["dataset"] = {"name": "+".join(names), "datasets": datasets}
+    meta["dataset"]["merged_from"] = [
+        {"store": os.fspath(p), "dataset": (m.get("dataset") or {}).get("name"),
+         "samples": m["tables"]["samples"]["rows"], "errors": m["tables"]["errors"]["rows"]}
+        for p, m in zip(paths, manifests)
+    ]
+    if forced:
+        meta["capture"]["merge_forced"] = forced
+    return meta
+
+
+def merge_stores(stores: Sequence[str | os.PathLike], out: str | os.PathLike, *, force: bool = False,
+                 samples_per_commit: int = 64):
+    """Merge ``stores`` (local paths) into the new or resumed store ``out``; returns JoinStats."""
+    from kevo_store.fs import is_url
+    from kevo_store.join import join_parts
+    from kevo_store.reader import open_store
+
+    if len(stores) < 2:
+        raise MergeError("merge needs at least two stores")
+    for p in stores:
+        if is_url(p):
+            raise MergeError(f"{p}: merge reads local stores; `kevo store pull` it first")
+    out_p = Path(out).absolute()
+    for p in stores:
+        if Path(p).absolute() == out_p:
+            raise MergeError(f"--out {out} is one of the inputs; merge into a new store")
+    soft, hard, manifests = compatibility(stores)
+    if hard:
+        raise MergeError("cannot merge: " + "; ".join(hard))
+    if soft and not force:
+        shown = "; ".join(soft[:6]) + (f"; and {len(soft) - 6} more" if len(soft) > 6 else "")
+        raise MergeError(f"the stores were made with different settings: {shown}. "
+                         "Numbers computed under different settings do not belong in one table; "
+                         "pass --force to merge anyway (the differences are recorded in the manifest)")
+    keys_seen: dict[str, str] = {}
+    dups: list[str] = []
+    order: list[str] = []
+    for p in stores:
+        with open_store(p) as s:
+            ks = s.arrow("SELECT sample_key FROM samples ORDER BY sample_id").column(0).to_pylist()
+            ks += s.arrow("SELECT sample_key FROM errors").column(0).to_pylist()
+        for k in ks:
+            if k in keys_seen:
+                dups.append(f"{k!r} (in {keys_seen[k]} and {p})")
+            else:
+                keys_seen[k] = os.fspath(p)
+                order.append(k)
+    if dups and not force:
+        raise MergeError(f"{len(dups)} sample key(s) are in more than one store, e.g. {dups[0]}; the inputs "
+                         "overlap. Pass --force to keep the first store's copy")
+    meta = merged_meta(stores, manifests, soft)
+    return join_parts([os.fspath(p) for p in stores], out, keys=order, check=False, meta=meta,
+                      samples_per_commit=samples_per_commit)
