@@ -256,5 +256,12 @@ def verify(store_path: str, quick: bool) -> None:
     raise KevoError(f"{rep.path} failed verification: {len(rep.problems)} problem(s), first: {rep.problems[0]}")
 
 
+# push / pull / merge (sharing helper): defined in share_cli.py, which imports only click
+from .share_cli import COMMANDS as _SHARE_COMMANDS  # noqa: E402
+
+for _cmd in _SHARE_COMMANDS:
+    store.add_command(_cmd)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
