@@ -526,3 +526,66 @@ def verify_files(location: str | os.PathLike, *, jobs: int = 8) -> list[str]:
     else:
         problems.extend(p for p in map(check, to_hash) if p)
     return problems
+
+
+def verify_partial(fs, manifest: Mapping, *, checksums: bool = True):
+    """``kevo store verify`` of a partial pull: what it kept must be whole; what it left out is noted.
+
+    Every kept file (Parquet, index parts, the chunks of the kept layers) is checked for presence,
+    size and sha256, every kept table's Parquet footers against its row count, and the array
+    metadata; files of left-out tables and layers are reported as notes, not problems.
+    """
+    import pyarrow.parquet as pq
+
+    from kevo_store.verify import VerifyReport
+
+    rep = VerifyReport(fs.root)
+    declared = declared_files(manifest, fs.read_bytes, fs.root)
+    skip = omitted_files(manifest, declared)
+    partial = manifest["partial"]
+    kept_layers = partial.get("hidden_layers")
+    rep.notes.append(
+        f"partial pull of {partial.get('source', '?')}: "
+        + (f"tables left out: {', '.join(partial.get('omitted_tables') or []) or 'none'}; ")
+        + ("hidden states: all layers" if kept_layers is None else
+           f"hidden states: layers {_ranges(sorted(kept_layers))}" if kept_layers else "hidden states: none")
+        + f" ({len(skip)} file(s) left out on purpose)")
+    for rel in sorted(declared):
+        entry = declared[rel]
+        if rel in skip:
+            continue
+        if not fs.exists(rel):
+            rep.problems.append(f"{rel}: missing (named by the manifest, not left out by the partial pull)")
+            continue
+        if entry["size"] is None:
+            if rel == ZARR_META:
+                try:
+                    check_zarr_metadata(parse_manifest(fs.read_bytes(rel), rel), rel)
+                except UnsafeStoreError as e:
+                    rep.problems.append(str(e))
+            continue
+        size = fs.size(rel)
+        if size != entry["size"]:
+            rep.problems.append(f"{rel}: size {size} bytes, manifest says {entry['size']}")
+            continue
+        if checksums:
+            sha, _ = fs.sha256(rel)
+            if sha != entry["sha256"]:
+                rep.problems.append(f"{rel}: sha256 mismatch (corrupted): {sha[:16]}... != {entry['sha256'][:16]}...")
+                continue
+        rep.checked_files += 1
+        rep.checked_bytes += size
+    tf = table_files(manifest)
+    for name in sorted(present_tables(manifest)):
+        rows = (manifest.get("tables", {}).get(name) or manifest.get("derived", {}).get(name) or {}).get("rows")
+        total = 0
+        try:
+            for rel in tf[name]:
+                with fs.open(rel, "rb") as f:
+                    total += pq.ParquetFile(f).metadata.num_rows
+        except Exception as e:  # noqa: BLE001 - any footer failure is corruption
+            rep.problems.append(f"table '{name}': unreadable Parquet ({type(e).__name__}: {e})")
+            continue
+        if rows is not None and total != rows:
+            rep.problems.append(f"table '{name}': {total} rows in its files, manifest says {rows}")
+    return rep

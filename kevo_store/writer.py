@@ -118,6 +118,9 @@ class StoreWriter:
                        if hidden_size is not None else None)
         if fs.exists(MANIFEST):
             m = load_manifest(fs)
+            if m.get("partial"):  # sharing helper: writing into a partial pull would mix kept and missing data
+                raise StoreError(f"{fs.root} is a partial pull of {m['partial'].get('source', 'another store')}; "
+                                 "it is read-only (pull the whole store to add to it)")
             self._check_resume(m, meta, want_hidden)
             self.manifest = m
             self._remove_orphans()
