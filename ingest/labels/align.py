@@ -83,35 +83,6 @@ def tokens_of_words(words: Sequence[Word], char_start: Sequence[int | None],
     return out
 
 
-def char_spans_from_ids(tokenizer, token_ids: Sequence[int]) -> tuple[str, list[int], list[int]]:
-    """Decode ``token_ids`` and give each token its character span in the decoded text.
-
-    Incremental decoding: token i's span is the text added when it is appended. A token that ends in
-    the middle of a multi-byte character decodes to U+FFFD; it is given an empty span at the position
-    where the character will start, and the token that completes the character gets the character.
-    Special tokens are skipped (empty span at the end of the text so far).
-    """
-    text = tokenizer.decode(list(token_ids), skip_special_tokens=True)
-    starts: list[int] = []
-    ends: list[int] = []
-    prev = ""
-    for i in range(len(token_ids)):
-        cur = tokenizer.decode(list(token_ids[: i + 1]), skip_special_tokens=True)
-        stable = cur.rstrip("\ufffd")
-        if stable.startswith(prev) or not prev:
-            s, e = len(prev), len(stable)
-        else:  # the decoder re-spelled the tail (rare): fall back to the common prefix
-            k = 0
-            while k < min(len(prev), len(stable)) and prev[k] == stable[k]:
-                k += 1
-            s, e = k, len(stable)
-        s, e = min(s, len(text)), min(max(e, s), len(text))
-        starts.append(s)
-        ends.append(e)
-        prev = stable
-    return text, starts, ends
-
-
 def _column(tokens, name: str) -> list:
     if hasattr(tokens, "column"):  # pyarrow.Table
         return tokens.column(name).to_pylist()
