@@ -589,7 +589,8 @@ def _open_writer(path: str, meta: dict, adapter, hidden_layers: list[int], hidde
     existing = _existing_meta(path)
     if existing is not None:
         _check_compatible(existing, meta, path)
-    w = StoreWriter(path, meta=meta, hidden_size=adapter.hidden_size,
+    # --hidden none: a store without the hidden array
+    w = StoreWriter(path, meta=meta, hidden_size=adapter.hidden_size if hidden_layers else None,
                     hidden_layers=hidden_layers or None, hidden_dtype=hidden_dtype)
     return w
 
