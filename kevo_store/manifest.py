@@ -107,7 +107,11 @@ def load_manifest(fs: StoreFS) -> dict[str, Any]:
         m = json.loads(fs.read_bytes(MANIFEST))
     except (ValueError, UnicodeDecodeError) as e:
         raise StoreError(f"{where}: manifest is not valid JSON ({e})") from None
-    return check_format(m, fs.root)
+    m = check_format(m, fs.root)
+    from .safety import check_manifest_paths  # sharing helper: a path that leaves the store is refused
+
+    check_manifest_paths(m, fs.root)
+    return m
 
 
 def dump_manifest(m: dict[str, Any]) -> bytes:

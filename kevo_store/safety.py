@@ -313,3 +313,26 @@ def declared_files(manifest: Mapping, read_bytes, where: str) -> dict[str, dict]
                 out[f"hidden/{key}"] = {"sha256": val[0], "size": val[1]}
         out.setdefault(ZARR_META, {"sha256": None, "size": None})
     return out
+
+
+def check_manifest_paths(manifest: Mapping, where: str) -> None:
+    """Every path a manifest can make a reader open, checked: its file entries (``check_file_entries``)
+    and the table, derived-table and hidden-array references, which must all be among them."""
+    files = check_file_entries(manifest.get("files", {}), where)
+    for section in ("tables", "derived"):
+        for name, t in (manifest.get(section) or {}).items():
+            refs = (t or {}).get("files", [])
+            if not isinstance(refs, list):
+                raise _refuse(where, f"{section}.{name}.files is not a list")
+            for rel in refs:
+                check_relpath(rel, where)
+                if rel not in files:
+                    raise _refuse(where, f"{section}.{name} names {rel!r}, which has no checksum entry")
+    hidden = manifest.get("hidden")
+    if hidden:
+        if not isinstance(hidden, Mapping) or hidden.get("path", "hidden") != "hidden":
+            raise _refuse(where, "the manifest's hidden section is malformed (hidden.path must be 'hidden')")
+        for rel in list(hidden.get("index") or []) + ([hidden["tail"]] if hidden.get("tail") else []):
+            check_relpath(rel, where)
+            if rel not in files:
+                raise _refuse(where, f"hidden names {rel!r}, which has no checksum entry")
