@@ -268,7 +268,9 @@ class HiddenWriter:
             self.fs.write_atomic(rel, json.dumps({"chunks": merged}, separators=(",", ":")).encode())
             sha, size = self.fs.sha256(rel)
             files[rel] = {"sha256": sha, "size": size}
-            obsolete.extend(r for r in sec["index"] if r not in files)
+            obsolete.extend(r for r in sec["index"] if r != rel)
+            for r in obsolete:  # an index part written by this very close is merged too
+                files.pop(r, None)
             sec["index"] = [rel]
         self._staged = (sec["zarr_rows"], None)
         return sec, files, obsolete

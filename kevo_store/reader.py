@@ -53,7 +53,9 @@ def _table_entries(m: dict) -> list[tuple[str, list[str], pa.Schema | None]]:
     out = [(name, m["tables"].get(name, {}).get("files", []), schema) for name, schema in TABLES.items()]
     for name, d in (m.get("derived") or {}).items():
         out.append((name, d.get("files", []), DERIVED_TABLES.get(name)))
-    return out
+    # a partial pull (kevo_store/share.py) has no files for the tables it left out: no view for them
+    omitted = set((m.get("partial") or {}).get("omitted_tables", []))
+    return [e for e in out if e[0] not in omitted]
 
 
 def _connect() -> duckdb.DuckDBPyConnection:
@@ -112,7 +114,7 @@ class Store:
     def arrow(self, query: str) -> pa.Table:
         rel = _run(self.con, query)
         try:
-            return rel.fetch_arrow_table() if rel is not None else pa.table({})
+            return rel.to_arrow_table() if rel is not None else pa.table({})
         except duckdb.Error as e:
             raise QueryError(one_line(e)) from None
 
@@ -145,8 +147,9 @@ class Store:
 
     @property
     def hidden_layers(self) -> list[int]:
-        h = self.manifest.get("hidden")
-        return list(h["layers"]) if h else []
+        from .share import hidden_layers_present  # a partial pull may hold only some layers
+
+        return hidden_layers_present(self.manifest)
 
     @property
     def tables(self) -> list[str]:
@@ -167,6 +170,11 @@ class Store:
         h = self.manifest.get("hidden")
         if not h:
             raise KevoError(f"{self.path} holds no hidden states (captured without them)")
+        if self.manifest.get("partial"):  # a partial pull: Zarr would fill missing layers with zeros
+            from .share import check_hidden_layers_present
+
+            layers = self.hidden_layers if layers is None else layers
+            check_hidden_layers_present(self.manifest, [layers] if np.isscalar(layers) else layers, self.path)
         if self._hidden is None:
             self._hidden = HiddenReader(self.fs, h)
         return self._hidden.read(token_uids, layers)
@@ -217,7 +225,7 @@ class Stores:
 
     def arrow(self, query: str) -> pa.Table:
         rel = _run(self.con, query)
-        return rel.fetch_arrow_table() if rel is not None else pa.table({})
+        return rel.to_arrow_table() if rel is not None else pa.table({})
 
     def close(self) -> None:
         self.con.close()
