@@ -16,9 +16,18 @@ from collections.abc import Sequence
 from ingest.labels.words import Word
 
 
+def _blank(piece: str | None) -> bool:
+    """A piece that is only a word separator (SentencePiece '▁', byte-level 'Ġ', 'Ċ', plain whitespace)."""
+    return piece is not None and piece.replace("▁", " ").replace("Ġ", " ").replace("Ċ", "\n").strip() == ""
+
+
 def align_tokens(words: Sequence[Word], char_start: Sequence[int | None],
-                 char_end: Sequence[int | None]) -> list[int | None]:
-    """Return, for every token, the index of the word it belongs to (None for none)."""
+                 char_end: Sequence[int | None], pieces: Sequence[str | None] | None = None) -> list[int | None]:
+    """Return, for every token, the index of the word it belongs to (None for none).
+
+    ``pieces`` (optional) tells an empty-span token that is a bare separator (a leading '▁' whose space
+    the decoder strips) from the first bytes of a character: only the latter joins the word.
+    """
     n = len(char_start)
     out: list[int | None] = [None] * n
     if not words:
@@ -38,7 +47,7 @@ def align_tokens(words: Sequence[Word], char_start: Sequence[int | None],
                 j += 1
             if j < len(words) and words[j].start < e:
                 out[i] = j  # the token may also overlap later words; it is the *first* word's token
-        else:
+        elif pieces is None or not _blank(pieces[i]):
             j = bisect.bisect_right(starts, s) - 1
             if j >= 0 and words[j].start <= s < words[j].end:
                 out[i] = j
@@ -46,13 +55,13 @@ def align_tokens(words: Sequence[Word], char_start: Sequence[int | None],
 
 
 def word_columns(words: Sequence[Word], char_start: Sequence[int | None],
-                 char_end: Sequence[int | None]) -> dict[str, list]:
+                 char_end: Sequence[int | None], pieces: Sequence[str | None] | None = None) -> dict[str, list]:
     """``word_index``, ``word`` and ``is_word_start`` columns for the tokens.
 
     A token that spans several words (e.g. a merged piece ``".\\n"`` or ``"s."``) is assigned to the
     first of them; every word gets its first overlapping token as decision token.
     """
-    idx = align_tokens(words, char_start, char_end)
+    idx = align_tokens(words, char_start, char_end, pieces)
     seen: set[int] = set()
     word_index: list[int | None] = []
     word: list[str | None] = []
@@ -70,17 +79,10 @@ def word_columns(words: Sequence[Word], char_start: Sequence[int | None],
 
 
 def tokens_of_words(words: Sequence[Word], char_start: Sequence[int | None],
-                    char_end: Sequence[int | None]) -> dict[int, list[int]]:
-    """word index -> rows of every token that overlaps the word, in generation order."""
-    out: dict[int, list[int]] = {}
-    for i in range(len(char_start)):
-        s, e = char_start[i], char_end[i]
-        if s is None or e is None:
-            continue
-        for w in words:
-            if (e > s and w.start < e and s < w.end) or (e == s and w.start <= s < w.end):
-                out.setdefault(w.index, []).append(i)
-    return out
+                    char_end: Sequence[int | None], pieces: Sequence[str | None] | None = None) -> dict[int, list[int]]:
+    """word index -> rows of every token that overlaps the word (a token may overlap several words)."""
+    rows = _rows_overlapping(words, char_start, char_end, pieces)
+    return {w.index: r for w, r in zip(words, rows) if r}
 
 
 def _column(tokens, name: str) -> list:
@@ -100,26 +102,28 @@ def label_columns(response: str, tokens, mentions: Sequence = (), answer_span: t
 
     cs, ce = _column(tokens, "char_start"), _column(tokens, "char_end")
     words = split_words(response)
-    cols = word_columns(words, cs, ce)
+    names = tokens.column_names if hasattr(tokens, "column_names") else list(tokens)
+    pieces = _column(tokens, "piece") if "piece" in names else None
+    cols = word_columns(words, cs, ce, pieces)
     n = len(cs)
     obj: list[str | None] = [None] * n
     lab: list[str | None] = [None] * n
     hal: list[bool | None] = [None] * n
     spans = [Word(-1, "", m.start, m.end) for m in mentions]
-    for m, rows in zip(mentions, _rows_overlapping(spans, cs, ce)):
+    for m, rows in zip(mentions, _rows_overlapping(spans, cs, ce, pieces)):
         for r in rows:
             obj[r], lab[r], hal[r] = m.object, m.label, m.label == "hallucinated"
     cols.update({"object": obj, "label": lab, "hallucinated": hal})
     if answer_span is not None:
-        rows = _rows_overlapping([Word(-1, "", *answer_span)], cs, ce)[0]
+        rows = _rows_overlapping([Word(-1, "", *answer_span)], cs, ce, pieces)[0]
         cols["is_answer"] = [i == rows[0] if rows else False for i in range(n)]
     return cols
 
 
-def _rows_overlapping(spans: Sequence[Word], cs: Sequence, ce: Sequence) -> list[list[int]]:
+def _rows_overlapping(spans: Sequence[Word], cs: Sequence, ce: Sequence, pieces=None) -> list[list[int]]:
     out: list[list[int]] = [[] for _ in spans]
     for i, (s, e) in enumerate(zip(cs, ce)):
-        if s is None or e is None:
+        if s is None or e is None or (e == s and pieces is not None and _blank(pieces[i])):
             continue
         for k, w in enumerate(spans):
             if (e > s and w.start < e and s < w.end) or (e == s and w.start <= s < w.end):
