@@ -222,9 +222,12 @@ def capture(adapter: Adapter, prompt_texts: list[str], images: list | None, sett
         prow = [np.full(n_gen, -1, np.int16)]
         pcol = [np.full(n_gen, -1, np.int16)]
         out_ids = [torch.as_tensor(ids[:n_gen], device=steps.device)]
-        input_ids = batch.input_ids[i, T - n_prompt :]
+        # the sample's real positions (left padding; some processors, e.g. InstructBLIP's, put
+        # the image tokens before the padding, so select by the mask rather than slicing)
+        valid = torch.nonzero(batch.inputs["attention_mask"][i]).squeeze(1)
+        input_ids = batch.input_ids[i, valid]
         if settings.capture_prompt:
-            ph = prefill[:, i, T - n_prompt :].transpose(0, 1)  # (n_prompt, L+1, D)
+            ph = prefill[:, i, valid].transpose(0, 1)  # (n_prompt, L+1, D)
             in_np = input_ids.cpu().numpy().astype(np.int32)
             is_img = np.isin(in_np, list(image_ids)) if image_ids else np.zeros(n_prompt, bool)
             r = np.full(n_prompt, -1, np.int16)

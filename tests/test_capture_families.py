@@ -30,18 +30,12 @@ PROMPTS = ["Describe this image.", "What is in the picture? Is there a cat on th
 def _reference_forward(ad, text, image, gen_ids):
     """Plain forward over prompt + generated tokens, one sample, no cache."""
     b = ad.encode([text], None if image is None else [image])
-    inputs = dict(ad.generate_inputs(b))
     gen = torch.as_tensor(gen_ids, device=ad.device).view(1, -1)
     n_new = gen.shape[1]
-    inputs["input_ids"] = torch.cat([inputs["input_ids"], gen], 1)
-    for k in ("attention_mask",):
-        inputs[k] = torch.cat([inputs[k], torch.ones_like(gen)], 1)
-    for k in ("mm_token_type_ids", "token_type_ids"):
-        if k in inputs:
-            inputs[k] = torch.cat([inputs[k], torch.zeros_like(gen)], 1)
+    inputs = ad.extend_inputs(ad.generate_inputs(b), gen)
     with torch.no_grad():
         out = ad.model(**inputs, output_hidden_states=True, use_cache=False)
-    hs = out.hidden_states if out.hidden_states is not None else out.language_model_outputs.hidden_states
+    hs = getattr(out, "hidden_states", None) or out.language_model_outputs.hidden_states
     return b, torch.stack(hs, 0)[:, 0].transpose(0, 1).double(), out.logits[0].double(), n_new
 
 

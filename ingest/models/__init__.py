@@ -19,10 +19,22 @@ from pathlib import Path
 
 from .base import Adapter, Batch, ModelError
 from .causal_lm import CausalLMAdapter
+from .gemma3 import Gemma3Adapter
+from .idefics3 import Idefics3Adapter
+from .instructblip import InstructBlipAdapter
 from .llava import LlavaAdapter
+from .llava_next import LlavaNextAdapter
+from .paligemma import PaliGemmaAdapter
+from .qwen2_vl import Qwen2VLAdapter
 
 ADAPTERS: tuple[type[Adapter], ...] = (
     LlavaAdapter,
+    LlavaNextAdapter,
+    Qwen2VLAdapter,
+    Idefics3Adapter,
+    PaliGemmaAdapter,
+    Gemma3Adapter,
+    InstructBlipAdapter,
     CausalLMAdapter,
 )
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -134,10 +146,7 @@ def load_adapter(
     if device is not None and device_map is None:
         m = m.to(device)
     try:
-        if cls.multimodal:
-            proc = transformers.AutoProcessor.from_pretrained(str(path))
-        else:
-            proc = transformers.AutoTokenizer.from_pretrained(str(path))
+        proc = cls.load_processor(str(path))
     except Exception as e:
         raise ModelError(f"model {model!r}: its processor/tokenizer failed to load: {type(e).__name__}: {e}") from e
     ad = cls(m, proc, model_id=model, revision=rev, dtype=dtype, path=str(path))

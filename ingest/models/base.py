@@ -202,8 +202,44 @@ class Adapter:
         return dict(batch.inputs)
 
     def patch_grid(self, batch: Batch, i: int) -> np.ndarray | None:
-        """(n_image_tokens, 2) int array of (row, col) per image token of sample i, in sequence order."""
+        """(n_image_tokens, 2) int16 array of (row, col) per image token of sample i, in sequence order;
+        -1 for image tokens without a grid position. None where the family has no spatial grid."""
         return None
+
+    def n_image_tokens(self, batch: Batch, i: int) -> int:
+        ids = batch.input_ids[i]
+        return int(sum((ids == t).sum().item() for t in self.image_token_ids))
+
+    #: token_type_ids value of generated tokens (PaliGemma marks the suffix with 1)
+    generated_token_type: ClassVar[int] = 0
+
+    def extend_inputs(self, inputs: dict[str, Any], new_ids: torch.Tensor) -> dict[str, Any]:
+        """``inputs`` (one unpadded sample) with ``new_ids`` (1, n) appended: the inputs of a plain,
+        cache-free forward over prompt + generated tokens (what an independent re-run does)."""
+        out = dict(inputs)
+        new_ids = new_ids.to(inputs["input_ids"].device)
+        out["input_ids"] = torch.cat([inputs["input_ids"], new_ids], 1)
+        out["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(new_ids)], 1)
+        if "mm_token_type_ids" in out:
+            out["mm_token_type_ids"] = torch.cat([out["mm_token_type_ids"], torch.zeros_like(new_ids)], 1)
+        if "token_type_ids" in out:
+            fill = torch.full_like(new_ids, self.generated_token_type)
+            out["token_type_ids"] = torch.cat([out["token_type_ids"], fill], 1)
+        return out
+
+    def chat_prompt(self, user_prompt: str, has_image: bool) -> str | None:
+        """The processor's chat template applied to one user turn, or None if it has none."""
+        if not getattr(self.processor, "chat_template", None):
+            return None
+        content = ([{"type": "image"}] if has_image else []) + [{"type": "text", "text": user_prompt}]
+        return self.processor.apply_chat_template([{"role": "user", "content": content}],
+                                                  add_generation_prompt=True, tokenize=False)
+
+    @classmethod
+    def load_processor(cls, path: str):
+        from transformers import AutoProcessor, AutoTokenizer
+
+        return AutoProcessor.from_pretrained(path) if cls.multimodal else AutoTokenizer.from_pretrained(path)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.model_id!r} L={self.n_layers} D={self.hidden_size} V={self.vocab_size}>"
@@ -215,10 +251,15 @@ def llava_v1_prompt(user_prompt: str, has_image: bool, image_token: str = "<imag
     return f"{LLAVA_V1_SYSTEM} USER: {body} ASSISTANT:"
 
 
-def square_grid(n: int) -> np.ndarray:
-    """Row-major (row, col) of an s x s grid with s*s == n."""
+def square_grid(n: int) -> np.ndarray | None:
+    """Row-major (row, col) of an s x s grid with s*s == n (None if n is not a square)."""
     s = int(round(n**0.5))
     if s * s != n:
         return None
-    r, c = np.divmod(np.arange(n), s)
+    return rect_grid(s, s)
+
+
+def rect_grid(h: int, w: int) -> np.ndarray:
+    """Row-major (row, col) of an h x w grid."""
+    r, c = np.divmod(np.arange(h * w), w)
     return np.stack([r, c], 1).astype(np.int16)

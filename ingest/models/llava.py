@@ -45,6 +45,5 @@ class LlavaAdapter(Adapter):
         return expand2square(image, tuple(int(x * 255) for x in mean))
 
     def patch_grid(self, batch: Batch, i: int) -> np.ndarray | None:
-        ids = batch.input_ids[i]
-        n = int(sum((ids == t).sum().item() for t in self.image_token_ids))
+        n = self.n_image_tokens(batch, i)
         return square_grid(n) if n else None
