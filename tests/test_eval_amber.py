@@ -1,0 +1,83 @@
+"""`kevo eval amber --responses` (the real command) on the fixture, and its user errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.amber_helpers import FIXTURE, make_amber_dir
+
+KEVO = str(Path(sys.executable).parent / "kevo")
+
+
+def _kevo(*args, cwd=None):
+    return subprocess.run([KEVO, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_eval_responses_json_and_table(tmp_path):
+    root = make_amber_dir(tmp_path, images=False)
+    r = _kevo("eval", "amber", "--responses", FIXTURE / "responses.json", "--data", root, "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    # the same hand-worked numbers as tests/test_labels_amber.py::test_totals_match_the_hand_computed_official_numbers
+    g = out["generative"]
+    assert (g["CHAIR"], g["Cover"], g["Hal"], g["Cog"]) == (18.7, 31.2, 50.0, 5.0)
+    assert g["counts"]["chair_num"] == 16.001 and g["n"] == 4
+    off, norm = out["discriminative"]["official"], out["discriminative"]["normalised"]
+    assert (off["all"]["accuracy"], off["all"]["f1"]) == (33.3, 40.0)
+    assert (norm["all"]["accuracy"], norm["all"]["f1"]) == (83.3, 85.7)
+    assert set(off) == {"all", "existence", "attribute", "state", "relation"}
+    assert out["settings"]["nouns"] == "offline" and out["settings"]["similarity"] == "exact"
+
+    r = _kevo("eval", "amber", "--responses", FIXTURE / "responses.json", "--data", root)
+    assert r.returncode == 0, r.stderr
+    assert "CHAIR      18.7" in r.stdout and "Cog         5.0" in r.stdout
+    assert "all" in r.stdout and "33.3" in r.stdout and "83.3" in r.stdout
+
+
+def test_eval_similarity_table_changes_the_numbers(tmp_path):
+    root = make_amber_dir(tmp_path, images=False)
+    table = tmp_path / "sim.json"
+    table.write_text(json.dumps({"words": ["pier", "bridge"], "similarity": [[1, 0.9], [0.9, 1]]}))
+    r = _kevo("eval", "amber", "--responses", FIXTURE / "responses.json", "--data", root, "--json",
+              "--similarity", table)
+    assert r.returncode == 0, r.stderr
+    g = json.loads(r.stdout)["generative"]
+    # "pier" is now similar to id 2's truth "bridge": one hallucination fewer (2 of 16 mentions)
+    assert g["CHAIR"] == round(2 / 16.001 * 100, 1) and g["Cover"] == 31.2
+
+
+def test_eval_user_errors(tmp_path):
+    root = make_amber_dir(tmp_path, images=False)
+    bad = tmp_path / "bad.json"
+    bad.write_text('[\n{"id": 1, "response": "A dog."},\n{"id": 2, "response": "oops}\n]')
+    r = _kevo("eval", "amber", "--responses", bad, "--data", root)
+    assert r.returncode != 0 and "bad.json: malformed JSON at line 3" in r.stderr and "record 2" in r.stderr
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps([{"id": 1, "response": "x"}, {"id": 99999, "response": "y"}]))
+    r = _kevo("eval", "amber", "--responses", wrong, "--data", root)
+    assert r.returncode != 0 and "wrong.json, record 2: id 99999 is out of range" in r.stderr
+    shape = tmp_path / "shape.json"
+    shape.write_text(json.dumps([{"id": 1, "text": "x"}]))
+    r = _kevo("eval", "amber", "--responses", shape, "--data", root)
+    assert r.returncode != 0 and "shape.json, record 1: expected" in r.stderr
+    r = _kevo("eval", "amber", "--responses", wrong)
+    assert r.returncode != 0 and "--data" in r.stderr
+    r = _kevo("eval", "amber")
+    assert r.returncode != 0 and "STORE or --responses" in r.stderr
+    r = _kevo("eval", "amber", tmp_path / "no-store")
+    assert r.returncode != 0 and "no-store" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_eval_empty_responses(tmp_path):
+    root = make_amber_dir(tmp_path, images=False)
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps([{"id": 1, "response": ""}, {"id": 1005, "response": ""}]))
+    r = _kevo("eval", "amber", "--responses", empty, "--data", root, "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    # no mention, no coverage; Hal = 100 - 1/1.001*100 = 0.1 (the official 0.001 start shows)
+    assert (out["generative"]["CHAIR"], out["generative"]["Cover"], out["generative"]["Hal"]) == (0.0, 0.0, 0.1)
+    assert out["discriminative"]["official"]["all"]["accuracy"] == 0.0
