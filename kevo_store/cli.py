@@ -109,7 +109,7 @@ def sql(args: tuple[str, ...], fmt: str, output: str | None, max_rows: int) -> N
     *store_args, query = args
     stores = _parse_store_args(tuple(store_args))
     if fmt == "parquet" and not output:
-        raise click.UsageError("--format parquet needs --output FILE")
+        raise KevoError("--format parquet needs --output FILE (Parquet is not written to a terminal)")
     from .reader import QueryError, one_line, open_stores
 
     first = next(iter(stores))
@@ -140,6 +140,16 @@ def sql(args: tuple[str, ...], fmt: str, output: str | None, max_rows: int) -> N
         click.echo(text, nl=not text.endswith("\n"))
 
 
+def _json_default(v):
+    from decimal import Decimal
+
+    if isinstance(v, Decimal):  # DuckDB's sum() of integers is a HUGEINT, which arrives as a Decimal
+        return int(v) if v == v.to_integral_value() else float(v)
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    return str(v)
+
+
 def _render(df, fmt: str, max_rows: int) -> str:
     import polars as pl
 
@@ -148,7 +158,7 @@ def _render(df, fmt: str, max_rows: int) -> str:
     if fmt == "json":
         import json
 
-        return json.dumps(df.to_dicts(), default=str, ensure_ascii=False) + "\n"
+        return json.dumps(df.to_dicts(), default=_json_default, ensure_ascii=False) + "\n"
     with pl.Config(tbl_rows=max_rows, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200,
                    tbl_hide_dataframe_shape=False):
         return str(df)
