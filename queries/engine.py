@@ -1,0 +1,133 @@
+"""Running bound named queries: through DuckDB (the store's own connection) or Polars' SQL engine.
+
+Both engines get the same literal SQL text. The Polars path reads the manifest's Parquet files
+with ``polars.scan_parquet`` and registers them under the view names the SQL uses, so a test can
+check that the two engines agree on every query.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from kevo_store import Store, Stores, open_store, open_stores
+from kevo_store.errors import KevoError, QueryError
+from kevo_store.schema import DERIVED_TABLES, TABLES
+
+from .library import BoundQuery, bind
+
+STORE_ALIASES = ("a", "b")
+
+
+@dataclass
+class QueryResult:
+    """A named query's answer with everything needed to reproduce it."""
+
+    name: str
+    frame: pl.DataFrame
+    params: dict = field(default_factory=dict)
+    stores: list = field(default_factory=list)
+    sql: str = ""
+
+    def info(self) -> dict[str, Any]:
+        return {"query": self.name, "params": self.params, "stores": self.stores}
+
+
+def _as_store(s: Any) -> Store:
+    if isinstance(s, Store):
+        return s
+    if isinstance(s, (str, os.PathLike)):
+        return open_store(s)
+    raise KevoError(f"not a store: {s!r}")
+
+
+def _connection(bound: BoundQuery, stores: Any):
+    """(connection-like with .sql(), list of store paths, [Store...]) for the query's store count."""
+    n = bound.query.stores
+    if n == 1:
+        if isinstance(stores, (list, tuple)):
+            if len(stores) != 1:
+                raise KevoError(f"query {bound.name} reads one store, got {len(stores)}")
+            stores = stores[0]
+        s = _as_store(stores)
+        return s, [s.path], [s]
+    if isinstance(stores, Stores):
+        missing = [a for a in STORE_ALIASES if a not in stores.stores]
+        if missing:
+            raise KevoError(f"query {bound.name} needs stores aliased {STORE_ALIASES}")
+        return stores, [stores[a].path for a in STORE_ALIASES], [stores[a] for a in STORE_ALIASES]
+    if not isinstance(stores, (list, tuple)) or len(stores) != 2:
+        raise KevoError(f"query {bound.name} compares two stores (A B), got {stores!r}")
+    paths = []
+    for s in stores:
+        paths.append(s.path if isinstance(s, Store) else os.fspath(s))
+    m = open_stores(dict(zip(STORE_ALIASES, paths)))
+    return m, paths, [m[a] for a in STORE_ALIASES]
+
+
+def _check_lens(bound: BoundQuery, stores: list[Store]) -> None:
+    lens = bound.params.get("lens")
+    if lens is None:
+        return
+    for s in stores:
+        modes = s.lens_modes
+        if modes and lens not in modes:
+            raise KevoError(f"{s.path} has no lens {lens!r} (lenses: {', '.join(modes)}); use --param lens=...")
+
+
+def run_bound(bound: BoundQuery, stores: Any, engine: str = "duckdb") -> QueryResult:
+    con, paths, objs = _connection(bound, stores)
+    _check_lens(bound, objs)
+    if engine == "duckdb":
+        frame = con.sql(bound.sql)
+    elif engine == "polars":
+        frame = run_polars(bound.sql, objs, two=bound.query.stores == 2)
+    else:
+        raise KevoError(f"unknown engine {engine!r} (duckdb | polars)")
+    return QueryResult(bound.name, frame, dict(bound.params), [str(p) for p in paths], bound.sql)
+
+
+def result(stores: Any, name: str, engine: str = "duckdb", **params: Any) -> QueryResult:
+    """Run a named query and keep its parameters, stores and SQL with the answer."""
+    return run_bound(bind(name, **params), stores, engine)
+
+
+def run(stores: Any, name: str, engine: str = "duckdb", **params: Any) -> pl.DataFrame:
+    """``queries.run(store, "critical-layers", tau=0.6)`` -> polars.DataFrame.
+
+    ``stores``: a Store or a path; for two-store queries (compare-*) a pair of them, or an
+    ``open_stores({"a": ..., "b": ...})``."""
+    return result(stores, name, engine, **params).frame
+
+
+def polars_tables(store: Store) -> dict[str, pl.LazyFrame]:
+    """The store's tables as Polars LazyFrames over exactly the manifest's files."""
+    m = store.manifest
+    out: dict[str, pl.LazyFrame] = {}
+    entries = [(t, m["tables"][t]["files"], TABLES[t]) for t in TABLES]
+    entries += [(t, d.get("files", []), DERIVED_TABLES.get(t)) for t, d in (m.get("derived") or {}).items()]
+    for name, files, schema in entries:
+        if files:
+            out[name] = pl.scan_parquet([store.fs.full(f) for f in files])
+        elif schema is not None:
+            out[name] = pl.from_arrow(schema.empty_table()).lazy()
+    return out
+
+
+def run_polars(sql: str, stores: list[Store], two: bool = False) -> pl.DataFrame:
+    """The same SQL through Polars' SQL engine."""
+    ctx = pl.SQLContext()
+    if two:
+        for alias, s in zip(STORE_ALIASES, stores):
+            for name, lf in polars_tables(s).items():
+                ctx.register(f"{alias}.{name}", lf)
+    else:
+        for name, lf in polars_tables(stores[0]).items():
+            ctx.register(name, lf)
+    try:
+        return ctx.execute(sql, eager=True)
+    except Exception as e:  # polars raises several exception types for SQL problems
+        raise QueryError(f"polars: {str(e).splitlines()[0]}") from None

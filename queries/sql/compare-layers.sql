@@ -1,0 +1,36 @@
+-- name: compare-layers
+-- description: Two stores, per layer, over tokens with an identical prefix in both: top-1 agreement and the deltas (b - a) of p_out, js_prev, entropy.
+-- stores: 2
+-- param lens: str = 'final_norm'  -- lens mode compared
+WITH ta AS (
+    SELECT s.sample_key, t.step, t.token_uid, t.token_id
+    FROM a.tokens t JOIN a.samples s ON s.sample_id = t.sample_id WHERE t.role = 'generated'
+),
+tb AS (
+    SELECT s.sample_key, t.step, t.token_uid, t.token_id
+    FROM b.tokens t JOIN b.samples s ON s.sample_id = t.sample_id WHERE t.role = 'generated'
+),
+pairs AS (
+    SELECT ta.sample_key, ta.step, ta.token_uid AS uid_a, tb.token_uid AS uid_b,
+           CASE WHEN ta.token_id = tb.token_id THEN 1 ELSE 0 END AS same
+    FROM ta JOIN tb ON ta.sample_key = tb.sample_key AND ta.step = tb.step
+),
+first_diff AS (SELECT sample_key, MIN(CASE WHEN same = 0 THEN step END) AS step FROM pairs GROUP BY sample_key),
+prefix AS (
+    SELECT p.uid_a, p.uid_b FROM pairs p JOIN first_diff f ON f.sample_key = p.sample_key
+    WHERE p.same = 1 AND (f.step IS NULL OR p.step < f.step)
+),
+la AS (SELECT token_uid, layer, top1_id, p_out, js_prev, entropy FROM a.layers WHERE lens = $lens),
+lb AS (SELECT token_uid, layer, top1_id, p_out, js_prev, entropy FROM b.layers WHERE lens = $lens)
+SELECT la.layer, COUNT(*) AS n_tokens,
+       AVG(CASE WHEN la.top1_id = lb.top1_id THEN 1.0 ELSE 0.0 END) AS top1_agreement,
+       AVG(la.p_out) AS p_out_mean_a, AVG(lb.p_out) AS p_out_mean_b, AVG(lb.p_out - la.p_out) AS p_out_delta,
+       AVG(ABS(lb.p_out - la.p_out)) AS p_out_abs_delta,
+       MEDIAN(la.js_prev) AS js_prev_median_a, MEDIAN(lb.js_prev) AS js_prev_median_b,
+       AVG(lb.js_prev - la.js_prev) AS js_prev_delta,
+       AVG(lb.entropy - la.entropy) AS entropy_delta
+FROM prefix x
+JOIN la ON la.token_uid = x.uid_a
+JOIN lb ON lb.token_uid = x.uid_b AND lb.layer = la.layer
+GROUP BY la.layer
+ORDER BY la.layer

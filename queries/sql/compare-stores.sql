@@ -1,0 +1,56 @@
+-- name: compare-stores
+-- description: Two stores (a = baseline, b = variant, e.g. a skip experiment or LVLM vs LLM): token agreement by sample and step, hallucination and metric deltas.
+-- stores: 2
+-- param lens: str = 'final_norm'  -- lens mode compared
+-- param tau: float = 0.5          -- top-1 probability that defines the critical layer
+WITH ta AS (
+    SELECT s.sample_key, t.step, t.token_uid, t.token_id, t.label
+    FROM a.tokens t JOIN a.samples s ON s.sample_id = t.sample_id WHERE t.role = 'generated'
+),
+tb AS (
+    SELECT s.sample_key, t.step, t.token_uid, t.token_id, t.label
+    FROM b.tokens t JOIN b.samples s ON s.sample_id = t.sample_id WHERE t.role = 'generated'
+),
+pairs AS (  -- tokens at the same generation step of the same sample
+    SELECT ta.sample_key, ta.step, ta.token_uid AS uid_a, tb.token_uid AS uid_b,
+           CASE WHEN ta.token_id = tb.token_id THEN 1 ELSE 0 END AS same
+    FROM ta JOIN tb ON ta.sample_key = tb.sample_key AND ta.step = tb.step
+),
+per_sample AS (
+    SELECT p.sample_key, COUNT(*) AS n_pairs, SUM(p.same) AS n_same,
+           MIN(CASE WHEN p.same = 0 THEN p.step END) AS first_diff_step
+    FROM pairs p GROUP BY p.sample_key
+),
+len_a AS (SELECT sample_key, COUNT(*) AS n FROM ta GROUP BY sample_key),
+len_b AS (SELECT sample_key, COUNT(*) AS n FROM tb GROUP BY sample_key),
+prefix AS (  -- identical-prefix tokens: the only ones whose layers are comparable
+    SELECT p.uid_a, p.uid_b FROM pairs p JOIN per_sample q ON q.sample_key = p.sample_key
+    WHERE p.same = 1 AND (q.first_diff_step IS NULL OR p.step < q.first_diff_step)
+),
+crit_a AS (SELECT token_uid, MIN(CASE WHEN top1_prob >= $tau THEN layer END) AS c FROM a.layers WHERE lens = $lens GROUP BY token_uid),
+crit_b AS (SELECT token_uid, MIN(CASE WHEN top1_prob >= $tau THEN layer END) AS c FROM b.layers WHERE lens = $lens GROUP BY token_uid),
+crit_pairs AS (
+    SELECT AVG(ca.c) AS critical_layer_mean_a, AVG(cb.c) AS critical_layer_mean_b, COUNT(*) AS n_prefix_tokens
+    FROM prefix x JOIN crit_a ca ON ca.token_uid = x.uid_a JOIN crit_b cb ON cb.token_uid = x.uid_b
+),
+hall AS (
+    SELECT (SELECT SUM(CASE WHEN label = 'hallucinated' THEN 1 ELSE 0 END) * 1.0 / NULLIF(SUM(CASE WHEN label IS NOT NULL THEN 1 ELSE 0 END), 0) FROM ta) AS hallucinated_rate_a,
+           (SELECT SUM(CASE WHEN label = 'hallucinated' THEN 1 ELSE 0 END) * 1.0 / NULLIF(SUM(CASE WHEN label IS NOT NULL THEN 1 ELSE 0 END), 0) FROM tb) AS hallucinated_rate_b
+),
+samples_cmp AS (
+    SELECT COUNT(*) AS n_samples_both,
+           SUM(CASE WHEN q.first_diff_step IS NULL AND la.n = lb.n THEN 1 ELSE 0 END) AS n_identical_responses,
+           AVG(q.first_diff_step) AS first_diff_step_mean,
+           SUM(q.n_pairs) AS n_token_pairs, SUM(q.n_same) AS n_same_tokens
+    FROM per_sample q JOIN len_a la ON la.sample_key = q.sample_key JOIN len_b lb ON lb.sample_key = q.sample_key
+)
+SELECT (SELECT COUNT(*) FROM a.samples) AS n_samples_a, (SELECT COUNT(*) FROM b.samples) AS n_samples_b,
+       sc.n_samples_both, sc.n_identical_responses,
+       sc.n_identical_responses * 1.0 / NULLIF(sc.n_samples_both, 0) AS response_agreement,
+       sc.n_token_pairs, sc.n_same_tokens,
+       sc.n_same_tokens * 1.0 / NULLIF(sc.n_token_pairs, 0) AS token_agreement,
+       sc.first_diff_step_mean,
+       cp.n_prefix_tokens, cp.critical_layer_mean_a, cp.critical_layer_mean_b,
+       cp.critical_layer_mean_b - cp.critical_layer_mean_a AS critical_layer_delta,
+       h.hallucinated_rate_a, h.hallucinated_rate_b, h.hallucinated_rate_b - h.hallucinated_rate_a AS hallucinated_rate_delta
+FROM samples_cmp sc CROSS JOIN crit_pairs cp CROSS JOIN hall h
