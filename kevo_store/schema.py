@@ -152,3 +152,13 @@ KEYS: dict[str, tuple[str, ...]] = {
     "errors": ("sample_key",),
     "embeddings": ("embedding_id", "token_uid", "layer"),
 }
+
+# Units of the columns that have one (by column name: the same name means the same unit everywhere).
+UNITS: dict[str, str] = {
+    "p_out": "probability", "top1_prob": "probability", "prob": "probability",
+    "logit_out": "logit", "entropy": "nats", "js_prev": "nats", "js_final": "nats", "kl_final": "nats",
+    "js_dola": "nats (vocab-mean)", "rank_out": "rank (1 = top)", "rank": "rank (1 = top)",
+    "layer": "layer 0..L", "step": "generation step", "position": "sequence position",
+    "char_start": "characters", "char_end": "characters", "n_prompt_tokens": "tokens", "n_generated": "tokens",
+    "x": "embedding units", "y": "embedding units",
+}
