@@ -15,8 +15,8 @@ options and hands the dataset to :func:`ingest.runner.run_ingest`. Adding a data
             return amber.dataset(data)                 # -> ingest.datasets.Dataset
         run_ingest_command(make_dataset, options)
 
-``make_dataset`` may raise :class:`ingest.datasets.DatasetError`; it becomes one clean
-``kevo: error: …`` line and exit 1. Torch and transformers are imported only inside the commands,
+``make_dataset`` may raise :class:`ingest.datasets.DatasetError` (a ``KevoError``); like every
+``KevoError`` it becomes one ``kevo: error: …`` line and exit 1. Torch and transformers are imported only inside the commands,
 so importing this module is cheap.
 """
 
@@ -91,17 +91,15 @@ def run_ingest_command(make_dataset: Callable, options: dict) -> None:
     ``make_dataset()`` returns an :class:`ingest.datasets.Dataset`; ``options`` is the ``**kwargs``
     that :func:`ingest_options` added to the command.
     """
-    from ingest.datasets.base import DatasetError
+    # DatasetError, IngestError, ModelError and StoreError are KevoErrors: the root command prints
+    # them as one "kevo: error: ..." line and exits 1
     from ingest.runner import IngestConfig, IngestError, run_ingest
 
-    try:
-        config = IngestConfig.from_options(**options)
-        dataset = make_dataset()
-        result = run_ingest(dataset, config, echo=lambda msg: click.echo(msg, err=True))
-    except (DatasetError, IngestError) as e:
-        raise click.ClickException(str(e)) from e
+    config = IngestConfig.from_options(**options)
+    dataset = make_dataset()
+    result = run_ingest(dataset, config, echo=lambda msg: click.echo(msg, err=True))
     if result is not None and result.failed_all:
-        raise click.ClickException(
+        raise IngestError(
             f"every sample failed ({result.n_errors} errors); see: kevo sql {config.out} \"SELECT * FROM errors\""
         )
 
