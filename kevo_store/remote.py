@@ -117,6 +117,9 @@ def filesystem(url: str, *, asynchronous: bool = False):
     if asynchronous and getattr(cls, "async_impl", False):
         opts["asynchronous"] = True
     fs, root = fsspec.core.url_to_fs(url, **opts)
+    # fsspec shares one instance (and its listing cache) per configuration: another process may
+    # have pushed to this URL since, so what is cached about it is stale
+    fs.invalidate_cache()
     return fs, root.rstrip("/")
 
 
@@ -317,8 +320,11 @@ class RemoteFS(FsspecFS):
         return self._duck_fs
 
     def full(self, rel: str) -> str:
-        # DuckDB (and anything else given this string) reads through the read-only protocol
-        return f"{self.fsspec().protocol[0]}://{rel}"
+        # Parquet files are read by DuckDB, through the read-only protocol; every other path is
+        # only named in messages, so it stays the URL the user gave
+        if rel.endswith(".parquet"):
+            return f"{self.fsspec().protocol[0]}://{rel}"
+        return f"{self.root}/{rel}" if rel else self.root
 
     def zarr_store(self, rel: str, read_only: bool = True):
         if not read_only:

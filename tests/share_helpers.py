@@ -1,6 +1,7 @@
 """Fixtures for the sharing tests: a real S3 API server (moto, server mode) on a free loopback port.
 
-Import the fixtures into a test module with ``from share_helpers import s3, s3_server  # noqa: F401``.
+Import the fixtures into a test module with ``from share_helpers import moto_s3_server, s3_bucket  # noqa: F401``
+(they register as ``s3_server`` and ``s3``).
 Every process that talks to the server (this one through s3fs, the ``kevo`` subprocesses through
 their environment) is pointed at it with the standard variables a user would set for MinIO:
 ``AWS_ENDPOINT_URL`` and dummy credentials. Nothing leaves the loopback interface.
@@ -78,8 +79,8 @@ def s3_env(endpoint: str) -> dict:
     }
 
 
-@pytest.fixture(scope="session")
-def s3_server():
+@pytest.fixture(scope="session", name="s3_server")
+def moto_s3_server():
     """A moto S3 server in a thread of this process, on a free loopback port; yields its endpoint."""
     from moto.server import ThreadedMotoServer
 
@@ -93,8 +94,8 @@ def s3_server():
         server.stop()
 
 
-@pytest.fixture
-def s3(s3_server, monkeypatch) -> S3:
+@pytest.fixture(name="s3")
+def s3_bucket(s3_server, monkeypatch) -> S3:
     """A fresh bucket, with this process's environment pointed at the server for the test."""
     env = s3_env(s3_server)
     for k, v in env.items():
