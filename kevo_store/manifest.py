@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .errors import FormatVersionError, StoreError, StoreNotFoundError
-from .fs import StoreFS
+from .fs import LocalFS, StoreFS
 from .schema import FORMAT_VERSION
 
 MANIFEST = "manifest.json"
@@ -108,9 +108,12 @@ def load_manifest(fs: StoreFS) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError) as e:
         raise StoreError(f"{where}: manifest is not valid JSON ({e})") from None
     m = check_format(m, fs.root)
-    from .safety import check_manifest_paths  # sharing helper: a path that leaves the store is refused
+    # sharing helper: a path that leaves the store (or a link out of it) is refused
+    from .safety import check_local_links, check_manifest_paths
 
     check_manifest_paths(m, fs.root)
+    if isinstance(fs, LocalFS):
+        check_local_links(fs.root, m, fs.root)
     return m
 
 

@@ -336,3 +336,27 @@ def check_manifest_paths(manifest: Mapping, where: str) -> None:
             check_relpath(rel, where)
             if rel not in files:
                 raise _refuse(where, f"hidden names {rel!r}, which has no checksum entry")
+
+
+def check_local_links(root: str | os.PathLike, manifest: Mapping, where: str) -> None:
+    """Refuse a local store in which a named file, or a directory on its way, is a symbolic link.
+
+    A link would make the reader open a file outside the store (``tables/x.parquet -> ~/.ssh/id_rsa``).
+    Costs one ``lstat`` per named file and directory (chunks are covered by ``verify``/``pull``).
+    """
+    root = Path(root)
+    seen: set[str] = set()
+    rels = list(manifest.get("files", {})) + ["hidden", "hidden/c", "hidden/zarr.json"]
+    for rel in rels:
+        parts = rel.split("/")
+        for i in range(1, len(parts) + 1):
+            sub = "/".join(parts[:i])
+            if sub in seen:
+                continue
+            seen.add(sub)
+            try:
+                st = os.lstat(root / sub)
+            except (FileNotFoundError, NotADirectoryError):
+                break
+            if stat.S_ISLNK(st.st_mode):
+                raise _refuse(where, f"{sub!r} is a symbolic link; a store holds only regular files and directories")

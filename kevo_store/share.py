@@ -175,7 +175,8 @@ def _run_parallel(fn, items: list, jobs: int) -> None:
             pass
 
 
-def _read_source_manifest(fs, root: str, where: str) -> dict:
+def _read_source_manifest(fs, root: str, where: str) -> tuple[dict, bytes]:
+    """(manifest, the exact bytes it was parsed from), checked strictly."""
     from kevo_store.manifest import check_format
 
     p = f"{root}/{MANIFEST}"
@@ -185,9 +186,11 @@ def _read_source_manifest(fs, root: str, where: str) -> dict:
         raise StoreError(f"{where} is not a kevo store (no {MANIFEST})") from None
     if size > MAX_MANIFEST_BYTES:
         raise UnsafeStoreError(f"{where}: refused: {MANIFEST} is {size} bytes")
-    manifest = parse_manifest(fs.cat_file(p), where)
+    raw = fs.cat_file(p)
+    manifest = parse_manifest(raw, where)
     check_format_version(manifest, where)
-    return check_format(manifest, where)
+    check_format(manifest, where)
+    return manifest, raw
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,7 +361,7 @@ def pull(url: str, dest: str | os.PathLike, *, tables: Iterable[str] | None = No
     fs, root = filesystem(os.fspath(url))
     if hasattr(fs, "invalidate_cache"):
         fs.invalidate_cache()
-    manifest = _read_source_manifest(fs, root, where)
+    manifest, raw = _read_source_manifest(fs, root, where)
     if manifest.get("partial"):
         raise ShareError(f"{where} is itself a partial pull; pull from the whole store")
 
@@ -414,7 +417,35 @@ def pull(url: str, dest: str | os.PathLike, *, tables: Iterable[str] | None = No
     dest = Path(dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise ShareError(f"{dest} already exists and is not an empty directory; pull into a new one")
+    created = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True)
+    try:
+        _pull_files(fs, root, dest, take, declared, listing, where, jobs, progress)
+        from kevo_store.manifest import dump_manifest
+
+        # a whole pull keeps the exact bytes that were validated (not a second, later fetch)
+        data = dump_manifest(new_manifest) if partial else raw
+        tmp = dest / (MANIFEST + ".pulling")
+        tmp.write_bytes(data)
+        os.chmod(tmp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+        os.replace(tmp, dest / MANIFEST)  # last: until now DIR is not a store
+    except BaseException:
+        # leave no half-pulled directory behind (it was new or empty)
+        import shutil
+
+        if created:
+            shutil.rmtree(dest, ignore_errors=True)
+        else:
+            for child in dest.iterdir():
+                shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+        raise
+    total = sum(listing.get(r, 0) for r in take)
+    return PullResult(path=dest, files=len(take), bytes=total + len(data), partial=partial,
+                      omitted_tables=omitted_tables, hidden_layers=keep_layers)
+
+
+def _pull_files(fs, root: str, dest: Path, take: list[str], declared: Mapping, listing: Mapping, where: str,
+                jobs: int, progress: bool) -> None:
     total = sum(listing.get(r, 0) for r in take)
     with _progress(total, f"pull {dest.name}", progress) as bar:
 
@@ -435,15 +466,6 @@ def pull(url: str, dest: str | os.PathLike, *, tables: Iterable[str] | None = No
             os.replace(tmp, target)
 
         _run_parallel(down, take, jobs)
-    from kevo_store.manifest import dump_manifest
-
-    data = dump_manifest(new_manifest) if partial else fs.cat_file(f"{root}/{MANIFEST}")
-    tmp = dest / (MANIFEST + ".pulling")
-    tmp.write_bytes(data)
-    os.chmod(tmp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-    os.replace(tmp, dest / MANIFEST)
-    return PullResult(path=dest, files=len(take), bytes=total + len(data), partial=partial,
-                      omitted_tables=omitted_tables, hidden_layers=keep_layers)
 
 
 def _ranges(xs: list[int]) -> str:
@@ -477,7 +499,7 @@ def verify_files(location: str | os.PathLike, *, jobs: int = 8) -> list[str]:
     fs, root = filesystem(where)
     if hasattr(fs, "invalidate_cache"):
         fs.invalidate_cache()
-    manifest = _read_source_manifest(fs, root, where)
+    manifest, raw = _read_source_manifest(fs, root, where)
     problems: list[str] = []
 
     def read_part(rel: str) -> bytes:
