@@ -147,3 +147,12 @@ def test_object_labels_land_on_every_piece_of_the_mention():
         assert cols["hallucinated"][r] == (None if not want else want[1] == "hallucinated")
     assert cols["word_index"][-1] is None
     assert sum(1 for w in expected if w is not None and words[w].text == "giraffes") >= 2  # multi-piece
+
+
+def test_split_words_follows_the_treebank_tokenizer():
+    # checked against NLTK's Treebank word tokenizer (per sentence) on these and the fixture responses
+    assert [w.text for w in split_words("A dog's toy, the e-books; it's 3.5 m.")] == \
+        ["A", "dog", "'s", "toy", ",", "the", "e-books", ";", "it", "'s", "3.5", "m", "."]
+    words = split_words("  Dogs run.")
+    assert [(w.index, w.text, w.start, w.end) for w in words] == [(0, "Dogs", 2, 6), (1, "run", 7, 10), (2, ".", 10, 11)]
+    assert split_words("") == []

@@ -54,7 +54,14 @@ _IRREGULAR = {
 # word, or make a plural vocabulary word lemmatise away from itself.
 _WORDNET_EXTRA = frozenset({
     "slipper", "earring", "chopstick", "sunglass", "leaf", "men", "glass", "die", "ox", "calf",
-    "wolf", "half", "loaf", "life", "wife", "thief", "foot", "tooth",
+    "wolf", "half", "loaf", "life", "wife", "thief", "foot", "tooth", "vas",
+})
+# AMBER vocabulary words that are not WordNet nouns (checked against WordNet 3.0's index.noun): the
+# lemmatizer never reduces a plural to them ("seegulls" stays "seegulls"), though the bare word is kept.
+_NOT_IN_WORDNET = frozenset({
+    "TV", "air-conditioning", "baconic", "bedsheet", "cann", "cathole", "chopsticks", "closestool", "cooktop",
+    "doghole", "e-book", "earing", "earrings", "ebook", "electrombile", "hot", "kiwifruit", "paraglider",
+    "pissoir", "rpoe", "sanitizer", "scoon", "seegull", "showerpuff", "slippers", "streetlamp", "waterfont",
 })
 
 _DETERMINERS = frozenset({"a", "an", "the", "this", "that", "these", "those", "one", "each", "every",
@@ -82,7 +89,7 @@ class OfflineNouns:
 
     def __init__(self, vocabulary: Iterable[str]):
         self.vocabulary = frozenset(vocabulary)
-        self._known = self.vocabulary | _WORDNET_EXTRA
+        self._known = (self.vocabulary - _NOT_IN_WORDNET) | _WORDNET_EXTRA
 
     def lemmatize(self, word: str) -> str:
         """WordNet-style noun lemma: shortest known form among the word, its irregular or rule forms."""
@@ -91,6 +98,7 @@ class OfflineNouns:
         else:
             forms = [word] + [word[: -len(old)] + new for old, new in _MORPHY_RULES if word.endswith(old)]
         known = [f for f in dict.fromkeys(forms) if f in self._known]
+        # WordNet returns the word unchanged when no form is a WordNet noun (even a non-WordNet vocabulary word)
         return min(known, key=len) if known else word
 
     def _is_noun(self, words: list[Word], i: int, lemma: str) -> bool:
@@ -143,7 +151,10 @@ class NltkNouns:
             nltk.pos_tag(nltk.word_tokenize("A dog."))
             self._lemmatizer.lemmatize("dogs")
         except LookupError as e:  # pragma: no cover
-            raise RuntimeError(f"NLTK data missing (set NLTK_DATA): {str(e).strip().splitlines()[0:3]}") from e
+            found = re.search(r"Resource '?([\w/.]+)'? not found", str(e))
+            what = found.group(1) if found else str(e).strip().splitlines()[0]
+            raise RuntimeError(f"NLTK data {what!r} not found under NLTK_DATA (needs punkt/punkt_tab, "
+                               "averaged_perceptron_tagger(_eng), wordnet)") from e
 
     def __call__(self, text: str) -> list[Noun]:
         nltk = self._nltk
