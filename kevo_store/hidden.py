@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,9 @@ from .fs import LocalFS, StoreFS
 HIDDEN_DIR = "hidden"
 CHUNK_TOKENS = 64
 LOGICAL_DTYPES = {"float16": "float16", "bfloat16": "uint16"}
+# The codecs create_array writes into zarr.json; the writer's own chunk encoder reproduces exactly these.
+DIRECT_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}},
+                 {"name": "zstd", "configuration": {"level": 1, "checksum": False}}]
 
 
 def float32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
@@ -155,6 +159,46 @@ class HiddenWriter:
     def rows(self) -> int:
         return self._base + self._pending_rows
 
+    @property
+    def _direct(self) -> bool:
+        """Encode chunks here rather than through zarr's per-chunk async pipeline (about 5x faster),
+        when the array uses exactly the codecs written by create_array."""
+        if not hasattr(self, "_direct_ok"):
+            codecs = json.loads(self.fs.read_bytes(f"{HIDDEN_DIR}/zarr.json")).get("codecs")
+            self._direct_ok = codecs == DIRECT_CODECS
+        return self._direct_ok
+
+    def _write_chunks_direct(self, start: int, stop: int, data: np.ndarray) -> dict[str, list]:
+        """Write chunk files [start, stop) (start on a chunk boundary) as Zarr v3 would: C-order
+        little-endian bytes, zstd level 1, the edge chunk padded with the fill value 0. Returns the
+        chunk index (sha256 and size of every file), hashed from memory."""
+        import hashlib
+        from concurrent.futures import ThreadPoolExecutor
+
+        from numcodecs import Zstd
+
+        codec = Zstd(level=1, checksum=False)
+        dt = data.dtype.newbyteorder("<")
+        first, last = start // CHUNK_TOKENS, -(-stop // CHUNK_TOKENS)
+
+        def one(job: tuple[int, int]) -> tuple[str, list]:
+            ci, j = job
+            lo = ci * CHUNK_TOKENS - start
+            block = data[lo: lo + CHUNK_TOKENS, j, :]
+            chunk = np.zeros((CHUNK_TOKENS, 1, self.d), dtype=dt)
+            chunk[: len(block), 0, :] = block
+            enc = bytes(codec.encode(chunk))
+            key = f"c/{ci}/{j}/0"
+            full = self.fs.full(f"{HIDDEN_DIR}/{key}")
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+            with open(full, "wb") as f:
+                f.write(enc)
+            return key, [hashlib.sha256(enc).hexdigest(), len(enc)]
+
+        jobs = [(ci, j) for ci in range(first, last) for j in range(self.nl)]
+        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as ex:
+            return dict(ex.map(one, jobs))
+
     def recover(self) -> None:
         """Undo what a crashed commit left: shrink zarr.json to the committed rows, drop orphan chunks."""
         zr = self.sec["zarr_rows"]
@@ -222,12 +266,14 @@ class HiddenWriter:
     def _write_rows(self, start: int, stop: int, data: np.ndarray, commit: int, sec: dict, files: dict) -> None:
         if self.arr.shape[0] < stop:
             self.arr.resize((stop, self.nl, self.d))
-        self.arr[start:stop] = data
-        keys = chunk_keys(start // CHUNK_TOKENS, -(-stop // CHUNK_TOKENS), self.nl)
-        index = {}
-        for k in keys:
-            sha, size = self.fs.sha256(f"{HIDDEN_DIR}/{k}")
-            index[k] = [sha, size]
+        if self._direct:
+            index = self._write_chunks_direct(start, stop, data)
+        else:
+            self.arr[start:stop] = data
+            index = {}
+            for k in chunk_keys(start // CHUNK_TOKENS, -(-stop // CHUNK_TOKENS), self.nl):
+                sha, size = self.fs.sha256(f"{HIDDEN_DIR}/{k}")
+                index[k] = [sha, size]
         self.fs.makedirs(f"{HIDDEN_DIR}/index")
         rel = f"{HIDDEN_DIR}/index/idx-{commit:06d}.json"
         self.fs.write_atomic(rel, json.dumps({"chunks": index}, separators=(",", ":")).encode())

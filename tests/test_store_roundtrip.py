@@ -263,3 +263,29 @@ def test_open_stores_two_runs(tmp_path):
               "WHERE x.p_out = y.p_out")
     assert j["n"][0] == open_store(tmp_path / "a.kevo").rows("layers")  # the first 2 batches are identical
     assert m["b"].rows("samples") == 9
+
+
+@pytest.mark.parametrize("hidden_dtype", ["float16", "bfloat16"])
+def test_writer_chunks_are_byte_identical_to_zarr_own(tmp_path, hidden_dtype):
+    """The writer encodes chunks itself (speed); the files must be exactly what zarr would write."""
+    path = tmp_path / "z.kevo"
+    H.write_store(path, 5, hidden_dtype=hidden_dtype)
+    s = open_store(path)
+    n = s.rows("tokens")
+    raw = np.asarray(zarr.open_array(str(path / "hidden"), mode="r")[:])
+    from kevo_store.fs import LocalFS
+    from kevo_store.hidden import create_array, new_section
+
+    sec = new_section(list(range(H.N_LAYERS + 1)), H.HIDDEN, hidden_dtype)
+    ref_fs = LocalFS(tmp_path / "ref")
+    ref_fs.makedirs("")
+    create_array(ref_fs, sec)
+    z = zarr.open_array(str(tmp_path / "ref" / "hidden"), mode="r+")
+    z.resize((n, H.N_LAYERS + 1, H.HIDDEN))
+    z[:] = raw
+    mine = sorted(p.relative_to(path / "hidden") for p in (path / "hidden" / "c").rglob("*") if p.is_file())
+    theirs = sorted(p.relative_to(tmp_path / "ref" / "hidden") for p in (tmp_path / "ref" / "hidden" / "c").rglob("*")
+                    if p.is_file())
+    assert mine == theirs and len(mine) == -(-n // 64) * (H.N_LAYERS + 1)
+    for rel in mine:
+        assert (path / "hidden" / rel).read_bytes() == (tmp_path / "ref" / "hidden" / rel).read_bytes(), rel
