@@ -67,6 +67,8 @@ def test_eval_user_errors(tmp_path):
     assert r.returncode != 0 and "--data" in r.stderr
     r = _kevo("eval", "amber")
     assert r.returncode != 0 and "STORE or --responses" in r.stderr
+    r = _kevo("eval", "amber", "--responses", FIXTURE / "responses.json", "--data", root, "--nouns", "nltk")
+    assert r.returncode != 0 and "nltk" in r.stderr and "Traceback" not in r.stderr
     r = _kevo("eval", "amber", tmp_path / "no-store")
     assert r.returncode != 0 and "no-store" in r.stderr and "Traceback" not in r.stderr
 
