@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -87,11 +88,48 @@ def conform(data: Any, schema: pa.Schema, what: str) -> pa.Table:
     return pa.Table.from_arrays(cols, schema=schema).combine_chunks()
 
 
+def _packed_key(t: pa.Table, table_name: str) -> np.ndarray | None:
+    """layers/topk: the key (token_uid, lens, layer[, rank]) packed into one int64, in key order."""
+    if table_name not in ("layers", "topk"):
+        return None
+    uid = t.column("token_uid").to_numpy()
+    lens = t.column("lens").combine_chunks()
+    modes = pc.unique(lens).sort()
+    code = pc.index_in(lens, value_set=modes).to_numpy().astype(np.int64)
+    layer = t.column("layer").to_numpy().astype(np.int64)
+    if uid.size and (uid.min() < 0 or uid.max() >= (1 << 62) // (len(modes) << 16 << 8)):
+        return None
+    if layer.size and (layer.min() < 0 or layer.max() >= 1 << 16):
+        return None
+    key = (uid * len(modes) + code) << 16 | layer
+    if table_name == "topk":
+        rank = t.column("rank").to_numpy().astype(np.int64)
+        if rank.size and (rank.min() < 0 or rank.max() >= 1 << 8):
+            return None
+        key = key << 8 | rank
+    return key
+
+
 def sort_by_key(t: pa.Table, table_name: str) -> pa.Table:
+    """Sort by the table's key. For layers and topk also refuse duplicate keys (an ingest bug that
+    would double-count silently); input already in key order is detected and left untouched."""
     keys = KEYS.get(table_name)
     if not keys or t.num_rows < 2:
         return t
-    return t.sort_by([(k, "ascending") for k in keys])
+    packed = _packed_key(t, table_name)
+    if packed is None:
+        return t.sort_by([(k, "ascending") for k in keys])
+    d = np.diff(packed)
+    if not (d > 0).all():
+        order = np.argsort(packed, kind="stable")
+        t = t.take(pa.array(order))
+        packed = packed[order]
+        d = np.diff(packed)
+    if (d == 0).any():
+        i = int(np.flatnonzero(d == 0)[0])
+        row = {k: t.column(k)[i].as_py() for k in keys}
+        raise SchemaError(f"{table_name}: duplicate key {row} (every {', '.join(keys)} must appear once)")
+    return t
 
 
 def check_unique(values: pa.Array | pa.ChunkedArray, what: str) -> None:

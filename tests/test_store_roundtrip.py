@@ -193,6 +193,8 @@ def test_bad_batches_are_refused_with_the_culprit_named(tmp_path):
          r"topk.rank: cannot store int64 as int8"),
         (dict(bt, layers=bt["layers"].set_column(0, "token_uid", pa.array([10**6] * bt["layers"].num_rows))),
          "outside the batch's tokens"),
+        (dict(bt, topk=pa.concat_tables([bt["topk"], bt["topk"].slice(5, 1)])),
+         r"topk: duplicate key \{'token_uid': \d+, 'lens': '\w+', 'layer': \d+, 'rank': \d+\}"),
     ]
     with StoreWriter(path, meta=H.META, hidden_size=H.HIDDEN) as w:
         for kwargs, msg in cases:
