@@ -77,3 +77,24 @@ def test_kevo_eval_coco_on_a_store(tmp_path):
                              "gt_objects": 6, "gt_objects_mentioned": 4}
     table = kevo("eval", "coco", out).stdout
     assert "CHAIR_s    66.7" in table and "7 object mentions" in table
+
+
+def test_kevo_ingest_coco_then_eval(tmp_path):
+    from kevo_store import open_store
+    from tests.runner_helpers import tiny_model_dir
+
+    root = make_coco_dir(tmp_path, missing=(285,))
+    out = tmp_path / "c.kevo"
+    p = kevo("ingest", "coco", "--data", root, "--model", tiny_model_dir("llava"), "--out", out, "--limit", 2,
+             "--max-new-tokens", 6, "--hidden", "none", "--top-k", 1)
+    s = open_store(out)
+    assert s.sql("SELECT sample_key FROM samples").to_series().to_list() == ["coco:139"]
+    assert s.sql("SELECT sample_key, stage FROM errors").rows() == [("coco:285", "read")]
+    assert "1 samples failed" in p.stderr
+    ann = json.loads(s.sql("SELECT annotations FROM samples").item())
+    assert ann["gt_objects"] == ["dining table", "hot dog", "person", "traffic light"]
+    res = json.loads(kevo("eval", "coco", out, "--json").stdout)
+    from ingest.labels.chair import chair_totals, score_caption
+
+    response = s.sql("SELECT response FROM samples").item()
+    assert res == chair_totals([score_caption(response, ann["gt_objects"])[1]])
