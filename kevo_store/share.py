@@ -128,6 +128,8 @@ def check_hidden_layers_present(manifest: Mapping, layers: Iterable[int] | None,
     if not partial or partial.get("hidden_layers") is None:
         return
     have = set(hidden_layers_present(manifest))
+    if not have:
+        raise StoreError(f"{where} is a partial pull without hidden states (pulled with --no-hidden)")
     want = list((manifest.get("hidden") or {}).get("layers", [])) if layers is None else [int(x) for x in layers]
     missing = [x for x in want if x not in have]
     if missing:
@@ -562,7 +564,9 @@ def verify_partial(fs, manifest: Mapping, *, checksums: bool = True):
     from kevo_store.verify import VerifyReport
 
     rep = VerifyReport(fs.root)
-    declared = declared_files(manifest, fs.read_bytes, fs.root)
+    no_hidden = (manifest["partial"].get("hidden_layers") == [])
+    # without hidden states the chunk index parts were not pulled: do not follow them
+    declared = declared_files({**manifest, "hidden": None} if no_hidden else manifest, fs.read_bytes, fs.root)
     skip = omitted_files(manifest, declared)
     partial = manifest["partial"]
     kept_layers = partial.get("hidden_layers")
