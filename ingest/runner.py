@@ -466,10 +466,15 @@ def run_ingest(dataset: Dataset, config: IngestConfig, *, echo: Callable[[str], 
 
     ctx.init("nccl" if _cuda_device(config, ctx) else "gloo")
     try:
+        elsewhere: set[str] = set()
+        if ctx.distributed:
+            elsewhere = _keys_elsewhere(config, ctx)
+            ctx.barrier()  # nobody writes (or compacts) a part while another rank reads it
         ok = False
         result = None
         try:
-            result = _run_rank(dataset, items, config, ctx, dims, skip, hidden_layers, estimate, echo, adapter)
+            result = _run_rank(dataset, items, config, ctx, dims, skip, hidden_layers, estimate, echo, adapter,
+                               elsewhere)
             ok = True
         finally:
             all_ok = ctx.all_ok(ok)
@@ -606,7 +611,20 @@ def _existing_meta(path: str) -> dict | None:
     return m.get("meta", m)
 
 
-def _run_rank(dataset, items, config, ctx, dims, skip, hidden_layers, estimate, echo, adapter) -> IngestResult:
+def _keys_elsewhere(config: IngestConfig, ctx: RankContext) -> set[str]:
+    """Keys a rank must skip besides its own part's: already joined into the store, or committed in
+    another part (a re-run with a different number of ranks). Read before any rank writes."""
+    keys = committed_keys(config.out)
+    pdir = Path(parts_dir(config.out))
+    if pdir.is_dir():
+        for d in sorted(pdir.iterdir()):
+            if d.name != f"rank-{ctx.rank}":
+                keys |= committed_keys(str(d))
+    return keys
+
+
+def _run_rank(dataset, items, config, ctx, dims, skip, hidden_layers, estimate, echo, adapter,
+              elsewhere: set[str]) -> IngestResult:
     from ingest.capture import CaptureSettings
 
     if adapter is None:
@@ -631,16 +649,6 @@ def _run_rank(dataset, items, config, ctx, dims, skip, hidden_layers, estimate, 
     mine = [it for i, it in enumerate(items) if ctx.owns(i)]
     result = IngestResult(out=config.out, n_items=len(mine), estimate=estimate)
     t0 = time.perf_counter()
-    elsewhere: set[str] = set()
-    if ctx.distributed:
-        # a rank also skips what is already joined into the store, or sits in another part (a re-run
-        # with a different number of ranks)
-        elsewhere = committed_keys(config.out)
-        pdir = Path(parts_dir(config.out))
-        if pdir.is_dir():
-            for d in sorted(pdir.iterdir()):
-                if d.name != f"rank-{ctx.rank}":
-                    elsewhere |= committed_keys(str(d))
     with _open_writer(out, meta, adapter, hidden_layers, hidden_dtype, config) as writer:
         done = set(writer.committed_keys) | elsewhere
         if done and not config.resume:
