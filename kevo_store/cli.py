@@ -7,6 +7,7 @@ nothing heavy at the top: duckdb and polars load inside the commands that need t
 
 from __future__ import annotations
 
+import os
 import sys
 from importlib.metadata import entry_points
 
@@ -98,6 +99,7 @@ def sql(args: tuple[str, ...], fmt: str, output: str | None, max_rows: int) -> N
 
     Each store's tables are views named ALIAS.TABLE, where ALIAS is the directory name without
     '.kevo' (or give NAME=PATH). With one store the tables are also available unqualified.
+    SQL may be a path to a .sql file.
 
     \b
     kevo sql amber.kevo "SELECT count(*) FROM tokens"
@@ -107,6 +109,9 @@ def sql(args: tuple[str, ...], fmt: str, output: str | None, max_rows: int) -> N
     if len(args) < 2:
         raise click.UsageError("give at least one STORE and the SQL query (the last argument)")
     *store_args, query = args
+    if query.endswith(".sql") and os.path.isfile(query):  # a query kept in a file
+        with open(query) as f:
+            query = f.read()
     stores = _parse_store_args(tuple(store_args))
     if fmt == "parquet" and not output:
         raise KevoError("--format parquet needs --output FILE (Parquet is not written to a terminal)")

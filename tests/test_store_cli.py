@@ -53,6 +53,10 @@ def test_sql_one_store_table_csv_json(stores):
     assert len(rows) == 12
     r = kevo("sql", s, "SELECT count(*) AS n, max(token_uid) AS m FROM tokens", "--format", "json")
     assert json.loads(r.stdout) == [{"n": n_tok, "m": n_tok - 1}]
+    q = s.parent / "count.sql"
+    q.write_text("-- a query kept in a file\nSELECT count(*) AS n FROM tokens\n")
+    r = kevo("sql", s, q, "--format", "json")
+    assert json.loads(r.stdout) == [{"n": n_tok}]
 
 
 def test_sql_output_files(stores, tmp_path):
