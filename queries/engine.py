@@ -82,12 +82,18 @@ def run_bound(bound: BoundQuery, stores: Any, engine: str = "duckdb") -> QueryRe
     con, paths, objs = _connection(bound, stores)
     _check_lens(bound, objs)
     if engine == "duckdb":
-        frame = con.sql(bound.sql)
+        frame = _integers(con.sql(bound.sql))
     elif engine == "polars":
         frame = run_polars(bound.sql, objs, two=bound.query.stores == 2)
     else:
         raise KevoError(f"unknown engine {engine!r} (duckdb | polars)")
     return QueryResult(bound.name, frame, dict(bound.params), [str(p) for p in paths], bound.sql)
+
+
+def _integers(frame: pl.DataFrame) -> pl.DataFrame:
+    """DuckDB's SUM of integers is a HUGEINT (Decimal(38, 0) in Polars): give counts back as Int64."""
+    dec = [c for c, dt in frame.schema.items() if isinstance(dt, pl.Decimal) and (dt.scale or 0) == 0]
+    return frame.with_columns(pl.col(c).cast(pl.Int64) for c in dec) if dec else frame
 
 
 def result(stores: Any, name: str, engine: str = "duckdb", **params: Any) -> QueryResult:

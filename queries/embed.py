@@ -1,0 +1,203 @@
+"""Cross-image clustering: 2-D embeddings of hidden states and their per-layer dispersion.
+
+``embed_store`` picks tokens with an SQL predicate on ``tokens`` (e.g. the answer token "guitar"
+over many images), reads their hidden states from the store's Zarr array at the chosen layers,
+reduces every (token, layer) point to 50 dimensions with PCA, embeds it in 2-D with openTSNE (or
+keeps the first two principal components), and writes the points back to the store as the
+``embeddings`` table with the run's parameters in the manifest. The per-layer dispersion of the
+same tokens across images ("the neck where images agree, the body where they diverge") is computed
+from the full hidden states, not from the 2-D picture.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from kevo_store import open_store, write_derived_table
+from kevo_store.errors import KevoError, QueryError
+
+PCA_DIMS = 50
+
+
+@dataclass
+class EmbedOutput:
+    embedding_id: str
+    n_points: int
+    n_tokens: int
+    layers: list[int]
+    seconds: float
+    params: dict = field(default_factory=dict)
+    frame: pl.DataFrame | None = None
+    """The embedded points: embedding_id, token_uid, layer, x, y."""
+    dispersion: pl.DataFrame | None = None
+
+
+def parse_layers(spec: str | None) -> list[int] | None:
+    """'0-32' | '0,8,16' | '0-8,16' -> sorted layer list; None -> None (all captured layers)."""
+    if spec is None or spec.strip() == "":
+        return None
+    out: set[int] = set()
+    try:
+        for part in spec.split(","):
+            part = part.strip()
+            if "-" in part:
+                a, b = part.split("-", 1)
+                lo, hi = int(a), int(b)
+                if hi < lo:
+                    raise ValueError
+                out.update(range(lo, hi + 1))
+            else:
+                out.add(int(part))
+    except ValueError:
+        raise KevoError(f"--layers {spec!r}: expected layers like '0-32' or '0,8,16'") from None
+    return sorted(out)
+
+
+def pca(x: np.ndarray, k: int = PCA_DIMS) -> np.ndarray:
+    """Project rows onto the first k principal components, with a deterministic sign per component."""
+    x = np.asarray(x, dtype=np.float64)
+    xc = x - x.mean(axis=0, keepdims=True)
+    k = min(k, xc.shape[0], xc.shape[1])
+    _, _, vt = np.linalg.svd(xc, full_matrices=False)
+    comp = vt[:k]
+    # SVD signs are arbitrary: fix each component so its largest loading is positive
+    sign = np.sign(comp[np.arange(k), np.abs(comp).argmax(axis=1)])
+    sign[sign == 0] = 1
+    return xc @ (comp * sign[:, None]).T
+
+
+def embed_points(x: np.ndarray, method: str = "tsne", perplexity: float = 30.0, seed: int = 0,
+                 n_jobs: int | None = None) -> tuple[np.ndarray, dict]:
+    """(n, D) -> (n, 2) and the effective parameters (perplexity is capped at (n - 1) / 3)."""
+    n = x.shape[0]
+    if n < 4:
+        raise KevoError(f"only {n} points to embed; choose more tokens or layers")
+    reduced = pca(x, PCA_DIMS)
+    info = {"pca_dims": int(reduced.shape[1])}
+    if method == "pca":
+        y = reduced[:, :2] if reduced.shape[1] >= 2 else np.hstack([reduced, np.zeros((n, 1))])
+        return y.astype(np.float32), info
+    if method != "tsne":
+        raise KevoError(f"unknown method {method!r} (tsne | pca)")
+    from openTSNE import TSNE
+
+    eff = float(min(perplexity, (n - 1) / 3.0))
+    jobs = n_jobs or os.cpu_count() or 1
+    tsne = TSNE(n_components=2, perplexity=eff, random_state=seed, n_jobs=jobs, initialization="pca",
+                verbose=False)
+    y = np.asarray(tsne.fit(reduced), dtype=np.float32)
+    info.update({"perplexity_effective": eff, "n_jobs": jobs})
+    return y, info
+
+
+def dispersion(h: np.ndarray, layers: list[int]) -> pl.DataFrame:
+    """Per layer, how much the tokens' hidden states spread across images.
+
+    h: (n_tokens, n_layers, D). Columns: mean_dist (mean Euclidean distance to the layer's
+    centroid), rel_dispersion (mean_dist / mean norm: comparable across layers whose scale grows),
+    mean_cos_dist (mean pairwise cosine distance)."""
+    h = np.asarray(h, dtype=np.float64)
+    cen = h.mean(axis=0, keepdims=True)
+    dist = np.linalg.norm(h - cen, axis=2)  # (n, L)
+    norms = np.linalg.norm(h, axis=2)
+    unit = h / np.maximum(norms[:, :, None], 1e-12)
+    n = h.shape[0]
+    # mean pairwise cosine similarity from the norm of the summed unit vectors (no n x n matrix)
+    s = np.linalg.norm(unit.sum(axis=0), axis=1) ** 2
+    mean_cos = (s - n) / max(n * (n - 1), 1)
+    return pl.DataFrame({
+        "layer": np.asarray(layers, dtype=np.int64),
+        "n_tokens": np.full(len(layers), n, dtype=np.int64),
+        "mean_dist": dist.mean(axis=0),
+        "rel_dispersion": dist.mean(axis=0) / np.maximum(norms.mean(axis=0), 1e-12),
+        "mean_cos_dist": 1.0 - mean_cos,
+    })
+
+
+def select_tokens(store, where: str) -> np.ndarray:
+    try:
+        df = store.sql(f"SELECT token_uid FROM tokens WHERE {where} ORDER BY token_uid")
+    except QueryError as e:
+        raise KevoError(f"--tokens {where!r}: {e}") from None
+    uids = df["token_uid"].to_numpy()
+    if len(uids) == 0:
+        raise KevoError(f"--tokens {where!r} selects no tokens in {store.path}")
+    return uids
+
+
+def token_dispersion(store, where: str = "is_answer", layers: list[int] | None = None) -> pl.DataFrame:
+    """Per-layer dispersion of the tokens chosen by ``where`` (no embedding)."""
+    store = open_store(store) if isinstance(store, (str, os.PathLike)) else store
+    uids = select_tokens(store, where)
+    layers = _layers(store, layers)
+    return dispersion(store.hidden(uids, layers), layers)
+
+
+def _layers(store, layers: list[int] | None) -> list[int]:
+    have = store.hidden_layers
+    if not have:
+        raise KevoError(f"{store.path} holds no hidden states; ingest with hidden-state capture to embed")
+    if layers is None:
+        return list(have)
+    missing = sorted(set(layers) - set(have))
+    if missing:
+        raise KevoError(f"{store.path}: no hidden states at layers {missing} (captured: {have[0]}..{have[-1]})")
+    return list(layers)
+
+
+def embed_store(path, where: str = "is_answer", layers: list[int] | None = None, method: str = "tsne",
+                perplexity: float = 30.0, seed: int = 0, n_jobs: int | None = None, embedding_id: str | None = None,
+                max_points: int = 20000, write: bool = True) -> EmbedOutput:
+    t0 = time.perf_counter()
+    store = open_store(path)
+    uids = select_tokens(store, where)
+    layers = _layers(store, layers)
+    n_points = len(uids) * len(layers)
+    if n_points > max_points:
+        raise KevoError(f"{len(uids)} tokens x {len(layers)} layers = {n_points} points > --max-points {max_points}; "
+                        "narrow --tokens or --layers")
+    h = store.hidden(uids, layers)  # (n, n_layers, D)
+    x = np.asarray(h, dtype=np.float32).reshape(n_points, -1)
+    y, info = embed_points(x, method, perplexity, seed, n_jobs)
+    params = {"tokens": where, "layers": layers, "method": method, "perplexity": perplexity, "seed": seed,
+              "n_tokens": int(len(uids)), **info}
+    if embedding_id is None:
+        digest = hashlib.sha256(json.dumps({k: params[k] for k in ("tokens", "layers", "method", "perplexity", "seed")},
+                                           sort_keys=True).encode()).hexdigest()[:8]
+        embedding_id = f"{method}-{digest}"
+    frame = pl.DataFrame({
+        "embedding_id": [embedding_id] * n_points,
+        "token_uid": np.repeat(uids.astype(np.int64), len(layers)),
+        "layer": np.tile(np.asarray(layers, dtype=np.int16), len(uids)),
+        "x": y[:, 0], "y": y[:, 1],
+    })
+    disp = dispersion(h, layers)
+    store.close()
+    if write:
+        _write(path, embedding_id, frame, params, disp)
+    return EmbedOutput(embedding_id, n_points, int(len(uids)), layers, time.perf_counter() - t0, params, frame, disp)
+
+
+def _write(path, embedding_id: str, frame: pl.DataFrame, params: dict, disp: pl.DataFrame) -> None:
+    """Add this run to the embeddings table, keeping other runs (one table, many embedding_ids)."""
+    store = open_store(path)
+    runs: dict = {}
+    keep = None
+    derived = (store.manifest.get("derived") or {}).get("embeddings")
+    if derived:
+        runs = dict((derived.get("params") or {}).get("runs") or {})
+        keep = store.sql(f"SELECT * FROM embeddings WHERE embedding_id <> '{embedding_id.replace(chr(39), '')}'")
+    store.close()
+    runs[embedding_id] = {**params, "dispersion": disp.to_dicts()}
+    new = frame.to_arrow()
+    table = new if keep is None or keep.height == 0 else pa.concat_tables(
+        [keep.to_arrow().cast(new.schema), new])
+    write_derived_table(path, "embeddings", table, {"runs": runs})
