@@ -1,0 +1,178 @@
+"""Seeded, reproducible CPU training of the organism.
+
+Recipe (documented in README.md next to this file): images of the *train* split of the world,
+each with its caption ("Describe this image.") and yes/no questions, in LLaVA-1.5's llava_v1
+conversation; cross-entropy on the answer tokens (and the closing </s>) only; AdamW with linear
+warm-up and cosine decay. Everything (world, initialisation, batch order) derives from one seed;
+with the same seed and thread count the weights come out bit-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ingest.organism import model as model_mod
+from ingest.organism import tokenizer as tok_mod
+from ingest.organism import world
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+"""Where the shipped organism lives (a standard Hugging Face model directory)."""
+
+
+@dataclass
+class TrainConfig:
+    """Training hyper-parameters. The defaults produced the shipped weights."""
+
+    seed: int = 0
+    """Seeds the world, the initialisation and the batch order."""
+    steps: int = 1600
+    """Optimizer steps."""
+    batch_size: int = 32
+    """Sequences per step."""
+    lr: float = 2e-3
+    """Peak learning rate (AdamW)."""
+    warmup: int = 100
+    """Linear warm-up steps."""
+    weight_decay: float = 0.05
+    """AdamW weight decay (not on norms or biases)."""
+    n_images: int = 3000
+    """Train-split images (drawn once, reused every epoch)."""
+    caption_share: float = 0.6
+    """Share of sequences that are captions; the rest are yes/no questions."""
+    threads: int = 2
+    """torch intra-op threads (the machines this runs on are small and shared)."""
+    model: model_mod.OrganismConfig = field(default_factory=model_mod.OrganismConfig)
+    """Architecture sizes."""
+
+
+@dataclass
+class Example:
+    image_index: int
+    input_ids: list[int]
+    labels: list[int]
+
+
+def _encode(tokenizer, n_image_tokens: int, prompt: str, answer: str) -> tuple[list[int], list[int]]:
+    """Token ids of the templated prompt + answer + </s>, and labels that score only the answer.
+
+    The <image> placeholder is expanded to ``n_image_tokens`` copies, exactly as LlavaProcessor
+    does at inference time (the test suite checks the two agree).
+    """
+    text = tok_mod.prompt_template(prompt).replace("<image>", "<image>" * n_image_tokens)
+    prompt_ids = tokenizer(text).input_ids
+    full_ids = tokenizer(f"{text} {answer}").input_ids + [tokenizer.eos_token_id]
+    if full_ids[: len(prompt_ids)] != prompt_ids:  # the answer must not change the prompt's tokens
+        raise AssertionError(f"prompt tokenisation is not a prefix for answer {answer!r}")
+    labels = [-100] * len(prompt_ids) + full_ids[len(prompt_ids):]
+    return full_ids, labels
+
+
+def build_examples(cfg: TrainConfig, tokenizer) -> tuple[list[world.Scene], list[Example], list[Example]]:
+    """The train split's scenes, caption examples and yes/no examples."""
+    scs = world.scenes("train", cfg.n_images, cfg.seed)
+    rng = random.Random(f"kevo-organism-train-questions/{cfg.seed}")
+    n_img = cfg.model.n_image_tokens
+    captions, qas = [], []
+    for i, sc in enumerate(scs):
+        captions.append(Example(i, *_encode(tokenizer, n_img, world.GENERATIVE_PROMPT, sc.caption())))
+        for qa in world.questions(sc, sc.hallu(rng), train=True):
+            qas.append(Example(i, *_encode(tokenizer, n_img, qa.query, "Yes" if qa.truth == "yes" else "No")))
+    return scs, captions, qas
+
+
+def pixel_values(scs: list[world.Scene], image_processor):
+    """Images as the model sees them at test time: rendered, JPEG round trip, LLaVA processing."""
+    import io
+
+    from PIL import Image
+
+    images = [Image.open(io.BytesIO(world.jpeg_bytes(world.render(sc)))).convert("RGB") for sc in scs]
+    return image_processor(images, return_tensors="pt")["pixel_values"]
+
+
+def _collate(batch: list[Example], pad_id: int):
+    import torch
+
+    width = max(len(e.input_ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for r, e in enumerate(batch):
+        n = len(e.input_ids)
+        ids[r, :n] = torch.tensor(e.input_ids)
+        labels[r, :n] = torch.tensor(e.labels)
+        mask[r, :n] = 1
+    return ids, mask, labels
+
+
+def train(cfg: TrainConfig, out: Path | str | None = None, log=print, on_step=None) -> tuple[object, object, list[float]]:
+    """Train an organism; save a Hugging Face model directory to ``out`` when given.
+
+    ``on_step(step, model, processor, losses)``, if given, is called after every step (checkpoints,
+    probes). Returns (model, processor, per-step losses).
+    """
+    import torch
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    proc = model_mod.build_processor(cfg.model)
+    tokenizer = proc.tokenizer
+    scs, captions, qas = build_examples(cfg, tokenizer)
+    pixels = pixel_values(scs, proc.image_processor)
+    model = model_mod.build_model(cfg.model, len(tokenizer), cfg.seed)
+    model.train()
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "norm" not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.98),
+    )
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup:
+            return cfg.lr * (step + 1) / cfg.warmup
+        t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+    rng = random.Random(f"kevo-organism-batches/{cfg.seed}")
+    n_cap = round(cfg.batch_size * cfg.caption_share)
+    losses: list[float] = []
+    t0 = time.time()
+    for step in range(cfg.steps):
+        batch = rng.sample(captions, n_cap) + rng.sample(qas, cfg.batch_size - n_cap)
+        ids, mask, labels = _collate(batch, tokenizer.pad_token_id)
+        pv = pixels[[e.image_index for e in batch]]
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        loss = model(input_ids=ids, attention_mask=mask, pixel_values=pv, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if on_step is not None:
+            on_step(step, model, proc, losses)
+        if log and (step % 100 == 0 or step == cfg.steps - 1):
+            log(f"step {step:5d}  loss {sum(losses[-100:]) / len(losses[-100:]):.4f}  "
+                f"lr {lr_at(step):.2e}  {time.time() - t0:.0f}s")
+    model.eval()
+    if out is not None:
+        save(model, proc, cfg, out, losses)
+    return model, proc, losses
+
+
+def save(model, proc, cfg: TrainConfig, out: Path | str, losses: list[float]) -> Path:
+    """Write the standard Hugging Face directory (config, fp32 safetensors, processor files)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    proc.save_pretrained(str(out))
+    recipe = {"train_config": asdict(cfg), "final_loss": sum(losses[-100:]) / max(1, len(losses[-100:]))}
+    (out / "training.json").write_text(json.dumps(recipe, indent=2) + "\n", encoding="utf-8")
+    return out
