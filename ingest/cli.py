@@ -206,3 +206,5 @@ def vqa_cmd(questions: Path, images: Path, **options) -> None:
 
 
 from ingest.eval import eval_  # noqa: E402,F401  (the `kevo eval` entry point: ingest.cli:eval_)
+
+from ingest.organism.cli import demo, organism  # noqa: E402,F401  (entry points ingest.cli:organism, ingest.cli:demo)
