@@ -157,16 +157,18 @@ def text_cmd(prompts: Path, **options) -> None:
               help="Directory of AMBER_<n>.jpg (default: DATA/image or DATA/images).")
 @click.option("--nouns", default="offline", show_default=True, type=click.Choice(["offline", "nltk"]),
               help="Noun extraction for labels: offline approximation or the official NLTK pipeline.")
+@click.option("--similarity", default=None, type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Similarity table over AMBER's vocabulary (kevo eval amber-similarity) for the official rule.")
 @ingest_options
 def amber_cmd(data: Path, task: str, ids: str | None, prompt: str | None, images: Path | None, nouns: str,
-              **options) -> None:
+              similarity: Path | None, **options) -> None:
     """AMBER (generative and/or discriminative) with token-level hallucination labels."""
 
     def make_dataset():
         from ingest.datasets import amber
 
         return amber.dataset(data, task=task, ids=ids, prompt=prompt, images=images, nouns=nouns,
-                             warn=lambda m: click.echo(m, err=True))
+                             similarity=similarity, warn=lambda m: click.echo(m, err=True))
 
     run_ingest_command(make_dataset, options)
 
@@ -206,5 +208,4 @@ def vqa_cmd(questions: Path, images: Path, **options) -> None:
 
 
 from ingest.eval import eval_  # noqa: E402,F401  (the `kevo eval` entry point: ingest.cli:eval_)
-
 from ingest.organism.cli import demo, organism  # noqa: E402,F401  (entry points ingest.cli:organism, ingest.cli:demo)

@@ -311,9 +311,14 @@ def _words(text):
 
 def dataset(data_dir: str | Path, task: str = "generative", ids: str | Sequence[int] | None = None,
             prompt: str | None = None, images: str | Path | None = None, nouns: str = "offline",
-            similarity=None, warn=None) -> Dataset:
-    """The AMBER :class:`Dataset` for the runner. ``warn(msg)`` receives the non-fatal violations."""
-    from ingest.labels.amber import AmberVocabulary
+            similarity: str | Path | None = None, warn=None) -> Dataset:
+    """The AMBER :class:`Dataset` for the runner.
+
+    ``nouns``: 'offline' or 'nltk'; ``similarity``: a similarity table (JSON, see
+    :class:`ingest.labels.amber.TableSimilarity`) for the official similarity rule, else exact match.
+    ``warn(msg)`` receives the non-fatal invariant violations.
+    """
+    from ingest.labels.amber import AmberVocabulary, TableSimilarity
 
     data = load(data_dir, task, images)
     for w in data.warnings:
@@ -321,17 +326,22 @@ def dataset(data_dir: str | Path, task: str = "generative", ids: str | Sequence[
     id_list = parse_ids(ids)
     chosen = list(items(data, id_list, prompt))
     vocab = AmberVocabulary.load(data.root)
+    try:  # set up the labeler now: a missing NLTK or a bad table is a user error before any model runs
+        sim = TableSimilarity(similarity) if similarity else None
+        labeler = make_labeler(vocab, nouns, sim)
+    except (RuntimeError, ValueError, OSError) as e:
+        raise DatasetError(str(e)) from e
     files = {p.name: sha256_file(p) for p in (data.annotation_file, data.query_file,
                                                find_file(data.root, "relation.json"),
                                                find_file(data.root, "safe_words.txt"))}
     return Dataset(
         name="amber",
         items=chosen,
-        labeler=make_labeler(vocab, nouns, similarity),
+        labeler=labeler,
         fingerprint={"root": str(Path(data_dir).resolve()), "files": files, "images": str(data.image_dir)},
         n_items=len(chosen),
         settings={"task": task, "prompt": prompt or "AMBER query", "ids": ids if isinstance(ids, str) else id_list,
-                  "nouns": nouns, "similarity": getattr(similarity, "source", "exact"),
+                  "nouns": nouns, "similarity": str(similarity) if similarity else "exact",
                   "warnings": data.warnings},
     )
 

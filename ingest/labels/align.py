@@ -11,6 +11,7 @@ the response) belongs to no word.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 
 from ingest.labels.words import Word
@@ -33,7 +34,6 @@ def align_tokens(words: Sequence[Word], char_start: Sequence[int | None],
     if not words:
         return out
     starts = [w.start for w in words]
-    import bisect
 
     for i in range(n):
         s, e = char_start[i], char_end[i]
