@@ -10,7 +10,9 @@ rewritten in place.
 from __future__ import annotations
 
 import copy
+import json
 import os
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import numpy as np
@@ -48,6 +50,25 @@ FILE_ROWS = 1 << 26
 _MONOTONE = {"samples", "tokens", "layers", "topk"}
 
 
+class _KeysView(AbstractSet):
+    """Read-only view of the writer's committed keys."""
+
+    def __init__(self, keys: set[str]):
+        self._keys = keys
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __repr__(self) -> str:
+        return f"committed_keys({len(self._keys)})"
+
+
 def _part_name(table: str, commit: int, kind: str = "part", k: int | None = None) -> str:
     suffix = f"-{k:03d}" if k is not None else ""
     return f"tables/{table}/{kind}-{commit:06d}{suffix}.parquet"
@@ -60,6 +81,27 @@ def write_parquet(fs: LocalFS, rel: str, table: pa.Table, name: str) -> dict[str
     fs.fsync_file(rel)
     sha, size = fs.sha256(rel)
     return {"sha256": sha, "size": size, "rows": table.num_rows}
+
+
+def _validate_args(meta: dict | None, hidden_size: int | None, hidden_layers: list[int] | None) -> None:
+    """Refuse bad arguments before anything touches the disk."""
+    extra = set(meta or {}) - set(META_SECTIONS)
+    if extra:
+        raise StoreError(f"unknown manifest section(s) {sorted(extra)} in meta; expected {list(META_SECTIONS)}")
+    for sec, val in (meta or {}).items():
+        if not isinstance(val, dict):
+            raise StoreError(f"meta[{sec!r}] must be a dict, not {type(val).__name__}")
+        try:
+            json.dumps(val)
+        except (TypeError, ValueError) as e:
+            raise StoreError(f"meta[{sec!r}] cannot be stored in manifest.json ({e})") from None
+    if hidden_size is not None:
+        if int(hidden_size) <= 0:
+            raise StoreError(f"hidden_size must be positive, not {hidden_size}")
+        if hidden_layers is not None:
+            hl = [int(x) for x in hidden_layers]
+            if not hl or len(set(hl)) != len(hl) or min(hl) < 0:
+                raise StoreError(f"hidden_layers must be distinct layer numbers >= 0, not {hidden_layers}")
 
 
 class StoreWriter:
@@ -82,6 +124,9 @@ class StoreWriter:
                  hidden_layers: list[int] | None = None, hidden_dtype: str = "float16", *, compact: bool = True):
         if is_url(path):
             raise StoreError(f"{path}: the writer writes local stores only; write locally, then `kevo store push`")
+        if hidden_layers is not None:
+            hidden_layers = list(hidden_layers)
+        _validate_args(meta, hidden_size, hidden_layers)
         self.fs = fs = LocalFS(path)
         self.path = fs.root
         self.compact = compact
@@ -184,9 +229,11 @@ class StoreWriter:
 
     # ------------------------------------------------------------------ public API
     @property
-    def committed_keys(self) -> set[str]:
-        """sample_key of every committed sample and error: skip these when resuming."""
-        return set(self._committed_keys)
+    def committed_keys(self) -> AbstractSet[str]:
+        """sample_key of every committed sample and error: skip these when resuming.
+
+        A live read-only view (no copy per call, so ``key in w.committed_keys`` in a loop is cheap)."""
+        return _KeysView(self._committed_keys)
 
     @property
     def n_samples(self) -> int:

@@ -291,3 +291,14 @@ def test_writer_chunks_are_byte_identical_to_zarr_own(tmp_path, hidden_dtype):
     assert mine == theirs and len(mine) == -(-n // 64) * (H.N_LAYERS + 1)
     for rel in mine:
         assert (path / "hidden" / rel).read_bytes() == (tmp_path / "ref" / "hidden" / rel).read_bytes(), rel
+
+
+def test_bad_writer_arguments_touch_nothing(tmp_path):
+    path = tmp_path / "never.kevo"
+    with pytest.raises(StoreError, match=r"meta\['model'\] cannot be stored in manifest.json"):
+        StoreWriter(path, meta={"model": {"id": object()}})
+    with pytest.raises(StoreError, match="hidden_layers must be distinct"):
+        StoreWriter(path, meta=H.META, hidden_size=8, hidden_layers=[0, 1, 1])
+    with pytest.raises(StoreError, match="unknown manifest section"):
+        StoreWriter(path, meta={"modle": {}})
+    assert not path.exists()
