@@ -457,10 +457,17 @@ def run_ingest(dataset: Dataset, config: IngestConfig, *, echo: Callable[[str], 
     if config.limit is not None:
         items = items[: config.limit]
     tokens_per_item = config.max_new_tokens + (_prompt_tokens_guess(items) if config.capture_prompt else 0)
-    estimate = estimate_disk(len(items), tokens_per_item, n_layers, len(hidden_layers), dims.hidden_size,
+    # the estimate covers what is left to do (read-only peek at a store being resumed; ranks' parts too)
+    already = committed_keys(config.out) if ctx.rank == 0 else set()
+    if ctx.rank == 0 and Path(parts_dir(config.out)).is_dir():
+        for d in Path(parts_dir(config.out)).iterdir():
+            already |= committed_keys(str(d))
+    n_todo = sum(1 for it in items if it.key not in already)
+    estimate = estimate_disk(n_todo, tokens_per_item, n_layers, len(hidden_layers), dims.hidden_size,
                              len(config.lens_modes), config.top_k)
     if ctx.rank == 0:
-        echo(estimate.format())
+        echo(estimate.format() + (f"\n  ({len(items) - n_todo} of {len(items)} samples already in {config.out})"
+                                  if n_todo < len(items) else ""))
     if config.dry_run:
         return None
 
@@ -733,13 +740,22 @@ def _process_batch(batch: list[DatasetItem], adapter, settings, dataset: Dataset
                         results.append((p, _exc_info()))
     for p, cap in results:
         if isinstance(cap, _Failure):
-            rows.errors.append(_error_row(p.item, "generate", cap.exc))
+            rows.errors.append(_error_row(p.item, _failed_stage(adapter, p), cap.exc))
             continue
         try:
             _add_sample(rows, p, cap, adapter, dataset)
         except _LabelError as e:
             rows.errors.append(_error_row(p.item, "label", e.__cause__ or e))
     return rows
+
+
+def _failed_stage(adapter, p: _Prepared) -> str:
+    """'prepare' if the processor alone rejects the sample (e.g. a prompt with a stray image token), else 'generate'."""
+    try:
+        adapter.encode([p.prompt_text], [p.image])
+    except Exception:  # noqa: BLE001
+        return "prepare"
+    return "generate"
 
 
 @dataclass

@@ -1,0 +1,100 @@
+"""The runner in-process with real tiny models and real stores: a failing sample does not poison its
+batch, the dataset's labeler hook, and a run where everything fails."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ingest.datasets import Dataset, DatasetItem
+from ingest.models import load_adapter
+from ingest.runner import IngestConfig, run_ingest
+from tests.runner_helpers import kevo, make_images, store_content, tiny_model_dir
+
+
+@pytest.fixture(scope="module")
+def llava():
+    path = tiny_model_dir("llava")
+    return path, load_adapter(str(path), dtype="float32", device="cpu", device_map=None, skip_layers=None,
+                              revision=None)
+
+
+def _items(prompts: dict[str, str]) -> list[DatasetItem]:
+    return [DatasetItem(key=f"text:{k}", item_id=k, prompt=p, image_path=None, annotations={}) for k, p in
+            prompts.items()]
+
+
+def _config(model, out, **kw) -> IngestConfig:
+    return IngestConfig(model=str(model), out=str(out), max_new_tokens=5, progress=False, **kw)
+
+
+def test_one_bad_sample_does_not_poison_its_batch(tmp_path, llava):
+    path, ad = llava
+    # a stray image token in a text-only prompt: the processor rejects that sample alone
+    prompts = {"a": "Describe a cat.", "b": "Look at <image> here.", "c": "What is red?"}
+    batched = tmp_path / "batched.kevo"
+    r = run_ingest(Dataset("text", _items(prompts)), _config(path, batched, batch_size=3), adapter=ad,
+                   echo=lambda m: None)
+    assert (r.n_samples, r.n_errors) == (2, 1)
+    c = store_content(batched)
+    err = c["errors"].to_pylist()[0]
+    assert err["sample_key"] == "text:b" and err["stage"] == "prepare" and "<image>" in err["message"]
+    # the good samples come out exactly as when each runs alone
+    alone = tmp_path / "alone.kevo"
+    run_ingest(Dataset("text", _items({k: prompts[k] for k in "ac"})), _config(path, alone, batch_size=1),
+               adapter=ad, echo=lambda m: None)
+    a = store_content(alone)
+    assert c["samples"].equals(a["samples"])
+    assert c["tokens"].equals(a["tokens"]) and c["layers"].equals(a["layers"])
+    assert np.array_equal(c["hidden"].view(np.uint16), a["hidden"].view(np.uint16))
+
+
+def test_labeler_columns_and_metrics_reach_the_store(tmp_path, llava):
+    path, ad = llava
+    seen = {}
+
+    def labeler(item, response, tokens):
+        if item.item_id == "boom":
+            raise ValueError("annotation for 'boom' is malformed")
+        seen[item.key] = (response, tokens)
+        starts = tokens.column("char_start").to_pylist()
+        ends = tokens.column("char_end").to_pylist()
+        texts = [response[s:e] for s, e in zip(starts, ends)]
+        return ({"word": texts, "is_answer": [i == 0 for i in range(tokens.num_rows)],
+                 "label": ["safe"] * tokens.num_rows},
+                {"n_chars": len(response), "item": item.item_id})
+
+    out = tmp_path / "labels.kevo"
+    ds = Dataset("text", _items({"x": "Describe a dog.", "boom": "Describe a tree.", "y": "A red car."}),
+                 labeler=labeler)
+    r = run_ingest(ds, _config(path, out, batch_size=2), adapter=ad, echo=lambda m: None)
+    assert (r.n_samples, r.n_errors) == (2, 1)
+    c = store_content(out)
+    err = c["errors"].to_pylist()[0]
+    assert err["sample_key"] == "text:boom" and err["stage"] == "label" and "malformed" in err["message"]
+    samples = {s["sample_id"]: s for s in c["samples"].to_pylist()}
+    for s in samples.values():
+        response, given = seen[s["sample_key"]]
+        assert response == s["response"]
+        assert json.loads(s["metrics"]) == {"n_chars": len(response), "item": s["item_id"]}
+        rows = [t for t in c["tokens"].to_pylist() if t["sample_id"] == s["sample_id"]]
+        # the hook saw exactly the generated tokens, in step order, with their ids and spans
+        assert given.column("token_id").to_pylist() == [t["token_id"] for t in rows]
+        assert given.column("step").to_pylist() == list(range(len(rows)))
+        assert [t["word"] for t in rows] == [response[t["char_start"]:t["char_end"]] for t in rows]
+        assert [t["is_answer"] for t in rows] == [i == 0 for i in range(len(rows))]
+        assert {t["label"] for t in rows} == {"safe"}
+
+
+def test_every_sample_failing_exits_non_zero_and_keeps_the_errors(tmp_path):
+    images = make_images(tmp_path / "images", 0, corrupt=("a.png", "b.jpg"))
+    out = tmp_path / "bad.kevo"
+    p = kevo("ingest", "folder", "--images", images, "--prompt", "Describe.", "--model", tiny_model_dir("llava"),
+             "--out", out, "--max-new-tokens", 3, check=False)
+    assert p.returncode == 1 and "kevo: error: every sample failed (2 errors)" in p.stderr
+    c = store_content(out)
+    assert c["samples"].num_rows == 0
+    assert [(e["sample_key"], e["stage"]) for e in c["errors"].to_pylist()] == [("folder:a.png", "read"),
+                                                                                ("folder:b.jpg", "read")]
