@@ -120,6 +120,10 @@ def test_offline_pos_rules():
     # "watch" after a pronoun and "sign" after a modal are verbs; "can" is a noun only after a determiner;
     # "orange" before a noun is an adjective
     assert found == [("man", "man"), ("can", "can"), ("juice", "juice")]
+    # after a plural subject, a verb-capable word followed by a preposition/determiner is a verb
+    found = [n.lemma for n in NOUNS("Two dogs chase a ball while their owners watch from a bench.")]
+    assert found == ["dog", "ball", "bench"]
+    assert [n.lemma for n in NOUNS("A light blue kite and the light from the window.")] == ["kite", "light", "window"]
 
 
 def test_discriminative_official_and_normalised():

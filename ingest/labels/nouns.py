@@ -77,6 +77,15 @@ _OBJECT_DETERMINERS = frozenset({"the", "a", "an", "his", "her", "their", "its"}
 _BE = frozenset({"is", "are", "was", "were", "be", "been", "being", "'s", "'re", "am"})
 # vocabulary words that are often adjectives right before another word ("orange cat", "light blue")
 _ADJECTIVE_CAPABLE = frozenset({"orange", "light", "hot", "sound", "ice", "kiwi"})
+# vocabulary words that are common verbs: after a plural subject and before a preposition or a
+# determiner they are verbs ("the owners watch from a bench", "people line the street")
+_VERB_CAPABLE = frozenset({"watch", "sign", "drink", "ring", "pack", "skate", "ski", "spray", "sound", "lock", "plug",
+                           "line", "book", "brush", "grill", "rock", "star", "tie", "track", "train", "water", "fence",
+                           "light", "stage", "paddle", "shovel", "switch", "support", "note", "file", "tape", "pipe",
+                           "hose", "drain", "wire", "bike", "ship", "board", "bridge", "cash", "bill", "range", "tap",
+                           "box", "bat", "pad", "pen", "table", "can", "net", "towel", "sponge", "saddle", "mat"})
+_FOLLOWS_VERB = _PREPOSITIONS | frozenset({"the", "a", "an", "his", "her", "their", "its", "from", "through",
+                                           "along", "up", "down", "out", "off", "together", "closely", "carefully"})
 _NOT_NOUN_AFTER = frozenset({"and", "or", "is", "are", "was", "were", "in", "on", "at", "with", "of", "to",
                              "by", "near", "behind", "under", "over", "from", "for", "that", "which",
                              "who", "while", "as", "the", "a", "an"})
@@ -112,6 +121,9 @@ class OfflineNouns:
         if low == "can" and p1 not in _DETERMINERS and p1 not in _PREPOSITIONS:
             return False
         if low.endswith("ing") and p1 in _BE:
+            return False
+        if (low in _VERB_CAPABLE and n1.lower() in _FOLLOWS_VERB and len(p1) > 3 and p1.isalpha()
+                and p1.endswith("s") and not p1.endswith(("ss", "us", "is", "ous")) and p1 not in _DETERMINERS):
             return False
         if lemma in _ADJECTIVE_CAPABLE and n1[:1].isalpha() and n1.lower() not in _NOT_NOUN_AFTER:
             return False
