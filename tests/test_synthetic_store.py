@@ -1,0 +1,125 @@
+"""The synthetic store builder: the tables it writes are internally consistent and carry what it says it planted."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from kevo_store import open_store
+from kevo_store.synthetic import Plant, build_synthetic_store, synthesize
+from kevo_store.verify import verify_store
+
+from tests.queries_helpers import planted  # noqa: F401
+
+
+def test_store_opens_and_verifies(planted):  # noqa: F811
+    path, truth = planted
+    s = open_store(path)
+    assert s.rows("samples") == 30 and s.rows("tokens") == 360
+    assert s.rows("layers") == 360 * 33 * 2 and s.rows("topk") == 360 * 33 * 2 * 10
+    assert sorted(s.lens_modes) == ["final_norm", "raw"]
+    rep = verify_store(path)
+    assert rep.ok, rep.problems
+
+
+def test_topk_agrees_with_layers(planted):  # noqa: F811
+    path, _ = planted
+    s = open_store(path)
+    # rank 1 of topk is the layer's top-1 with its probability; ranks are strictly descending in prob
+    bad = s.sql("""SELECT count(*) AS n FROM topk k JOIN layers y USING (token_uid, lens, layer)
+                   WHERE k.rank = 1 AND (k.vocab_id <> y.top1_id OR k.prob <> y.top1_prob)""")["n"][0]
+    assert bad == 0
+    k = s.sql("SELECT token_uid, lens, layer, rank, prob FROM topk ORDER BY token_uid, lens, layer, rank")
+    p = k["prob"].to_numpy().reshape(-1, 10)
+    assert (np.diff(p, axis=1) < 0).all()
+    assert (p.sum(axis=1) <= 1.0 + 1e-6).all()
+    # p_out/rank_out of the emitted token agree with topk wherever it is there, and are below rank 10 elsewhere
+    j = s.sql("""SELECT y.p_out, y.rank_out, k.prob, k.rank, k10.prob AS p10 FROM layers y
+                 JOIN tokens t USING (token_uid)
+                 LEFT JOIN topk k ON k.token_uid = y.token_uid AND k.lens = y.lens AND k.layer = y.layer
+                                  AND k.vocab_id = t.token_id
+                 JOIN topk k10 ON k10.token_uid = y.token_uid AND k10.lens = y.lens AND k10.layer = y.layer
+                               AND k10.rank = 10""")
+    hit = j.filter(pl.col("prob").is_not_null())
+    assert (hit["p_out"] == hit["prob"]).all() and (hit["rank_out"] == hit["rank"]).all()
+    miss = j.filter(pl.col("prob").is_null())
+    assert (miss["rank_out"] > 10).all() and (miss["p_out"] < miss["p10"]).all()
+
+
+def test_emitted_token_is_last_layer_top1_and_js_bounds(planted):  # noqa: F811
+    path, _ = planted
+    s = open_store(path)
+    n = s.sql("""SELECT count(*) AS n FROM layers y JOIN tokens t USING (token_uid)
+                 WHERE y.layer = 32 AND y.top1_id <> t.token_id""")["n"][0]
+    assert n == 0
+    js = s.sql("SELECT layer, js_prev FROM layers")
+    assert js.filter(pl.col("layer") == 0)["js_prev"].null_count() == js.filter(pl.col("layer") == 0).height
+    v = js.filter(pl.col("layer") > 0)["js_prev"]
+    assert v.null_count() == 0 and v.min() >= 0 and v.max() <= np.log(2)
+
+
+def test_planted_critical_layers_match_the_rendered_values(planted):  # noqa: F811
+    """An independent numpy reading of the layers table finds the critical layers the truth states."""
+    path, truth = planted
+    s = open_store(path)
+    for lens in ("final_norm", "raw"):
+        p = s.sql(f"SELECT top1_prob FROM layers WHERE lens = '{lens}' ORDER BY token_uid, layer")["top1_prob"]
+        m = p.to_numpy().reshape(360, 33) >= 0.5
+        crit = np.where(m.any(axis=1), m.argmax(axis=1), -1)
+        assert np.array_equal(crit, truth.critical[lens])
+
+
+def test_hand_written_plants(planted):  # noqa: F811
+    path, truth = planted
+    t = truth.tokens.filter(pl.col("lens") == "final_norm").sort("token_uid")
+    v = truth.vocab
+    row0 = t.row(0, named=True)
+    assert (row0["kind"], row0["critical_layer"], row0["mutation_layer"]) == ("mutation", 20, 27)
+    assert row0["candidates"] == [v["camera"], v["water"]] and row0["token_id"] == v["water"]
+    ev = truth.events_default.filter(pl.col("lens") == "final_norm")
+    assert ev.filter(pl.col("token_uid") == 0).rows() == [(0, "final_norm", 27, "top1+js", v["camera"])]
+    assert ev.filter(pl.col("token_uid") == 1).height == 0 and t.row(1, named=True)["critical_layer"] is None
+    assert ev.filter(pl.col("token_uid") == 2).rows() == [(2, "final_norm", 24, "js", None)]
+    assert ev.filter(pl.col("token_uid") == 3).height == 0  # held 2 layers < min_held 3
+    assert truth.events(2).filter((pl.col("token_uid") == 3) & (pl.col("lens") == "final_norm")).rows() == [
+        (3, "final_norm", 17, "top1", v["table"])]
+    assert ev.filter(pl.col("token_uid") == 4).rows() == [
+        (4, "final_norm", 18, "top1+js", v["car"]), (4, "final_norm", 25, "top1+js", v["tree"])]
+    assert ev.filter(pl.col("token_uid") == 5).rows() == [(5, "final_norm", 22, "top1", v["horse"])]
+    s = open_store(path)
+    lab = s.sql("SELECT token_uid, label, hallucinated FROM tokens WHERE token_uid < 6 ORDER BY token_uid")
+    assert lab["label"].to_list() == ["hallucinated", "correct", "correct", "correct", "hallucinated", "safe"]
+    assert lab["hallucinated"].to_list() == [True, False, False, False, True, False]
+
+
+@pytest.mark.parametrize("plant, msg", [
+    (Plant("swap", critical_layer=20, mutation_layers=(22,), words=("camera", "water")), "m1 must hold"),
+    (Plant("mutation", critical_layer=20, mutation_layers=(27,), words=("camera",)), "needs 2 words"),
+    (Plant("double", critical_layer=12, mutation_layers=(18,), words=("car", "tree", "person")),
+     "needs 2 mutation_layers"),
+    (Plant("js", critical_layer=14, mutation_layers=(16,), words=("cat",)), "inside the critical_layer_js window"),
+    (Plant("bogus"), "unknown kind"),
+])
+def test_ambiguous_plants_are_refused(plant, msg):
+    with pytest.raises(ValueError, match=msg):
+        synthesize(n_samples=1, n_tokens=2, plants=[plant])
+
+
+def test_hidden_guitar_and_resume_free_rebuild(tmp_path):
+    truth = build_synthetic_store(tmp_path / "h.kevo", n_samples=6, n_tokens=3, hidden_size=16, seed=1)
+    s = open_store(tmp_path / "h.kevo")
+    assert s.hidden_layers == list(range(33))
+    h = s.hidden([0, 3], [0, 16])
+    assert h.shape == (2, 2, 16) and h.dtype == np.float16
+    guitar = s.sql("SELECT count(*) AS n FROM tokens WHERE is_answer AND piece = '▁guitar'")["n"][0]
+    assert guitar == 6 and truth.answer_token_id == truth.vocab["guitar"]
+    assert truth.dispersion_sigma.shape == (33,)
+
+
+def test_same_seed_same_store(tmp_path):
+    a, _, ta = synthesize(n_samples=3, n_tokens=4, seed=9)
+    b, _, tb = synthesize(n_samples=3, n_tokens=4, seed=9)
+    for name in a:
+        assert a[name].equals(b[name]), name
+    assert ta.events_default.equals(tb.events_default)
