@@ -1,0 +1,97 @@
+"""Benchmark 4 (query latency of every named query on an AMBER-scale synthetic store, and the ratio
+against pandas) and benchmark 5 (bytes per token-layer of the lens tables).
+
+The store: ``kevo_store.synthetic.build_synthetic_store`` at AMBER scale (1,004 samples x 100
+generated tokens x 33 layers, top-10; planted critical layers and mutation events), no hidden
+states. Every named query runs through ``queries.run`` (DuckDB) with its defaults; the two-store
+queries (compare-*) compare the store with itself. Each query's first run is reported apart (cold
+Parquet metadata); then DuckDB and the pandas version (bench/pandas_queries.py) run interleaved and
+the ratio is taken between their fastest runs. The pandas answer is checked against DuckDB's.
+(bench/queries_bench.py is the queries package's standalone DuckDB-only version of this table.)
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from bench.common import best, r3, timed
+
+TARGET_S = 1.0
+
+
+def build_store(path: Path, samples: int, tokens: int) -> dict:
+    from kevo_store.synthetic import build_synthetic_store
+
+    t, _ = timed(build_synthetic_store, path, n_samples=samples, n_tokens=tokens, n_layers=33, top_k=10, seed=0)
+    return {"path": str(path), "samples": samples, "tokens_per_sample": tokens, "layers": 33, "top_k": 10,
+            "build_s": r3(t, 4)}
+
+
+def storage(path: Path) -> dict:
+    """Benchmark 5 on any store: bytes per (token, lens, layer) row of layers and topk on disk."""
+    from kevo_store import open_store
+
+    s = open_store(str(path))
+    m = s.manifest
+    size = {n: sum(m["files"][f]["size"] for f in e["files"]) for n, e in m["tables"].items()}
+    n_tl = m["tables"]["layers"]["rows"]
+    out = {"token_layers": n_tl, "bytes": size,
+           "bytes_per_token_layer": {"layers": r3(size["layers"] / n_tl), "topk": r3(size["topk"] / n_tl),
+                                     "layers+topk": r3((size["layers"] + size["topk"]) / n_tl)},
+           "target_bytes": 100}
+    out["met_target"] = (size["layers"] + size["topk"]) / n_tl <= 100
+    hid = m.get("hidden")
+    if hid:
+        floor = hid["rows"] * len(hid["layers"]) * hid["hidden_size"] * 2
+        on_disk = sum(p.stat().st_size for p in (Path(path) / "hidden").rglob("*") if p.is_file())
+        out["hidden"] = {"rows": hid["rows"], "layers": len(hid["layers"]), "hidden_size": hid["hidden_size"],
+                         "fp16_floor_bytes": floor, "bytes_on_disk": on_disk, "ratio_to_fp16": r3(on_disk / floor)}
+    s.close()
+    return out
+
+
+def run(path: Path, reps: int) -> dict:
+    import queries
+    from bench.pandas_queries import PANDAS, check
+    from kevo_store import open_store
+
+    store = open_store(str(path))
+    store.con.execute("SET enable_progress_bar = false")
+    token = int(store.sql("SELECT token_uid FROM tokens ORDER BY token_uid DESC LIMIT 1").item())
+    rows = []
+    for q in queries.list_queries():
+        two = q.stores == 2
+        params = {"token_uid": token} if q.name == "top-candidates" else {}
+
+        def duck(q=q, params=params, two=two):
+            if two:
+                m = queries.run([str(path), str(path)], q.name, **params)
+            else:
+                m = queries.run(store, q.name, **params)
+            return m
+
+        t0 = time.perf_counter()
+        frame = duck()
+        first = time.perf_counter() - t0
+        arms = {"duckdb": duck}
+        pfn = PANDAS.get(q.name)
+        if pfn is not None:
+            arms["pandas"] = (lambda pfn=pfn, params=params: pfn(store, **params))
+        times = {k: [] for k in arms}
+        answers = {}
+        for _ in range(reps):
+            for k, fn in arms.items():
+                t, answers[k] = timed(fn)
+                times[k].append(t)
+        row = {"query": q.name, "stores": q.stores, "rows": frame.height, "first_s": r3(first, 4),
+               "duckdb_s": [r3(x, 4) for x in times["duckdb"]], "best_s": r3(best(times["duckdb"]), 4),
+               "under_1s": best(times["duckdb"]) < TARGET_S}
+        if pfn is not None:
+            ok, what = check(q.name, frame, answers["pandas"])
+            row.update(pandas_s=[r3(x, 4) for x in times["pandas"]], pandas_best_s=r3(best(times["pandas"]), 4),
+                       ratio_pandas_vs_duckdb=r3(best(times["pandas"]) / best(times["duckdb"])),
+                       pandas_agrees=ok, compared=what)
+        rows.append(row)
+    store.close()
+    return {"queries": rows, "target_s": TARGET_S, "all_under_1s": all(r["under_1s"] for r in rows)}
