@@ -28,7 +28,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,10 @@ try:
     from kevo_store.errors import KevoError as _ErrorBase
 except ImportError:  # pragma: no cover - the store package provides it
     _ErrorBase = Exception
+
+
+# If this many samples fail to generate before any succeeds, the run stops (see _run_rank).
+ABORT_AFTER_GENERATE_FAILURES = 3
 
 
 class IngestError(_ErrorBase):
@@ -404,17 +408,15 @@ class _BatchRows:
     errors: list[dict] = field(default_factory=list)
     n_tokens: int = 0
     n_generated: int = 0
+    first_traceback: str | None = None
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _error_row(item: DatasetItem, stage: str, exc: BaseException | str) -> dict:
-    if isinstance(exc, BaseException):
-        etype, msg = type(exc).__name__, str(exc) or repr(exc)
-    else:
-        etype, msg = "Error", exc
+def _error_row(item: DatasetItem, stage: str, exc: BaseException, message: str | None = None) -> dict:
+    etype, msg = type(exc).__name__, message or str(exc) or repr(exc)
     return {"sample_key": item.key, "dataset": item.dataset, "item_id": item.item_id, "stage": stage,
             "error_type": etype, "message": msg, "time": _now()}
 
@@ -595,7 +597,7 @@ def _check_compatible(existing: dict, meta: dict, out: str) -> None:
             )
 
 
-def _open_writer(path: str, meta: dict, adapter, hidden_layers: list[int], hidden_dtype: str, config: IngestConfig):
+def _open_writer(path: str, meta: dict, adapter, hidden_layers: list[int], hidden_dtype: str):
     from kevo_store import StoreWriter
 
     existing = _existing_meta(path)
@@ -656,7 +658,7 @@ def _run_rank(dataset, items, config, ctx, dims, skip, hidden_layers, estimate, 
     mine = [it for i, it in enumerate(items) if ctx.owns(i)]
     result = IngestResult(out=config.out, n_items=len(mine), estimate=estimate)
     t0 = time.perf_counter()
-    with _open_writer(out, meta, adapter, hidden_layers, hidden_dtype, config) as writer:
+    with _open_writer(out, meta, adapter, hidden_layers, hidden_dtype) as writer:
         done = set(writer.committed_keys) | elsewhere
         if done and not config.resume:
             raise IngestError(f"store {out} already holds {len(done)} samples; --no-resume refuses to add to it "
@@ -668,10 +670,27 @@ def _run_rank(dataset, items, config, ctx, dims, skip, hidden_layers, estimate, 
             echo(f"resuming {out}: {result.n_skipped} of {len(mine)} samples already committed")
         bar = _progress(len(pending), config.progress and ctx.rank == 0)
         gen_tokens = 0
+        # Generation failures before any success are held back: if the first few samples all fail to
+        # generate, the model or the settings are at fault, not the samples, and committing them as
+        # errors would make a fixed re-run skip them.
+        held: list[dict] = []
         try:
             for start in range(0, len(pending), config.batch_size):
                 batch = pending[start : start + config.batch_size]
                 rows = _process_batch(batch, adapter, settings, dataset)
+                if result.n_samples == 0 and not rows.samples:
+                    held += [e for e in rows.errors if e["stage"] == "generate"]
+                    rows.errors = [e for e in rows.errors if e["stage"] != "generate"]
+                    if len(held) >= ABORT_AFTER_GENERATE_FAILURES:
+                        if rows.first_traceback:
+                            echo(rows.first_traceback.rstrip())
+                        raise IngestError(
+                            f"generation failed for the first {len(held)} samples, nothing else succeeded "
+                            f"({held[0]['error_type']}: {held[0]['message']}); this is a problem with the model or "
+                            "the settings, not the samples: nothing was recorded for them"
+                        )
+                elif held:
+                    rows.errors, held = held + rows.errors, []
                 _write(writer, rows)
                 result.n_samples += len(rows.samples)
                 result.n_errors += len(rows.errors)
@@ -681,6 +700,9 @@ def _run_rank(dataset, items, config, ctx, dims, skip, hidden_layers, estimate, 
                     bar.update(len(batch))
                     el = max(time.perf_counter() - t0, 1e-9)
                     bar.set_postfix_str(f"{gen_tokens / el:.1f} tok/s, {result.n_errors} errors")
+            if held:  # fewer than ABORT_AFTER_GENERATE_FAILURES samples in the whole run, all failed
+                _write(writer, _BatchRows(errors=held))
+                result.n_errors += len(held)
         finally:
             if bar is not None:
                 bar.close()
@@ -713,9 +735,7 @@ def _process_batch(batch: list[DatasetItem], adapter, settings, dataset: Dataset
                 image = load_image(Path(item.image_path))
                 sha = sha256_file(item.image_path)
             except Exception as e:  # noqa: BLE001 - any unreadable image is that sample's error
-                rows.errors.append(_error_row(item, "read", f"{item.image_path}: cannot decode image: {e}"
-                                              if not isinstance(e, OSError) or "cannot identify" not in str(e)
-                                              else f"{item.image_path}: not a readable image ({e})"))
+                rows.errors.append(_error_row(item, "read", e, f"{item.image_path}: cannot read the image ({e})"))
                 continue
         try:
             prompt_text = adapter.build_prompt(item.prompt, has_image=image is not None)
@@ -741,6 +761,7 @@ def _process_batch(batch: list[DatasetItem], adapter, settings, dataset: Dataset
     for p, cap in results:
         if isinstance(cap, _Failure):
             rows.errors.append(_error_row(p.item, _failed_stage(adapter, p), cap.exc))
+            rows.first_traceback = rows.first_traceback or cap.tb
             continue
         try:
             _add_sample(rows, p, cap, adapter, dataset)
@@ -981,6 +1002,4 @@ def _join(dataset, items, config, ctx: RankContext, echo, result, all_ok: bool):
     return result
 
 
-def config_dict(config: IngestConfig) -> dict:
-    return asdict(config)
 

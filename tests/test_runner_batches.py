@@ -10,7 +10,7 @@ import pytest
 
 from ingest.datasets import Dataset, DatasetItem
 from ingest.models import load_adapter
-from ingest.runner import IngestConfig, run_ingest
+from ingest.runner import IngestConfig, IngestError, run_ingest
 from tests.runner_helpers import kevo, make_images, store_content, tiny_model_dir
 
 
@@ -98,3 +98,21 @@ def test_every_sample_failing_exits_non_zero_and_keeps_the_errors(tmp_path):
     assert c["samples"].num_rows == 0
     assert [(e["sample_key"], e["stage"]) for e in c["errors"].to_pylist()] == [("folder:a.png", "read"),
                                                                                 ("folder:b.jpg", "read")]
+
+
+def test_systematic_generation_failure_stops_the_run_without_burning_samples(tmp_path, llava, monkeypatch):
+    path, ad = llava
+    items = _items({str(i): f"Describe thing {i}." for i in range(6)})
+    out = tmp_path / "oom.kevo"
+
+    def broken_generate(*args, **kwargs):  # fault injection: what a too-small GPU does to every sample
+        raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    with monkeypatch.context() as m:
+        m.setattr(ad.model, "generate", broken_generate)
+        with pytest.raises(IngestError, match="generation failed for the first 3 samples.*out of memory"):
+            run_ingest(Dataset("text", items), _config(path, out), adapter=ad, echo=lambda msg: None)
+    c = store_content(out)
+    assert c["samples"].num_rows == 0 and c["errors"].num_rows == 0  # nothing recorded: a re-run retries all
+    r = run_ingest(Dataset("text", items), _config(path, out), adapter=ad, echo=lambda msg: None)
+    assert (r.n_samples, r.n_errors, r.n_skipped) == (6, 0, 0)
