@@ -120,6 +120,29 @@ def evaluate_coco_store(store: str) -> dict:
     return chair_totals(per)
 
 
+def evaluate_coco_responses(path: Path, data_dir: Path) -> dict:
+    """CHAIR on CHAIR's own caption format: a JSON list of {"image_id": int, "caption": str}."""
+    from ingest.datasets.amber import read_json
+    from ingest.datasets.base import DatasetError
+    from ingest.datasets.coco import _find, load_ground_truth
+    from ingest.labels.chair import chair_totals, ground_truth, score_caption
+
+    caps = read_json(path)
+    if not isinstance(caps, list):
+        raise DatasetError(f"{path}: expected a JSON list of {{\"image_id\", \"caption\"}} records")
+    pi, pc = _find(Path(data_dir), "instances_val2014.json"), _find(Path(data_dir), "captions_val2014.json")
+    images, inst, refs = load_ground_truth(read_json(pi), read_json(pc), pi, pc)
+    per = []
+    for i, r in enumerate(caps, 1):
+        if not isinstance(r, dict) or not isinstance(r.get("image_id"), int) or not isinstance(r.get("caption"), str):
+            raise DatasetError(f"{path}, record {i}: expected {{\"image_id\": <int>, \"caption\": <str>}}")
+        if r["image_id"] not in images:
+            raise DatasetError(f"{path}, record {i}: image_id {r['image_id']} is not in {pi.name}")
+        gt = ground_truth(sorted(inst.get(r["image_id"], ())), refs.get(r["image_id"], ()))
+        per.append(score_caption(r["caption"], gt)[1])
+    return chair_totals(per)
+
+
 # --------------------------------------------------------------------------------------------
 # output
 
@@ -203,14 +226,25 @@ def amber_cmd(store, responses, data, nouns, similarity_table, spacy_model, as_j
 
 
 @eval_.command("coco")
-@click.argument("store")
+@click.argument("store", required=False)
+@click.option("--responses", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Captions in CHAIR's format: [{\"image_id\": …, \"caption\": \"…\"}] (instead of STORE).")
+@click.option("--data", type=click.Path(path_type=Path, file_okay=False),
+              help="COCO directory with instances_val2014.json and captions_val2014.json (with --responses).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def coco_cmd(store, as_json) -> None:
-    """CHAIR_s, CHAIR_i and Recall of STORE's coco samples."""
+def coco_cmd(store, responses, data, as_json) -> None:
+    """CHAIR_s, CHAIR_i and Recall of STORE's coco samples, or of a --responses file."""
     from kevo_store.errors import KevoError
 
+    if (store is None) == (responses is None):
+        raise click.UsageError("give either STORE or --responses FILE (with --data DIR)")
     try:
-        result = evaluate_coco_store(store)
+        if responses is not None:
+            if data is None:
+                raise click.UsageError("--responses needs --data DIR (the COCO annotations)")
+            result = evaluate_coco_responses(responses, data)
+        else:
+            result = evaluate_coco_store(store)
     except KevoError as e:
         _fail(e)
     click.echo(json.dumps(result, indent=2) if as_json else format_chair(result))

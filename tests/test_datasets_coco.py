@@ -69,7 +69,7 @@ def test_kevo_eval_coco_on_a_store(tmp_path):
     rows = [{"sample_key": i.key, "dataset": "coco", "item_id": i.item_id, "response": captions[i.item_id],
              "annotations": json.dumps(i.annotations)} for i in ds.items]
     out = tmp_path / "coco.kevo"
-    with StoreWriter(out, meta={"model": {"n_layers": 2}}, hidden_size=4, hidden_layers=[]) as w:
+    with StoreWriter(out, meta={"model": {"n_layers": 2}}) as w:   # no hidden array, as --hidden none
         w.write_batch(samples={k: [r[k] for r in rows] for k in rows[0]})
     res = json.loads(kevo("eval", "coco", out, "--json").stdout)
     assert (res["CHAIR_s"], res["CHAIR_i"], res["Recall"]) == (66.7, 42.9, 66.7)
@@ -98,3 +98,16 @@ def test_kevo_ingest_coco_then_eval(tmp_path):
 
     response = s.sql("SELECT response FROM samples").item()
     assert res == chair_totals([score_caption(response, ann["gt_objects"])[1]])
+
+
+def test_kevo_eval_coco_on_a_chair_caption_file(tmp_path):
+    root = make_coco_dir(tmp_path)
+    caps = tmp_path / "caps.json"
+    caps.write_text(json.dumps([{"image_id": 139, "caption": "Two women sit at the table with a laptop and a dog."},
+                                {"image_id": 285, "caption": "A baby dog sleeps on a couch."},
+                                {"image_id": 632, "caption": "A white toilet with its seat up."}]))
+    res = json.loads(kevo("eval", "coco", "--responses", caps, "--data", root, "--json").stdout)
+    assert (res["CHAIR_s"], res["CHAIR_i"], res["Recall"]) == (66.7, 42.9, 66.7)
+    caps.write_text(json.dumps([{"image_id": 139, "caption": "x"}, {"image_id": 7, "caption": "y"}]))
+    p = kevo("eval", "coco", "--responses", caps, "--data", root, check=False)
+    assert p.returncode != 0 and "caps.json, record 2: image_id 7 is not in instances_val2014.json" in p.stderr
