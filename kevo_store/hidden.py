@@ -213,7 +213,8 @@ class HiddenWriter:
             if f"{HIDDEN_DIR}/index/{name}" not in committed:
                 self.fs.remove(f"{HIDDEN_DIR}/index/{name}")
         for name in self.fs.listdir(HIDDEN_DIR):
-            if name.startswith("tail-") and f"{HIDDEN_DIR}/{name}" not in committed:
+            stray_tail = name.startswith("tail-") and f"{HIDDEN_DIR}/{name}" not in committed
+            if stray_tail or name.endswith(".partial"):  # .partial: zarr's own temporary zarr.json
                 self.fs.remove(f"{HIDDEN_DIR}/{name}")
 
     def reopen_partial(self) -> bool:
