@@ -10,7 +10,7 @@ Generative task, per response (the official ``inference.py``):
    truth word (in truth order) followed by the truth words themselves -- the mention is ``correct``
    and covers the truth word behind the *first* matching entry (so a truth word listed twice can
    only ever be covered once, and an association can credit an earlier truth word).
-4. Otherwise the hallu list is searched the same way (exact match, then similarity) to credit Cog,
+4. Otherwise the hallu list is searched (first exact entry, and also the first similar entry) to credit Cog,
    then the truth search list by similarity (> threshold, spaCy vectors in the official code): a
    similar entry makes the mention ``correct`` and covers that truth word; no similar entry makes
    it ``hallucinated``.
@@ -250,13 +250,13 @@ def score_generative(record: dict, nouns: Sequence[Noun], vocab: AmberVocabulary
             truth_cov[idx] = True
             m.label, m.match, m.truth_word = "correct", ("truth" if hit >= len(truth_list) - len(truth) else "association"), truth[idx]
             continue
-        hit = next((k for k, (word, _) in enumerate(hallu_list) if word == lemma), None)
-        if hit is None:
-            hit = next((k for k, (word, _) in enumerate(hallu_list) if similarity(lemma, word) > threshold), None)
-        if hit is not None:
-            idx = hallu_list[hit][1]
-            hallu_cov[idx] = True
-            m.hallu_word = hallu[idx]
+        # Cog: the first exact entry, then (separately, as the official code does) the first similar entry
+        for hit in (next((k for k, (word, _) in enumerate(hallu_list) if word == lemma), None),
+                    next((k for k, (word, _) in enumerate(hallu_list) if similarity(lemma, word) > threshold), None)):
+            if hit is not None:
+                idx = hallu_list[hit][1]
+                hallu_cov[idx] = True
+                m.hallu_word = m.hallu_word or hallu[idx]
         hit = next((k for k, (word, _) in enumerate(truth_list) if similarity(lemma, word) > threshold), None)
         if hit is not None:
             idx = truth_list[hit][1]
