@@ -9,7 +9,6 @@ import pytest
 from kevo_store import open_store
 from kevo_store.synthetic import Plant, build_synthetic_store, synthesize
 from kevo_store.verify import verify_store
-
 from tests.queries_helpers import planted  # noqa: F401
 
 

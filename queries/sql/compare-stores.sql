@@ -34,8 +34,8 @@ crit_pairs AS (
     FROM prefix x JOIN crit_a ca ON ca.token_uid = x.uid_a JOIN crit_b cb ON cb.token_uid = x.uid_b
 ),
 hall AS (
-    SELECT (SELECT SUM(CASE WHEN label = 'hallucinated' THEN 1 ELSE 0 END) * 1.0 / NULLIF(SUM(CASE WHEN label IS NOT NULL THEN 1 ELSE 0 END), 0) FROM ta) AS hallucinated_rate_a,
-           (SELECT SUM(CASE WHEN label = 'hallucinated' THEN 1 ELSE 0 END) * 1.0 / NULLIF(SUM(CASE WHEN label IS NOT NULL THEN 1 ELSE 0 END), 0) FROM tb) AS hallucinated_rate_b
+    SELECT (SELECT CAST(SUM(CASE WHEN label = 'hallucinated' THEN 1 ELSE 0 END) AS DOUBLE) / NULLIF(SUM(CASE WHEN label IS NOT NULL THEN 1 ELSE 0 END), 0) FROM ta) AS hallucinated_rate_a,
+           (SELECT CAST(SUM(CASE WHEN label = 'hallucinated' THEN 1 ELSE 0 END) AS DOUBLE) / NULLIF(SUM(CASE WHEN label IS NOT NULL THEN 1 ELSE 0 END), 0) FROM tb) AS hallucinated_rate_b
 ),
 samples_cmp AS (
     SELECT COUNT(*) AS n_samples_both,
@@ -46,9 +46,9 @@ samples_cmp AS (
 )
 SELECT (SELECT COUNT(*) FROM a.samples) AS n_samples_a, (SELECT COUNT(*) FROM b.samples) AS n_samples_b,
        sc.n_samples_both, sc.n_identical_responses,
-       sc.n_identical_responses * 1.0 / NULLIF(sc.n_samples_both, 0) AS response_agreement,
+       CAST(sc.n_identical_responses AS DOUBLE) / NULLIF(sc.n_samples_both, 0) AS response_agreement,
        sc.n_token_pairs, sc.n_same_tokens,
-       sc.n_same_tokens * 1.0 / NULLIF(sc.n_token_pairs, 0) AS token_agreement,
+       CAST(sc.n_same_tokens AS DOUBLE) / NULLIF(sc.n_token_pairs, 0) AS token_agreement,
        sc.first_diff_step_mean,
        cp.n_prefix_tokens, cp.critical_layer_mean_a, cp.critical_layer_mean_b,
        cp.critical_layer_mean_b - cp.critical_layer_mean_a AS critical_layer_delta,

@@ -37,8 +37,8 @@ both_defs AS (
 ),
 total AS (SELECT COUNT(*) AS n_tokens FROM per_token)
 SELECT d.layer, SUM(d.is_tau) AS n_critical, SUM(d.is_js) AS n_critical_js,
-       SUM(d.is_tau) * 1.0 / MAX(total.n_tokens) AS frac_critical,
-       SUM(d.is_js) * 1.0 / MAX(total.n_tokens) AS frac_critical_js,
+       CAST(SUM(d.is_tau) AS DOUBLE) / MAX(total.n_tokens) AS frac_critical,
+       CAST(SUM(d.is_js) AS DOUBLE) / MAX(total.n_tokens) AS frac_critical_js,
        MAX(total.n_tokens) AS n_tokens
 FROM both_defs d CROSS JOIN total
 GROUP BY d.layer

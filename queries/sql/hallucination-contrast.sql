@@ -70,7 +70,7 @@ n_events AS (SELECT token_uid, COUNT(*) AS n_events, SUM(CASE WHEN displaced_id 
 final AS (SELECT l.token_uid, l.p_out FROM l JOIN crit c ON c.token_uid = l.token_uid AND l.layer = c.last_layer)
 SELECT p.token_class, COUNT(*) AS n_tokens,
        SUM(CASE WHEN p.mutation_layer IS NOT NULL THEN 1 ELSE 0 END) AS n_mutated,
-       SUM(CASE WHEN p.mutation_layer IS NOT NULL THEN 1 ELSE 0 END) * 1.0 / COUNT(*) AS mutation_rate,
+       CAST(SUM(CASE WHEN p.mutation_layer IS NOT NULL THEN 1 ELSE 0 END) AS DOUBLE) / COUNT(*) AS mutation_rate,
        SUM(COALESCE(e.n_events, 0)) AS n_events,
        SUM(COALESCE(e.n_displaced, 0)) AS n_displaced,
        SUM(CASE WHEN p.critical_layer IS NOT NULL THEN 1 ELSE 0 END) AS n_with_critical,

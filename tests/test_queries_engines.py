@@ -1,0 +1,156 @@
+"""The named-query library: the same SQL text through DuckDB and Polars, parameters, and `kevo query`."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import duckdb
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+import queries
+from kevo_store import open_store
+from queries.library import SQL_DIR, QueryParamError
+from tests.queries_helpers import assert_frames_close, other_seed, planted  # noqa: F401
+
+KEVO = [sys.executable, "-m", "kevo_store.cli"]
+NAMES = [q.name for q in queries.list_queries()]
+
+
+def _kevo(*args, check=True):
+    r = subprocess.run(KEVO + list(args), capture_output=True, text=True, timeout=120)
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+def test_the_issue_s_queries_exist():
+    for name in ("critical-layers", "stages", "mutation-events", "hallucination-contrast", "divergence-curves",
+                 "top-candidates", "compare-stores"):
+        assert name in NAMES
+    for q in queries.list_queries():
+        assert q.description and q.sql.startswith("-- name: " + q.name)
+        for p in q.params:
+            assert p.description, (q.name, p.name)
+            assert p.required == (p.name == "token_uid"), (q.name, p.name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("lens", ["final_norm", "raw"])
+def test_duckdb_and_polars_agree(planted, other_seed, name, lens):  # noqa: F811
+    """The same literal SQL through both engines gives the same rows (floats to float32 precision)."""
+    path, _ = planted
+    q = queries.load(name)
+    params = {"lens": lens}
+    if name == "top-candidates":
+        params["token_uid"] = 4
+    target = [path, path if lens == "raw" else other_seed[0]] if q.stores == 2 else path
+    if q.stores == 2 and lens == "raw":
+        target = [path, path]
+    a = queries.run(target, name, engine="duckdb", **params)
+    b = queries.run(target, name, engine="polars", **params)
+    assert a.height > 0
+    assert_frames_close(a, b)
+
+
+def test_mutation_events_engines_agree_with_non_default_params(planted):  # noqa: F811
+    path, _ = planted
+    kw = {"tau": 0.6, "min_held": 2, "js_multiple": 3.0, "js_min": 0.02, "label": "correct"}
+    assert_frames_close(queries.run(path, "mutation-events", **kw),
+                        queries.run(path, "mutation-events", engine="polars", **kw))
+
+
+def test_bound_sql_is_plain_sql_a_user_can_copy(planted):  # noqa: F811
+    path, _ = planted
+    b = queries.bind("critical-layers", tau=0.6)
+    assert "$" not in b.sql and "0.6" in b.sql
+    con = duckdb.connect()
+    s = open_store(path)
+    for t in ("tokens", "layers"):
+        files = ", ".join(f"'{s.fs.full(f)}'" for f in s.manifest["tables"][t]["files"])
+        con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet([{files}])")
+    mine = con.sql(b.sql).pl()
+    assert_frames_close(mine, queries.run(path, "critical-layers", tau=0.6))
+
+
+def test_params_defaults_types_and_errors(planted):  # noqa: F811
+    path, _ = planted
+    r = queries.result(path, "mutation-events", tau="0.7", min_held="4")
+    assert r.params == {"lens": "final_norm", "role": "generated", "tau": 0.7, "min_held": 4, "js_multiple": 5.0,
+                        "js_min": 0.05, "label": ""}
+    with pytest.raises(QueryParamError, match="parameter tau must be float"):
+        queries.bind("stages", tau="high")
+    with pytest.raises(QueryParamError, match="has no parameter 'nope'.*parameters: lens"):
+        queries.bind("stages", nope=1)
+    with pytest.raises(QueryParamError, match="needs the parameter token_uid"):
+        queries.bind("top-candidates")
+    with pytest.raises(Exception, match="no named query 'stagez'"):
+        queries.load("stagez")
+    with pytest.raises(Exception, match="has no lens 'logit'"):
+        queries.run(path, "stages", lens="logit")
+    # quotes in a string parameter stay inside the literal
+    assert queries.run(path, "mutation-events", label="x' OR '1'='1").height == 0
+
+
+def test_shared_mutation_event_ctes_do_not_drift():
+    """stages, stage-distribution and hallucination-* repeat mutation-events' CTEs so each file runs on its own."""
+    def block(text):
+        s = text.index("WITH l AS (")
+        e = text.index("    GROUP BY token_uid, mutation_layer\n)", s)
+        return text[s:e]
+
+    ref = block((SQL_DIR / "mutation-events.sql").read_text()).replace(
+        " AND ($label = '' OR t.label = $label)", "")
+    for f in ("stages", "stage-distribution", "hallucination-contrast", "hallucination-curves"):
+        assert block((SQL_DIR / f"{f}.sql").read_text()) == ref, f
+
+
+def test_cli_list_and_show_sql():
+    r = _kevo("query", "--list")
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == len(NAMES)
+    assert [ln.split()[0] for ln in lines] == NAMES
+    r = _kevo("query", "stages", "--show-sql", "-p", "tau=0.55")
+    assert "0.55" in r.stdout and "$tau" not in r.stdout and r.stdout.startswith("-- name: stages")
+
+
+def test_cli_formats_record_params(planted, tmp_path):  # noqa: F811
+    path, truth = planted
+    r = _kevo("query", "mutation-events", path, "--hallucinated", "--format", "json")
+    doc = json.loads(r.stdout)
+    assert doc["query"] == "mutation-events" and doc["params"]["label"] == "hallucinated"
+    assert doc["stores"] == [str(open_store(path).path)]
+    assert {row["label"] for row in doc["rows"]} == {"hallucinated"}
+    out = tmp_path / "c.parquet"
+    _kevo("query", "critical-layers", path, "-p", "tau=0.6", "--format", "parquet", "-o", str(out))
+    meta = json.loads(pq.read_schema(out).metadata[b"kevo.query"])
+    assert meta["params"]["tau"] == 0.6
+    assert pl.read_parquet(out).height == 360
+    csv = tmp_path / "c.csv"
+    _kevo("query", "stages", path, "--format", "csv", "-o", str(csv))
+    assert pl.read_csv(csv).height == 360
+    assert json.loads((tmp_path / "c.csv.params.json").read_text())["params"]["min_held"] == 3
+    r = _kevo("query", "critical-layers", path)
+    assert r.stdout.startswith("# critical-layers  lens='final_norm'") and "critical_layer_js" in r.stdout
+    r = _kevo("query", "compare-stores", path, path, "--format", "json")
+    assert json.loads(r.stdout)["rows"][0]["token_agreement"] == 1.0
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["query", "stagez", "X"], "no named query 'stagez'"),
+    (["query", "top-candidates", "{store}"], "needs the parameter token_uid"),
+    (["query", "stages", "{store}", "-p", "lens=logit"], "has no lens 'logit'"),
+    (["query", "stages", "{store}", "-p", "tau=abc"], "parameter tau must be float"),
+    (["query", "stages", "/nonexistent/x.kevo"], "/nonexistent/x.kevo"),
+    (["query", "compare-stores", "{store}"], "compares two stores"),
+])
+def test_cli_user_errors(planted, args, msg):  # noqa: F811
+    path, _ = planted
+    r = _kevo(*[a.replace("{store}", path) for a in args], check=False)
+    assert r.returncode != 0
+    assert re.search(re.escape(msg), r.stderr), r.stderr
+    assert "Traceback" not in r.stderr
