@@ -27,11 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-try:
-    from kevo_store.errors import KevoError
-except ImportError:  # the store package's error module lands with the foundation issue
-    class KevoError(Exception):
-        """Fallback base for user errors."""
+from kevo_store.errors import KevoError
 
 # LLaVA's llava_v1 conversation template (also Vicuna v1.1's). The system line is verbatim from
 # llava/conversation.py (conv_vicuna_v1 / conv_llava_v1); roles are USER/ASSISTANT, sep " ".
@@ -67,6 +63,8 @@ class Adapter:
     model_class: ClassVar[str] = "AutoModelForImageTextToText"
     #: whether the family takes images
     multimodal: ClassVar[bool] = True
+    #: whether every sample must have an image (PaliGemma, InstructBLIP)
+    image_required: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, processor: Any, *, model_id: str, revision: str | None,
                  dtype: str, path: str):
@@ -186,6 +184,8 @@ class Adapter:
         real = [self.prepare_image(im) for im in images if im is not None]
         if real and not self.multimodal:
             raise ModelError(f"model {self.model_id!r} ({self.family}) is text-only: it takes no images")
+        if self.image_required and len(real) != len(images):
+            raise ModelError(f"model {self.model_id!r} ({self.family}) needs an image for every sample")
         inputs = self._process(prompt_texts, real, images)
         inputs = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
         mask = inputs["attention_mask"]

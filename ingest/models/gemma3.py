@@ -43,7 +43,8 @@ class Gemma3Adapter(Adapter):
     def _process(self, prompt_texts, real_images, images):
         kwargs = {"text": prompt_texts, "return_tensors": "pt", "padding": True, "add_special_tokens": False}
         if real_images:
-            kwargs["images"] = [[im] for im in real_images]  # one image per sample
+            # nested per sample ([] for a text-only sample in a mixed batch)
+            kwargs["images"] = [[self.prepare_image(im)] if im is not None else [] for im in images]
         return dict(self.processor(**kwargs))
 
     def patch_grid(self, batch: Batch, i: int) -> np.ndarray | None:

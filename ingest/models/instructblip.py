@@ -15,6 +15,7 @@ class InstructBlipAdapter(Adapter):
     family = "instructblip"
     model_types = ("instructblip",)
     model_class = "InstructBlipForConditionalGeneration"
+    image_required = True
     prompt_template = "instructblip: the prompt verbatim (Q-Former query tokens prepended by the processor)"
 
     def __init__(self, model, processor, **kw):

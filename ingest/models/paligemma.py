@@ -17,6 +17,7 @@ class PaliGemmaAdapter(Adapter):
     family = "paligemma"
     model_types = ("paligemma",)
     model_class = "PaliGemmaForConditionalGeneration"
+    image_required = True
     prompt_template = "paligemma: '<image>{prompt}' (the processor expands the image tokens, adds BOS and '\\n')"
     generated_token_type = 1
 
