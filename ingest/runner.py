@@ -464,6 +464,9 @@ def run_ingest(dataset: Dataset, config: IngestConfig, *, echo: Callable[[str], 
     if ctx.rank == 0 and Path(parts_dir(config.out)).is_dir():
         for d in Path(parts_dir(config.out)).iterdir():
             already |= committed_keys(str(d))
+    if already and not config.resume:
+        raise IngestError(f"store {config.out} already holds {len(already)} samples; --no-resume refuses to add to "
+                          "it (remove it, or drop --no-resume to continue it)")
     n_todo = sum(1 for it in items if it.key not in already)
     estimate = estimate_disk(n_todo, tokens_per_item, n_layers, len(hidden_layers), dims.hidden_size,
                              len(config.lens_modes), config.top_k)
@@ -473,7 +476,8 @@ def run_ingest(dataset: Dataset, config: IngestConfig, *, echo: Callable[[str], 
     if config.dry_run:
         return None
 
-    ctx.init("nccl" if _cuda_device(config, ctx) else "gloo")
+    # the ranks only exchange a barrier and one flag: gloo (CPU tensors) serves GPU runs as well
+    ctx.init("gloo")
     try:
         elsewhere: set[str] = set()
         if ctx.distributed:
@@ -507,18 +511,6 @@ def _prompt_tokens_guess(items: list[DatasetItem]) -> int:
     # a rough prompt length for the estimate with --capture-prompt (LLaVA-1.5: ~35 text + 576 image tokens)
     has_image = any(it.image_path is not None for it in items)
     return 64 + (576 if has_image else 0)
-
-
-def _cuda_device(config: IngestConfig, ctx: RankContext) -> bool:
-    dev = config.device
-    if dev is None:
-        try:
-            import torch
-
-            return torch.cuda.is_available()
-        except ImportError:  # pragma: no cover
-            return False
-    return dev.startswith("cuda")
 
 
 def _resolve_device(config: IngestConfig, ctx: RankContext) -> str | None:
@@ -660,9 +652,6 @@ def _run_rank(dataset, items, config, ctx, dims, skip, hidden_layers, estimate, 
     t0 = time.perf_counter()
     with _open_writer(out, meta, adapter, hidden_layers, hidden_dtype) as writer:
         done = set(writer.committed_keys) | elsewhere
-        if done and not config.resume:
-            raise IngestError(f"store {out} already holds {len(done)} samples; --no-resume refuses to add to it "
-                              "(remove it or drop --no-resume)")
         writer.write_vocab(vocab_table(adapter.tokenizer, adapter.vocab_size))
         pending = [it for it in mine if it.key not in done]
         result.n_skipped = len(mine) - len(pending)

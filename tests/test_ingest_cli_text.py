@@ -145,3 +145,11 @@ def test_resume_with_other_settings_is_refused_and_the_store_is_untouched(run, m
              "--max-new-tokens", MAX_NEW + 1, "--batch-size", 3, "--dola", check=False)
     _fails(p, "max_new_tokens")
     assert (run["out"] / "manifest.json").read_bytes() == before
+
+
+def test_no_resume_refuses_a_store_with_samples(run, model):
+    before = (run["out"] / "manifest.json").read_bytes()
+    p = kevo("ingest", "text", "--prompts", run["prompts"], "--model", model, "--out", run["out"],
+             "--max-new-tokens", MAX_NEW, "--batch-size", 3, "--dola", "--no-resume", check=False)
+    _fails(p, "already holds 5 samples", "--no-resume")
+    assert (run["out"] / "manifest.json").read_bytes() == before
