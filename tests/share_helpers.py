@@ -122,11 +122,13 @@ def synthetic_meta(n_layers: int, n_tokens: int, top_k: int, hidden_size: int | 
     }
 
 
-def write_sample_range(path, synth, s0: int, s1: int, *, batch_samples: int = 2, meta_patch: dict | None = None):
+def write_sample_range(path, synth, s0: int, s1: int, *, batch_samples: int = 2, meta_patch: dict | None = None,
+                       errors: list[str] = ()):
     """Write samples [s0, s1) of ``synth = synthesize(...)`` (+ its shape) as a store at ``path``.
 
     The same sample always gets the same key, whichever store it is written to, exactly as the
     same input item would in two ingests; batches of ``batch_samples`` are separate commits.
+    ``errors``: keys of samples that "failed", written as ``errors`` rows.
     """
     from kevo_store import StoreWriter
     from kevo_store.synthetic import _slice_batch
@@ -145,6 +147,12 @@ def write_sample_range(path, synth, s0: int, s1: int, *, batch_samples: int = 2,
                                                             n_layers * top_k, 1)
             w.write_batch(samples=samples.drop_columns(["sample_id"]) if "sample_id" in samples.column_names
                           else samples, tokens=tokens, layers=layers, topk=topk, hidden=h)
+        if errors:  # samples that failed, as an ingest records them
+            w.write_batch(errors={"sample_key": list(errors), "dataset": ["synthetic"] * len(errors),
+                                  "item_id": [k.split(":")[-1] for k in errors], "stage": ["read"] * len(errors),
+                                  "error_type": ["OSError"] * len(errors),
+                                  "message": [f"cannot decode image of {k}" for k in errors],
+                                  "time": ["2026-01-01T00:00:00Z"] * len(errors)})
     return path
 
 
