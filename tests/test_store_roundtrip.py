@@ -28,11 +28,17 @@ from kevo_store.verify import verify_store
 
 def expected(n_batches: int, hidden_dtype: str = "float16", start: int = 0):
     """The store's content computed independently from the batches: ids assigned, uids offset, sorted."""
+    return expected_from([H.batch(b, hidden_dtype=hidden_dtype) for b in range(start, n_batches)])
+
+
+def expected_from(batches: list[dict]):
     out = {k: [] for k in ("samples", "tokens", "layers", "topk", "errors")}
     hid = []
     sid = uid = 0
-    for b in range(start, n_batches):
-        bt = H.batch(b, hidden_dtype=hidden_dtype)
+    for bt in batches:
+        if "samples" not in bt:  # an errors-only batch
+            out["errors"].append(bt["errors"].cast(TABLES["errors"]))
+            continue
         s = bt["samples"]
         keys = s.column("sample_key").to_pylist()
         s = s.append_column("sample_id", pa.array(np.arange(sid, sid + len(keys)), pa.int64()))
@@ -51,7 +57,8 @@ def expected(n_batches: int, hidden_dtype: str = "float16", start: int = 0):
             cols = {f.name: (x.column(f.name) if f.name in x.column_names else pa.nulls(x.num_rows, f.type))
                     for f in TABLES[name]}
             out[name].append(pa.table(cols).cast(TABLES[name]))
-        out["errors"].append(bt["errors"].cast(TABLES["errors"]))
+        if "errors" in bt:
+            out["errors"].append(bt["errors"].cast(TABLES["errors"]))
         hid.append(bt["hidden"])
         sid += len(keys)
         uid += bt["tokens"].num_rows
@@ -302,3 +309,40 @@ def test_bad_writer_arguments_touch_nothing(tmp_path):
     with pytest.raises(StoreError, match="unknown manifest section"):
         StoreWriter(path, meta={"modle": {}})
     assert not path.exists()
+
+
+def test_random_schedule_of_batches_closes_and_reopens(tmp_path):
+    """Batches of many sizes (empty, errors only, crossing and filling chunks), closed and reopened at
+    random points: the store equals the batches, and every intermediate state verifies."""
+    rng = np.random.default_rng(7)
+    path = tmp_path / "sched.kevo"
+    given = []  # exactly what was handed to write_batch, in order
+    kinds = set()
+    b = 0
+    for _session in range(4):
+        with StoreWriter(path, meta=H.META, hidden_size=H.HIDDEN) as w:
+            w.write_vocab(H.vocab_table())
+            for _ in range(int(rng.integers(1, 4))):
+                kind = int(rng.integers(0, 3))
+                kinds.add(kind)
+                if kind == 0:  # errors only
+                    bt = {"errors": H.batch(b)["errors"]}
+                elif kind == 1:  # a sample that generated no token, with an empty hidden array
+                    full = H.batch(b, n_samples=1, with_error=False)
+                    bt = {k: (v.slice(0, 0) if k in ("tokens", "layers", "topk") else v) for k, v in full.items()}
+                    bt["hidden"] = full["hidden"][:0]
+                else:
+                    bt = H.batch(b, n_samples=int(rng.integers(1, 9)))
+                w.write_batch(**bt)
+                given.append(bt)
+                b += 1
+        rep = verify_store(path)
+        assert rep.ok, rep.problems
+    want, want_h = expected_from(given)
+    got = read_all(path)
+    for name in TABLES:
+        assert_tables_equal(got[name], want[name], name)
+    s = open_store(path)
+    n = s.rows("tokens")
+    assert n == len(want_h) and kinds == {0, 1, 2}
+    np.testing.assert_array_equal(s.hidden(np.arange(n)).view(np.uint16), want_h.view(np.uint16))
