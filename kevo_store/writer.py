@@ -83,8 +83,11 @@ def write_parquet(fs: LocalFS, rel: str, table: pa.Table, name: str) -> dict[str
     return {"sha256": sha, "size": size, "rows": table.num_rows}
 
 
-def _validate_args(meta: dict | None, hidden_size: int | None, hidden_layers: list[int] | None) -> None:
+def _validate_args(meta: dict | None, hidden_size: int | None, hidden_layers: list[int] | None,
+                   hidden_dtype: str) -> None:
     """Refuse bad arguments before anything touches the disk."""
+    if hidden_dtype not in hid.LOGICAL_DTYPES:
+        raise StoreError(f"hidden_dtype must be one of {list(hid.LOGICAL_DTYPES)}, not {hidden_dtype!r}")
     extra = set(meta or {}) - set(META_SECTIONS)
     if extra:
         raise StoreError(f"unknown manifest section(s) {sorted(extra)} in meta; expected {list(META_SECTIONS)}")
@@ -126,7 +129,7 @@ class StoreWriter:
             raise StoreError(f"{path}: the writer writes local stores only; write locally, then `kevo store push`")
         if hidden_layers is not None:
             hidden_layers = list(hidden_layers)
-        _validate_args(meta, hidden_size, hidden_layers)
+        _validate_args(meta, hidden_size, hidden_layers, hidden_dtype)
         self.fs = fs = LocalFS(path)
         self.path = fs.root
         self.compact = compact
@@ -134,25 +137,37 @@ class StoreWriter:
         self._closed = False
         if os.path.exists(fs.root) and not os.path.isdir(fs.root):
             raise StoreError(f"{fs.root} exists and is not a directory")
-        if os.path.isdir(fs.root) and not fs.exists(MANIFEST):
-            leftovers = [n for n in os.listdir(fs.root) if n != LOCK]
-            if leftovers:
-                raise StoreError(f"{fs.root} exists, is not empty and is not a kevo store (no manifest.json); "
-                                 "refusing to write into it")
+        if os.path.isdir(fs.root) and not fs.exists(MANIFEST) and not self._only_our_layout():
+            raise StoreError(f"{fs.root} exists, is not empty and is not a kevo store (no manifest.json); "
+                             "refusing to write into it")
         fs.makedirs("")
         self._lock = StoreLock(fs)
         self._lock.acquire()
         try:
+            if not fs.exists(MANIFEST):
+                if not self._only_our_layout():  # checked again under the lock
+                    raise StoreError(f"{fs.root} is not empty and is not a kevo store; refusing to write into it")
+                # a creation that crashed before its first manifest: nothing was committed
+                for name in os.listdir(fs.root):
+                    if name == LOCK:
+                        continue
+                    if os.path.isdir(fs.full(name)):
+                        fs.rmtree(name)
+                    else:
+                        fs.remove(name)
             self._open(meta, hidden_size, hidden_layers, hidden_dtype)
         except BaseException:
             self._lock.release()
             raise
 
+    def _only_our_layout(self) -> bool:
+        """True if the directory holds nothing but what a kevo writer creates before its first commit."""
+        names = [n for n in os.listdir(self.fs.root) if n != LOCK]
+        return all(n in ("hidden", "tables", "derived") or n.startswith(f"{MANIFEST}.tmp-") for n in names)
+
     # ------------------------------------------------------------------ open / resume
     def _open(self, meta, hidden_size, hidden_layers, hidden_dtype) -> None:
         fs = self.fs
-        if hidden_dtype not in hid.LOGICAL_DTYPES:
-            raise StoreError(f"hidden_dtype must be one of {list(hid.LOGICAL_DTYPES)}, not {hidden_dtype!r}")
         if hidden_size is not None and hidden_layers is None:
             n_layers = ((meta or {}).get("model") or {}).get("n_layers")
             if n_layers is None:

@@ -60,6 +60,13 @@ CHILD = textwrap.dedent("""
                 die()
             return orig(self, start, stop, data, commit, sec, files)
         HID.HiddenWriter._write_rows = _write_rows
+    elif mode == "at-create":       # dies before the very first manifest exists
+        orig = F.LocalFS.write_atomic
+        def write_atomic(self, rel, data):
+            if rel == "manifest.json":
+                die()
+            return orig(self, rel, data)
+        F.LocalFS.write_atomic = write_atomic
     elif mode == "during-close":    # dies after compacted files are written, before the manifest switch
         orig = F.LocalFS.write_atomic
         def write_atomic(self, rel, data):
@@ -158,3 +165,16 @@ def test_sigkill_at_an_arbitrary_moment(tmp_path, reference):
     assert r.returncode == 0, r.stderr[-2000:]
     if n // 3 <= N_BATCHES:
         assert_same_store(reference, path)
+
+
+def test_sigkill_before_the_first_commit(tmp_path, reference):
+    """A creation that died before its first manifest is not a store yet; the re-run starts it afresh."""
+    path = tmp_path / "born.kevo"
+    r = run_child(path, "at-create")
+    assert r.returncode == -signal.SIGKILL
+    assert (path / "hidden" / "zarr.json").exists() and not (path / "manifest.json").exists()
+    v = kevo("store", "info", str(path))
+    assert v.returncode == 1 and "is not a kevo store" in v.stderr
+    r2 = run_child(path, "none")
+    assert r2.returncode == 0, r2.stderr[-2000:]
+    assert_same_store(reference, path)
