@@ -293,7 +293,7 @@ def _is_local_fs(fs) -> bool:
 
 
 def _store_layout(rel: str) -> bool:
-    return rel.startswith(("tables/", "hidden/"))
+    return rel.startswith(("tables/", "hidden/", "derived/"))
 
 
 def _listing(fs, root: str) -> dict[str, int]:

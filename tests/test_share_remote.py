@@ -49,6 +49,19 @@ def test_push_then_query_in_place_through_the_cli(s3, local_store):
     assert json.loads(remote.stdout) == json.loads(local.stdout)
     assert len(json.loads(remote.stdout)) == 24
 
+    # a named analysis (`kevo query`) on the URL: the same rows as on the local store
+    def rows(out: str) -> list[str]:
+        return [ln for ln in out.splitlines() if not ln.startswith("#")]  # the comment names the store
+
+    remote = s3.run_kevo("query", "critical-layers", url, "--format", "csv", "--max-rows", "-1", check=True)
+    local = s3.run_kevo("query", "critical-layers", local_store, "--format", "csv", "--max-rows", "-1", check=True)
+    assert rows(remote.stdout) == rows(local.stdout) and len(rows(local.stdout)) == 1 + 6 * 10
+    # and one query across a local store and a remote one
+    both = s3.run_kevo("sql", f"here={local_store}", f"there={url}",
+                       "SELECT count(*) AS n FROM here.layers a JOIN there.layers b USING (token_uid, lens, layer) "
+                       "WHERE a.p_out = b.p_out", "--format", "csv", check=True)
+    assert both.stdout.split() == ["n", str(6 * 10 * 24)]
+
     # and `kevo store info` / `kevo store verify` on the URL
     info = s3.run_kevo("store", "info", url, check=True)
     assert "synthetic" in info.stdout
