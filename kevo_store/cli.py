@@ -207,7 +207,8 @@ def store_summary(path: str) -> dict:
             "state": m.get("state"), "commits": m.get("commits"), "created": m.get("created"),
             "updated": m.get("updated"), "model": m.get("model", {}), "dataset": m.get("dataset", {}),
             "lens": m.get("lens", {}), "generation": m.get("generation", {}), "capture": m.get("capture", {}),
-            "tables": tables, "derived": derived, "hidden": hidden, "disk_bytes": total}
+            "tables": tables, "derived": derived, "hidden": hidden, "disk_bytes": total,
+            "partial": m.get("partial")}
 
 
 @store.command("info")
@@ -232,6 +233,10 @@ def info(store_path: str, as_json: bool) -> None:
         lines.append("dataset    " + ", ".join(f"{k}={v}" for k, v in ds.items() if not isinstance(v, (dict, list))))
     if s["lens"]:
         lines.append("lens       " + ", ".join(f"{k}={v}" for k, v in s["lens"].items()))
+    if s.get("partial"):  # a partial pull (kevo_store/share.py): say what is not here
+        from .share import partial_summary
+
+        lines.append("partial    " + partial_summary(s["partial"]))
     lines.append(f"samples    {t['samples']['rows']:,}   errors {t['errors']['rows']:,}")
     for name in ("tokens", "layers", "topk", "vocab"):
         e = t[name]

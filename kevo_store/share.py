@@ -122,6 +122,15 @@ def hidden_layers_present(manifest: Mapping) -> list[int]:
     return layers if keep is None else [x for x in layers if x in set(keep)]
 
 
+def partial_summary(partial: Mapping) -> str:
+    """One line saying what a partial pull left out."""
+    keep = partial.get("hidden_layers")
+    hidden = ("all hidden layers" if keep is None else f"hidden layers {_ranges(sorted(keep))} only" if keep
+              else "no hidden states")
+    left = ", ".join(partial.get("omitted_tables") or []) or "none"
+    return f"pulled from {partial.get('source', '?')}; tables left out: {left}; {hidden}"
+
+
 def check_hidden_layers_present(manifest: Mapping, layers: Iterable[int] | None, where: str) -> None:
     """Refuse to read hidden states of layers a partial pull left out (Zarr would fill them with 0)."""
     partial = manifest.get("partial")
@@ -569,13 +578,7 @@ def verify_partial(fs, manifest: Mapping, *, checksums: bool = True):
     declared = declared_files({**manifest, "hidden": None} if no_hidden else manifest, fs.read_bytes, fs.root)
     skip = omitted_files(manifest, declared)
     partial = manifest["partial"]
-    kept_layers = partial.get("hidden_layers")
-    rep.notes.append(
-        f"partial pull of {partial.get('source', '?')}: "
-        + (f"tables left out: {', '.join(partial.get('omitted_tables') or []) or 'none'}; ")
-        + ("hidden states: all layers" if kept_layers is None else
-           f"hidden states: layers {_ranges(sorted(kept_layers))}" if kept_layers else "hidden states: none")
-        + f" ({len(skip)} file(s) left out on purpose)")
+    rep.notes.append(f"partial pull: {partial_summary(partial)} ({len(skip)} file(s) left out on purpose)")
     for rel in sorted(declared):
         entry = declared[rel]
         if rel in skip:
