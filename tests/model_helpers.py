@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3", "paligemma", "gemma3", "instructblip",
+FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "paligemma", "gemma3", "instructblip",
             "causal_lm")
 
 CORPUS = [
@@ -218,6 +218,30 @@ def build_idefics3(path: Path) -> Path:
     return _save(_init(Idefics3ForConditionalGeneration(cfg), 4), proc, path, 4)
 
 
+def build_smolvlm(path: Path) -> Path:
+    """SmolVLM2's architecture (model_type 'smolvlm'). Its own processor needs num2words and a
+    torchvision video processor, so the tiny model ships the Idefics3 processor, whose image-token
+    layout SmolVLM shares (SmolVLM v1 checkpoints are model_type 'idefics3' anyway)."""
+    from transformers import (
+        Idefics3ImageProcessorPil,
+        Idefics3Processor,
+        SmolVLMConfig,
+        SmolVLMForConditionalGeneration,
+        SmolVLMVisionConfig,
+    )
+
+    tok = build_tokenizer(["<image>", "<fake_token_around_image>", "<end_of_utterance>", "<global-img>"])
+    vis = SmolVLMVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=56, patch_size=14)
+    cfg = SmolVLMConfig(vision_config=vis.to_dict(), text_config=_llama_text(len(tok), bos_token_id=1,
+                        eos_token_id=2, pad_token_id=3).to_dict(), scale_factor=2,
+                        image_token_id=tok.convert_tokens_to_ids("<image>"), tie_word_embeddings=False)
+    ip = Idefics3ImageProcessorPil(size={"longest_edge": 56}, max_image_size={"longest_edge": 56},
+                                   do_image_splitting=False)
+    proc = Idefics3Processor(image_processor=ip, tokenizer=tok, image_seq_len=4)
+    return _save(_init(SmolVLMForConditionalGeneration(cfg), 8), proc, path, 8)
+
+
 def build_paligemma(path: Path) -> Path:
     from transformers import (
         Gemma2Config,
@@ -305,6 +329,7 @@ BUILDERS = {
     "qwen2_vl": build_qwen2_vl,
     "qwen2_5_vl": build_qwen2_5_vl,
     "idefics3": build_idefics3,
+    "smolvlm": build_smolvlm,
     "paligemma": build_paligemma,
     "gemma3": build_gemma3,
     "instructblip": build_instructblip,
