@@ -9,7 +9,7 @@ AMBER modes
   downloads; similarity = exact match. An approximation of the official evaluator: it can miss a
   noun NLTK's tagger finds or keep one it drops (e.g. verbs and adjectives spelled like vocabulary
   words), and without spaCy vectors a mention that is only *similar* (> 0.8) to a truth word counts
-  as hallucinated. See README / tests/test_labels_amber.py for the measured difference on the fixture.
+  as hallucinated. The measured differences are in ingest/labels/README.md.
 - ``--nouns nltk``: the official pipeline (needs ``nltk`` and its data under NLTK_DATA), and
   ``--similarity TABLE.json`` (a table over the 418-word vocabulary, made once with
   ``kevo eval amber-similarity --spacy-model en_core_web_lg``) or ``--spacy-model`` for the official

@@ -8,12 +8,14 @@ AMBER's official evaluator runs ``nltk.word_tokenize`` -> ``nltk.pos_tag`` (keep
 * :class:`OfflineNouns` (default): no downloads. Words from :func:`ingest.labels.words.split_words`;
   lemmas from a re-implementation of WordNet's noun morphology (the ``morphy`` suffix rules, the
   irregular plurals that matter for the vocabulary, "keep the shortest known form") where "known"
-  is the AMBER vocabulary plus the handful of WordNet nouns that shadow a vocabulary word (e.g.
-  "slippers" -> "slipper", which is *not* in the vocabulary, as with NLTK); part of speech from a few
+  is the AMBER vocabulary (less its 27 words that are not WordNet nouns) plus the handful of WordNet
+  nouns that shadow a vocabulary word (e.g. "slippers" -> "slipper", which is *not* in the
+  vocabulary, as with NLTK); part of speech from a few
   context rules (after "to", a modal or a subject pronoun -> verb; "-ing" after a form of "be" ->
   verb; "can" is a noun only after a determiner; a colour/adjective-capable word right before
-  another word -> adjective). It is an approximation of NLTK's statistical tagger: see
-  ``docs`` in the eval module and the measured agreement in tests/test_labels_amber.py.
+  another word -> adjective; a verb-capable word between a plural subject and a preposition ->
+  verb). The lemmas equal WordNet's on every vocabulary form; the part of speech approximates NLTK's
+  statistical tagger. Measured differences: ingest/labels/README.md.
 * :class:`NltkNouns` (faithful): the official pipeline, for users who provide NLTK and its data
   (``punkt``/``punkt_tab``, ``averaged_perceptron_tagger``/``_eng``, ``wordnet`` under NLTK_DATA).
   NLTK's tokens are mapped back to character spans in the response.
