@@ -13,7 +13,8 @@ AMBER modes
 - ``--nouns nltk``: the official pipeline (needs ``nltk`` and its data under NLTK_DATA), and
   ``--similarity TABLE.json`` (a table over the 418-word vocabulary, made once with
   ``kevo eval amber-similarity --spacy-model en_core_web_lg``) or ``--spacy-model`` for the official
-  spaCy similarity. Both together reproduce the official numbers.
+  spaCy similarity. Together they run the official pipeline (not verified here: its data cannot be
+  downloaded on this project's machines; tests/test_labels_amber_faithful.py runs where it is installed).
 """
 
 from __future__ import annotations
