@@ -156,3 +156,16 @@ def test_split_words_follows_the_treebank_tokenizer():
     words = split_words("  Dogs run.")
     assert [(w.index, w.text, w.start, w.end) for w in words] == [(0, "Dogs", 2, 6), (1, "run", 7, 10), (2, ".", 10, 11)]
     assert split_words("") == []
+
+
+def test_a_token_spanning_two_words_belongs_to_both_in_tokens_of_words():
+    from ingest.labels.align import tokens_of_words
+
+    text = "a cat.\nA dog"
+    words = split_words(text)                   # a, cat, ., A, dog
+    starts, ends = [0, 1, 5, 7, 8], [1, 5, 7, 8, 12]   # "a", " cat", ".\n" , "A", " dog"
+    assert tokens_of_words(words, starts, ends) == {0: [0], 1: [1], 2: [2], 3: [3], 4: [4]}
+    starts, ends = [0, 1, 4, 8], [1, 4, 8, 12]         # "a", " ca", "t.\nA" (three words), " dog"
+    assert tokens_of_words(words, starts, ends) == {0: [0], 1: [1, 2], 2: [2], 3: [2], 4: [3]}
+    cols = word_columns(words, starts, ends)
+    assert cols["word_index"] == [0, 1, 1, 4]   # the merged token is the first word's (cat); '.', 'A' get none
