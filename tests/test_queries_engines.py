@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import duckdb
 import polars as pl
@@ -17,7 +18,7 @@ from kevo_store import open_store
 from queries.library import SQL_DIR, QueryParamError
 from tests.queries_helpers import assert_frames_close, other_seed, planted  # noqa: F401
 
-KEVO = [sys.executable, "-m", "kevo_store.cli"]
+KEVO = [str(Path(sys.executable).with_name("kevo"))]  # the installed console script
 NAMES = [q.name for q in queries.list_queries()]
 
 
