@@ -55,15 +55,21 @@ def _amber_scorer(data_dir, nouns: str, similarity_table, spacy_model):
 
 
 def evaluate_amber(pairs: Iterable[tuple[dict, str]], data_dir=None, nouns: str = "offline",
-                   similarity_table=None, spacy_model=None) -> dict:
-    """AMBER metrics over (annotation record, response) pairs: {'settings', 'generative', 'discriminative'}."""
+                   similarity_table=None, spacy_model=None, per_sample: list | None = None) -> dict:
+    """AMBER metrics over (annotation record, response) pairs: {'settings', 'generative', 'discriminative'}.
+
+    ``per_sample``, if a list, receives ``{"id", **metrics}`` for every response (mentions and labels included).
+    """
     from ingest.labels.amber import AmberTotals
 
     score, settings = _amber_scorer(data_dir, nouns, similarity_table, spacy_model)
     totals = AmberTotals()
     n = 0
     for record, response in pairs:
-        totals.add(score(record, response if response is not None else ""))
+        metrics = score(record, response if response is not None else "")
+        totals.add(metrics)
+        if per_sample is not None:
+            per_sample.append({"id": record.get("id"), **metrics})
         n += 1
     return {"settings": settings, "n_responses": n, **totals.summary()}
 
@@ -205,8 +211,10 @@ def _fail(e: Exception):
 @click.option("--similarity", "similarity_table", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Precomputed similarity table over the vocabulary (JSON) for the official similarity rule.")
 @click.option("--spacy-model", help="spaCy model name or path (e.g. en_core_web_lg) for the official similarity rule.")
+@click.option("--per-sample", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write every response's metrics, mentions and labels to this JSONL file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def amber_cmd(store, responses, data, nouns, similarity_table, spacy_model, as_json) -> None:
+def amber_cmd(store, responses, data, nouns, similarity_table, spacy_model, per_sample, as_json) -> None:
     """AMBER metrics of STORE's amber samples, or of a --responses file."""
     from ingest.datasets.base import DatasetError
     from kevo_store.errors import KevoError
@@ -220,9 +228,14 @@ def amber_cmd(store, responses, data, nouns, similarity_table, spacy_model, as_j
             pairs = amber_pairs_from_responses(read_responses(responses), data, responses)
         else:
             pairs = amber_pairs_from_store(store)
-        result = evaluate_amber(pairs, data, nouns, similarity_table, spacy_model)
+        rows: list | None = [] if per_sample else None
+        result = evaluate_amber(pairs, data, nouns, similarity_table, spacy_model, per_sample=rows)
     except (DatasetError, KevoError) as e:
         _fail(e)
+    if per_sample:
+        with open(per_sample, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
     click.echo(json.dumps(result, indent=2) if as_json else format_amber(result))
 
 

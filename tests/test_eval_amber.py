@@ -31,8 +31,14 @@ def test_eval_responses_json_and_table(tmp_path):
     assert set(off) == {"all", "existence", "attribute", "state", "relation"}
     assert out["settings"]["nouns"] == "offline" and out["settings"]["similarity"] == "exact"
 
-    r = _kevo("eval", "amber", "--responses", FIXTURE / "responses.json", "--data", root)
+    per = tmp_path / "per.jsonl"
+    r = _kevo("eval", "amber", "--responses", FIXTURE / "responses.json", "--data", root, "--per-sample", per)
     assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in per.read_text().splitlines()]
+    assert [row["id"] for row in rows] == [1, 2, 3, 6, 1005, 1006, 8633, 13193, 13557, 15220]
+    assert [(m["text"], m["label"]) for m in rows[1]["mentions"]][3:] == [("camera", "safe"), ("TV", "hallucinated"),
+                                                                          ("pier", "hallucinated")]
+    assert rows[4]["answer_normalised"] == "yes" and rows[4]["answer_official"] is None
     assert "CHAIR      18.7" in r.stdout and "Cog         5.0" in r.stdout
     assert "all" in r.stdout and "33.3" in r.stdout and "83.3" in r.stdout
 
