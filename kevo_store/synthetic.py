@@ -345,9 +345,12 @@ def _validate(plan: dict, high: np.ndarray, start: np.ndarray, L: int, window: i
 
 
 def _string_array(value: str, n: int) -> pa.Array:
-    """n copies of one string, built in C++ (a Python list of 33M strings would take seconds)."""
-    return pc.cast(pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([value])),
-                   pa.string())
+    """n copies of one string, built from raw buffers (a Python list of 33M strings would take seconds)."""
+    b = value.encode()
+    offsets = np.arange(n + 1, dtype=np.int64) * len(b)
+    if offsets[-1] >= 2**31:
+        raise ValueError("column too large for a 32-bit string array")
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(b * n))
 
 
 def _render_lens(rng, plan: dict, emitted: np.ndarray, L: int, K: int, n_cand: int, n_fill: int):
@@ -378,12 +381,12 @@ def _render_lens(rng, plan: dict, emitted: np.ndarray, L: int, K: int, n_cand: i
     nv = (~has) & (lay >= start[:, :1])
     prob1 = np.where(nv, rng.uniform(0.30, 0.45, (n, nl)), prob1)
     # top-k: rank 1 = top1, rank 2 = runner-up candidate or filler, ranks 3.. fillers
-    ids = n_cand + (base[:, :, None] + np.arange(K)[None, None, :]) % n_fill
+    ids = (n_cand + (base[:, :, None] + np.arange(K)[None, None, :]) % n_fill).astype(np.int32)
     ids[:, :, 0] = top1
     ids[:, :, 1] = np.where(second >= 0, second, ids[:, :, 1])
-    ratio = rng.uniform(0.35, 0.9, (n, nl, K))
+    ratio = rng.random((n, nl, K), dtype=np.float32) * np.float32(0.55) + np.float32(0.35)
     ratio[:, :, 0] = 1.0
-    probs = prob1[:, :, None] * np.cumprod(ratio, axis=2)
+    probs = prob1[:, :, None].astype(np.float32) * np.cumprod(ratio, axis=2)
     tail = probs[:, :, 1:].sum(2)
     room = 0.97 * (1.0 - prob1)
     scale = np.where(tail > room, room / np.maximum(tail, 1e-12), 1.0)
@@ -588,15 +591,21 @@ def synthesize(n_samples: int = 8, n_tokens: int = 12, n_layers: int = 33, top_k
     tok_rows = []
     ev = None
     for lens, plan in truths:
+        cand = plan["cand"]
         tok_rows.append(pl.DataFrame({
             "token_uid": np.arange(n, dtype=np.int64), "sample_id": sample_id.astype(np.int64),
-            "sample_key": [f"synthetic:{s}" for s in sample_id], "step": step.astype(np.int64),
-            "lens": [lens] * n, "kind": np.array(KINDS, dtype=object)[plan["kind"]].tolist(),
-            "label": label_arr.tolist(), "token_id": emitted.astype(np.int64),
-            "critical_layer": np.where(plan["c"] >= 0, plan["c"], None).tolist(),
-            "critical_layer_js": np.where(plan["cjs"] >= 0, plan["cjs"], None).tolist(),
-            "candidates": [[int(x) for x in row if x >= 0] for row in plan["cand"]],
-        }, schema_overrides={"critical_layer": pl.Int64, "critical_layer_js": pl.Int64}))
+            "step": step.astype(np.int64), "lens": pl.repeat(lens, n, eager=True),
+            "kind": pl.Series(np.asarray(KINDS, dtype=object)[plan["kind"]].astype(str)),
+            "label": pl.Series(label_arr.tolist(), dtype=pl.String), "token_id": emitted.astype(np.int64),
+            "critical_layer": plan["c"].astype(np.int64), "critical_layer_js": plan["cjs"].astype(np.int64),
+            "candidates": pl.Series(cand.astype(np.int64)),
+        }).with_columns(
+            pl.concat_str(pl.lit("synthetic:"), pl.col("sample_id").cast(pl.String)).alias("sample_key"),
+            pl.when(pl.col("critical_layer") >= 0).then(pl.col("critical_layer")).alias("critical_layer"),
+            pl.when(pl.col("critical_layer_js") >= 0).then(pl.col("critical_layer_js")).alias("critical_layer_js"),
+            pl.col("candidates").arr.to_list().list.eval(pl.element().filter(pl.element() >= 0)),
+        ).select("token_uid", "sample_id", "sample_key", "step", "lens", "kind", "label", "token_id",
+                 "critical_layer", "critical_layer_js", "candidates"))
     truth = SyntheticTruth(
         n_layers=nl, top_k=top_k, lenses=tuple(lenses), tokens=pl.concat(tok_rows),
         events_default=None, switches=pl.concat(switches), js_high=highs, critical=crits,
