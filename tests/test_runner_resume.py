@@ -13,7 +13,7 @@ import numpy as np
 
 from tests.runner_helpers import KEVO, kevo, store_content, tiny_model_dir
 
-N_PROMPTS = 30
+N_PROMPTS = 20
 WORDS = ["cat", "dog", "guitar", "table", "tree", "car", "horse", "sky", "street", "picture"]
 
 
@@ -30,7 +30,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("".join(f"Describe the {WORDS[i % 10]} and the {WORDS[(3 * i + 1) % 10]} number {i}.\n"
                                for i in range(N_PROMPTS)))
-    args = ["ingest", "text", "--prompts", str(prompts), "--model", str(model), "--max-new-tokens", "12",
+    args = ["ingest", "text", "--prompts", str(prompts), "--model", str(model), "--max-new-tokens", "8",
             "--batch-size", "2", "--lens", "final_norm,raw", "--top-k", "3"]
 
     crashed = tmp_path / "crashed.kevo"
