@@ -116,3 +116,45 @@ def test_token_char_spans_invalid_bytes_keep_their_own_replacement_char(tok):
     assert response == " yes\ufffd\ufffdx"
     starts, ends = token_char_spans(tok, ids, response)
     assert [response[s:e] for s, e in zip(starts, ends)] == [" yes", "\ufffd", "\ufffd", "x"]
+
+
+@pytest.fixture(scope="module")
+def sp_tok():
+    """A Llama-style SentencePiece tokenizer with byte fallback (▁ pieces, <0xNN> byte tokens), built offline."""
+    from tokenizers import Tokenizer, decoders, models, normalizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
+    vocab.update({f"<0x{i:02X}>": 3 + i for i in range(256)})
+    for p in ["▁", *"abcdefghijklmnopqrstuvwxyz.,!?'é"]:
+        vocab.setdefault(p, len(vocab))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def test_token_char_spans_sentencepiece_byte_fallback(sp_tok):
+    ids = sp_tok("the cat 猫 é 🎸!", add_special_tokens=False)["input_ids"] + [sp_tok.eos_token_id]
+    pieces = sp_tok.convert_ids_to_tokens(ids)
+    assert pieces[9:12] == ["<0xE7>", "<0x8C>", "<0xAB>"]  # 猫 is three byte-fallback pieces
+    response = sp_tok.decode(ids, skip_special_tokens=True)
+    assert response == "the cat 猫 é 🎸!"
+    starts, ends = token_char_spans(sp_tok, ids, response)
+    texts = [response[s:e] for s, e in zip(starts, ends)]
+    assert "".join(texts) == response
+    # the leading '▁' adds nothing (the decoder strips it); the last byte of a character owns it
+    assert texts[:4] == ["", "t", "h", "e"]
+    assert texts[9:12] == ["", "", "猫"]
+    assert texts[15:19] == ["", "", "", "🎸"]
+    assert texts[-1] == ""  # </s>
+
+
+def test_token_char_spans_generation_cut_inside_a_character(sp_tok):
+    # max_new_tokens stopped after two of the emoji's four bytes: each lone byte shows as U+FFFD
+    ids = sp_tok("ok 🎸", add_special_tokens=False)["input_ids"][:-2]
+    response = sp_tok.decode(ids, skip_special_tokens=True)
+    assert response == "ok \ufffd\ufffd"
+    starts, ends = token_char_spans(sp_tok, ids, response)
+    assert [response[s:e] for s, e in zip(starts, ends)][-2:] == ["\ufffd", "\ufffd"]
