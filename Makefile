@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo bench lint clean
+.PHONY: setup test demo bench lint clean report-check
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,6 +22,11 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/run.py
+
+# The HTML report rendered in a real headless browser (needs Debian's chromium:
+# apt-get update && apt-get install -y chromium); without chromium that one test is skipped.
+report-check: setup
+	$(BIN)/python -m pytest -q tests/test_report_html.py -rs
 
 lint: setup
 	$(BIN)/ruff check .
