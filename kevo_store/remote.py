@@ -23,6 +23,7 @@ honoured; ``KEVO_STORAGE_OPTIONS`` may hold a JSON object of extra options for t
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -101,6 +102,33 @@ def storage_options(url: str) -> dict:
             raise RemoteStoreError("KEVO_STORAGE_OPTIONS must be a JSON object of filesystem options")
         opts.update(more)
     return opts
+
+
+_NETWORK_MODULES = ("botocore", "aiobotocore", "s3fs", "gcsfs", "aiohttp", "google", "adlfs", "azure", "requests")
+
+
+def _from_network_library(e: BaseException) -> bool:
+    return any(c.__module__.startswith(_NETWORK_MODULES) for c in type(e).__mro__)
+
+
+@contextlib.contextmanager
+def remote_errors(where: str, *, not_found: bool = False):
+    """Turn filesystem failures (network, credentials, permissions, and with ``not_found`` a
+    missing file) into one clear RemoteStoreError naming ``where``, instead of a traceback."""
+    try:
+        yield
+    except KevoError:
+        raise
+    except Exception as e:
+        if _from_network_library(e):
+            hint = ""
+            if scheme_of(where) in ("s3", "s3a"):
+                hint = ("; check AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3) and the credentials "
+                        "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)")
+            raise RemoteStoreError(f"{where}: cannot reach the store ({type(e).__name__}: {e}){hint}") from None
+        if isinstance(e, (OSError, TimeoutError)) and (not_found or not isinstance(e, FileNotFoundError)):
+            raise RemoteStoreError(f"{where}: {type(e).__name__}: {e}") from None
+        raise
 
 
 def filesystem(url: str, *, asynchronous: bool = False):
@@ -340,6 +368,25 @@ class RemoteFS(FsspecFS):
         if meta in self.declared():
             self.read_bytes(meta)  # checked by check_zarr_metadata before Zarr parses it
         return _ro_zarr_store_class()(_make_async(self._fs), self._p(rel), declared, self.root)
+
+
+def _guarded(name: str):
+    base = getattr(FsspecFS, name, None) or getattr(RemoteFS, name)
+    own = RemoteFS.__dict__.get(name, base)
+
+    def method(self, *args, **kwargs):
+        with remote_errors(self.root):
+            return own(self, *args, **kwargs)
+
+    method.__name__ = name
+    method.__doc__ = own.__doc__
+    return method
+
+
+# every access to a remote store reports network and credential failures as one clear message
+for _name in ("exists", "isdir", "read_bytes", "open", "size", "listdir", "walk_files", "disk_usage", "declared",
+              "sha256"):
+    setattr(RemoteFS, _name, _guarded(_name))
 
 
 def remote_store_fs(url: str) -> RemoteFS:

@@ -215,7 +215,7 @@ class PushResult:
     bytes: int
 
 
-def push(store: str | os.PathLike, url: str, *, force: bool = False, jobs: int = 8,
+def _push(store: str | os.PathLike, url: str, *, force: bool = False, jobs: int = 8,
          progress: bool = True) -> PushResult:
     """Upload a local store to ``url`` (any fsspec URL), data first and ``manifest.json`` last.
 
@@ -264,8 +264,6 @@ def push(store: str | os.PathLike, url: str, *, force: bool = False, jobs: int =
         # skip what an interrupted push already uploaded whole: same size, and (checked below) same bytes
         todo = [rel for rel in items if existing.get(rel) != sizes[rel] or declared[rel]["sha256"] is None]
         resumed = [rel for rel in items if rel not in set(todo)]
-        if not _is_local_fs(fs):
-            fs.makedirs(root, exist_ok=True)
         total = sum(sizes[r] for r in todo)
         with _progress(total, f"push {Path(src.root).name}", progress) as bar:
 
@@ -273,6 +271,8 @@ def push(store: str | os.PathLike, url: str, *, force: bool = False, jobs: int =
                 dst = f"{root}/{rel}"
                 if _is_local_fs(fs):
                     os.makedirs(os.path.dirname(dst), exist_ok=True)
+                elif not _object_store(fs):  # sftp, hdfs, ...: real directories
+                    fs.makedirs(dst.rsplit("/", 1)[0], exist_ok=True)
                 _copy_checked(lambda: src.open(rel, "rb"), lambda: fs.open(dst, "wb"), rel, declared[rel],
                               src.root, bar)
 
@@ -299,6 +299,12 @@ def push(store: str | os.PathLike, url: str, *, force: bool = False, jobs: int =
 def _is_local_fs(fs) -> bool:
     proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return proto in ("file", "local")
+
+
+def _object_store(fs) -> bool:
+    """Object stores have no directories to create (and creating one on S3 would create a bucket)."""
+    protos = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    return bool(protos & {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "memory", "r2"})
 
 
 def _store_layout(rel: str) -> bool:
@@ -357,7 +363,7 @@ class PullResult:
     hidden_layers: list[int] | None = None
 
 
-def pull(url: str, dest: str | os.PathLike, *, tables: Iterable[str] | None = None,
+def _pull(url: str, dest: str | os.PathLike, *, tables: Iterable[str] | None = None,
          layers: str | Iterable[int] | None = None, hidden: bool = True, jobs: int = 8,
          progress: bool = True) -> PullResult:
     """Download the store at ``url`` into the new directory ``dest``, every file checksummed.
@@ -479,6 +485,36 @@ def _pull_files(fs, root: str, dest: Path, take: list[str], declared: Mapping, l
         _run_parallel(down, take, jobs)
 
 
+def push(store: str | os.PathLike, url: str, *, force: bool = False, jobs: int = 8,
+         progress: bool = True) -> PushResult:
+    """Upload a local store to ``url``, data first and ``manifest.json`` last (see ``_push``).
+
+    Network, credential and permission failures become one RemoteStoreError naming ``url``.
+    """
+    from kevo_store.remote import remote_errors
+
+    with remote_errors(url, not_found=True):
+        return _push(store, url, force=force, jobs=jobs, progress=progress)
+
+
+def pull(url: str, dest: str | os.PathLike, *, tables: Iterable[str] | None = None,
+         layers: str | Iterable[int] | None = None, hidden: bool = True, jobs: int = 8,
+         progress: bool = True) -> PullResult:
+    """Download the store at ``url`` into the new directory ``dest``, whole or in part (see ``_pull``)."""
+    from kevo_store.remote import remote_errors
+
+    with remote_errors(os.fspath(url), not_found=True):
+        return _pull(url, dest, tables=tables, layers=layers, hidden=hidden, jobs=jobs, progress=progress)
+
+
+def verify_files(location: str | os.PathLike, *, jobs: int = 8) -> list[str]:
+    """File-level check of any store, local or remote (see ``_verify_files``)."""
+    from kevo_store.remote import remote_errors
+
+    with remote_errors(os.fspath(location), not_found=True):
+        return _verify_files(location, jobs=jobs)
+
+
 def _ranges(xs: list[int]) -> str:
     if not xs:
         return "none"
@@ -497,7 +533,7 @@ def _ranges(xs: list[int]) -> str:
 # verify (file level)
 
 
-def verify_files(location: str | os.PathLike, *, jobs: int = 8) -> list[str]:
+def _verify_files(location: str | os.PathLike, *, jobs: int = 8) -> list[str]:
     """Check every file a store declares, local or remote; returns the problems found (empty: OK).
 
     Refused outright (raises): an unsafe manifest, a link, a file the manifest does not name, a

@@ -192,3 +192,22 @@ def test_push_killed_midway_leaves_no_store_and_a_second_push_completes(s3, tmp_
         assert a.arrow(_ordered("tokens")).equals(b.arrow(_ordered("tokens")))
         uids = np.arange(a.rows("tokens"))
         assert np.array_equal(a.hidden(uids).view(np.uint16), b.hidden(uids).view(np.uint16))
+
+
+def test_unreachable_or_missing_destinations_give_one_clear_message(s3, local_store):
+    p = s3.run_kevo("store", "push", local_store, "s3://no-such-bucket-kevo/amber.kevo")
+    assert p.returncode == 1 and "no-such-bucket-kevo" in p.stderr and "Traceback" not in p.stderr
+    assert not s3.fs.exists("no-such-bucket-kevo")  # a push never creates a bucket
+    # nothing listening on the endpoint: one line naming the URL and what to check
+    from share_helpers import free_port
+
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}", "AWS_MAX_ATTEMPTS": "1"}
+    old = dict(s3.env)
+    s3.env.update(env)
+    try:
+        q = s3.run_kevo("sql", s3.url("amber.kevo"), "SELECT 1")
+    finally:
+        s3.env.clear()
+        s3.env.update(old)
+    assert q.returncode == 1 and "Traceback" not in q.stderr
+    assert "cannot reach the store" in q.stderr and "AWS_ENDPOINT_URL" in q.stderr
