@@ -458,6 +458,11 @@ def run_ingest(dataset: Dataset, config: IngestConfig, *, echo: Callable[[str], 
     items = list(dataset.items)
     if config.limit is not None:
         items = items[: config.limit]
+    seen: set[str] = set()
+    for it in items:
+        if it.key in seen:
+            raise IngestError(f"dataset {dataset.name!r}: two items share the key {it.key!r} (keys must be unique)")
+        seen.add(it.key)
     tokens_per_item = config.max_new_tokens + (_prompt_tokens_guess(items) if config.capture_prompt else 0)
     # the estimate covers what is left to do (read-only peek at a store being resumed; ranks' parts too)
     already = committed_keys(config.out) if ctx.rank == 0 else set()
@@ -637,6 +642,9 @@ def _run_rank(dataset, items, config, ctx, dims, skip, hidden_layers, estimate, 
                                    revision=config.revision)
         except ModelError as e:
             raise IngestError(str(e)) from None
+    if not getattr(adapter, "multimodal", True) and any(it.image_path is not None for it in items):
+        raise IngestError(f"model {config.model!r} ({adapter.family}) is text-only but dataset {dataset.name!r} "
+                          "has images: use an LVLM, or `kevo ingest text` for text-only prompts")
     model_dtype = str(adapter.model_info.get("dtype", "float32"))
     hidden_dtype = config.hidden_dtype if config.hidden_dtype != "auto" else (
         "bfloat16" if model_dtype == "bfloat16" else "float16")

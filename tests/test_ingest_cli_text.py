@@ -153,3 +153,14 @@ def test_no_resume_refuses_a_store_with_samples(run, model):
              "--max-new-tokens", MAX_NEW, "--batch-size", 3, "--dola", "--no-resume", check=False)
     _fails(p, "already holds 5 samples", "--no-resume")
     assert (run["out"] / "manifest.json").read_bytes() == before
+
+
+def test_images_with_a_text_only_model_fail_before_writing(tmp_path, model):
+    from tests.runner_helpers import make_images
+
+    images = make_images(tmp_path / "images", 2)
+    out = tmp_path / "x.kevo"
+    p = kevo("ingest", "folder", "--images", images, "--prompt", "Describe.", "--model", model, "--out", out,
+             check=False)
+    _fails(p, "is text-only", "folder")
+    assert not out.exists()

@@ -116,3 +116,12 @@ def test_systematic_generation_failure_stops_the_run_without_burning_samples(tmp
     assert c["samples"].num_rows == 0 and c["errors"].num_rows == 0  # nothing recorded: a re-run retries all
     r = run_ingest(Dataset("text", items), _config(path, out), adapter=ad, echo=lambda msg: None)
     assert (r.n_samples, r.n_errors, r.n_skipped) == (6, 0, 0)
+
+
+def test_duplicate_keys_are_refused_before_anything_is_written(tmp_path, llava):
+    path, ad = llava
+    items = _items({"a": "x", "b": "y"}) + _items({"a": "z"})
+    out = tmp_path / "dup.kevo"
+    with pytest.raises(IngestError, match="two items share the key 'text:a'"):
+        run_ingest(Dataset("text", items), _config(path, out), adapter=ad, echo=lambda m: None)
+    assert not out.exists()
