@@ -115,7 +115,7 @@ def sql(args: tuple[str, ...], fmt: str, output: str | None, max_rows: int) -> N
     stores = _parse_store_args(tuple(store_args))
     if fmt == "parquet" and not output:
         raise KevoError("--format parquet needs --output FILE (Parquet is not written to a terminal)")
-    from .reader import QueryError, one_line, open_stores
+    from .reader import open_stores, query_error
 
     first = next(iter(stores))
     ms = open_stores(stores, unqualified=first if len(stores) == 1 else None)
@@ -134,9 +134,7 @@ def sql(args: tuple[str, ...], fmt: str, output: str | None, max_rows: int) -> N
             return
         df = rel.pl()
     except duckdb.Error as e:
-        raise QueryError(one_line(e)) from None
-    finally:
-        pass
+        raise query_error(e, ms.roots) from None
     text = _render(df, fmt, max_rows)
     if output:
         with open(output, "w") as f:

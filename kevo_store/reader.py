@@ -15,7 +15,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from .errors import KevoError, QueryError, StoreError
+from .errors import CorruptStoreError, KevoError, QueryError, StoreError
 from .fs import StoreFS, store_fs
 from .hidden import HiddenReader
 from .manifest import load_manifest
@@ -64,26 +64,50 @@ def _connect() -> duckdb.DuckDBPyConnection:
 
 
 def _attach(con: duckdb.DuckDBPyConnection, fs: StoreFS, m: dict, schema_name: str | None) -> None:
-    if fs.fsspec() is not None:
-        con.register_filesystem(fs.fsspec())
+    ffs = fs.fsspec()
+    # one store may be attached twice (open_stores: under its alias and unqualified): register once
+    if ffs is not None and (ffs.protocol if isinstance(ffs.protocol, str) else ffs.protocol[0]) not in con.list_filesystems():
+        con.register_filesystem(ffs)
     prefix = ""
     if schema_name:
         con.execute(f"CREATE SCHEMA IF NOT EXISTS {_ident(schema_name)}")
         prefix = _ident(schema_name) + "."
     for name, files, schema in _table_entries(m):
-        con.execute(f"CREATE OR REPLACE VIEW {prefix}{_ident(name)} AS {view_sql(fs, files, schema)}")
+        try:
+            con.execute(f"CREATE OR REPLACE VIEW {prefix}{_ident(name)} AS {view_sql(fs, files, schema)}")
+        except duckdb.Error as e:  # creating the view reads the first file's footer
+            raise CorruptStoreError(f"{fs.root}: table '{name}' cannot be read ({one_line(e)}); "
+                                    f"run `kevo store verify {fs.root}`") from None
 
 
-def _run(con: duckdb.DuckDBPyConnection, query: str):
+def _run(con: duckdb.DuckDBPyConnection, query: str, roots: list[str] | None = None):
     try:
         return con.sql(query)
     except duckdb.Error as e:
-        raise QueryError(one_line(e)) from None
+        raise query_error(e, roots) from None
+
+
+# Errors in the SQL itself; anything else while reading (a bare duckdb.Error, IO, invalid input,
+# serialization) may be a damaged file, which DuckDB does not always name.
+_SQL_ERRORS = tuple(getattr(duckdb, n) for n in (
+    "ParserException", "BinderException", "CatalogException", "ConversionException", "OutOfRangeException",
+    "NotImplementedException", "ConstraintException", "TypeMismatchException", "SyntaxException",
+    "InterruptException", "OutOfMemoryException", "PermissionException") if hasattr(duckdb, n))
+
+
+def query_error(e: BaseException, roots: list[str] | None = None) -> QueryError:
+    """One line; when reading failed for a reason other than the SQL, say how to find the damaged file."""
+    msg = one_line(e)
+    if not isinstance(e, _SQL_ERRORS):
+        which = " or ".join(f"`kevo store verify {r}`" for r in (roots or ["STORE"]))
+        msg += f" (if a store file is damaged, {which} names it)"
+    return QueryError(msg)
 
 
 def one_line(e: BaseException) -> str:
     """DuckDB errors span several lines (a caret under the query); keep the message and any hint."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    text = "".join(c if c.isprintable() or c == "\n" else f"\\x{ord(c):02x}" for c in str(e))
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     keep = [lines[0]] if lines else [type(e).__name__]
     keep += [ln for ln in lines[1:] if ln.startswith(("Did you mean", "Candidate"))]
     return " ".join(keep)
@@ -103,20 +127,20 @@ class Store:
     # --- queries
     def sql(self, query: str):
         """Run SQL over the views; returns a polars.DataFrame."""
-        rel = _run(self.con, query)
+        rel = _run(self.con, query, [self.path])
         if rel is None:
             return None
         try:
             return rel.pl()
         except duckdb.Error as e:
-            raise QueryError(one_line(e)) from None
+            raise query_error(e, [self.path]) from None
 
     def arrow(self, query: str) -> pa.Table:
-        rel = _run(self.con, query)
+        rel = _run(self.con, query, [self.path])
         try:
             return rel.to_arrow_table() if rel is not None else pa.table({})
         except duckdb.Error as e:
-            raise QueryError(one_line(e)) from None
+            raise query_error(e, [self.path]) from None
 
     # --- manifest accessors
     @property
@@ -219,13 +243,23 @@ class Stores:
     def __getitem__(self, alias: str) -> Store:
         return self.stores[alias]
 
+    @property
+    def roots(self) -> list[str]:
+        return [s.path for s in self.stores.values()]
+
     def sql(self, query: str):
-        rel = _run(self.con, query)
-        return rel.pl() if rel is not None else None
+        rel = _run(self.con, query, self.roots)
+        try:
+            return rel.pl() if rel is not None else None
+        except duckdb.Error as e:
+            raise query_error(e, self.roots) from None
 
     def arrow(self, query: str) -> pa.Table:
-        rel = _run(self.con, query)
-        return rel.to_arrow_table() if rel is not None else pa.table({})
+        rel = _run(self.con, query, self.roots)
+        try:
+            return rel.to_arrow_table() if rel is not None else pa.table({})
+        except duckdb.Error as e:
+            raise query_error(e, self.roots) from None
 
     def close(self) -> None:
         self.con.close()

@@ -177,6 +177,25 @@ def test_verify_finds_corruption_and_truncation(stores, tmp_path):
     assert r.returncode == 1 and "table 'samples': 12 rows in its files, manifest says 13" in r.stderr
 
 
+def test_sql_on_a_damaged_store_says_one_line_and_points_to_verify(stores, tmp_path):
+    m = json.loads((stores / "amber.kevo" / "manifest.json").read_text())
+    bad = copy_store(stores / "amber.kevo", tmp_path / "trunc.kevo")
+    topk_file = m["tables"]["topk"]["files"][0]
+    with open(bad / topk_file, "r+b") as f:
+        f.truncate(100)
+    line = one_error_line(kevo("sql", bad, "SELECT count(*) FROM samples"))
+    assert "table 'topk' cannot be read" in line and topk_file in line and "kevo store verify" in line
+    bad = copy_store(stores / "amber.kevo", tmp_path / "garbled.kevo")
+    layers_file = bad / m["tables"]["layers"]["files"][0]
+    data = bytearray(layers_file.read_bytes())
+    for i in range(len(data) // 4, len(data) // 2):  # the column chunks, not the footer
+        data[i] ^= 0x5A
+    layers_file.write_bytes(bytes(data))
+    r = kevo("sql", bad, "SELECT sum(p_out), sum(entropy), sum(kl_final) FROM layers")
+    line = one_error_line(r)
+    assert f"kevo store verify {bad}" in line
+
+
 def test_format_version_check(stores, tmp_path):
     bad = copy_store(stores / "amber.kevo", tmp_path / "future.kevo")
     mm = json.loads((bad / "manifest.json").read_text())
