@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import KevoError, SchemaError, StoreError
+from .errors import CorruptStoreError, KevoError, SchemaError, StoreError
 from .fs import LocalFS, StoreFS
 
 HIDDEN_DIR = "hidden"
@@ -369,7 +369,11 @@ class HiddenReader:
             sel = uids[in_zarr]
             order = np.argsort(sel, kind="stable")
             uniq, inv = np.unique(sel[order], return_inverse=True)
-            block = self.arr.get_orthogonal_selection((uniq, lidx, slice(None)))
+            try:
+                block = self.arr.get_orthogonal_selection((uniq, lidx, slice(None)))
+            except Exception as e:  # a damaged chunk surfaces as a codec or shape error
+                raise CorruptStoreError(f"{self.fs.root}: hidden states unreadable ({type(e).__name__}: {e}); "
+                                        f"run `kevo store verify {self.fs.root}`") from None
             tmp = np.empty((sel.size, len(lidx), d), dtype=out.dtype)
             tmp[order] = block[inv]
             out[in_zarr] = tmp

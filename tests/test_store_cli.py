@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import store_helpers as H
 
-from kevo_store import FormatVersionError, StoreLockedError, StoreWriter, open_store, write_derived_table
+from kevo_store import CorruptStoreError, FormatVersionError, StoreLockedError, StoreWriter, open_store, write_derived_table
 
 KEVO = str(Path(sys.executable).with_name("kevo"))
 
@@ -194,6 +194,14 @@ def test_sql_on_a_damaged_store_says_one_line_and_points_to_verify(stores, tmp_p
     r = kevo("sql", bad, "SELECT sum(p_out), sum(entropy), sum(kl_final) FROM layers")
     line = one_error_line(r)
     assert f"kevo store verify {bad}" in line
+    # a damaged hidden chunk: a clear error from the reader, not a codec traceback
+    bad = copy_store(stores / "amber.kevo", tmp_path / "chunk.kevo")
+    chunk = bad / "hidden" / "c" / "1" / "2" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[10:30] = bytes(20)
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(CorruptStoreError, match="hidden states unreadable.*kevo store verify"):
+        open_store(bad).hidden(range(64, 128))
 
 
 def test_format_version_check(stores, tmp_path):
