@@ -16,7 +16,14 @@ import pyarrow.parquet as pq
 import pytest
 import store_helpers as H
 
-from kevo_store import CorruptStoreError, FormatVersionError, StoreLockedError, StoreWriter, open_store, write_derived_table
+from kevo_store import (
+    CorruptStoreError,
+    FormatVersionError,
+    StoreLockedError,
+    StoreWriter,
+    open_store,
+    write_derived_table,
+)
 
 KEVO = str(Path(sys.executable).with_name("kevo"))
 
