@@ -1,5 +1,5 @@
 -- name: divergence-curves
--- description: js_prev (and js_final) per layer by token class: median and interquartile range.
+-- description: js_prev per layer by token class: median and interquartile range (and the median js_final).
 -- param lens: str = 'final_norm'  -- lens mode: final_norm | raw
 -- param role: str = 'generated'   -- which tokens: generated | prompt | image
 SELECT COALESCE(t.label, 'non-object') AS token_class, y.layer, COUNT(*) AS n_tokens,
@@ -7,9 +7,7 @@ SELECT COALESCE(t.label, 'non-object') AS token_class, y.layer, COUNT(*) AS n_to
        QUANTILE_CONT(y.js_prev, 0.25) AS js_prev_q25,
        QUANTILE_CONT(y.js_prev, 0.75) AS js_prev_q75,
        AVG(y.js_prev) AS js_prev_mean,
-       MEDIAN(y.js_final) AS js_final_median,
-       QUANTILE_CONT(y.js_final, 0.25) AS js_final_q25,
-       QUANTILE_CONT(y.js_final, 0.75) AS js_final_q75
+       MEDIAN(y.js_final) AS js_final_median
 FROM layers y JOIN tokens t ON t.token_uid = y.token_uid
 WHERE y.lens = $lens AND t.role = $role
 GROUP BY COALESCE(t.label, 'non-object'), y.layer
