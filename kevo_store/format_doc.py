@@ -58,7 +58,9 @@ resumes by `sample_key` (samples and errors already committed are skipped). Comm
 rewritten. One writer at a time: `.lock` is created with O_EXCL; a lock whose process is gone (same host)
 is broken with a message. Closing compacts each table's parts into files of up to 2^26 rows
 (row groups of 2^20), writes the last partial hidden chunk and merges the chunk index, in one more
-commit; the replaced files are deleted after it.
+commit; the replaced files are deleted after it. Readers see a snapshot: the files named by the
+manifest they opened. A reader opened before a writer closed may therefore find compacted-away parts
+gone; opening the store again picks up the new manifest.
 
 ## manifest.json
 

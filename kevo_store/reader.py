@@ -264,6 +264,12 @@ class Stores:
     def close(self) -> None:
         self.con.close()
 
+    def __enter__(self) -> Stores:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def open_stores(stores: dict[str, str | os.PathLike] | list[str], unqualified: str | None = None) -> Stores:
     """Attach several stores to one connection, each as a schema named by its alias.

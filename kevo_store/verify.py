@@ -171,32 +171,36 @@ def _verify_hidden(fs: StoreFS, m: dict, h: dict, n_tokens: int, checksums: bool
             P(f"{rel}: unreadable chunk index ({type(e).__name__}: {e})")
     if any(rel in damaged for rel in h.get("index", [])):
         return
-    bad = 0
-    for key in chunk_keys(0, -(-zr // CHUNK_TOKENS), nl):
+    def check(key: str) -> tuple[str | None, int]:
+        """(problem or None, bytes checked) for one chunk; run in threads (hashing releases the GIL)."""
         rel = f"{HIDDEN_DIR}/{key}"
         ent = index.get(key)
         if ent is None:
-            P(f"{rel}: hidden chunk has no checksum in the chunk index")
-            bad += 1
-        elif not fs.exists(rel):
-            P(f"{rel}: hidden chunk missing")
-            bad += 1
-        else:
-            size = fs.size(rel)
-            if size != ent[1]:
-                P(f"{rel}: hidden chunk is {size} bytes, index says {ent[1]} (truncated)")
+            return f"{rel}: hidden chunk has no checksum in the chunk index", 0
+        if not fs.exists(rel):
+            return f"{rel}: hidden chunk missing", 0
+        size = fs.size(rel)
+        if size != ent[1]:
+            return f"{rel}: hidden chunk is {size} bytes, index says {ent[1]} (truncated)", 0
+        if checksums and fs.sha256(rel)[0] != ent[0]:
+            return f"{rel}: hidden chunk sha256 mismatch (corrupted)", 0
+        return None, size
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    bad = 0
+    keys = chunk_keys(0, -(-zr // CHUNK_TOKENS), nl)
+    with ThreadPoolExecutor(max_workers=min(8, 2 * (os.cpu_count() or 1))) as ex:
+        for problem, size in ex.map(check, keys):
+            if problem:
                 bad += 1
-            elif checksums:
-                sha, _ = fs.sha256(rel)
-                if sha != ent[0]:
-                    P(f"{rel}: hidden chunk sha256 mismatch (corrupted)")
-                    bad += 1
-                else:
-                    rep.checked_files += 1
-                    rep.checked_bytes += size
-        if bad >= 20:
-            P("hidden: stopping after 20 damaged chunks")
-            break
+                if bad <= 20:
+                    P(problem)
+            else:
+                rep.checked_files += 1
+                rep.checked_bytes += size
+    if bad > 20:
+        P(f"hidden: {bad} damaged chunks in all (the first 20 are listed)")
 
 
 def _verify_keys(fs: StoreFS, m: dict, rep) -> None:
