@@ -50,7 +50,7 @@ def ingest_options(f: Callable) -> Callable:
         click.option("--revision", default=None, help="Model revision (branch, tag or commit) for a hub id."),
         click.option("--dtype", default="auto", show_default=True,
                      type=click.Choice(["auto", "float32", "float16", "bfloat16"]),
-                     help="Weights dtype; auto = float32 on CPU, the checkpoint's dtype on GPU."),
+                     help="Weights dtype; auto = the checkpoint's own dtype."),
         click.option("--device", default=None,
                      help="cpu, cuda, cuda:1, mps … (default: cuda if available, else cpu; per rank LOCAL_RANK)."),
         click.option("--device-map", default=None,

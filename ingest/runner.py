@@ -68,7 +68,7 @@ class IngestConfig:
     revision: str | None = None
     """Model revision for a hub id."""
     dtype: str = "auto"
-    """Weights dtype: auto | float32 | float16 | bfloat16."""
+    """Weights dtype: auto (the checkpoint's) | float32 | float16 | bfloat16."""
     device: str | None = None
     """Device (cpu, cuda, cuda:1); None = cuda:LOCAL_RANK if available, else cpu."""
     device_map: str | None = None

@@ -56,6 +56,17 @@ class _Part:
         self.sample_id_of = dict(zip(self.samples.column("sample_key").to_pylist(),
                                      self.samples.column("sample_id").to_pylist()))
         self.error_row_of = {k: i for i, k in enumerate(self.errors.column("sample_key").to_pylist())}
+        self._ntok: dict[int, int] | None = None
+
+    def n_tokens(self, key: str) -> int:
+        """Token rows of the sample ``key`` (to size commits)."""
+        if self._ntok is None:
+            files = self.files("tokens")
+            sid = (pq.read_table(files, columns=["sample_id"]).column(0).to_numpy() if files
+                   else np.zeros(0, np.int64))
+            ids, counts = np.unique(sid, return_counts=True)
+            self._ntok = dict(zip(ids.tolist(), counts.tolist()))
+        return int(self._ntok.get(self.sample_id_of[key], 0))
 
     def files(self, table: str) -> list[str]:
         return [self.fs.full(f) for f in self.m["tables"][table]["files"]]
@@ -125,7 +136,7 @@ def join_parts(parts: Sequence[str | os.PathLike], out: str | os.PathLike, keys:
             group.append(k)
             i, kind = where[k]
             if kind == "sample":
-                n_tok += _n_tokens(ps[i], k)
+                n_tok += ps[i].n_tokens(k)
             if len(group) >= samples_per_commit or n_tok >= tokens_per_commit:
                 _copy_group(w, ps, where, group, stats)
                 group, n_tok = [], 0
@@ -134,19 +145,29 @@ def join_parts(parts: Sequence[str | os.PathLike], out: str | os.PathLike, keys:
     return stats
 
 
-def _n_tokens(p: _Part, key: str) -> int:
-    if not hasattr(p, "_ntok"):
-        t = p.table("tokens").select(["sample_id"])
-        counts = pc.value_counts(t.column("sample_id").combine_chunks()) if t.num_rows else pa.array([])
-        p._ntok = {c["values"].as_py(): c["counts"].as_py() for c in counts} if t.num_rows else {}
-    return int(p._ntok.get(p.sample_id_of[key], 0))
-
-
 def _copy_group(w: StoreWriter, ps: list[_Part], where: dict, group: list[str], stats: JoinStats) -> None:
+    # one read per part and table for the whole group, then the rows are laid out in key order
+    by_part: dict[int, list[str]] = {}
+    for k in group:
+        i, kind = where[k]
+        if kind == "sample":
+            by_part.setdefault(i, []).append(k)
+    part_tokens: dict[int, pa.Table] = {}
+    part_hidden: dict[int, np.ndarray] = {}
+    for i, keys in by_part.items():
+        p = ps[i]
+        sids = [p.sample_id_of[k] for k in keys]
+        t = p.table("tokens", filters=[("sample_id", "in", sids)]).sort_by("token_uid")
+        part_tokens[i] = t
+        if p.hidden is not None and t.num_rows:
+            h = p.hidden.read(t.column("token_uid").to_numpy())
+            if p.hidden.sec["logical_dtype"] == "bfloat16":
+                h = hid.float32_to_bf16_bits(h)  # exact: the values are bfloat16 numbers
+            part_hidden[i] = h
+
     samples, tokens, layers, topk, hidden, errors = [], [], [], [], [], []
     offset = 0
-    # per part: old uids (sorted) -> new batch-local uids
-    remap: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+    remap: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}  # part -> (old uids, new uids)
     for k in group:
         i, kind = where[k]
         p = ps[i]
@@ -154,23 +175,19 @@ def _copy_group(w: StoreWriter, ps: list[_Part], where: dict, group: list[str], 
             errors.append(p.errors.slice(p.error_row_of[k], 1))
             continue
         sid = p.sample_id_of[k]
-        s = p.samples.filter(pc.equal(p.samples.column("sample_id"), sid))
-        samples.append(s.drop_columns(["sample_id"]))
-        t = p.table("tokens", filters=[("sample_id", "=", sid)]).sort_by("token_uid")
+        samples.append(p.samples.filter(pc.equal(p.samples.column("sample_id"), sid)).drop_columns(["sample_id"]))
+        pt = part_tokens[i]
+        rows = np.flatnonzero(pt.column("sample_id").to_numpy() == sid)
+        t = pt.take(pa.array(rows, pa.int64()))
         old = t.column("token_uid").to_numpy()
         new = np.arange(offset, offset + len(old), dtype=np.int64)
         offset += len(old)
-        olds, news = remap.setdefault(i, ([], []))
-        olds.append(old)
-        news.append(new)
+        remap.setdefault(i, ([], []))[0].append(old)
+        remap[i][1].append(new)
         t = t.set_column(t.schema.get_field_index("token_uid"), "token_uid", pa.array(new))
-        t = t.drop_columns(["sample_id"]).append_column("sample_key", pa.array([k] * len(old), pa.string()))
-        tokens.append(t)
-        if p.hidden is not None and len(old):
-            h = p.hidden.read(old)
-            if p.hidden.sec["logical_dtype"] == "bfloat16":
-                h = hid.float32_to_bf16_bits(h)  # exact: the values are bfloat16 numbers
-            hidden.append(h)
+        tokens.append(t.drop_columns(["sample_id"]).append_column("sample_key", pa.array([k] * len(old), pa.string())))
+        if i in part_hidden:
+            hidden.append(part_hidden[i][rows])
     for i, (olds, news) in remap.items():
         old = np.concatenate(olds)
         new = np.concatenate(news)
@@ -182,8 +199,7 @@ def _copy_group(w: StoreWriter, ps: list[_Part], where: dict, group: list[str], 
             t = ps[i].token_rows(name, int(old_s[0]), int(old_s[-1]), old_s)
             if t.num_rows:
                 u = t.column("token_uid").to_numpy()
-                t = t.set_column(0, "token_uid", pa.array(new_s[np.searchsorted(old_s, u)]))
-                acc.append(t)
+                acc.append(t.set_column(0, "token_uid", pa.array(new_s[np.searchsorted(old_s, u)])))
 
     def cat(ts):
         return pa.concat_tables(ts) if ts else None
