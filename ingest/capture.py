@@ -201,9 +201,11 @@ def capture(adapter: Adapter, prompt_texts: list[str], images: list | None, sett
         raise RuntimeError(f"expected {L + 1} hidden states per step, got {len(hs[0])}")
     eos = set(adapter.eos_token_ids)
     S = new_ids.shape[1]
+    dev = unembedding.device  # with a device_map, layers (and their hidden states) span devices
     # (S, L+1, B, D): the last position of every step, all layers
-    steps = torch.stack([torch.stack([h[:, -1] for h in step]) for step in hs[:S]])
-    prefill = torch.stack(hs[0]) if settings.capture_prompt else None  # (L+1, B, T, D)
+    steps = torch.stack([torch.stack([h[:, -1].to(dev) for h in step]) for step in hs[:S]])
+    prefill = torch.stack([h.to(dev) for h in hs[0]]) if settings.capture_prompt else None  # (L+1, B, T, D)
+    del hs
 
     per_sample_h, meta = [], []
     image_ids = adapter.image_token_ids
@@ -224,8 +226,8 @@ def capture(adapter: Adapter, prompt_texts: list[str], images: list | None, sett
         out_ids = [torch.as_tensor(ids[:n_gen], device=steps.device)]
         # the sample's real positions (left padding; some processors, e.g. InstructBLIP's, put
         # the image tokens before the padding, so select by the mask rather than slicing)
-        valid = torch.nonzero(batch.inputs["attention_mask"][i]).squeeze(1)
-        input_ids = batch.input_ids[i, valid]
+        valid = torch.nonzero(batch.inputs["attention_mask"][i]).squeeze(1).to(dev)
+        input_ids = batch.input_ids[i].to(dev)[valid]
         if settings.capture_prompt:
             ph = prefill[:, i, valid].transpose(0, 1)  # (n_prompt, L+1, D)
             in_np = input_ids.cpu().numpy().astype(np.int32)
@@ -248,26 +250,15 @@ def capture(adapter: Adapter, prompt_texts: list[str], images: list | None, sett
                          tok=tok, prow=prow, pcol=pcol, out_ids=out_ids, input_ids=input_ids,
                          gen=new_ids[i, :n_gen]))
 
-    # one lens pass over all rows of the batch; prompt rows use their own last-layer argmax
+    # one lens pass over all rows of the batch; prompt rows (-1) use their own last-layer argmax
     flat_h = [h for rows in per_sample_h for h in rows]
     flat_out = [o for m in meta for o in m["out_ids"]]
     sizes = [h.shape[0] for h in flat_h]
     H = torch.cat(flat_h, 0) if flat_h else steps.new_zeros((0, L + 1, adapter.hidden_size))
     known = torch.cat([o if o is not None else torch.full((s,), -1, device=H.device, dtype=torch.long)
                        for o, s in zip(flat_out, sizes)]).long()
-    lens: dict[str, LensResult] = {}
-    for mode in settings.lens_modes:
-        res = compute_lens(unembedding, H, None if (known < 0).all() else known.clamp(min=0), mode=mode,
-                           top_k=settings.top_k, dola=settings.dola, chunk_bytes=settings.lens_chunk_bytes)
-        if (known < 0).any() and not (known < 0).all():
-            # prompt rows: redo p_out/logit_out/rank_out against their own last-layer top-1
-            sel = torch.nonzero(known < 0).squeeze(1)
-            fix = compute_lens(unembedding, H[sel], None, mode=mode, top_k=settings.top_k, dola=settings.dola,
-                               chunk_bytes=settings.lens_chunk_bytes)
-            s_np = sel.cpu().numpy()
-            for k in ("p_out", "logit_out", "rank_out"):
-                getattr(res, k)[s_np] = getattr(fix, k)
-        lens[mode] = res
+    lens = {mode: compute_lens(unembedding, H, known, mode=mode, top_k=settings.top_k, dola=settings.dola,
+                               chunk_bytes=settings.lens_chunk_bytes) for mode in settings.lens_modes}
 
     hidden_layers = settings.resolve_hidden_layers(L)
     hidden_np = _to_storage(H[:, hidden_layers], settings.hidden_dtype) if hidden_layers else None

@@ -170,8 +170,8 @@ def compute_lens(
     dola: bool = False,
     chunk_bytes: int = 256 << 20,
 ) -> LensResult:
-    """Lens statistics for ``hidden`` (N, L+1, D); ``out_ids`` (N,) the emitted tokens, or None to use
-    each token's last-layer argmax (e.g. for prompt positions)."""
+    """Lens statistics for ``hidden`` (N, L+1, D); ``out_ids`` (N,) the emitted tokens; where an id is
+    negative (or out_ids is None) the token's own last-layer argmax is used (prompt positions)."""
     n, nl, _ = hidden.shape
     V = unembedding.vocab_size
     if top_k > V:
@@ -182,7 +182,9 @@ def compute_lens(
     parts: dict[str, list[np.ndarray]] = {}
     for s in range(0, n, c):
         logits = unembedding.logits(hidden[s : s + c], mode=mode)
-        ids = logits[:, -1].argmax(-1) if out_ids is None else out_ids[s : s + c].to(logits.device).long()
+        top = logits[:, -1].argmax(-1)
+        ids = top if out_ids is None else out_ids[s : s + c].to(logits.device).long()
+        ids = torch.where(ids < 0, top, ids)
         stats = _chunk_stats(logits, ids, top_k, dola)
         del logits
         for k, v in stats.items():

@@ -85,3 +85,20 @@ def test_settings_validation():
         CaptureSettings(hidden_layers="some")
     with pytest.raises(ValueError, match=r"out of range.*0\.\.3"):
         CaptureSettings(hidden_layers=(5,)).resolve_hidden_layers(3)
+
+
+def test_bfloat16_model():
+    """A bf16 model: the fp32 lens of its bf16 hidden states reproduces its own logits to bf16 precision."""
+    ad = load_adapter(str(tiny_model_dir("llava")), dtype="bfloat16")
+    assert ad.model_info["dtype"] == "bfloat16"
+    texts = [ad.build_prompt("Describe this image.", True)]
+    b = ad.encode(texts, [tiny_image()])
+    cap = capture(ad, texts, [tiny_image()], CaptureSettings(max_new_tokens=4, hidden_dtype="bfloat16"))[0]
+    with torch.no_grad():
+        ref = ad.model.generate(**ad.generate_inputs(b), max_new_tokens=4, do_sample=False,
+                                eos_token_id=ad.eos_token_ids, output_logits=True, return_dict_in_generate=True)
+    T = b.input_ids.shape[1]
+    assert cap.generated_ids.tolist() == ref.sequences[0, T:].tolist()[: cap.n_generated]
+    own = torch.stack(ref.logits)[: cap.n_generated, 0].float().numpy()
+    got = cap.lens["final_norm"].logit_out[:, -1]
+    np.testing.assert_allclose(got, own[np.arange(cap.n_generated), cap.generated_ids], rtol=2e-2, atol=2e-2)
