@@ -1,5 +1,5 @@
 -- name: stage-distribution
--- description: Per layer, how many tokens are in the rapid, stabilisation and mutation stage (the stage histogram of a whole dataset).
+-- description: Per layer, how many tokens are in the rapid, stabilisation and mutation stage (the stage histogram of a whole dataset; every token is assumed to have every layer).
 -- param lens: str = 'final_norm'   -- lens mode: final_norm | raw
 -- param role: str = 'generated'    -- which tokens: generated | prompt | image
 -- param tau: float = 0.5           -- top-1 probability that defines the critical layer
@@ -60,13 +60,24 @@ stages AS (  -- rapid evolution [0, c), stabilisation [c, m), mutation [m, L]
                 ELSE COALESCE(f.mutation_layer, c.last_layer + 1) - c.critical_layer END AS stable_layers,
            CASE WHEN f.mutation_layer IS NULL THEN 0 ELSE c.last_layer + 1 - f.mutation_layer END AS mutation_layers
     FROM crit c LEFT JOIN first_event f ON f.token_uid = c.token_uid
-)
-SELECT l.layer,
-       SUM(CASE WHEN g.critical_layer IS NULL OR l.layer < g.critical_layer THEN 1 ELSE 0 END) AS n_rapid,
-       SUM(CASE WHEN l.layer >= g.critical_layer AND (g.mutation_layer IS NULL OR l.layer < g.mutation_layer)
-                THEN 1 ELSE 0 END) AS n_stable,
-       SUM(CASE WHEN l.layer >= g.mutation_layer THEN 1 ELSE 0 END) AS n_mutation,
-       COUNT(*) AS n_tokens
-FROM l JOIN stages g ON g.token_uid = l.token_uid
-GROUP BY l.layer
-ORDER BY l.layer
+),
+layer_list AS (SELECT DISTINCT layer FROM l),
+c_hist AS (SELECT critical_layer AS layer, COUNT(*) AS n FROM stages WHERE critical_layer IS NOT NULL GROUP BY critical_layer),
+m_hist AS (SELECT mutation_layer AS layer, COUNT(*) AS n FROM stages WHERE mutation_layer IS NOT NULL GROUP BY mutation_layer),
+reached AS (  -- tokens whose critical layer is at or before each layer (cumulative, on the small histograms)
+    SELECT ll.layer, SUM(h.n) AS n FROM layer_list ll JOIN c_hist h ON h.layer <= ll.layer GROUP BY ll.layer
+),
+mutated AS (
+    SELECT ll.layer, SUM(h.n) AS n FROM layer_list ll JOIN m_hist h ON h.layer <= ll.layer GROUP BY ll.layer
+),
+total AS (SELECT COUNT(*) AS n_tokens FROM stages)
+SELECT ll.layer,
+       total.n_tokens - COALESCE(r.n, 0) AS n_rapid,
+       COALESCE(r.n, 0) - COALESCE(m.n, 0) AS n_stable,
+       COALESCE(m.n, 0) AS n_mutation,
+       total.n_tokens
+FROM layer_list ll
+CROSS JOIN total
+LEFT JOIN reached r ON r.layer = ll.layer
+LEFT JOIN mutated m ON m.layer = ll.layer
+ORDER BY ll.layer
