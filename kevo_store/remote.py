@@ -158,6 +158,51 @@ _protocol_ids = itertools.count()
 _protocol_lock = threading.Lock()
 
 
+class _CountingFile:
+    """A read-only file that adds the bytes it fetches to its filesystem's ``bytes_read``.
+
+    Fetched, not returned: with a read-ahead cache the two differ, and the network cost is what
+    ``bytes_read`` is for.
+    """
+
+    def __init__(self, f, owner, rel: str):
+        self._f, self._owner, self._rel = f, owner, rel
+        self._returned = 0
+        self._counted = 0
+
+    def _count(self, n: int) -> None:
+        self._returned += n
+        cache = getattr(self._f, "cache", None)
+        fetched = self._returned
+        if cache is not None and getattr(cache, "name", "none") != "none":
+            fetched = max(getattr(cache, "total_requested_bytes", 0), 0)
+        delta, self._counted = fetched - self._counted, fetched
+        self._owner.bytes_read += delta
+        self._owner.bytes_read_by[self._rel] = self._owner.bytes_read_by.get(self._rel, 0) + delta
+
+    def read(self, n=-1):
+        data = self._f.read(n)
+        self._count(len(data))
+        return data
+
+    def readinto(self, b):
+        n = self._f.readinto(b)
+        self._count(n or 0)
+        return n
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+    def __iter__(self):
+        return iter(self._f)
+
+
 def _ro_filesystem_class():
     from fsspec.implementations.dirfs import DirFileSystem
 
@@ -178,6 +223,8 @@ def _ro_filesystem_class():
             self._declared = dict(declared)
             self._where = where
             self.bytes_opened = 0  # sum of the sizes of files opened (diagnostics)
+            self.bytes_read = 0  # bytes actually fetched through this filesystem (diagnostics, tests)
+            self.bytes_read_by: dict[str, int] = {}  # the same, per store file
 
         def _strip_protocol(self, path):
             if isinstance(path, str):
@@ -196,6 +243,9 @@ def _ro_filesystem_class():
             if "r" not in mode or any(c in mode for c in "wax+"):
                 raise PermissionError(f"{self._where} is opened read-only (mode {mode!r})")
             rel = self._rel(path)
+            # no read-ahead cache: s3fs would otherwise fetch 50 MB past every position DuckDB reads,
+            # and DuckDB already asks for exactly the byte ranges (footer, column chunks) it needs
+            kwargs.setdefault("cache_type", "none")
             f = super().open(rel, mode, *args, **kwargs)
             size = getattr(f, "size", None)
             if size is None:
@@ -206,7 +256,7 @@ def _ro_filesystem_class():
                     f"{self._where}: refused: {rel!r} is {size} bytes, the manifest declares {self._declared[rel]}"
                 )
             self.bytes_opened += size
-            return f
+            return _CountingFile(f, self, rel)
 
         def info(self, path, **kwargs):
             rel = self._rel(path)

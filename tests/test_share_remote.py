@@ -123,6 +123,31 @@ def test_only_what_a_query_touches_is_downloaded(s3, local_store):
     assert p.stdout.split() == ["n", "6"]
 
 
+def test_a_query_fetches_only_the_columns_it_reads(s3, tmp_path):
+    # no hidden states; big enough that a table's data dwarfs its footer
+    store = write_sample_range(tmp_path / "cols.kevo", synth(n_samples=60, n_tokens=20, hidden_size=None), 0, 60,
+                               batch_samples=60)
+    url = s3.url("cols/cols.kevo")
+    s3.run_kevo("store", "push", store, url, check=True)
+    with open_store(store) as loc:
+        want = loc.sql("SELECT sum(p_out) AS s FROM layers")["s"][0]
+    with open_store(url) as s:
+        ffs = s.fs.fsspec()
+        m = s.manifest
+        layers_bytes = sum(m["files"][f]["size"] for f in m["tables"]["layers"]["files"])
+
+        def fetched(table: str) -> int:
+            return sum(ffs.bytes_read_by.get(f, 0) for f in m["tables"][table]["files"])
+
+        base = {t: fetched(t) for t in ("layers", "topk")}  # opening reads each table's footer
+        assert s.sql("SELECT count(*) AS n FROM samples")["n"][0] == 60
+        assert {t: fetched(t) for t in ("layers", "topk")} == base  # nothing more of the big tables
+        assert s.sql("SELECT sum(p_out) AS s FROM layers")["s"][0] == want
+        # one column of thirteen (and the footer): a fraction of the file, and nothing of topk
+        assert fetched("layers") - base["layers"] < 0.3 * layers_bytes
+        assert fetched("topk") == base["topk"]
+
+
 def test_remote_verify_finds_a_tampered_object(s3, local_store):
     url = s3.url("v/amber.kevo")
     s3.run_kevo("store", "push", local_store, url, check=True)
