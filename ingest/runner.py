@@ -447,6 +447,7 @@ def run_ingest(dataset: Dataset, config: IngestConfig, *, echo: Callable[[str], 
     if bad or not config.lens_modes:
         raise IngestError(f"--lens {','.join(config.lens_modes)}: modes are {', '.join(schema.LENS_MODES)}")
 
+    _check_out(config.out)
     # validate layer options against the checkpoint before loading any weights
     dims = model_dims(config.model, config.revision)
     skip = parse_layer_spec(config.skip_layers, dims.n_layers, "--skip-layers") if config.skip_layers else []
@@ -501,6 +502,15 @@ def run_ingest(dataset: Dataset, config: IngestConfig, *, echo: Callable[[str], 
         return result
     finally:
         ctx.shutdown()
+
+
+def _check_out(out: str) -> None:
+    """--out must be a store, or not exist yet, or be an empty directory (checked before loading the model)."""
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise IngestError(f"--out {out} exists and is not a directory")
+    if p.is_dir() and not (p / "manifest.json").is_file() and any(x.name != ".lock" for x in p.iterdir()):
+        raise IngestError(f"--out {out} is a non-empty directory that is not a kevo store; choose another path")
 
 
 def _hidden_layers(spec: str, n_layers: int) -> list[int]:

@@ -125,3 +125,13 @@ def test_duplicate_keys_are_refused_before_anything_is_written(tmp_path, llava):
     with pytest.raises(IngestError, match="two items share the key 'text:a'"):
         run_ingest(Dataset("text", items), _config(path, out), adapter=ad, echo=lambda m: None)
     assert not out.exists()
+
+
+def test_out_that_is_not_a_store_is_refused_before_loading(tmp_path, llava):
+    path, ad = llava
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    with pytest.raises(IngestError, match="non-empty directory that is not a kevo store"):
+        run_ingest(Dataset("text", _items({"a": "x"})), _config(path, out), echo=lambda m: None)
+    assert [p.name for p in out.iterdir()] == ["thesis.tex"]
