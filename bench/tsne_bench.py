@@ -1,0 +1,62 @@
+"""Benchmark 6: openTSNE as ``kevo embed`` runs it, on
+
+- 384 points (the paper's figure: 12 images x 32 layers of one answer token), D = 4,096: the whole
+  of ``queries.embed.embed_points`` (exact PCA to 50 dimensions by SVD, then openTSNE);
+- 20,000 points x 4,096 dimensions (e.g. 600 images x 33 layers): openTSNE with embed_points'
+  settings (perplexity 30, PCA initialisation, n_jobs) on a 50-D PCA. The PCA here is randomized
+  (``torch.pca_lowrank``), timed apart: kevo's exact SVD (``queries.embed.pca``) costs O(n D^2) and
+  is timed on 2,000 points only, to keep ``make bench`` short (its 20,000-point time is recorded
+  separately in BENCHMARKS.md when measured).
+
+Points are synthetic hidden states: per layer a centre, per image a spread that shrinks in the middle
+layers (the "neck" of the paper's guitar figure), float32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bench.common import r3, timed
+
+
+def points(n: int, d: int = 4096, layers: int = 32, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((layers, d)).astype(np.float32) * 3
+    lay = np.arange(n) % layers
+    sigma = (0.3 + 1.5 * np.abs(lay / layers - 0.55)).astype(np.float32)
+    return centres[lay] + rng.standard_normal((n, d), dtype=np.float32) * sigma[:, None]
+
+
+def _randomized_pca(x: np.ndarray, k: int) -> np.ndarray:
+    import torch
+
+    t = torch.from_numpy(x)
+    _, _, v = torch.pca_lowrank(t, q=k, center=True, niter=4)
+    return ((t - t.mean(0)) @ v).numpy().astype(np.float64)
+
+
+def run(small: int = 384, large: int | None = 20000, exact_pca_points: int | None = 2000, n_jobs: int = 1,
+        d: int = 4096) -> dict:
+    from openTSNE import TSNE
+
+    from queries.embed import PCA_DIMS, embed_points, pca
+
+    out: dict = {}
+    x = points(small, d, layers=32)
+    t_pca, _ = timed(pca, x, PCA_DIMS)
+    t_all, (y, info) = timed(embed_points, x, "tsne", n_jobs=n_jobs)
+    out["small"] = {"points": small, "dims": d, "exact_pca_s": r3(t_pca, 4), "embed_points_total_s": r3(t_all, 4),
+                    "tsne_s": r3(max(t_all - t_pca, 0.0), 4), "finite": bool(np.isfinite(y).all()), **info}
+    if exact_pca_points:
+        xe = points(exact_pca_points, d, layers=33)
+        out["exact_pca"] = {"points": exact_pca_points, "dims": d, "seconds": r3(timed(pca, xe, PCA_DIMS)[0], 4)}
+    if large:
+        xl = points(large, d, layers=33)
+        t_rp, r = timed(_randomized_pca, xl, PCA_DIMS)
+        tsne = TSNE(n_components=2, perplexity=30.0, random_state=0, n_jobs=n_jobs, initialization="pca",
+                    verbose=False)
+        t_ts, yl = timed(tsne.fit, r)
+        out["large"] = {"points": large, "dims": d, "randomized_pca_s": r3(t_rp, 4), "tsne_s": r3(t_ts, 4),
+                        "total_s": r3(t_rp + t_ts, 4), "finite": bool(np.isfinite(np.asarray(yl)).all()),
+                        "n_jobs": n_jobs}
+    return out
