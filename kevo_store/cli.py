@@ -255,6 +255,20 @@ def info(store_path: str, as_json: bool) -> None:
     click.echo("\n".join(lines))
 
 
+@store.command("compact")
+@click.argument("store_path", metavar="STORE")
+def compact(store_path: str) -> None:
+    """Finish a store whose writer did not close (a crash, kill -9): remove the files of the batch
+    that was in flight, compact the per-batch parts, write the last hidden chunk. Adds no data."""
+    from .writer import StoreWriter
+
+    w = StoreWriter(store_path)
+    before = sum(len(e["files"]) for e in w.manifest["tables"].values())
+    w.close()
+    after = sum(len(e["files"]) for e in w.manifest["tables"].values())
+    click.echo(f"compacted {w.path}: {before} table files -> {after}; {w.n_samples:,} samples, {w.n_tokens:,} tokens")
+
+
 @store.command("verify")
 @click.argument("store_path", metavar="STORE")
 @click.option("--quick", is_flag=True, help="Check sizes, footers and counts but skip the sha256 of every file.")

@@ -116,7 +116,7 @@ class StoreWriter:
     meta: the manifest sections ``model``, ``lens``, ``generation``, ``dataset``, ``capture``.
         On resume, keys of ``model``/``lens``/``generation`` must equal the stored ones; the other
         sections are merged.
-    hidden_size: D; None stores no hidden states.
+    hidden_size: D; None stores no hidden states (when creating) or keeps the store's (when resuming).
     hidden_layers: the layers whose hidden states are kept (axis 1 of ``hidden``); None = 0..L
         with L = ``meta["model"]["n_layers"]``.
     hidden_dtype: "float16" or "bfloat16" (kept as uint16 bits).
@@ -214,10 +214,11 @@ class StoreWriter:
         for sec in META_SECTIONS:
             m.setdefault(sec, {}).update((meta or {}).get(sec) or {})
         have = m.get("hidden")
+        if want_hidden is None:
+            return  # no hidden arguments: keep what the store has (e.g. `kevo store compact`)
         if want_hidden is not None or have is not None:
-            if have is None or want_hidden is None:
-                raise StoreError(f"{where}: hidden states were {'not ' if have is None else ''}captured in this store "
-                                 f"but {'are' if want_hidden else 'are not'} asked for now")
+            if have is None:
+                raise StoreError(f"{where}: hidden states were not captured in this store but are asked for now")
             for k in ("layers", "hidden_size", "logical_dtype"):
                 if have[k] != want_hidden[k]:
                     raise StoreError(f"{where}: hidden.{k} is {have[k]!r} in the store, not {want_hidden[k]!r}")

@@ -178,3 +178,22 @@ def test_sigkill_before_the_first_commit(tmp_path, reference):
     r2 = run_child(path, "none")
     assert r2.returncode == 0, r2.stderr[-2000:]
     assert_same_store(reference, path)
+
+
+def test_store_compact_finishes_a_crashed_store(tmp_path, reference):
+    path = tmp_path / "left.kevo"
+    assert run_child(path, "before-manifest").returncode == -signal.SIGKILL
+    r = kevo("store", "compact", str(path))
+    assert r.returncode == 0, r.stderr
+    assert "breaking the stale lock" in r.stderr and "compacted" in r.stdout
+    s = open_store(path)
+    assert s.manifest["state"] == "closed" and s.rows("samples") == 9
+    assert all("/part-" not in f for t in ("samples", "tokens", "layers", "topk") for f in s.manifest["tables"][t]["files"])
+    v = kevo("store", "verify", str(path))
+    assert v.returncode == 0 and "not named" not in v.stderr, v.stderr
+    n = s.rows("tokens")
+    ref = open_store(reference)
+    np.testing.assert_array_equal(s.hidden(np.arange(n)).view(np.uint16), ref.hidden(np.arange(n)).view(np.uint16))
+    got = s.arrow("SELECT * FROM layers ORDER BY token_uid, lens, layer")
+    want = ref.arrow(f"SELECT * FROM layers WHERE token_uid < {n} ORDER BY token_uid, lens, layer")
+    assert got.equals(want)
