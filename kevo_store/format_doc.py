@@ -54,7 +54,8 @@ STORE/
 Each batch is one commit: its Parquet parts, hidden chunks, chunk index and tail are written under new
 names and hashed, then `manifest.json` is replaced atomically (temporary file + rename). A crash loses at
 most the batch in flight; the next writer deletes the files no manifest names (the crashed batch's) and
-resumes by `sample_key` (samples and errors already committed are skipped). Committed files are never
+resumes by `sample_key` (samples and errors already committed are skipped); `kevo store compact`
+finishes such a store without adding data. Committed files are never
 rewritten. One writer at a time: `.lock` is created with O_EXCL; a lock whose process is gone (same host)
 is broken with a message. Closing compacts each table's parts into files of up to 2^26 rows
 (row groups of 2^20), writes the last partial hidden chunk and merges the chunk index, in one more
