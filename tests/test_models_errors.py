@@ -71,3 +71,19 @@ def test_model_info_and_images_on_text_model():
                                                                                           "float32")
     with pytest.raises(ValueError, match="text-only"):
         ad.build_prompt("hi", has_image=True)
+
+
+def test_hub_id_resolved_from_local_cache(tmp_path, monkeypatch):
+    """A hub id is found in the Hugging Face cache layout (refs/main -> snapshots/<commit>), offline."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--kevo-tests--tiny-llava"
+    shutil.copytree(tiny_model_dir("llava"), repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ad = load_adapter("kevo-tests/tiny-llava", dtype="float32")
+    assert ad.family == "llava"
+    assert ad.model_info["id"] == "kevo-tests/tiny-llava" and ad.model_info["revision"] == commit
+    with pytest.raises(ModelError, match="nor in the Hugging Face cache"):
+        load_adapter("kevo-tests/tiny-llava", revision="v9")

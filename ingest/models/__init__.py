@@ -54,21 +54,21 @@ def resolve_model_path(model: str, revision: str | None = None) -> tuple[Path, s
         return p.resolve(), revision
     if p.exists():
         raise ModelError(f"model {model!r} is a file, not a model directory")
-    looks_like_path = model.startswith((".", "/", "~")) or model.count("/") > 1 or os.sep in model and model.count("/") != 1
-    if looks_like_path or model.count("/") != 1:
+    if model.startswith((".", "/", "~")) or model.count("/") != 1:
         raise ModelError(f"model {model!r}: no such directory (and not a hub id of the form 'org/name')")
     from huggingface_hub import snapshot_download
     from huggingface_hub.constants import HF_HUB_CACHE
 
+    cache = os.environ.get("HF_HUB_CACHE") or HF_HUB_CACHE  # read now: the env may change after import
     try:
-        path = snapshot_download(model, revision=revision, local_files_only=True)
+        path = snapshot_download(model, revision=revision, local_files_only=True, cache_dir=cache)
     except Exception as e:  # noqa: BLE001 - every failure here means "not in the cache"
         raise ModelError(
-            f"model {model!r} is neither a local directory nor in the Hugging Face cache ({HF_HUB_CACHE}); "
+            f"model {model!r} is neither a local directory nor in the Hugging Face cache ({cache}); "
             f"kevo works offline: download it first (e.g. `hf download {model}`) ({type(e).__name__})"
         ) from None
     path = Path(path)
-    return path, revision or path.name  # snapshots/<commit>
+    return path, path.name  # snapshots/<commit>: the resolved commit, whatever ref was asked for
 
 
 def _check_weights(path: Path, model: str) -> None:
