@@ -155,3 +155,14 @@ def test_cli_user_errors(planted, args, msg):  # noqa: F811
     assert r.returncode != 0
     assert re.search(re.escape(msg), r.stderr), r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_kevo_query_imports_neither_torch_nor_matplotlib(planted):  # noqa: F811
+    path, _ = planted
+    code = ("import sys; from click.testing import CliRunner; from kevo_store.cli import main; "
+            f"r = CliRunner().invoke(main, ['query', 'stages', {path!r}, '--format', 'csv']); "
+            "assert r.exit_code == 0, r.output; "
+            "print(sorted(m for m in ('torch', 'matplotlib', 'openTSNE', 'transformers') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
