@@ -346,3 +346,19 @@ def test_random_schedule_of_batches_closes_and_reopens(tmp_path):
     n = s.rows("tokens")
     assert n == len(want_h) and kinds == {0, 1, 2}
     np.testing.assert_array_equal(s.hidden(np.arange(n)).view(np.uint16), want_h.view(np.uint16))
+
+
+def test_manifest_accessors_and_file_url(tmp_path):
+    path = tmp_path / "acc.kevo"
+    H.write_store(path, 2)
+    s = open_store(f"file://{path}")
+    assert s.n_layers == H.N_LAYERS and s.lens_modes == list(H.LENSES)
+    assert s.hidden_layers == list(range(H.N_LAYERS + 1)) and s.model["id"] == "test/tiny"
+    assert set(s.tables) == set(TABLES) and s.rows("topk") == s.sql("SELECT count(*) AS n FROM topk")["n"][0]
+    # without the optional manifest fields, the accessors fall back to the data
+    bt = H.batch(0)
+    bt.pop("hidden")
+    with StoreWriter(tmp_path / "bare.kevo") as w:
+        w.write_batch(**bt)
+    b = open_store(tmp_path / "bare.kevo")
+    assert b.n_layers == H.N_LAYERS and b.lens_modes == sorted(H.LENSES)
