@@ -66,3 +66,22 @@ def test_tiled_images_grid_only_on_global_image():
         rest = np.ones(m.sum(), bool)
         rest[sel] = False
         assert (rows[rest] == -1).all(), family
+
+
+def test_qwen_mm_token_type_ids_drive_mrope():
+    """The adapter always passes mm_token_type_ids (older transformers silently fell back to 1-D
+    positions without them; this one refuses), and capture's logits are the M-RoPE ones."""
+    import torch
+
+    ad = load_adapter(str(tiny_model_dir("qwen2_vl")), dtype="float32")
+    text = ad.build_prompt("Describe this image.", True)
+    img = tiny_image(90, 60)
+    inputs = ad.generate_inputs(ad.encode([text], [img]))
+    assert int(inputs["mm_token_type_ids"].sum()) > 0
+    with torch.no_grad():
+        with_ids = ad.model(**inputs).logits[0, -1]
+        with pytest.raises(ValueError, match="mm_token_type_ids"):
+            ad.model(**{k: v for k, v in inputs.items() if k != "mm_token_type_ids"})
+    cap = capture(ad, [text], [img], CaptureSettings(max_new_tokens=1))[0]
+    np.testing.assert_allclose(cap.lens["final_norm"].logit_out[0, -1], with_ids[cap.generated_ids[0]].item(),
+                               rtol=1e-4, atol=1e-4)
