@@ -34,6 +34,11 @@ Statistics (natural log; P_l = softmax(logits_l); "out" = the token the model em
   vocabulary instead of summed, so js_dola = (true JS) / V only to first order, and it is not
   bounded by ln 2 / V. NaN at layer 0.
 - ``topk_ids`` / ``topk_probs``: (N, L+1, k), ranks 1..k in order.
+
+Precision: the JS and KL terms are summed directly (``sum p (log p - log m)``, with torch's pairwise
+reductions), which at V = 32000 in fp32 stays within ~1e-6 nats of a float64 computation; the
+cheaper ``H(M) - (H(P) + H(Q)) / 2`` form or einsum/bmm reductions were measured ~100x worse
+(1e-4) on CPU, too coarse for small late-layer divergences.
 """
 
 from __future__ import annotations
