@@ -106,7 +106,8 @@ def test_shared_mutation_event_ctes_do_not_drift():
 
     ref = block((SQL_DIR / "mutation-events.sql").read_text()).replace(
         " AND ($label = '' OR t.label = $label)", "")
-    for f in ("stages", "stage-distribution", "hallucination-contrast", "hallucination-curves"):
+    for f in ("stages", "stage-distribution", "hallucination-contrast", "hallucination-curves",
+              "displaced-candidates"):
         assert block((SQL_DIR / f"{f}.sql").read_text()) == ref, f
 
 

@@ -232,3 +232,18 @@ def test_compare_two_different_stores(planted, other_seed):  # noqa: F811
     assert r["n_prefix_tokens"] == prefix.height
     cl = queries.run([pa_, pb], "compare-layers")
     assert (cl["n_tokens"] == prefix.height).all() if prefix.height else cl.height == 0
+
+
+def test_displaced_candidates(planted):  # noqa: F811
+    path, truth = planted
+    got = queries.run(path, "displaced-candidates")
+    labels = truth.tokens.filter(pl.col("lens") == "final_norm").select(
+        "token_uid", pl.col("label").fill_null("non-object").alias("token_class"))
+    ev = truth.events_default.filter((pl.col("lens") == "final_norm") & pl.col("displaced_id").is_not_null())
+    want = ev.join(labels, on="token_uid").group_by("token_class", "displaced_id").agg(
+        pl.len().alias("n_events"), pl.col("token_uid").n_unique().alias("n_tokens"))
+    g = got.select("token_class", pl.col("displaced_id").cast(pl.Int64), pl.col("n_events").cast(pl.UInt32),
+                   pl.col("n_tokens").cast(pl.UInt32))
+    assert sorted(g.rows()) == sorted(want.rows())
+    cam = got.filter(pl.col("displaced_piece") == "▁camera")
+    assert "hallucinated" in cam["token_class"].to_list()
