@@ -183,7 +183,8 @@ def _human(n: float) -> str:
 
 def store_summary(path: str) -> dict:
     """What `kevo store info` shows, as a dict (also its --json output)."""
-    from .fs import store_fs
+    from .fs import LocalFS, store_fs
+    from .lock import LOCK
     from .manifest import load_manifest
 
     fs = store_fs(path)
@@ -201,12 +202,20 @@ def store_summary(path: str) -> dict:
         hidden = {"shape": [h["rows"], len(h["layers"]), h["hidden_size"]], "dtype": h["logical_dtype"],
                   "layers": h["layers"], "bytes": fs.disk_usage(h["path"]) if hasattr(fs, "disk_usage") else None}
     total = fs.disk_usage("") if hasattr(fs, "disk_usage") else None
+    lock = None
+    if isinstance(fs, LocalFS) and fs.exists(LOCK):
+        import json
+
+        try:
+            lock = json.loads(fs.read_bytes(LOCK))
+        except ValueError:
+            lock = {"pid": "?", "host": "?", "since": "?"}
     return {"path": fs.root, "format_version": m["format_version"], "kevo_version": m.get("kevo_version"),
             "state": m.get("state"), "commits": m.get("commits"), "created": m.get("created"),
             "updated": m.get("updated"), "model": m.get("model", {}), "dataset": m.get("dataset", {}),
             "lens": m.get("lens", {}), "generation": m.get("generation", {}), "capture": m.get("capture", {}),
             "tables": tables, "derived": derived, "hidden": hidden, "disk_bytes": total,
-            "partial": m.get("partial")}
+            "partial": m.get("partial"), "lock": lock}
 
 
 @store.command("info")
@@ -252,6 +261,9 @@ def info(store_path: str, as_json: bool) -> None:
         lines.append("hidden     none captured")
     if s["disk_bytes"] is not None:
         lines.append(f"disk       {_human(s['disk_bytes'])} in all")
+    if s.get("lock"):
+        lk = s["lock"]
+        lines.append(f"writer     pid {lk.get('pid')} on {lk.get('host')} since {lk.get('since')} holds the lock")
     click.echo("\n".join(lines))
 
 
