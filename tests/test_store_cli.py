@@ -244,8 +244,9 @@ def test_lock_second_writer_and_stale_lock(tmp_path, capfd):
         with pytest.raises(StoreLockedError):
             write_derived_table(path, "embeddings", {"embedding_id": [], "token_uid": [], "layer": [], "x": [],
                                                      "y": []}, {})
-        # readers are not blocked by a writer
+        # readers are not blocked by a writer, and info names it
         assert open_store(path).rows("samples") == 0
+        assert f"pid {holder.pid}" in kevo("store", "info", path).stdout
     finally:
         holder.kill()
         holder.wait()
