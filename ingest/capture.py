@@ -52,8 +52,9 @@ class CaptureSettings:
     """Also compute js_dola, the paper code's JS variant between consecutive layers (see ingest.lens)."""
     capture_prompt: bool = False
     """Also capture prompt and image positions (role 'prompt'/'image', image tokens with their patch grid)."""
-    lens_chunk_bytes: int = 256 << 20
-    """Upper bound on the lens's device temporaries per chunk of tokens (bytes)."""
+    lens_chunk_bytes: int | None = None
+    """Upper bound on the lens's device temporaries per chunk of tokens (bytes); None: a quarter of the
+    free GPU memory (at most 4 GiB), or 256 MiB on CPU."""
 
     def __post_init__(self):
         self.lens_modes = tuple(self.lens_modes)

@@ -57,7 +57,10 @@ _NEG = -1e30  # finite stand-in for -inf logits, so that 0 * log 0 terms are 0, 
 
 
 class Unembedding(nn.Module):
-    """Frozen fp32 final norm + output head (+ soft-capping) of one model, on its device."""
+    """Frozen fp32 final norm + output head (+ soft-capping) of one model, on its device.
+
+    The fp32 copy of the head costs V x D x 4 bytes of device memory (0.5 GiB for LLaVA-1.5-7B,
+    2.2 GiB for Qwen2.5-VL-7B); build it once per model and pass it to every ``capture`` call."""
 
     def __init__(self, adapter):
         super().__init__()
@@ -165,6 +168,15 @@ def _chunk_stats(logits: torch.Tensor, out_ids: torch.Tensor, top_k: int, dola: 
     return res
 
 
+def default_chunk_bytes(device: torch.device) -> int:
+    """Lens temporaries budget: a quarter of the free GPU memory (at most 4 GiB), 256 MiB on CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(min(free // 4, 4 << 30))
+    return 256 << 20
+
+
 @torch.no_grad()
 def compute_lens(
     unembedding: Unembedding,
@@ -173,7 +185,7 @@ def compute_lens(
     mode: str = "final_norm",
     top_k: int = 10,
     dola: bool = False,
-    chunk_bytes: int = 256 << 20,
+    chunk_bytes: int | None = None,
 ) -> LensResult:
     """Lens statistics for ``hidden`` (N, L+1, D); ``out_ids`` (N,) the emitted tokens; where an id is
     negative (or out_ids is None) the token's own last-layer argmax is used (prompt positions)."""
@@ -181,6 +193,8 @@ def compute_lens(
     V = unembedding.vocab_size
     if top_k > V:
         raise ValueError(f"top_k={top_k} exceeds the vocabulary size {V}")
+    if chunk_bytes is None:
+        chunk_bytes = default_chunk_bytes(hidden.device if hidden.is_cuda else unembedding.device)
     # ~8 live (c, L+1, V) fp32 temporaries at the peak (logits, logp, p, the JS mixture, products)
     per_token = 8 * nl * V * 4
     c = max(1, int(chunk_bytes // per_token))
