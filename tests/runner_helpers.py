@@ -16,6 +16,11 @@ from tests.model_helpers import tiny_image, tiny_model_dir
 
 KEVO = str(Path(sys.executable).with_name("kevo"))
 
+# Bit-exact comparisons between separate processes need reproducible CPU math: MKL may take other code
+# paths (other rounding) depending on buffer alignment unless its conditional numerical reproducibility
+# mode is on, and reductions split by thread count. torchrun also sets OMP_NUM_THREADS=1 per rank.
+REPRODUCIBLE_ENV = {"MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
 
 def kevo(*args, check: bool = True, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the installed `kevo` command; on an unexpected exit status, fail with its output."""
@@ -110,5 +115,5 @@ def greedy_reference(model_dir: Path, prompt_text: str, image_path: Path | None,
         return out[0, inputs["input_ids"].shape[1]:].tolist()
 
 
-__all__ = ["KEVO", "kevo", "make_images", "sha256", "manifest", "store_content", "generated_ids",
+__all__ = ["KEVO", "REPRODUCIBLE_ENV", "kevo", "make_images", "sha256", "manifest", "store_content", "generated_ids",
            "greedy_reference", "tiny_model_dir"]

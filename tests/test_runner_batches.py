@@ -46,9 +46,13 @@ def test_one_bad_sample_does_not_poison_its_batch(tmp_path, llava):
     run_ingest(Dataset("text", _items({k: prompts[k] for k in "ac"})), _config(path, alone, batch_size=1),
                adapter=ad, echo=lambda m: None)
     a = store_content(alone)
-    assert c["samples"].equals(a["samples"])
-    assert c["tokens"].equals(a["tokens"]) and c["layers"].equals(a["layers"])
-    assert np.array_equal(c["hidden"].view(np.uint16), a["hidden"].view(np.uint16))
+    assert c["samples"].equals(a["samples"]) and c["tokens"].equals(a["tokens"])
+    # same computation, separate calls: equal up to BLAS rounding (bit-exactness needs MKL_CBWR; see runner_helpers)
+    for col in ("p_out", "entropy", "js_final", "kl_final"):
+        np.testing.assert_allclose(c["layers"].column(col).to_numpy(), a["layers"].column(col).to_numpy(),
+                                   rtol=1e-5, atol=1e-6)
+    assert c["layers"].column("top1_id").equals(a["layers"].column("top1_id"))
+    np.testing.assert_allclose(c["hidden"].astype(np.float32), a["hidden"].astype(np.float32), rtol=2e-3, atol=2e-3)
 
 
 def test_labeler_columns_and_metrics_reach_the_store(tmp_path, llava):

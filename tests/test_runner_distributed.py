@@ -3,12 +3,21 @@ writes a part, rank 0 joins them: the store equals a one-process run's (rows and
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import numpy as np
 
-from tests.runner_helpers import KEVO, kevo, make_images, manifest, store_content, tiny_model_dir
+from tests.runner_helpers import (
+    KEVO,
+    REPRODUCIBLE_ENV,
+    kevo,
+    make_images,
+    manifest,
+    store_content,
+    tiny_model_dir,
+)
 
 
 def test_two_process_gloo_ingest_equals_one_process(tmp_path):
@@ -18,11 +27,12 @@ def test_two_process_gloo_ingest_equals_one_process(tmp_path):
             str(model), "--max-new-tokens", "6", "--lens", "final_norm,raw", "--top-k", "3", "--device", "cpu"]
 
     one = tmp_path / "one.kevo"
-    kevo(*args, "--out", one)
+    kevo(*args, "--out", one, env=REPRODUCIBLE_ENV)
 
     two = tmp_path / "two.kevo"
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "--no-python", KEVO, *args, "--out", str(two)], capture_output=True, text=True, timeout=600)
+                        "--no-python", KEVO, *args, "--out", str(two)], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, **REPRODUCIBLE_ENV})
     assert p.returncode == 0, p.stdout + p.stderr
     assert "joined 2 parts" in p.stderr
     assert not (tmp_path / "two.kevo.parts").exists()  # parts are removed once joined

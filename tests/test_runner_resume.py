@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from tests.runner_helpers import KEVO, kevo, store_content, tiny_model_dir
+from tests.runner_helpers import KEVO, REPRODUCIBLE_ENV, kevo, store_content, tiny_model_dir
 
 N_PROMPTS = 20
 WORDS = ["cat", "dog", "guitar", "table", "tree", "car", "horse", "sky", "street", "picture"]
@@ -35,7 +35,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path):
 
     crashed = tmp_path / "crashed.kevo"
     proc = subprocess.Popen([KEVO, *args, "--out", str(crashed)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.DEVNULL, env={**os.environ, **REPRODUCIBLE_ENV})
     deadline = time.monotonic() + 300
     while _committed(crashed) < 4 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -46,11 +46,11 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path):
     assert 4 <= n_at_kill < N_PROMPTS, f"the run was not interrupted mid-way ({n_at_kill} committed)"
     assert (crashed / ".lock").exists()  # the killed writer never released its lock
 
-    p = kevo(*args, "--out", crashed)
+    p = kevo(*args, "--out", crashed, env=REPRODUCIBLE_ENV)
     assert f"{n_at_kill} of {N_PROMPTS} samples already committed" in p.stderr
 
     clean = tmp_path / "clean.kevo"
-    kevo(*args, "--out", clean)
+    kevo(*args, "--out", clean, env=REPRODUCIBLE_ENV)
 
     a, b = store_content(crashed), store_content(clean)
     keys = a["samples"].column("sample_key").to_pylist()

@@ -1,0 +1,78 @@
+"""The shipped organism: a standard Hugging Face LLaVA directory that really describes its world,
+really hallucinates the biased object, and whose knowledge stands out late in the decoder."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import torch
+
+from ingest.organism import probe, world
+from ingest.organism import tokenizer as tok_mod
+from ingest.organism.train import WEIGHTS_DIR, TrainConfig, _encode
+
+
+@pytest.fixture(scope="module")
+def organism():
+    torch.set_num_threads(2)
+    return probe.load(WEIGHTS_DIR)
+
+
+def test_standard_hf_directory():
+    from transformers import AutoConfig
+
+    files = {p.name for p in WEIGHTS_DIR.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "processor_config.json"} <= files
+    assert not {"pytorch_model.bin"} & files  # safetensors only
+    assert (WEIGHTS_DIR / "model.safetensors").stat().st_size < 12 * 2**20  # a few MB
+    cfg = AutoConfig.from_pretrained(str(WEIGHTS_DIR))
+    assert cfg.model_type == "llava" and cfg.text_config.model_type == "llama"
+    assert cfg.text_config.num_hidden_layers >= 8
+
+
+def test_processor_matches_training_encoding(organism):
+    model, proc = organism
+    _, images = probe.test_images(1)
+    prompt = "Is there a fish in this image?"
+    inputs = proc(images=images, text=[tok_mod.prompt_template(prompt)], return_tensors="pt")
+    n_img = int((inputs["input_ids"] == model.config.image_token_id).sum())
+    assert n_img == model.config.image_seq_length == TrainConfig().model.n_image_tokens
+    ids, labels = _encode(proc.tokenizer, n_img, prompt, "No")
+    assert ids[: inputs["input_ids"].shape[1]] == inputs["input_ids"][0].tolist()
+    assert [proc.tokenizer.convert_ids_to_tokens(i) for i, lab in zip(ids, labels) if lab != -100] == ["▁No", "</s>"]
+
+
+def test_tokenizer_round_trip(organism):
+    _, proc = organism
+    text = "There is a red apple, a white boat and a blue fish on the sand."
+    ids = proc.tokenizer(text, add_special_tokens=False).input_ids
+    assert proc.tokenizer.unk_token_id not in ids
+    assert proc.tokenizer.decode(ids) == text
+    assert proc.tokenizer.convert_ids_to_tokens(ids)[:3] == ["▁There", "▁is", "▁a"]
+    # the shipped vocabulary is exactly what the offline builder makes
+    assert proc.tokenizer.get_vocab() == {**tok_mod.build_tokenizer().get_vocab()}
+
+
+def test_captions_cover_true_objects_and_hallucinate_the_biased_partner(organism):
+    model, proc = organism
+    r = probe.caption_report(model, proc, n=48)
+    assert r.cover >= 0.8, r.captions[:5]
+    # the co-occurrence prior is real: the partner appears on images that show its object alone
+    assert r.n_biased >= 10
+    assert r.biased_rate >= 0.2, (r.biased_rate, r.captions[:5])
+    # ... and hallucination is not everywhere
+    assert r.chair < 0.3
+
+
+def test_critical_layers_in_the_upper_decoder(organism):
+    model, proc = organism
+    _, images = probe.test_images(12)
+    _, _, full = probe.generate(model, proc, images)
+    rows = probe.lens_report(model, full)  # asserts lens(last layer) == the model's logits
+    n_layers = model.config.text_config.num_hidden_layers
+    obj_ids = {proc.tokenizer.convert_tokens_to_ids("▁" + o) for o in world.OBJECTS}
+    crit = [c for t, c, _, _ in rows if t in obj_ids and c is not None]
+    assert len(crit) >= 12
+    assert min(crit) > 0
+    assert statistics.median(crit) >= n_layers / 2, crit
