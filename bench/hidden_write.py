@@ -90,6 +90,7 @@ def run(tokens: int, batch_tokens: int, layers: int = 33, d: int = 4096, reps: i
         for name in times:
             fsync = name.endswith("fsync")  # store_commit: the writer's own protocol, no extra flush
             target = work / f"{name}-{r}"
+            _syncfs(work)  # untimed: start every arm with no dirty pages (ours or other processes')
             if name.startswith("raw"):
                 times[name].append(_raw(target, blocks, fsync))
             else:

@@ -1,0 +1,178 @@
+"""`make bench`: every benchmark side by side in one run -> BENCHMARKS.md and bench/results.json.
+
+    .venv/bin/python bench/run.py                 # the full suite (~10-15 min on 2 busy cores)
+    .venv/bin/python bench/run.py --quick         # a smoke run in ~3 min -> bench/out/ (the committed files stay)
+    .venv/bin/python bench/run.py --only ingest,queries
+
+Sections (issue 8): ingest (1, 2: capture vs generate, its floor, full `kevo ingest`, the paper's
+method), organism (1 on the embedded default model, when its weights are shipped), hidden_write (3),
+queries (4, 5: named-query latency and pandas, lens-table bytes), tsne (6). The GPU benchmark (7)
+is bench/gpu.sh, run on a GPU machine; its results are folded in when bench/out/gpu-results.json
+exists. A section that fails is reported as failed (with its error); the others still run.
+
+Threads: by default torch, BLAS and openTSNE use ONE thread (--threads). On this shared machine
+(2 cores, load average ~10 from other jobs) two OpenMP threads were 5-10x slower than one: their
+barriers wait on threads the OS has descheduled. Ratios are measured with both sides under the same
+setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ("ingest", "organism", "hidden_write", "queries", "tsne")
+
+
+def _args(argv=None):
+    ap = argparse.ArgumentParser(description="kevo benchmarks -> BENCHMARKS.md + bench/results.json")
+    ap.add_argument("--quick", action="store_true", help="small sizes, one repetition: a smoke run")
+    ap.add_argument("--only", default=None, help=f"comma-separated sections of {', '.join(SECTIONS)}")
+    ap.add_argument("--threads", type=int, default=1, help="torch/BLAS/openTSNE threads (default 1, see above)")
+    ap.add_argument("--md", default=None, help="markdown output (default BENCHMARKS.md; bench/out/ with --quick)")
+    ap.add_argument("--json", default=None, help="JSON output (default bench/results.json; bench/out/ with --quick)")
+    a = ap.parse_args(argv)
+    a.sections = SECTIONS if not a.only else tuple(s.strip() for s in a.only.split(",") if s.strip())
+    bad = [s for s in a.sections if s not in SECTIONS]
+    if bad:
+        ap.error(f"--only: unknown section(s) {bad}; choose from {', '.join(SECTIONS)}")
+    out = ROOT / "bench" / "out"
+    a.md = Path(a.md) if a.md else (out / "BENCHMARKS-quick.md" if a.quick else ROOT / "BENCHMARKS.md")
+    a.json = Path(a.json) if a.json else (out / "results-quick.json" if a.quick else ROOT / "bench" / "results.json")
+    return a
+
+
+def main(argv=None) -> int:
+    a = _args(argv)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
+        os.environ[var] = str(a.threads)  # before numpy/torch load their thread pools
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from bench import report
+    from bench.common import OUT, machine
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    q = a.quick
+    cmd = "make bench" if not (q or a.only) else "bench/run.py " + " ".join(
+        x for x in (["--quick"] if q else []) + ([f"--only {a.only}"] if a.only else []))
+    results: dict = {"command": cmd, "quick": q, "threads": a.threads, "machine": machine(), "sections": {}}
+    t_all = time.perf_counter()
+
+    def section(name, fn):
+        if name not in a.sections:
+            return
+        print(f"[bench] {name} ...", flush=True)
+        t = time.perf_counter()
+        try:
+            res = fn()
+        except Exception as e:  # noqa: BLE001 - a failed section is reported, the others still run
+            res = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=8)}
+            print(f"[bench] {name} FAILED: {res['error']}", flush=True)
+        res["section_s"] = round(time.perf_counter() - t, 1)
+        results["sections"][name] = res
+        print(f"[bench] {name} done in {res['section_s']} s", flush=True)
+        # write as we go: a long run that dies late still leaves its numbers
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(results, indent=1, default=str))
+
+    section("ingest", lambda: _ingest(q))
+    section("organism", lambda: _organism(q))
+    section("hidden_write", lambda: _hidden_write(q))
+    section("queries", lambda: _queries(q))
+    section("tsne", lambda: _tsne(q, a.threads))
+    gpu = OUT / "gpu-results.json"
+    if gpu.is_file():
+        g = json.loads(gpu.read_text())
+        if not g.get("tiny"):
+            results["gpu"] = g
+    results["total_s"] = round(time.perf_counter() - t_all, 1)
+    results["machine"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+    a.json.parent.mkdir(parents=True, exist_ok=True)
+    a.json.write_text(json.dumps(results, indent=1, default=str))
+    a.md.write_text(report.render(results))
+    print(f"[bench] wrote {a.md} and {a.json} in {results['total_s']} s")
+    return 0
+
+
+def _ingest(q: bool) -> dict:
+    from dataclasses import asdict
+
+    from bench import ingest_bench
+    from bench.common import OUT
+    from bench.models import MID, TINY, build_llava, make_images
+
+    size = TINY if q else MID
+    model = build_llava(OUT / "models" / ("llava-tiny" if q else "llava-mid"), size)
+    images = make_images(OUT / "images", 4 if q else 8)
+    batch, new = (2, 8) if q else (4, 16)
+    res = {"size": asdict(size)}
+    res["overhead"] = ingest_bench.overhead(model, images, batch, new, reps=1 if q else 3)
+    res["full_ingest"] = ingest_bench.full_ingest(model, images, batch, new, reps=1 if q else 2)
+    from bench.query_latency import storage
+
+    res["storage_real_store"] = storage(Path(res["full_ingest"]["store_path"]))
+    return res
+
+
+def _organism(q: bool) -> dict:
+    from bench import ingest_bench
+    from bench.common import scratch
+    from ingest.organism import world
+    from ingest.organism.train import WEIGHTS_DIR
+
+    if not (WEIGHTS_DIR / "config.json").is_file():
+        return {"skipped": f"the embedded default model's weights are not in {WEIGHTS_DIR} (not shipped at the "
+                           "time of this run)"}
+    d = scratch("organism-images")
+    images = []
+    for i, sc in enumerate(world.scenes("test", 8, seed=0)):
+        p = d / f"scene{i:02d}.png"
+        world.render(sc).save(p)
+        images.append(p)
+    batch, new = (4, 32) if q else (8, 64)
+    res = {"model": str(WEIGHTS_DIR)}
+    res["overhead"] = ingest_bench.overhead(WEIGHTS_DIR, images, batch, new, reps=1 if q else 3,
+                                            prompt=world.GENERATIVE_PROMPT)
+    res["full_ingest"] = ingest_bench.full_ingest(WEIGHTS_DIR, images, batch, new, reps=1 if q else 2,
+                                                  prompt=world.GENERATIVE_PROMPT, name="organism-stores")
+    return res
+
+
+def _hidden_write(q: bool) -> dict:
+    from bench import hidden_write
+
+    return hidden_write.run(tokens=256 if q else 1024, batch_tokens=128 if q else 256, reps=1 if q else 2)
+
+
+def _queries(q: bool) -> dict:
+    from bench import query_latency
+    from bench.common import OUT
+
+    path = OUT / ("amber-quick.kevo" if q else "amber.kevo")
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+    res = {"store": query_latency.build_store(path, 100 if q else 1004, 100)}
+    res["storage"] = query_latency.storage(path)
+    res.update(query_latency.run(path, reps=1 if q else 3))
+    return res
+
+
+def _tsne(q: bool, threads: int) -> dict:
+    from bench import tsne_bench
+
+    if q:
+        return tsne_bench.run(small=384, large=2000, exact_pca_points=None, n_jobs=threads)
+    return tsne_bench.run(small=384, large=20000, exact_pca_points=2000, n_jobs=threads)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
