@@ -193,7 +193,7 @@ def generate(adapter: Adapter, batch, max_new_tokens: int):
 def capture(adapter: Adapter, prompt_texts: list[str], images: list | None, settings: CaptureSettings,
             unembedding: Unembedding | None = None) -> list[SampleCapture]:
     """Greedy-generate for a batch and capture hidden states and the lens for every generated token."""
-    unembedding = unembedding or Unembedding(adapter)
+    unembedding = unembedding or adapter.unembedding
     batch = adapter.encode(prompt_texts, images)
     new_ids, hs = generate(adapter, batch, settings.max_new_tokens)
     B, T = batch.input_ids.shape

@@ -69,4 +69,5 @@ def skip_layers(adapter: Adapter, layers: Iterable[int]) -> list[int]:
         if lt is not None and len(lt) == n:
             cfg.layer_types = [lt[i] for i in keep]
     adapter.skipped_layers = layers
+    adapter._unembedding = None  # rebuilt on next use for the new depth
     return layers

@@ -80,6 +80,16 @@ class Adapter:
         self.dtype = dtype
         self.path = path
         self.skipped_layers: list[int] = []
+        self._unembedding = None
+
+    @property
+    def unembedding(self):
+        """The model's :class:`ingest.lens.Unembedding`, built once (an fp32 copy of the head)."""
+        if self._unembedding is None:
+            from ..lens import Unembedding
+
+            self._unembedding = Unembedding(self)
+        return self._unembedding
 
     # ---- where things live (override per family) -------------------------------------------
     @property
