@@ -361,6 +361,12 @@ def _tsne(w, t, cmd):
         w(f"- kevo's exact PCA (`queries.embed.pca`, full SVD in float64) on {x['points']:,} x {x['dims']:,}: "
           f"{_f(x['seconds'])} s. Its cost grows as n·D² once n > D, which is why the 20,000-point run below uses a "
           "randomized PCA.")
+    if "exact_pca_separate" in t:
+        x = t["exact_pca_separate"]
+        w(f"- kevo's exact PCA on {x['points']:,} x {x['dims']:,}, measured apart (`{x['command']}`, "
+          f"{x['machine']['date_utc']}, same machine, {x['threads']} thread, load average "
+          f"{x['machine']['load_avg_start']}): **{_f(x['seconds'])} s**. This is what `kevo embed` would spend "
+          "before t-SNE starts at this size: a randomized PCA (as below) would cut it to seconds.")
     if "large" in t:
         x = t["large"]
         w(f"- {x['points']:,} points x {x['dims']:,}: randomized PCA to 50 (`torch.pca_lowrank`, 4 power iterations) "

@@ -60,3 +60,40 @@ def run(small: int = 384, large: int | None = 20000, exact_pca_points: int | Non
                         "total_s": r3(t_rp + t_ts, 4), "finite": bool(np.isfinite(np.asarray(yl)).all()),
                         "n_jobs": n_jobs}
     return out
+
+
+def exact_pca_main(argv=None) -> int:
+    """`python bench/tsne_bench.py --exact-pca 20000`: time kevo's exact PCA alone (minutes at 20,000 x 4,096,
+    so not part of `make bench`); writes bench/out/exact-pca.json, which bench/run.py folds into its report."""
+    import argparse
+    import json
+    import os
+    import sys
+    import time
+    from pathlib import Path
+
+    ap = argparse.ArgumentParser(description=exact_pca_main.__doc__.splitlines()[0])
+    ap.add_argument("--exact-pca", type=int, required=True, help="points (x 4,096 dimensions)")
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args(argv)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(a.threads)
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root))
+    from bench.common import machine
+    from queries.embed import PCA_DIMS, pca
+
+    x = points(a.exact_pca, 4096, layers=33)
+    t = time.perf_counter()
+    pca(x, PCA_DIMS)
+    res = {"points": a.exact_pca, "dims": 4096, "seconds": round(time.perf_counter() - t, 1), "threads": a.threads,
+           "command": f"bench/tsne_bench.py --exact-pca {a.exact_pca}", "machine": machine()}
+    out = root / "bench" / "out" / "exact-pca.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(exact_pca_main())
