@@ -28,15 +28,14 @@ import numpy as np
 from bench.common import best, interleave, r3, scratch, timed
 
 
-def _setup(model_dir: Path, images: list[Path], batch: int):
+def _setup(model_dir: Path, images: list[Path], batch: int, prompt: str):
     from PIL import Image
 
-    from bench.models import PROMPT
     from ingest.lens import Unembedding
     from ingest.models import load_adapter
 
     ad = load_adapter(str(model_dir), dtype="float32", device="cpu")
-    texts = [ad.build_prompt(PROMPT, has_image=True)] * batch
+    texts = [ad.build_prompt(prompt, has_image=True)] * batch
     ims = [Image.open(p).convert("RGB") for p in images[:batch]]
     return ad, texts, ims, Unembedding(ad)
 
@@ -50,14 +49,15 @@ def _plain_config(ad, n: int, hidden: bool = False):
 
 
 def overhead(model_dir: Path, images: list[Path], batch: int, new_tokens: int, reps: int,
-             paper: bool = True) -> dict:
+             paper: bool = True, prompt: str | None = None) -> dict:
     """Benchmarks 1 (capture overhead and its floor) and 2 (against the paper's method)."""
     import torch
 
+    from bench.models import PROMPT
     from ingest.capture import CaptureSettings, capture
     from ingest.lens import compute_lens
 
-    ad, texts, ims, U = _setup(model_dir, images, batch)
+    ad, texts, ims, U = _setup(model_dir, images, batch, prompt or PROMPT)
     L, D, V = ad.n_layers, ad.hidden_size, ad.vocab_size
     gc_plain = _plain_config(ad, new_tokens)
     gc_hidden = _plain_config(ad, new_tokens, hidden=True)
@@ -166,20 +166,23 @@ def paper_comparison(ad, texts, ims, U, gc_hidden, settings_paper, new_tokens: i
     }
 
 
-def full_ingest(model_dir: Path, images: list[Path], batch: int, new_tokens: int, reps: int) -> dict:
+def full_ingest(model_dir: Path, images: list[Path], batch: int, new_tokens: int, reps: int,
+                prompt: str | None = None, name: str = "ingest-stores") -> dict:
     """``run_ingest`` (store writes included) vs a plain generate loop over the same image files."""
     import torch
     from PIL import Image
 
     from bench.models import PROMPT
     from ingest.datasets import folder
+
+    prompt = prompt or PROMPT
     from ingest.models import load_adapter
     from ingest.runner import IngestConfig, run_ingest
 
     ad = load_adapter(str(model_dir), dtype="float32", device="cpu")
     img_dir = images[0].parent
     gc = _plain_config(ad, new_tokens)
-    work = scratch("ingest-stores")
+    work = scratch(name)
     counter = {"i": 0}
     result = {}
 
@@ -188,7 +191,7 @@ def full_ingest(model_dir: Path, images: list[Path], batch: int, new_tokens: int
         for s in range(0, len(images), batch):
             chunk = images[s : s + batch]
             ims = [Image.open(p).convert("RGB") for p in chunk]
-            texts = [ad.build_prompt(PROMPT, has_image=True)] * len(chunk)
+            texts = [ad.build_prompt(prompt, has_image=True)] * len(chunk)
             ad.model.generate(**ad.generate_inputs(ad.encode(texts, ims)), generation_config=gc)
 
     def kevo():
@@ -196,7 +199,7 @@ def full_ingest(model_dir: Path, images: list[Path], batch: int, new_tokens: int
         out = work / f"run{counter['i']}.kevo"
         cfg = IngestConfig(model=str(model_dir), out=str(out), batch_size=batch, max_new_tokens=new_tokens,
                            dtype="float32", device="cpu", progress=False)
-        r = run_ingest(folder.dataset(img_dir, PROMPT), cfg, echo=lambda m: None, adapter=ad)
+        r = run_ingest(folder.dataset(img_dir, prompt), cfg, echo=lambda m: None, adapter=ad)
         result["n_tokens"] = r.n_tokens
         result["store"] = out
 
