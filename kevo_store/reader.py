@@ -108,6 +108,15 @@ def one_line(e: BaseException) -> str:
     """DuckDB errors span several lines (a caret under the query); keep the message and any hint."""
     text = "".join(c if c.isprintable() or c == "\n" else f"\\x{ord(c):02x}" for c in str(e))
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if lines and lines[0].startswith("Traceback"):
+        # a Python filesystem (a remote store's, kevo_store/remote.py) raised inside DuckDB: keep
+        # its exception line, e.g. "UnsafeStoreError: s3://…: refused: 'x' is 9 bytes, …"
+        import re
+
+        for ln in reversed(lines):
+            m = re.match(r"^(?:\w+\.)*(\w*(?:Error|Exception)\w*): (.+)$", ln)
+            if m:
+                return f"{m.group(1)}: {m.group(2)}"
     keep = [lines[0]] if lines else [type(e).__name__]
     keep += [ln for ln in lines[1:] if ln.startswith(("Did you mean", "Candidate"))]
     return " ".join(keep)

@@ -85,7 +85,7 @@ def test_remote_reader_is_bit_identical_and_read_only(s3, local_store):
             b.sql(f"COPY (SELECT 1 AS x) TO '{b.fs.full('tables/evil.parquet')}' (FORMAT parquet)")
         with pytest.raises(PermissionError):
             b.fs.zarr_store("hidden", read_only=False)
-        with pytest.raises(PermissionError):
+        with pytest.raises(KevoError, match="opened read-only"):
             b.fs.open("tables/x.parquet", "wb")
     assert "tables/evil.parquet" not in s3.keys("r/amber.kevo")
 
