@@ -87,3 +87,30 @@ def test_hub_id_resolved_from_local_cache(tmp_path, monkeypatch):
     assert ad.model_info["id"] == "kevo-tests/tiny-llava" and ad.model_info["revision"] == commit
     with pytest.raises(ModelError, match="nor in the Hugging Face cache"):
         load_adapter("kevo-tests/tiny-llava", revision="v9")
+
+
+def test_original_llava_checkpoint_hint(tmp_path):
+    d = tmp_path / "llava-v1.5-7b"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "llava_llama", "architectures": ["LlavaLlamaForCausalLM"]}))
+    (d / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ModelError, match="llava-hf/llava-1.5-7b-hf"):
+        load_adapter(str(d))
+
+
+def test_device_map_and_device():
+    """device_map (accelerate) and device give the same model as a plain load."""
+    import torch
+
+    from ingest.capture import CaptureSettings, capture
+    from tests.model_helpers import tiny_image
+
+    path = str(tiny_model_dir("llava"))
+    a = load_adapter(path, dtype="float32", device_map={"": "cpu"})
+    b = load_adapter(path, dtype="float32", device="cpu")
+    assert a.device == b.device == torch.device("cpu")
+    texts = [a.build_prompt("Describe this image.", True)]
+    ca = capture(a, texts, [tiny_image()], CaptureSettings(max_new_tokens=3))[0]
+    cb = capture(b, texts, [tiny_image()], CaptureSettings(max_new_tokens=3))[0]
+    assert ca.generated_ids.tolist() == cb.generated_ids.tolist()
+    assert (ca.hidden == cb.hidden).all()

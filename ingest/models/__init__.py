@@ -97,6 +97,11 @@ def _pick_adapter(path: Path, model: str) -> type[Adapter]:
         if mt in a.model_types:
             return a
     archs = ", ".join(cfg.get("architectures") or []) or "?"
+    if mt in ("llava_llama", "llava_mistral", "llava_mpt"):
+        raise ModelError(
+            f"model {model!r} is an original haotian-liu/LLaVA checkpoint (model_type={mt!r}); use its "
+            "transformers conversion (e.g. llava-hf/llava-1.5-7b-hf), which kevo runs as the original does"
+        )
     raise ModelError(
         f"model {model!r}: unsupported architecture (model_type={mt!r}, architectures={archs}). "
         f"Supported families: {supported_families()}"
