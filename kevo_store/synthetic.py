@@ -645,11 +645,14 @@ def _slice_batch(tables: dict, hidden, s0: int, s1: int, n_tokens: int, n_layer_
 
 def build_synthetic_store(path, n_samples: int = 8, n_tokens: int = 12, n_layers: int = 33, top_k: int = 10,
                           hidden_size: int | None = None, seed: int = 0, plants: list[Plant] | None = None,
-                          lenses: tuple[str, ...] = ("final_norm",), batch_samples: int = 128) -> SyntheticTruth:
+                          lenses: tuple[str, ...] = ("final_norm",), batch_samples: int = 128,
+                          compact: bool = False) -> SyntheticTruth:
     """Write a synthetic store at ``path`` through StoreWriter; returns the planted truth.
 
     ``hidden_size`` None writes no hidden states (AMBER scale); a small D (16-64) writes the Zarr
     array for every token and layer, with the cross-image "guitar" pattern on step-0 tokens.
+    ``compact``: let the writer rewrite the per-batch parts into few files on close (off by default:
+    the parts are already sorted by key and compaction would write every table twice).
     """
     from kevo_store import StoreWriter
 
@@ -668,7 +671,7 @@ def build_synthetic_store(path, n_samples: int = 8, n_tokens: int = 12, n_layers
     if hidden_size:
         kw = {"hidden_size": hidden_size, "hidden_layers": list(range(n_layers)), "hidden_dtype": "float16"}
     nl = n_layers
-    with StoreWriter(path, meta=meta, **kw) as w:
+    with StoreWriter(path, meta=meta, compact=compact, **kw) as w:
         w.write_vocab(tables["vocab"])
         for s0 in range(0, n_samples, batch_samples):
             s1 = min(n_samples, s0 + batch_samples)
