@@ -286,6 +286,8 @@ class DiskEstimate:
     layers_rows: int
     topk_rows: int
     table_bytes: int
+    prompt_tokens_guess: int = 0
+    """Prompt/image positions per sample assumed with --capture-prompt (0 without)."""
 
     @property
     def total_bytes(self) -> int:
@@ -293,8 +295,9 @@ class DiskEstimate:
 
     def format(self) -> str:
         return (
-            f"disk estimate (upper bound: every sample generates max_new_tokens): {self.n_items} samples, "
-            f"<= {self.tokens:,} tokens\n"
+            "disk estimate (upper bound: every sample generates max_new_tokens"
+            + (f", plus ~{self.prompt_tokens_guess} prompt/image positions" if self.prompt_tokens_guess else "")
+            + f"): {self.n_items} samples, <= {self.tokens:,} tokens\n"
             f"  hidden: {self.tokens:,} tokens x {self.hidden_layers} layers x {self.hidden_size} x 2 B = "
             f"{_human(self.hidden_bytes)}\n"
             f"  layers: {self.layers_rows:,} rows ({self.lens_modes} lens mode(s) x {self.n_layers + 1} layers), "
@@ -464,7 +467,8 @@ def run_ingest(dataset: Dataset, config: IngestConfig, *, echo: Callable[[str], 
         if it.key in seen:
             raise IngestError(f"dataset {dataset.name!r}: two items share the key {it.key!r} (keys must be unique)")
         seen.add(it.key)
-    tokens_per_item = config.max_new_tokens + (_prompt_tokens_guess(items) if config.capture_prompt else 0)
+    prompt_guess = _prompt_tokens_guess(items) if config.capture_prompt else 0
+    tokens_per_item = config.max_new_tokens + prompt_guess
     # the estimate covers what is left to do (read-only peek at a store being resumed; ranks' parts too)
     already = committed_keys(config.out) if ctx.rank == 0 else set()
     if ctx.rank == 0 and Path(parts_dir(config.out)).is_dir():
@@ -476,6 +480,7 @@ def run_ingest(dataset: Dataset, config: IngestConfig, *, echo: Callable[[str], 
     n_todo = sum(1 for it in items if it.key not in already)
     estimate = estimate_disk(n_todo, tokens_per_item, n_layers, len(hidden_layers), dims.hidden_size,
                              len(config.lens_modes), config.top_k)
+    estimate.prompt_tokens_guess = prompt_guess
     if ctx.rank == 0:
         echo(estimate.format() + (f"\n  ({len(items) - n_todo} of {len(items)} samples already in {config.out})"
                                   if n_todo < len(items) else ""))
