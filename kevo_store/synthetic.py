@@ -38,8 +38,8 @@ import pyarrow.compute as pc
 
 KINDS = ("stable", "mutation", "swap", "double", "js", "early", "never")
 """Token stories. stable: one candidate from the critical layer on. mutation: candidate A is displaced
-by the emitted token with a js_prev spike. swap: the same with close probabilities and no spike
-(a top-1 event only). double: two displacements. js: a js_prev spike with the top-1 unchanged.
+by the emitted token with a js_prev spike. swap: the same switch without a js_prev spike (a top-1
+event only). double: two displacements. js: a js_prev spike with the top-1 unchanged.
 early: a candidate held top-1 for only 2 layers after c (below min_held: no event). never: top-1
 probability never reaches tau (no critical layer, no events)."""
 
