@@ -36,10 +36,18 @@ _BUILT: dict[str, Path] = {}
 
 
 def _root() -> Path:
+    """KEVO_TINY_MODELS (kept, reused across runs) or a temporary directory removed at exit."""
     global _ROOT
     if _ROOT is None:
-        _ROOT = Path(os.environ.get("KEVO_TINY_MODELS") or tempfile.mkdtemp(prefix="kevo-tiny-models-"))
-        _ROOT.mkdir(parents=True, exist_ok=True)
+        if os.environ.get("KEVO_TINY_MODELS"):
+            _ROOT = Path(os.environ["KEVO_TINY_MODELS"])
+            _ROOT.mkdir(parents=True, exist_ok=True)
+        else:
+            import atexit
+            import shutil
+
+            _ROOT = Path(tempfile.mkdtemp(prefix="kevo-tiny-models-"))
+            atexit.register(shutil.rmtree, _ROOT, True)
     return _ROOT
 
 
