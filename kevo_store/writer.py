@@ -447,10 +447,22 @@ class StoreWriter:
         obsolete: list[str] = []
         try:
             if self.compact:
-                for name in TABLES:
-                    new_files, gone = self._compact_table(name, m, commit)
+                # tables in parallel: Parquet decoding/encoding releases the GIL (layers and topk
+                # dominate). Each table touches only its own manifest keys.
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(max_workers=min(len(TABLES), os.cpu_count() or 1)) as ex:
+                    futures = [ex.submit(self._compact_table, name, m, commit) for name in TABLES]
+                errors = []
+                for f in futures:
+                    if f.exception() is not None:
+                        errors.append(f.exception())
+                        continue
+                    new_files, gone = f.result()
                     written.extend(new_files)
                     obsolete.extend(gone)
+                if errors:
+                    raise errors[0]
             if self.hidden is not None:
                 sec, files, gone = self.hidden.stage_close(commit)
                 written.extend(files)
@@ -553,6 +565,9 @@ def write_derived_table(path: str | os.PathLike, name: str, table: Any, params: 
 
     if not name.isidentifier() or name in TABLES:
         raise StoreError(f"derived table name {name!r} must be an identifier other than {list(TABLES)}")
+    if is_url(path):  # sharing helper: stores at a URL are read-only
+        raise StoreError(f"{path} is a remote store, read-only: `kevo store pull` it and write the "
+                         f"'{name}' table into the local copy")
     fs = LocalFS(path)
     m = load_manifest(fs)
     lock = StoreLock(fs, purpose=f"write_derived_table {name}")
