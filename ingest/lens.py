@@ -54,6 +54,7 @@ from torch import nn
 LENS_MODES = ("final_norm", "raw")
 LN2 = math.log(2.0)
 _NEG = -1e30  # finite stand-in for -inf logits, so that 0 * log 0 terms are 0, never NaN
+_TINY = 1e-38  # floor for a mixture probability before its log
 
 
 class Unembedding(nn.Module):
@@ -132,8 +133,10 @@ class LensResult:
 
 
 def _js(logp: torch.Tensor, logq: torch.Tensor, p: torch.Tensor, q: torch.Tensor):
-    logm = torch.logaddexp(logp, logq) - LN2
-    return 0.5 * (p * (logp - logm)).sum(-1) + 0.5 * (q * (logq - logm)).sum(-1), logm
+    """JS(P, Q) and log M. log M from the probabilities (as precise as logaddexp of the logs here,
+    and cheaper); an underflowed M (both 0) is clamped so its 0 * log M terms stay 0."""
+    logm = (p + q).mul_(0.5).clamp_min_(_TINY).log_()
+    return 0.5 * (p * (logp - logm) + q * (logq - logm)).sum(-1), logm
 
 
 def _chunk_stats(logits: torch.Tensor, out_ids: torch.Tensor, top_k: int, dola: bool) -> dict[str, torch.Tensor]:
