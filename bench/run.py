@@ -37,6 +37,7 @@ def _args(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="torch/BLAS/openTSNE threads (default 1, see above)")
     ap.add_argument("--md", default=None, help="markdown output (default BENCHMARKS.md; bench/out/ with --quick)")
     ap.add_argument("--json", default=None, help="JSON output (default bench/results.json; bench/out/ with --quick)")
+    ap.add_argument("--render", action="store_true", help="only re-render the markdown from the existing JSON")
     a = ap.parse_args(argv)
     a.sections = SECTIONS if not a.only else tuple(s.strip() for s in a.only.split(",") if s.strip())
     bad = [s for s in a.sections if s not in SECTIONS]
@@ -50,6 +51,13 @@ def _args(argv=None):
 
 def main(argv=None) -> int:
     a = _args(argv)
+    if a.render:
+        sys.path.insert(0, str(ROOT))
+        from bench import report
+
+        a.md.write_text(report.render(json.loads(a.json.read_text())))
+        print(f"[bench] rendered {a.md} from {a.json}")
+        return 0
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
         os.environ[var] = str(a.threads)  # before numpy/torch load their thread pools
     sys.path.insert(0, str(ROOT))

@@ -60,3 +60,19 @@ def test_paper_method_and_kevo_lens_agree(tiny):
     assert np.nanmax(paper["js_true"]) > 1e-3
     # the comparison can fail: the standard lens (final norm on layers < L) differs from the paper's raw lens
     assert not compare(paper, LensResult.concat([c.lens["final_norm"] for c in caps]))["agree"]
+
+
+def test_report_states_failed_skipped_and_unmeasured_sections():
+    """BENCHMARKS.md never hides a section: a failure, a skip and the absent GPU run are all spelled out."""
+    from bench import report
+
+    r = {"command": "make bench", "threads": 1, "total_s": 1.0,
+         "machine": {"date_utc": "2026-01-01 00:00 UTC", "cpu": "X", "cores": 2},
+         "sections": {"ingest": {"error": "RuntimeError: boom"},
+                      "organism": {"skipped": "weights not shipped"},
+                      "hidden_write": {"error": "OSError: disk full"}}}
+    md = report.render(r)
+    assert "FAILED: `RuntimeError: boom`" in md and "FAILED: `OSError: disk full`" in md
+    assert "not measured: weights not shipped" in md
+    assert "Not measured in this session: no GPU" in md
+    assert "## 4-5. Query latency and storage\n\nnot run in this invocation" in md
