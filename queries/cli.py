@@ -134,6 +134,12 @@ def query(name, stores, params, fmt, output, list_, show_sql, engine, hallucinat
 def embed(store, where, layers, method, perplexity, seed, n_jobs, embedding_id, max_points):
     """2-D embedding of hidden states (openTSNE after PCA to 50 dims), written back as the `embeddings` table,
     plus the per-layer dispersion of the chosen tokens across images (printed)."""
+    from kevo_store.fs import is_url
+
+    if is_url(store):  # sharing helper: refuse before computing, a remote store is read-only
+        from kevo_store.errors import KevoError
+
+        raise KevoError(f"{store} is a remote store, read-only: `kevo store pull` it and embed the local copy")
     from .embed import embed_store, parse_layers
 
     out = embed_store(store, where=where, layers=parse_layers(layers), method=method, perplexity=perplexity,
