@@ -62,6 +62,13 @@ def test_push_then_query_in_place_through_the_cli(s3, local_store):
                        "WHERE a.p_out = b.p_out", "--format", "csv", check=True)
     assert both.stdout.split() == ["n", str(6 * 10 * 24)]
 
+    # a figure straight from the URL; writing back into it is refused (remote stores are read-only)
+    png = local_store.parent / "stages.png"
+    s3.run_kevo("plot", "stages", url, "-o", png, check=True)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    e = s3.run_kevo("embed", url)
+    assert e.returncode == 1 and "read-only" in e.stderr and "Traceback" not in e.stderr
+
     # and `kevo store info` / `kevo store verify` on the URL
     info = s3.run_kevo("store", "info", url, check=True)
     assert "synthetic" in info.stdout
