@@ -32,13 +32,15 @@ GROUP_COLORS = ("#1f77b4", "#2ca02c", "#d62728")
 GROUP_NAMES = ("rapid evolution", "stabilisation", "mutation")
 
 
-def _save(fig, output: str | os.PathLike) -> list[str]:
+def _save(fig, output: str | os.PathLike, description: str | None = None) -> list[str]:
     out = Path(output)
     targets = [out] if out.suffix.lower() in (".png", ".svg") else [out.with_suffix(".png"), out.with_suffix(".svg")]
     files = []
     for t in targets:
         t.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(t, dpi=110, bbox_inches="tight")
+        # the figure records what drew it (PNG text chunk / SVG <metadata>)
+        meta = {"Description": description} if description else None
+        fig.savefig(t, dpi=110, bbox_inches="tight", metadata=meta)
         files.append(str(t))
     plt.close(fig)
     return files
@@ -290,4 +292,9 @@ def figure(kind: str, store, **kw):
 
 def plot(kind: str, store, output, **kw) -> list[str]:
     """Draw figure ``kind`` from ``store`` into ``output`` (.png, .svg, or both when no suffix)."""
-    return _save(figure(kind, store, **kw), output)
+    import json
+
+    path = store.path if hasattr(store, "path") else os.fspath(store)
+    desc = json.dumps({"kevo_plot": kind, "store": str(path),
+                       "params": {k: v for k, v in kw.items() if v is not None}}, default=str)
+    return _save(figure(kind, store, **kw), output, desc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -45,6 +46,7 @@ def test_each_figure_png_and_svg(planted, kind, tmp_path):  # noqa: F811
     files = plots.plot(kind, path, tmp_path / kind)
     assert [Path(f).suffix for f in files] == [".png", ".svg"]
     assert_not_blank(files[0])
+    assert json.loads(Image.open(files[0]).text["Description"])["kevo_plot"] == kind  # what drew it
     assert_svg(files[1])
 
 
