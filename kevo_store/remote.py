@@ -264,6 +264,16 @@ def _ro_filesystem_class():
             out["name"] = rel
             return out
 
+        def modified(self, path):
+            # DuckDB asks; HTTP servers may not say. A store's files never change in place, so a
+            # fixed time is honest for caching purposes.
+            try:
+                return self.fs.modified(self._join(self._rel(path)))
+            except (NotImplementedError, KeyError, ValueError, TypeError):
+                import datetime
+
+                return datetime.datetime.fromtimestamp(0, tz=datetime.timezone.utc)
+
         def _refuse_write(self, *args, **kwargs):
             raise PermissionError(f"{self._where} is opened read-only")
 
@@ -388,6 +398,25 @@ class RemoteFS(FsspecFS):
         if rel != MANIFEST:
             self._check_declared(rel)
         return self._fs.open(self._p(rel), mode)
+
+    def exists(self, rel: str) -> bool:
+        if rel == "" and not self._can_list():
+            return self._fs.exists(self._p(MANIFEST))  # an HTTP "directory" is not an object
+        return super().exists(rel)
+
+    def isdir(self, rel: str) -> bool:
+        if rel == "" and not self._can_list():
+            return True
+        return super().isdir(rel)
+
+    def walk_files(self, rel: str) -> list[str]:
+        if not self._can_list():  # HTTP cannot list; a store there is what its manifest names
+            prefix = rel.rstrip("/") + "/" if rel else ""
+            return sorted(r for r in self.declared() if r.startswith(prefix))
+        return super().walk_files(rel)
+
+    def _can_list(self) -> bool:
+        return scheme_of(self.root) not in ("http", "https")
 
     def fsspec(self):
         if self._duck_fs is None:

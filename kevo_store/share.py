@@ -301,6 +301,11 @@ def _is_local_fs(fs) -> bool:
     return proto in ("file", "local")
 
 
+def _can_list(fs) -> bool:
+    protos = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    return not protos & {"http", "https"}
+
+
 def _object_store(fs) -> bool:
     """Object stores have no directories to create (and creating one on S3 would create a bucket)."""
     protos = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
@@ -389,8 +394,14 @@ def _pull(url: str, dest: str | os.PathLike, *, tables: Iterable[str] | None = N
         return fs.cat_file(p)
 
     declared = declared_files(manifest, read_part, where)
-    # links in a local source are refused outright; elsewhere, every object is listed
-    listing = local_listing(Path(root), where) if _is_local_fs(fs) else _listing(fs, root)
+    # links in a local source are refused outright; elsewhere, every object is listed (except over
+    # HTTP, which cannot list: there only the named files are fetched, each size-capped and hashed)
+    if _is_local_fs(fs):
+        listing = local_listing(Path(root), where)
+    elif _can_list(fs):
+        listing = _listing(fs, root)
+    else:
+        listing = {rel: e["size"] if e["size"] is not None else 0 for rel, e in declared.items()}
     check_listing(declared, listing, where)
     sized = {k: v for k, v in declared.items() if v["size"] is not None}
     lost = [rel for rel in sized if rel not in listing]
@@ -558,7 +569,17 @@ def _verify_files(location: str | os.PathLike, *, jobs: int = 8) -> list[str]:
         return [f"a hidden chunk index part is missing ({e})"]
     except UnsafeStoreError as e:
         return [str(e)]
-    listing = local_listing(Path(root), where) if _is_local_fs(fs) else _listing(fs, root)
+    if _is_local_fs(fs):
+        listing = local_listing(Path(root), where)
+    elif _can_list(fs):
+        listing = _listing(fs, root)
+    else:  # HTTP cannot list: take each named file's size from the server
+        listing = {}
+        for rel in declared:
+            try:
+                listing[rel] = int(fs.size(f"{root}/{rel}"))
+            except FileNotFoundError:
+                pass
     sized = {k: v for k, v in declared.items() if v["size"] is not None}
     from kevo_store.lock import LOCK
 

@@ -9,6 +9,7 @@ their environment) is pointed at it with the standard variables a user would set
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -162,3 +163,70 @@ def synth(n_samples: int = 6, n_tokens: int = 10, n_layers: int = 24, top_k: int
 
     tables, hidden, _truth = synthesize(n_samples, n_tokens, n_layers, top_k, hidden_size, seed)
     return tables, hidden, n_tokens, n_layers, top_k
+
+
+# ---------------------------------------------------------------------------------------------
+# a static HTTP host (like a lab web server or a bucket's website endpoint)
+
+
+@contextlib.contextmanager
+def static_http_server(directory):
+    """Serve ``directory`` on a free loopback port with Range support and no directory listings."""
+    import functools
+    import http.server
+    import threading
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # quiet
+            pass
+
+        def list_directory(self, path):
+            self.send_error(404, "no listings")
+            return None
+
+        def send_head(self):
+            rng = self.headers.get("Range")
+            path = self.translate_path(self.path)
+            if not rng or not os.path.isfile(path):
+                return super().send_head()
+            size = os.path.getsize(path)
+            start_s, _, end_s = rng.removeprefix("bytes=").partition("-")
+            if start_s == "":
+                start, end = max(0, size - int(end_s)), size - 1
+            else:
+                start, end = int(start_s), min(int(end_s) if end_s else size - 1, size - 1)
+            f = open(path, "rb")
+            f.seek(start)
+            self.send_response(206)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+            self.send_header("Content-Length", str(end - start + 1))
+            self.send_header("Accept-Ranges", "bytes")
+            self.end_headers()
+            return _Limited(f, end - start + 1)
+
+        def end_headers(self):
+            self.send_header("Accept-Ranges", "bytes")
+            super().end_headers()
+
+    class _Limited:
+        def __init__(self, f, n):
+            self.f, self.n = f, n
+
+        def read(self, k=-1):
+            k = self.n if k < 0 else min(k, self.n)
+            data = self.f.read(k)
+            self.n -= len(data)
+            return data
+
+        def close(self):
+            self.f.close()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(directory)))
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -243,3 +243,33 @@ def test_unreachable_or_missing_destinations_give_one_clear_message(s3, local_st
         s3.env.update(old)
     assert q.returncode == 1 and "Traceback" not in q.stderr
     assert "cannot reach the store" in q.stderr and "AWS_ENDPOINT_URL" in q.stderr
+
+
+def test_a_store_on_a_plain_https_host_reads_in_place_and_pulls(local_store, tmp_path):
+    """No S3 at all: a static web server with Range support and no listings (a lab's web host)."""
+    from share_helpers import static_http_server
+
+    site = tmp_path / "site"
+    site.mkdir()
+    p = subprocess.run([KEVO, "store", "push", str(local_store), str(site / "amber.kevo")], capture_output=True,
+                       text=True)
+    assert p.returncode == 0, p.stderr
+    with static_http_server(site) as base:
+        url = f"{base}/amber.kevo"
+
+        def kevo(*args):
+            return subprocess.run([KEVO, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+        q = "SELECT layer, round(avg(p_out), 6) AS p FROM layers GROUP BY layer ORDER BY layer"
+        remote, local = kevo("sql", url, q, "--format", "json"), kevo("sql", local_store, q, "--format", "json")
+        assert remote.returncode == 0, remote.stderr
+        assert json.loads(remote.stdout) == json.loads(local.stdout)
+        v = kevo("store", "verify", url)
+        assert v.returncode == 0, v.stderr
+        with open_store(local_store) as a, open_store(url) as b:
+            uids = np.arange(a.rows("tokens"))
+            assert np.array_equal(a.hidden(uids, layers=[7]).view(np.uint16), b.hidden(uids, layers=[7]).view(np.uint16))
+        pl = kevo("store", "pull", url, tmp_path / "p.kevo", "--layers", "7")
+        assert pl.returncode == 0, pl.stderr
+        assert kevo("store", "verify", tmp_path / "p.kevo").returncode == 0
+        assert {p.name for p in (tmp_path / "p.kevo" / "hidden" / "c" / "0").iterdir()} == {"7"}
