@@ -344,18 +344,36 @@ class RemoteFS(FsspecFS):
     def __init__(self, url: str):
         fs, _path = filesystem(url)
         super().__init__(url, fs=fs)
+        self._manifest: dict | None = None
+        self._files: dict[str, dict] | None = None
         self._declared: dict[str, dict] | None = None
         self._duck_fs = None
 
-    def declared(self) -> dict[str, dict]:
-        """Every file the store declares (see ``safety.declared_files``), loaded once."""
-        if self._declared is None:
-            from kevo_store.safety import declared_files
+    def named(self) -> dict[str, dict]:
+        """The files the manifest itself names (Parquet, index parts, tail), checked; loaded once.
+
+        What SQL needs: opening a store for queries reads the manifest and nothing else of it."""
+        if self._files is None:
+            from kevo_store.safety import check_manifest_paths
 
             raw = self._read_raw(MANIFEST, MAX_MANIFEST_BYTES)
             manifest = parse_manifest(raw, self.root)
             check_format_version(manifest, self.root)
-            self._declared = declared_files(manifest, self._read_declared_part, self.root)
+            check_manifest_paths(manifest, self.root)
+            self._manifest = manifest
+            self._files = dict(manifest.get("files", {}))
+            if manifest.get("hidden"):
+                self._files.setdefault(ZARR_META, {"sha256": None, "size": None})
+        return self._files
+
+    def declared(self) -> dict[str, dict]:
+        """Every file the store declares, hidden chunks included (``safety.declared_files``: follows the
+        checksummed chunk index parts, so only when hidden states are read); loaded once."""
+        if self._declared is None:
+            from kevo_store.safety import declared_files
+
+            self.named()
+            self._declared = declared_files(self._manifest, self._read_declared_part, self.root)
         return self._declared
 
     def _read_declared_part(self, rel: str) -> bytes:
@@ -375,7 +393,7 @@ class RemoteFS(FsspecFS):
             raise RemoteStoreError(f"{self.root}: cannot read {rel!r}: {e}") from None
 
     def _check_declared(self, rel: str) -> dict:
-        entry = self.declared().get(rel)
+        entry = (self.declared() if rel.startswith("hidden/c/") else self.named()).get(rel)
         if entry is None:
             raise UnsafeStoreError(f"{self.root}: refused: {rel!r} is not named by the store's manifest")
         return entry
@@ -422,7 +440,7 @@ class RemoteFS(FsspecFS):
         if self._duck_fs is None:
             with _protocol_lock:
                 proto = f"kevo{next(_protocol_ids)}"
-            sizes = {rel: e["size"] for rel, e in self.declared().items() if e["size"] is not None}
+            sizes = {rel: e["size"] for rel, e in self.named().items() if e["size"] is not None}
             self._duck_fs = _ro_filesystem_class()(self._fs, self._path, sizes, proto, self.root)
         return self._duck_fs
 
@@ -464,7 +482,7 @@ def _guarded(name: str):
 
 # every access to a remote store reports network and credential failures as one clear message
 for _name in ("exists", "isdir", "read_bytes", "open", "size", "listdir", "walk_files", "disk_usage", "declared",
-              "sha256"):
+              "named", "sha256"):
     setattr(RemoteFS, _name, _guarded(_name))
 
 
