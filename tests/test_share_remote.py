@@ -273,3 +273,21 @@ def test_a_store_on_a_plain_https_host_reads_in_place_and_pulls(local_store, tmp
         assert pl.returncode == 0, pl.stderr
         assert kevo("store", "verify", tmp_path / "p.kevo").returncode == 0
         assert {p.name for p in (tmp_path / "p.kevo" / "hidden" / "c" / "0").iterdir()} == {"7"}
+
+
+def test_endpoint_and_options_come_from_the_environment(monkeypatch):
+    from kevo_store.remote import RemoteStoreError, storage_options
+
+    for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "KEVO_STORAGE_OPTIONS"):
+        monkeypatch.delenv(k, raising=False)
+    assert storage_options("s3://b/x.kevo") == {}
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://minio:9000")
+    assert storage_options("s3://b/x.kevo") == {"endpoint_url": "http://minio:9000"}
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://s3only:9000")  # the service-specific one wins
+    assert storage_options("s3://b/x.kevo") == {"endpoint_url": "http://s3only:9000"}
+    assert storage_options("gs://b/x.kevo") == {}  # an S3 endpoint is not a GCS endpoint
+    monkeypatch.setenv("KEVO_STORAGE_OPTIONS", '{"anon": true}')
+    assert storage_options("s3://b/x.kevo") == {"endpoint_url": "http://s3only:9000", "anon": True}
+    monkeypatch.setenv("KEVO_STORAGE_OPTIONS", "{not json")
+    with pytest.raises(RemoteStoreError, match="KEVO_STORAGE_OPTIONS is not valid JSON"):
+        storage_options("s3://b/x.kevo")
