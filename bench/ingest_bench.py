@@ -128,41 +128,54 @@ def paper_comparison(ad, texts, ims, U, gc_hidden, settings_paper, new_tokens: i
 
     state: dict = {}
 
-    @torch.no_grad()
-    def paper():
-        out = ad.model.generate(**ad.generate_inputs(ad.encode(texts, ims)), generation_config=gc_hidden)
-        new = out.sequences[:, -len(out.hidden_states):]
-        t = time.perf_counter()
-        state["paper"] = paper_lens(ad.lm_head, out.hidden_states, new, [new.shape[1]] * new.shape[0])
-        state.setdefault("paper_analysis", []).append(time.perf_counter() - t)
+    def paper_arm(as_released: bool):
+        key = "as_released" if as_released else "tightened"
+
+        @torch.no_grad()
+        def paper():
+            out = ad.model.generate(**ad.generate_inputs(ad.encode(texts, ims)), generation_config=gc_hidden)
+            new = out.sequences[:, -len(out.hidden_states):]
+            t = time.perf_counter()
+            state[key] = paper_lens(ad.lm_head, out.hidden_states, new, [new.shape[1]] * new.shape[0],
+                                    as_released=as_released)
+            state.setdefault(f"{key}_analysis", []).append(time.perf_counter() - t)
+
+        return paper
 
     def kevo():
         state["caps"] = capture(ad, texts, ims, settings_paper, unembedding=U)
 
-    n = max(1, reps - 1)  # the paper arm is the slowest: one run fewer
-    times = interleave({"paper_method": paper, "kevo_paper_outputs": kevo}, n, warmup=False)
+    n = max(1, reps - 1)  # the paper arms are the slowest: one run fewer
+    times = interleave({"paper_as_released": paper_arm(True), "paper_tightened": paper_arm(False),
+                        "kevo_paper_outputs": kevo}, n, warmup=False)
     from ingest.lens import LensResult
 
     kl = LensResult.concat([c.lens["raw"] for c in state["caps"]])
-    check = compare(state["paper"], kl)
+    check = compare(state["as_released"], kl)
+    check_tightened = compare(state["tightened"], kl)
     # kevo's analysis part for the same outputs: the lens on the captured hidden states
     from ingest.lens import compute_lens
 
     H = torch.from_numpy(np.concatenate([c.hidden for c in state["caps"]]).astype(np.float32))
     ids = torch.from_numpy(np.concatenate([c.generated_ids for c in state["caps"]]))
     t_lens = min(timed(compute_lens, U, H, ids, mode="raw", top_k=10, dola=True)[0] for _ in range(n))
-    bp, bk = best(times["paper_method"]), best(times["kevo_paper_outputs"])
-    pa = best(state["paper_analysis"])
+    bp, bk = best(times["paper_as_released"]), best(times["kevo_paper_outputs"])
+    bt = best(times["paper_tightened"])
+    pa, pt = best(state["as_released_analysis"]), best(state["tightened_analysis"])
     return {
         "times_s": {k: [r3(x, 4) for x in v] for k, v in times.items()},
-        "paper_analysis_s": [r3(x, 4) for x in state["paper_analysis"]],
+        "paper_analysis_s": [r3(x, 4) for x in state["as_released_analysis"]],
+        "paper_tightened_analysis_s": [r3(x, 4) for x in state["tightened_analysis"]],
         "kevo_lens_s": r3(t_lens, 4),
         "ratio_end_to_end": r3(bp / bk),
         "ratio_analysis_only": r3(pa / t_lens),
+        "ratio_end_to_end_tightened": r3(bt / bk),
+        "ratio_analysis_only_tightened": r3(pt / t_lens),
         "target_ratio": 5.0,
         "met_target_end_to_end": bp / bk >= 5.0,
         "met_target_analysis": pa / t_lens >= 5.0,
         "check": check,
+        "check_tightened": check_tightened,
     }
 
 

@@ -2,8 +2,11 @@
 
 What the released scripts (heatmap / token-probability scripts of Wang et al., CVPR 2025) do, per
 their description: generate with ``output_hidden_states``; then for every generation step and for
-every layer, call ``lm_head`` on that layer's hidden state at the last position (no final norm:
-the "raw" lens; the last layer's state is already normed by the model), keep the whole vocabulary
+every layer, call ``lm_head`` on that layer's hidden state (no final norm: the "raw" lens; the last
+layer's state is already normed by the model) and keep the last position. As released, the JS
+script applies ``lm_head`` to the whole hidden-state tensor of the step, which at step 0 (the
+prefill) is every prompt position, image tokens included (``as_released=True``); the tightened
+variant unembeds the last position only (``as_released=False``). Then it keeps the whole vocabulary
 distribution of every layer, and compute the layer-to-layer divergence in a Python loop over
 consecutive layer pairs, in float64, with DoLa's JS variant
 ``0.5 * (kl_div(log P_l, M).mean(-1) + kl_div(log P_{l+1}, M).mean(-1))``, M = (P_l + P_{l+1}) / 2.
@@ -24,7 +27,8 @@ import torch.nn.functional as F
 
 
 @torch.no_grad()
-def paper_lens(lm_head, hidden_states, new_ids: torch.Tensor, n_generated: list[int], top_k: int = 10) -> dict:
+def paper_lens(lm_head, hidden_states, new_ids: torch.Tensor, n_generated: list[int], top_k: int = 10,
+               as_released: bool = False) -> dict:
     """Per-token, per-layer lens values computed the paper's way.
 
     hidden_states: ``generate(...).hidden_states`` (per step: a tuple of L+1 tensors (B, T_step, D));
@@ -37,8 +41,11 @@ def paper_lens(lm_head, hidden_states, new_ids: torch.Tensor, n_generated: list[
     for b in range(B):
         for j in range(n_generated[b]):
             layers = hidden_states[j]
-            # one lm_head call per layer on the last position; the full distributions are kept
-            logits = [lm_head(h[b : b + 1, -1, :]) for h in layers]
+            # one lm_head call per layer; the full distributions are kept
+            if as_released:  # the whole step tensor (every prompt position at step 0), then the last position
+                logits = [lm_head(h[b : b + 1])[:, -1, :] for h in layers]
+            else:
+                logits = [lm_head(h[b : b + 1, -1, :]) for h in layers]
             probs = [F.softmax(x.float(), dim=-1) for x in logits]
             out = int(new_ids[b, j])
             p_out, top1, tk_i, tk_p = [], [], [], []

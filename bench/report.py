@@ -108,11 +108,15 @@ def _summary(r: dict) -> list[list[str]]:
         out.append(["1", "embedded default model", _err(org) or "—", "≤ 1.5x", "not measured"])
     p = o.get("paper") or {}
     if p:
-        out.append(["2", "paper's method / kevo, same outputs (end to end: generation + analysis)",
-                    f"{_f(p['ratio_end_to_end'])}x faster", "≥ 5x", _status(p["met_target_end_to_end"])])
-        out.append(["2", "paper's method / kevo, analysis part only (after generation)",
-                    f"{_f(p['ratio_analysis_only'])}x faster; outputs agree: {_f(p['check']['agree'])}", "≥ 5x",
-                    _status(p["met_target_analysis"])])
+        tight = (f" (tightened baseline: {_f(p['ratio_end_to_end_tightened'])}x)"
+                 if "ratio_end_to_end_tightened" in p else "")
+        out.append(["2", "paper's method as released / kevo, same outputs (end to end: generation + analysis)",
+                    f"{_f(p['ratio_end_to_end'])}x faster{tight}", "≥ 5x", _status(p["met_target_end_to_end"])])
+        tight = (f" (tightened: {_f(p['ratio_analysis_only_tightened'])}x)"
+                 if "ratio_analysis_only_tightened" in p else "")
+        out.append(["2", "paper's method as released / kevo, analysis part only (after generation)",
+                    f"{_f(p['ratio_analysis_only'])}x faster{tight}; outputs agree: {_f(p['check']['agree'])}",
+                    "≥ 5x", _status(p["met_target_analysis"])])
     h = S.get("hidden_write") or {}
     if "mib_per_s" in h:
         out.append(["3", "hidden-state writes: StoreWriter / raw sequential write, both flushed to disk",
@@ -210,21 +214,37 @@ def _ingest(w, sec, cmd):
           f"a plain loop that reads the same images and calls generate: "
           f"**{_f(fi['ratio_ingest_vs_generate'])}x** (runs: {fi['times_s']}). The store: {_f(fi['store_bytes'])} "
           f"bytes for {fi['tokens']} tokens, of which hidden states {_f(fi['hidden_bytes'])}.")
+        if fi["batch"] == o["batch"] and fi["new_tokens"] == o["new_tokens"] and "kevo_ingest" in fi["times_s"]:
+            nb = -(-fi["images"] // fi["batch"])
+            est = nb * o["best_s"]["kevo_capture"]
+            ing = min(fi["times_s"]["kevo_ingest"])
+            w(f"Estimate of where the ingest's time goes: {nb} batches x the best capture time above = {_f(est)} s "
+              f"of its best {_f(ing)} s; the remaining {_f(max(ing - est, 0.0))} s are image reads and hashing, "
+              "token spans, building the Arrow tables, the store commits (Parquet + Zarr + manifest, fsynced), the "
+              "vocabulary table and the final compaction"
+              + (" (what limits the ratio beyond the capture itself)." if fi["ratio_ingest_vs_generate"] > 1.5
+                 else "."))
         w("")
     p = o.get("paper") or {}
     if p:
         c = p["check"]
         w("**Against the paper's released method** (bench/paper_method.py, reimplemented from its description: "
-          "after generate with `output_hidden_states`, for every step and every layer one `lm_head` call on the "
-          "last position, every layer's full distribution kept, JS between consecutive layers in a Python loop in "
-          "float64 with DoLa's variant; candidate probabilities read one `.item()` at a time). kevo ran the same "
-          "lens (`raw`, `--dola`) so the outputs are the same:")
+          "after generate with `output_hidden_states`, for every step and every layer one `lm_head` call, the last "
+          "position kept, every layer's full distribution kept, JS between consecutive layers in a Python loop in "
+          "float64 with DoLa's variant; candidate probabilities read one `.item()` at a time). *As released*, the JS "
+          "script unembeds the step's whole hidden-state tensor, which at step 0 is every prompt position (image "
+          "tokens included) of every layer; the *tightened* variant unembeds the last position only (what a careful "
+          "user of that code would fix first). kevo ran the same lens (`raw`, `--dola`), so the outputs are the same:")
         w("")
-        w(f"- end to end (generation + analysis): paper {p['times_s']['paper_method']} s vs kevo "
-          f"{p['times_s']['kevo_paper_outputs']} s: **{_f(p['ratio_end_to_end'])}x** (target ≥ 5x: "
+        pm = p["times_s"].get("paper_as_released", p["times_s"].get("paper_method"))
+        w(f"- end to end (generation + analysis): paper as released {pm} s, tightened "
+          f"{p['times_s'].get('paper_tightened', '—')} s, kevo {p['times_s']['kevo_paper_outputs']} s: "
+          f"**{_f(p['ratio_end_to_end'])}x** (tightened {_f(p.get('ratio_end_to_end_tightened'))}x; target ≥ 5x: "
           f"{_status(p['met_target_end_to_end'])}; both sides share the same generation, which bounds this ratio).")
-        w(f"- analysis only: paper's loops {p['paper_analysis_s']} s vs kevo's batched lens {p['kevo_lens_s']} s: "
-          f"**{_f(p['ratio_analysis_only'])}x** (target ≥ 5x: {_status(p['met_target_analysis'])}).")
+        w(f"- analysis only: the paper's loops {p['paper_analysis_s']} s as released, "
+          f"{p.get('paper_tightened_analysis_s', '—')} s tightened, vs kevo's batched lens {p['kevo_lens_s']} s: "
+          f"**{_f(p['ratio_analysis_only'])}x** (tightened {_f(p.get('ratio_analysis_only_tightened'))}x; target ≥ 5x: "
+          f"{_status(p['met_target_analysis'])}).")
         if not (p["met_target_end_to_end"] and p["met_target_analysis"]):
             w(f"- What limits it: on a CPU the paper's per-call cost is small next to its work (each lm_head call is a "
               f"{_f(o['model']['hidden'])} x {_f(o['model']['vocab'])} matrix-vector product that streams the whole "
@@ -237,7 +257,9 @@ def _ingest(w, sec, cmd):
           f"**{_f(c['agree'])}**. Largest differences: p_out {_f(c['max_abs_diff_p_out'])}, top-10 probabilities "
           f"{_f(c['max_abs_diff_topk_prob'])}, true JS vs kevo's js_prev {_f(c['max_abs_diff_js_true_vs_js_prev'])} "
           f"nats, DoLa JS vs kevo's js_dola {_f(c['max_abs_diff_js_dola'])} (values up to {_f(c['max_js_dola'])}); "
-          f"top-10 id mismatches {c['topk_id_mismatches']}.")
+          f"top-10 id mismatches {c['topk_id_mismatches']}."
+          + (f" The tightened variant agrees too: {_f(p['check_tightened']['agree'])}." if "check_tightened" in p
+             else ""))
         w("")
 
 

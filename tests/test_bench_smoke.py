@@ -31,7 +31,7 @@ def tiny(tmp_path_factory):
     return ad, texts, ims, Unembedding(ad)
 
 
-def _paper(ad, texts, ims, n):
+def _paper(ad, texts, ims, n, as_released=False):
     from transformers import GenerationConfig
 
     gc = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=n, eos_token_id=ad.eos_token_ids,
@@ -40,15 +40,17 @@ def _paper(ad, texts, ims, n):
     with torch.no_grad():
         out = ad.model.generate(**ad.generate_inputs(ad.encode(texts, ims)), generation_config=gc)
     new = out.sequences[:, -len(out.hidden_states):]
-    return new, paper_lens(ad.lm_head, out.hidden_states, new, [new.shape[1]] * new.shape[0], top_k=5)
+    return new, paper_lens(ad.lm_head, out.hidden_states, new, [new.shape[1]] * new.shape[0], top_k=5,
+                           as_released=as_released)
 
 
-def test_paper_method_and_kevo_lens_agree(tiny):
+@pytest.mark.parametrize("as_released", [False, True], ids=["tightened", "as_released"])
+def test_paper_method_and_kevo_lens_agree(tiny, as_released):
     from ingest.capture import CaptureSettings, capture
     from ingest.lens import LensResult
 
     ad, texts, ims, U = tiny
-    new, paper = _paper(ad, texts, ims, 6)
+    new, paper = _paper(ad, texts, ims, 6, as_released)
     caps = capture(ad, texts, ims, CaptureSettings(max_new_tokens=6, top_k=5, lens_modes=("raw", "final_norm"),
                                                    dola=True), unembedding=U)
     assert [c.generated_ids.tolist() for c in caps] == new.tolist()
