@@ -114,3 +114,8 @@ def test_device_map_and_device():
     cb = capture(b, texts, [tiny_image()], CaptureSettings(max_new_tokens=3))[0]
     assert ca.generated_ids.tolist() == cb.generated_ids.tolist()
     assert (ca.hidden == cb.hidden).all()
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "smolvlm"])
+def test_family_names_the_variant(family):
+    assert load_adapter(str(tiny_model_dir(family)), dtype="float32").model_info["family"] == family

@@ -19,6 +19,10 @@ class Idefics3Adapter(Adapter):
     model_types = ("idefics3", "smolvlm")
     model_class = "AutoModelForImageTextToText"
 
+    def __init__(self, model, processor, **kw):
+        super().__init__(model, processor, **kw)
+        self.family = model.config.model_type  # record which of the two this is
+
     @property
     def prompt_template(self) -> str:  # type: ignore[override]
         return "processor chat template" if getattr(self.processor, "chat_template", None) else \

@@ -28,6 +28,10 @@ class Qwen2VLAdapter(Adapter):
     family = "qwen2_vl"
     model_types = ("qwen2_vl", "qwen2_5_vl")
     model_class = "AutoModelForImageTextToText"
+
+    def __init__(self, model, processor, **kw):
+        super().__init__(model, processor, **kw)
+        self.family = model.config.model_type  # record which of the two this is
     image_token = "<|image_pad|>"
 
     @property
