@@ -32,6 +32,7 @@ class Qwen2VLAdapter(Adapter):
     def __init__(self, model, processor, **kw):
         super().__init__(model, processor, **kw)
         self.family = model.config.model_type  # record which of the two this is
+
     image_token = "<|image_pad|>"
 
     @property
