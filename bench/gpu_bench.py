@@ -53,7 +53,7 @@ def build(size, dtype, device: str, seed: int = 0):
     return ad, Unembedding(ad)
 
 
-def measure(ad, U, batch: int, new_tokens: int, reps: int, device: str) -> dict:
+def measure(ad, U, batch: int, new_tokens: int, reps: int, device: str, lens_chunk_mib: int | None = None) -> dict:
     import numpy as np
     import torch
     from PIL import Image
@@ -69,6 +69,8 @@ def measure(ad, U, batch: int, new_tokens: int, reps: int, device: str) -> dict:
                           pad_token_id=ad.tokenizer.pad_token_id, use_cache=True)
     settings = CaptureSettings(max_new_tokens=new_tokens, top_k=10, hidden_layers="all",
                                hidden_dtype="bfloat16" if ad.model.dtype == torch.bfloat16 else "float16")
+    if lens_chunk_mib:  # default: what `kevo ingest` uses (CaptureSettings.lens_chunk_bytes)
+        settings.lens_chunk_bytes = lens_chunk_mib << 20
     cuda = device.startswith("cuda")
     state: dict = {}
 
@@ -109,6 +111,7 @@ def measure(ad, U, batch: int, new_tokens: int, reps: int, device: str) -> dict:
         "ratio_capture_vs_generate": bk / bg, "same_tokens_as_generate": bool(same),
         "lens_finite": bool(np.isfinite(lens.p_out).all() and np.isfinite(lens.entropy).all()),
         "hidden_bytes_per_batch": int(sum(c.hidden.nbytes for c in caps)),
+        "lens_chunk_bytes": settings.lens_chunk_bytes,
     }
     if cuda:
         res["max_memory_allocated_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -122,6 +125,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--lens-chunk-mib", type=int, default=None,
+                    help="the lens's device temporaries per chunk (default: kevo's CaptureSettings default)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "gpu-results.json"))
     args = ap.parse_args()
 
@@ -149,7 +154,7 @@ def main() -> int:
         t0 = time.perf_counter()
         ad, U = build(size, dt, device)
         build_s = time.perf_counter() - t0
-        r = measure(ad, U, args.batch, args.new_tokens, args.reps, device)
+        r = measure(ad, U, args.batch, args.new_tokens, args.reps, device, args.lens_chunk_mib)
         r["build_s"] = build_s
         out["runs"].append(r)
         print(f"{r['dtype']}: generate {r['generate_tokens_per_s']:.1f} tok/s, kevo capture "
