@@ -7,49 +7,54 @@
 2. templates the prompts (``adapter.build_prompt``; ``samples.prompt_text`` keeps that exact text),
 3. runs :func:`ingest.capture.capture` (greedy generation + hidden states + logit lens); a batch
    that fails is retried one sample at a time so that one bad sample cannot poison the others,
-4. finds the piece and the character span in the response of every generated token,
+4. finds the piece and the character span in the response of every generated token
+   (:mod:`ingest.spans`),
 5. calls the dataset's labeler, if any (word/object labels, per-sample metrics),
-6. writes samples/tokens/layers/topk/hidden/errors with ``StoreWriter.write_batch`` (one commit).
+6. turns the captures into table rows (:mod:`ingest.rows`) and writes
+   samples/tokens/layers/topk/hidden/errors with ``StoreWriter.write_batch`` (one commit).
 
 Resume is the default: items whose key is already committed (as a sample or an error) are skipped.
 
 Several processes (``torchrun``/``accelerate launch``: ``RANK``/``WORLD_SIZE`` in the environment)
 split the items by index (item i goes to rank i % world_size); rank K writes the part store
 ``OUT.parts/rank-K``; after a barrier rank 0 joins the parts into ``OUT`` in the dataset's item
-order (:func:`kevo_store.join.join_parts`), so the result equals a one-process run.
+order (:mod:`ingest.distributed`, :func:`kevo_store.join.join_parts`), so the result equals a
+one-process run.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-
 from ingest.datasets.base import Dataset, DatasetItem, sha256_file
+from ingest.distributed import (
+    RankContext,
+    committed_keys,
+    join_ranks,
+    keys_elsewhere,
+    keys_in_parts,
+    part_path,
+    parts_dir,
+)
+from ingest.rows import BatchRows, LabelError, Prepared, add_sample, write_rows
+from ingest.spans import pieces, token_char_spans, vocab_table
 from kevo_store import schema
-
-try:
-    from kevo_store.errors import KevoError as _ErrorBase
-except ImportError:  # pragma: no cover - the store package provides it
-    _ErrorBase = Exception
-
+from kevo_store.errors import KevoError
 
 # If this many samples fail to generate before any succeeds, the run stops (see _run_rank).
 ABORT_AFTER_GENERATE_FAILURES = 3
 
 
-class IngestError(_ErrorBase):
+class IngestError(KevoError):
     """A user error in an ingest run (bad option, unusable model, store mismatch): one clear message."""
 
 
@@ -135,98 +140,6 @@ def parse_layer_spec(spec: str, n: int, option: str) -> list[int]:
     if not out:
         raise IngestError(f"{option} {spec!r}: no layers given")
     return sorted(out)
-
-
-# --------------------------------------------------------------------------------------------
-# ranks
-
-
-@dataclass
-class RankContext:
-    """This process's place in a multi-process run (``torchrun``/``accelerate launch`` set the env)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @classmethod
-    def from_env(cls) -> RankContext:
-        def geti(name: str, default: int) -> int:
-            v = os.environ.get(name)
-            try:
-                return int(v) if v not in (None, "") else default
-            except ValueError:
-                raise IngestError(f"environment variable {name}={v!r} is not an integer") from None
-
-        ctx = cls(geti("RANK", 0), geti("WORLD_SIZE", 1), geti("LOCAL_RANK", geti("RANK", 0)))
-        if not 0 <= ctx.rank < ctx.world_size:
-            raise IngestError(f"RANK={ctx.rank} is outside WORLD_SIZE={ctx.world_size}")
-        return ctx
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    def owns(self, index: int) -> bool:
-        """Item ``index`` (in dataset order) goes to rank ``index % world_size``."""
-        return index % self.world_size == self.rank
-
-    def init(self, backend: str) -> None:
-        import datetime as _dt
-
-        import torch.distributed as dist
-
-        if self.distributed and not dist.is_initialized():
-            # ranks finish at different times; the barrier before the join must not time out
-            dist.init_process_group(backend=backend, timeout=_dt.timedelta(hours=48))
-
-    def barrier(self) -> None:
-        import torch.distributed as dist
-
-        if self.distributed and dist.is_initialized():
-            dist.barrier()
-
-    def all_ok(self, ok: bool) -> bool:
-        """True only if every rank reports ok (so rank 0 never joins an unfinished part)."""
-        import torch
-        import torch.distributed as dist
-
-        if not (self.distributed and dist.is_initialized()):
-            return ok
-        t = torch.tensor([0 if ok else 1], dtype=torch.int64)
-        dist.all_reduce(t)
-        return int(t.item()) == 0
-
-    def shutdown(self) -> None:
-        import torch.distributed as dist
-
-        if self.distributed and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def parts_dir(out: str) -> str:
-    """Where the ranks of a multi-process run keep their parts: next to the store, removed after the join."""
-    return str(out).rstrip("/\\") + ".parts"
-
-
-def part_path(out: str, rank: int) -> str:
-    return os.path.join(parts_dir(out), f"rank-{rank}")
-
-
-def committed_keys(path: str) -> set[str]:
-    """sample_key of every committed sample and error of the store at ``path`` (empty if none), read-only."""
-    mf = Path(path) / "manifest.json"
-    if not mf.is_file():
-        return set()
-    import pyarrow.parquet as pq
-
-    m = json.loads(mf.read_text())
-    keys: set[str] = set()
-    for t in ("samples", "errors"):
-        files = [str(Path(path) / f) for f in ((m.get("tables") or {}).get(t) or {}).get("files", [])]
-        if files:
-            keys.update(pq.read_table(files, columns=["sample_key"]).column(0).to_pylist())
-    return keys
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,50 +242,6 @@ def estimate_disk(n_items: int, tokens_per_item: int, n_layers: int, n_hidden_la
 
 
 # --------------------------------------------------------------------------------------------
-# token pieces and character spans
-
-
-def token_char_spans(tokenizer, ids: Sequence[int], response: str) -> tuple[list[int], list[int]]:
-    """Character span in ``response`` of each generated token.
-
-    The boundary after token i is the longest common prefix of ``response`` and the decoded text of
-    tokens 0..i, made monotone from the end. An unfinished multi-byte character decodes as U+FFFD in
-    the prefix but not in the response, so it is not text yet; a byte that never becomes a valid
-    character stays U+FFFD in both and is owned by its own token. So the spans partition the
-    response; a token that adds no text of its own (the end-of-sequence token, the first bytes of a
-    byte-fallback character) gets an empty span, and the token that completes a character owns it.
-    """
-    n = len(ids)
-    if n == 0:
-        return [], []
-    ids = [int(i) for i in ids]
-    bounds = []
-    for i in range(n):
-        text = tokenizer.decode(ids[: i + 1], skip_special_tokens=True)
-        bounds.append(len(os.path.commonprefix([text, response])))
-    for i in range(n - 2, -1, -1):
-        bounds[i] = min(bounds[i], bounds[i + 1])
-    return [0, *bounds[:-1]], bounds
-
-
-def pieces(tokenizer, ids: Sequence[int]) -> list[str | None]:
-    out = tokenizer.convert_ids_to_tokens([int(i) for i in ids])
-    return [p if isinstance(p, str) else None for p in out]
-
-
-def vocab_table(tokenizer, vocab_size: int) -> pa.Table:
-    """vocab_id, piece, text for every id of the output head (ids the tokenizer lacks get nulls)."""
-    n_tok = len(tokenizer)
-    ids = list(range(vocab_size))
-    known = [i for i in ids if i < n_tok]
-    piece = pieces(tokenizer, known) + [None] * (vocab_size - len(known))
-    text = tokenizer.batch_decode([[i] for i in known], skip_special_tokens=False,
-                                  clean_up_tokenization_spaces=False) + [None] * (vocab_size - len(known))
-    return pa.table({"vocab_id": pa.array(ids, pa.int32()), "piece": pa.array(piece, pa.string()),
-                     "text": pa.array(text, pa.string())}, schema=schema.VOCAB)
-
-
-# --------------------------------------------------------------------------------------------
 # the run
 
 
@@ -391,27 +260,6 @@ class IngestResult:
     def failed_all(self) -> bool:
         """Nothing succeeded although something was attempted."""
         return self.n_samples == 0 and self.n_errors > 0
-
-
-@dataclass
-class _Prepared:
-    item: DatasetItem
-    image: Any
-    image_sha256: str | None
-    prompt_text: str
-
-
-@dataclass
-class _BatchRows:
-    samples: list[dict] = field(default_factory=list)
-    tokens: list[pa.Table] = field(default_factory=list)
-    layers: list[pa.Table] = field(default_factory=list)
-    topk: list[pa.Table] = field(default_factory=list)
-    hidden: list[np.ndarray] = field(default_factory=list)
-    errors: list[dict] = field(default_factory=list)
-    n_tokens: int = 0
-    n_generated: int = 0
-    first_traceback: str | None = None
 
 
 def _now() -> str:
@@ -470,10 +318,7 @@ def run_ingest(dataset: Dataset, config: IngestConfig, *, echo: Callable[[str], 
     prompt_guess = _prompt_tokens_guess(items) if config.capture_prompt else 0
     tokens_per_item = config.max_new_tokens + prompt_guess
     # the estimate covers what is left to do (read-only peek at a store being resumed; ranks' parts too)
-    already = committed_keys(config.out) if ctx.rank == 0 else set()
-    if ctx.rank == 0 and Path(parts_dir(config.out)).is_dir():
-        for d in Path(parts_dir(config.out)).iterdir():
-            already |= committed_keys(str(d))
+    already = committed_keys(config.out) | keys_in_parts(config.out) if ctx.rank == 0 else set()
     if already and not config.resume:
         raise IngestError(f"store {config.out} already holds {len(already)} samples; --no-resume refuses to add to "
                           "it (remove it, or drop --no-resume to continue it)")
@@ -492,7 +337,7 @@ def run_ingest(dataset: Dataset, config: IngestConfig, *, echo: Callable[[str], 
     try:
         elsewhere: set[str] = set()
         if ctx.distributed:
-            elsewhere = _keys_elsewhere(config, ctx)
+            elsewhere = keys_elsewhere(config.out, ctx.rank)
             ctx.barrier()  # nobody writes (or compacts) a part while another rank reads it
         ok = False
         result = None
@@ -503,7 +348,7 @@ def run_ingest(dataset: Dataset, config: IngestConfig, *, echo: Callable[[str], 
         finally:
             all_ok = ctx.all_ok(ok)
         if ctx.distributed:
-            result = _join(dataset, items, config, ctx, echo, result, all_ok)
+            join_ranks(ctx, config.out, [it.key for it in items], all_ok, echo)
         return result
     finally:
         ctx.shutdown()
@@ -632,18 +477,6 @@ def _existing_meta(path: str) -> dict | None:
     return m.get("meta", m)
 
 
-def _keys_elsewhere(config: IngestConfig, ctx: RankContext) -> set[str]:
-    """Keys a rank must skip besides its own part's: already joined into the store, or committed in
-    another part (a re-run with a different number of ranks). Read before any rank writes."""
-    keys = committed_keys(config.out)
-    pdir = Path(parts_dir(config.out))
-    if pdir.is_dir():
-        for d in sorted(pdir.iterdir()):
-            if d.name != f"rank-{ctx.rank}":
-                keys |= committed_keys(str(d))
-    return keys
-
-
 def _run_rank(dataset, items, config, ctx, dims, skip, hidden_layers, estimate, echo, adapter,
               elsewhere: set[str]) -> IngestResult:
     from ingest.capture import CaptureSettings
@@ -703,7 +536,7 @@ def _run_rank(dataset, items, config, ctx, dims, skip, hidden_layers, estimate, 
                         )
                 elif held:
                     rows.errors, held = held + rows.errors, []
-                _write(writer, rows)
+                write_rows(writer, rows)
                 result.n_samples += len(rows.samples)
                 result.n_errors += len(rows.errors)
                 result.n_tokens += rows.n_tokens
@@ -713,7 +546,7 @@ def _run_rank(dataset, items, config, ctx, dims, skip, hidden_layers, estimate, 
                     el = max(time.perf_counter() - t0, 1e-9)
                     bar.set_postfix_str(f"{gen_tokens / el:.1f} tok/s, {result.n_errors} errors")
             if held:  # fewer than ABORT_AFTER_GENERATE_FAILURES samples in the whole run, all failed
-                _write(writer, _BatchRows(errors=held))
+                write_rows(writer, BatchRows(errors=held))
                 result.n_errors += len(held)
         finally:
             if bar is not None:
@@ -735,11 +568,11 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="sample", dynamic_ncols=True, file=sys.stderr)
 
 
-def _process_batch(batch: list[DatasetItem], adapter, settings, dataset: Dataset) -> _BatchRows:
+def _process_batch(batch: list[DatasetItem], adapter, settings, dataset: Dataset) -> BatchRows:
     from ingest.capture import capture
 
-    rows = _BatchRows()
-    prepared: list[_Prepared] = []
+    rows = BatchRows()
+    prepared: list[Prepared] = []
     for item in batch:
         image = sha = None
         if item.image_path is not None:
@@ -754,9 +587,9 @@ def _process_batch(batch: list[DatasetItem], adapter, settings, dataset: Dataset
         except Exception as e:  # noqa: BLE001
             rows.errors.append(_error_row(item, "prepare", e))
             continue
-        prepared.append(_Prepared(item, image, sha, prompt_text))
+        prepared.append(Prepared(item, image, sha, prompt_text))
 
-    results: list[tuple[_Prepared, Any]] = []
+    results: list[tuple[Prepared, Any]] = []
     if prepared:
         try:
             caps = capture(adapter, [p.prompt_text for p in prepared], [p.image for p in prepared], settings)
@@ -776,13 +609,13 @@ def _process_batch(batch: list[DatasetItem], adapter, settings, dataset: Dataset
             rows.first_traceback = rows.first_traceback or cap.tb
             continue
         try:
-            _add_sample(rows, p, cap, adapter, dataset)
-        except _LabelError as e:
+            add_sample(rows, p, cap, adapter, dataset)
+        except LabelError as e:
             rows.errors.append(_error_row(p.item, "label", e.__cause__ or e))
     return rows
 
 
-def _failed_stage(adapter, p: _Prepared) -> str:
+def _failed_stage(adapter, p: Prepared) -> str:
     """'prepare' if the processor alone rejects the sample (e.g. a prompt with a stray image token), else 'generate'."""
     try:
         adapter.encode([p.prompt_text], [p.image])
@@ -802,216 +635,6 @@ def _exc_info() -> _Failure:
     return _Failure(exc, traceback.format_exc())
 
 
-class _LabelError(Exception):
-    pass
-
-
-def _add_sample(rows: _BatchRows, p: _Prepared, cap, adapter, dataset: Dataset) -> None:
-    """Turn one SampleCapture into rows (batch-local token_uids continue from the rows so far)."""
-    item = p.item
-    tok = adapter.tokenizer
-    gen_ids = np.asarray(cap.generated_ids, dtype=np.int64)
-    response = cap.response
-    role = np.asarray(cap.role).astype(str)
-    token_id = np.asarray(cap.token_id, dtype=np.int32)
-    step = np.asarray(cap.step, dtype=np.int32)
-    position = np.asarray(cap.position, dtype=np.int32)
-    n = len(token_id)
-    is_gen = role == "generated"
-    char_start = np.full(n, -1, np.int32)
-    char_end = np.full(n, -1, np.int32)
-    starts, ends = token_char_spans(tok, gen_ids.tolist(), response)
-    gen_rows = np.flatnonzero(is_gen)
-    # generated rows are in step order; step s is the s-th generated token
-    char_start[gen_rows] = np.asarray(starts, np.int32)[step[gen_rows]]
-    char_end[gen_rows] = np.asarray(ends, np.int32)[step[gen_rows]]
-    piece = pieces(tok, token_id.tolist())
-
-    cols: dict[str, Any] = {
-        "token_uid": np.arange(rows.n_tokens, rows.n_tokens + n, dtype=np.int64),
-        "sample_key": [item.key] * n,
-        "step": step,
-        "position": position,
-        "role": role.tolist(),
-        "token_id": token_id,
-        "piece": piece,
-        "char_start": pa.array(char_start, mask=~is_gen),
-        "char_end": pa.array(char_end, mask=~is_gen),
-    }
-    for name in ("patch_row", "patch_col"):  # -1 = not an image token / no grid: null
-        v = np.asarray(getattr(cap, name), dtype=np.int16)
-        cols[name] = pa.array(v, pa.int16(), mask=v < 0)
-
-    metrics = None
-    if dataset.labeler is not None:
-        gen_table = pa.table({
-            "step": pa.array(step[gen_rows], pa.int32()),
-            "token_id": pa.array(token_id[gen_rows], pa.int32()),
-            "piece": pa.array([piece[i] for i in gen_rows], pa.string()),
-            "char_start": pa.array(char_start[gen_rows], pa.int32()),
-            "char_end": pa.array(char_end[gen_rows], pa.int32()),
-        })
-        try:
-            extra, metrics = dataset.labeler(item, response, gen_table)
-            for name, values in (extra or {}).items():
-                if name not in schema.TOKENS.names or name in cols:
-                    raise ValueError(f"labeler returned column {name!r}, which is not a labelable tokens column")
-                values = list(values)
-                if len(values) != len(gen_rows):
-                    raise ValueError(f"labeler column {name!r} has {len(values)} values for {len(gen_rows)} tokens")
-                full = [None] * n
-                for r, v in zip(gen_rows.tolist(), values):
-                    full[r] = v
-                cols[name] = pa.array(full, schema.TOKENS.field(name).type)
-            if metrics is not None:
-                metrics = json.dumps(metrics, sort_keys=True, default=_json_default)
-        except Exception as e:
-            raise _LabelError(str(e)) from e
-
-    tokens = _table(cols, schema.TOKENS, exclude=("sample_id",), extra=[pa.field("sample_key", pa.string())])
-    uids = cols["token_uid"]
-    rows.layers.append(_layers_table(cap.lens, uids))
-    t = _topk_table(cap.lens, uids)
-    if t is not None:
-        rows.topk.append(t)
-    if cap.hidden is not None:
-        rows.hidden.append(np.asarray(cap.hidden))
-    rows.tokens.append(tokens)
-    rows.samples.append({
-        "sample_key": item.key,
-        "dataset": item.dataset,
-        "item_id": item.item_id,
-        "image_id": item.image_name,
-        "image_sha256": p.image_sha256,
-        "prompt": item.prompt,
-        "prompt_text": p.prompt_text,
-        "response": response,
-        "n_prompt_tokens": int(cap.n_prompt_tokens),
-        "n_generated": int(len(gen_ids)),
-        "stop_reason": cap.stop_reason,
-        "annotations": json.dumps(item.annotations, sort_keys=True, default=_json_default),
-        "metrics": metrics,
-    })
-    rows.n_tokens += n
-    rows.n_generated += int(len(gen_ids))
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, (np.ndarray,)):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def _table(cols: dict, sch: pa.Schema, exclude=(), extra=()) -> pa.Table:
-    fields = [f for f in sch if f.name not in exclude] + list(extra)
-    n = len(next(iter(cols.values())))
-    arrays = []
-    for f in fields:
-        if f.name in cols:
-            v = cols[f.name]
-            arrays.append(v.cast(f.type) if isinstance(v, pa.Array) else pa.array(v, f.type))
-        else:
-            arrays.append(pa.nulls(n, f.type))
-    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
-
-
-LENS_COLUMNS = ("p_out", "logit_out", "rank_out", "top1_id", "top1_prob", "entropy", "js_prev", "js_final",
-                "kl_final", "js_dola")
-
-
-def _layers_table(lens: dict, uids: np.ndarray) -> pa.Table:
-    """(token, lens, layer) rows in the table's key order, from {mode: ingest.lens.LensResult}."""
-    modes = sorted(lens)  # key order: 'final_norm' < 'raw'
-    n = len(uids)
-    n_l = lens[modes[0]].p_out.shape[1]
-    shape = (n, len(modes), n_l)
-    layer = np.broadcast_to(np.arange(n_l, dtype=np.int16)[None, None, :], shape).ravel()
-    cols: dict[str, Any] = {
-        "token_uid": np.broadcast_to(uids[:, None, None], shape).ravel(),
-        "lens": pa.array(np.broadcast_to(np.array(modes, dtype=object)[None, :, None], shape).ravel(), pa.string()),
-        "layer": layer,
-    }
-    for c in LENS_COLUMNS:
-        values = [getattr(lens[m], c) for m in modes]
-        if any(v is None for v in values):
-            continue  # js_dola unless --dola: null
-        ft = schema.LAYERS.field(c).type
-        stacked = np.stack([np.asarray(v) for v in values], axis=1).ravel()
-        if pa.types.is_floating(ft):
-            stacked = stacked.astype(np.float32)
-            # NaN marks "no value" (js_prev/js_dola at layer 0): store null
-            cols[c] = pa.array(stacked, ft, mask=np.isnan(stacked)) if schema.LAYERS.field(c).nullable \
-                else pa.array(stacked, ft)
-        else:
-            cols[c] = pa.array(stacked.astype(ft.to_pandas_dtype()), ft)
-    return _table(cols, schema.LAYERS)
-
-
-def _topk_table(lens: dict, uids: np.ndarray) -> pa.Table | None:
-    """(token, lens, layer, rank) rows in the table's key order."""
-    modes = sorted(lens)
-    ids = np.stack([np.asarray(lens[m].topk_ids) for m in modes], axis=1)  # (n, M, L+1, k)
-    probs = np.stack([np.asarray(lens[m].topk_probs) for m in modes], axis=1)
-    shape = ids.shape
-    k = shape[-1]
-    if k == 0 or ids.size == 0:
-        return None
-    cols = {
-        "token_uid": np.broadcast_to(uids[:, None, None, None], shape).ravel(),
-        "lens": pa.array(np.broadcast_to(np.array(modes, dtype=object)[None, :, None, None], shape).ravel(),
-                         pa.string()),
-        "layer": np.broadcast_to(np.arange(shape[2], dtype=np.int16)[None, None, :, None], shape).ravel(),
-        "rank": np.broadcast_to(np.arange(1, k + 1, dtype=np.int8)[None, None, None, :], shape).ravel(),
-        "vocab_id": ids.astype(np.int32).ravel(),
-        "prob": probs.astype(np.float32).ravel(),
-    }
-    return _table(cols, schema.TOPK)
-
-
-def _write(writer, rows: _BatchRows) -> None:
-    """One atomic commit: concatenate the batch's per-sample tables (token_uids are already batch-local)."""
-    samples = pa.Table.from_pylist(rows.samples, schema=_samples_in_schema()) if rows.samples else None
-    tokens = pa.concat_tables(rows.tokens) if rows.tokens else None
-    layers = pa.concat_tables(rows.layers) if rows.layers else None
-    topk = pa.concat_tables(rows.topk) if rows.topk else None
-    hidden = np.concatenate(rows.hidden, axis=0) if rows.hidden else None
-    errors = pa.Table.from_pylist(rows.errors, schema=schema.ERRORS) if rows.errors else None
-    if samples is None and errors is None:
-        return
-    writer.write_batch(samples=samples, tokens=tokens, layers=layers, topk=topk, hidden=hidden, errors=errors)
-
-
-def _samples_in_schema() -> pa.Schema:
-    return pa.schema([f for f in schema.SAMPLES if f.name != "sample_id"])
-
-
-# --------------------------------------------------------------------------------------------
-# joining the ranks' parts
-
-
-def _join(dataset, items, config, ctx: RankContext, echo, result, all_ok: bool):
-    if not all_ok:
-        raise IngestError(f"a rank failed; the parts are kept under {parts_dir(config.out)} and a re-run "
-                          "resumes every part")
-    if ctx.rank == 0:
-        import shutil
-
-        from kevo_store.join import join_parts
-
-        pdir = Path(parts_dir(config.out))
-        parts = sorted((str(d) for d in pdir.iterdir() if (d / "manifest.json").is_file()),
-                       key=lambda d: int(d.rsplit("-", 1)[1]) if d.rsplit("-", 1)[1].isdigit() else 1 << 30)
-        stats = join_parts(parts, config.out, [it.key for it in items])
-        echo(f"joined {len(parts)} parts into {config.out}: {stats}")
-        shutil.rmtree(pdir)  # everything is in the store now (a crash before this line re-joins nothing twice)
-    ctx.barrier()
-    return result
-
-
-
+__all__ = ["IngestConfig", "IngestError", "IngestResult", "DiskEstimate", "RankContext", "estimate_disk",
+           "model_dims", "parse_layer_spec", "part_path", "parts_dir", "pieces", "run_ingest", "token_char_spans",
+           "vocab_table"]

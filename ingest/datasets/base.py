@@ -19,13 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-try:  # the root `kevo` command turns KevoError into "kevo: error: <message>" and exit 1
-    from kevo_store.errors import KevoError as _ErrorBase
-except ImportError:  # pragma: no cover - kevo_store.errors is written by the store package
-    _ErrorBase = Exception
+# the root `kevo` command turns a KevoError into "kevo: error: <message>" and exit 1
+from kevo_store.errors import KevoError
 
 
-class DatasetError(_ErrorBase):
+class DatasetError(KevoError):
     """Malformed dataset input. The message names the file and the record (e.g. 'query.json, record 17')."""
 
 
