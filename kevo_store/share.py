@@ -313,7 +313,8 @@ def _object_store(fs) -> bool:
 
 
 def _store_layout(rel: str) -> bool:
-    return rel.startswith(("tables/", "hidden/", "derived/"))
+    """A path a store (or an interrupted push of one) may hold: leftovers a new push replaces."""
+    return rel.startswith(("tables/", "hidden/", "derived/", f"{MANIFEST}.tmp-"))
 
 
 def _listing(fs, root: str) -> dict[str, int]:
