@@ -83,6 +83,7 @@ safe, and after a power failure `kevo store verify` tells whether any chunk was 
 | `hidden` | null, or `layers` (axis 1 of the array, as layer numbers), `hidden_size`, `dtype` (stored: float16 or uint16), `logical_dtype` (float16 or bfloat16), `chunk_tokens`, `rows` (= tokens), `zarr_rows` (rows in the array; the rest are in `tail`), `tail`, `index` |
 | `files.<path>` | `sha256`, `size` in bytes, `rows` (Parquet) of every file of the store except `hidden/zarr.json` (checked by structure) and the chunks (checksummed in the chunk index, which is itself in `files`) |
 | `next_sample_id`, `next_token_uid` | the ids the next batch starts from |
+| `partial` | only in a partial pull (`kevo store pull --tables/--layers/--no-hidden`): `source` (the URL), `omitted_tables`, `hidden_layers` (the layers whose chunks were pulled; null = all, [] = none). Every other entry is the source's, so `verify` knows what is missing on purpose; readers make no view of an omitted table and refuse hidden states of an omitted layer; writers refuse the store |
 
 ## Hidden states
 
