@@ -433,6 +433,12 @@ class RemoteFS(FsspecFS):
             return sorted(r for r in self.declared() if r.startswith(prefix))
         return super().walk_files(rel)
 
+    def disk_usage(self, rel: str = "") -> int:
+        if not self._can_list():  # HTTP cannot list: what the manifest declares
+            prefix = rel.rstrip("/") + "/" if rel else ""
+            return sum(e["size"] or 0 for r, e in self.declared().items() if r.startswith(prefix))
+        return super().disk_usage(rel)
+
     def _can_list(self) -> bool:
         return scheme_of(self.root) not in ("http", "https")
 

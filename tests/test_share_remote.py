@@ -266,6 +266,9 @@ def test_a_store_on_a_plain_https_host_reads_in_place_and_pulls(local_store, tmp
         assert json.loads(remote.stdout) == json.loads(local.stdout)
         v = kevo("store", "verify", url)
         assert v.returncode == 0, v.stderr
+        info = kevo("store", "info", url, "--json")
+        assert info.returncode == 0, info.stderr
+        assert json.loads(info.stdout)["tables"]["layers"]["rows"] == 6 * 10 * 24
         with open_store(local_store) as a, open_store(url) as b:
             uids = np.arange(a.rows("tokens"))
             assert np.array_equal(a.hidden(uids, layers=[7]).view(np.uint16), b.hidden(uids, layers=[7]).view(np.uint16))
