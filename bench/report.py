@@ -75,6 +75,19 @@ def render(r: dict) -> str:
     for row in rows:
         w("| " + " | ".join(row) + " |")
     w("")
+    hist = r.get("history") or []
+    if len(hist) > 1:
+        names = [k for k in hist[-1] if k not in ("date_utc", "load_avg_start")]
+        w("**Run-to-run spread.** The same `make bench` on the same machine at other times (the last row is this "
+          "run; the load came from other jobs): the spread is the honest error bar of the figures above; — = not measured that way in that run.")
+        w("")
+        w("| run (UTC) | load avg | " + " | ".join(names) + " |")
+        w("|---|---|" + "---|" * len(names))
+        for h in hist:
+            la = h.get("load_avg_start")
+            w(f"| {h.get('date_utc')} | {la[0] if isinstance(la, list) else la} | "
+              + " | ".join(_f(h.get(n)) for n in names) + " |")
+        w("")
     _ingest(w, S.get("ingest"), cmd)
     _organism(w, S.get("organism"), cmd)
     _hidden(w, S.get("hidden_write"), cmd)

@@ -102,12 +102,47 @@ def main(argv=None) -> int:
         if not g.get("tiny"):
             results["gpu"] = g
     results["total_s"] = round(time.perf_counter() - t_all, 1)
+    results["history"] = _history(a.json, results) if not (q or a.only) else []
     results["machine"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(results, indent=1, default=str))
     a.md.write_text(report.render(results))
     print(f"[bench] wrote {a.md} and {a.json} in {results['total_s']} s")
     return 0
+
+
+HEADLINES = {
+    "capture / generate": ("ingest", "overhead", "ratio_capture_vs_generate"),
+    "floor": ("ingest", "overhead", "floor_ratio"),
+    "kevo ingest / generate": ("ingest", "full_ingest", "ratio_ingest_vs_generate"),
+    "paper / kevo, end to end": ("ingest", "overhead", "paper", "ratio_end_to_end"),
+    "paper / kevo, analysis": ("ingest", "overhead", "paper", "ratio_analysis_only"),
+    "store / raw disk": ("hidden_write", "ratio_store_vs_raw"),
+}
+
+
+def headlines(results: dict) -> dict:
+    """The headline ratios of one run (for the run-to-run spread table)."""
+    out = {"date_utc": results["machine"]["date_utc"], "load_avg_start": results["machine"].get("load_avg_start")}
+    for name, path in HEADLINES.items():
+        v = results.get("sections", {})
+        for k in path:
+            v = v.get(k) if isinstance(v, dict) else None
+        out[name] = v
+    return out
+
+
+def _history(json_path: Path, results: dict) -> list[dict]:
+    """This run's headlines after those of the earlier full runs kept in the previous results.json (last 5)."""
+    prev: list[dict] = []
+    if json_path.is_file():
+        try:
+            old = json.loads(json_path.read_text())
+            if not old.get("quick") and "--only" not in old.get("command", ""):
+                prev = list(old.get("history") or [headlines(old)])
+        except (OSError, ValueError, KeyError):
+            prev = []
+    return (prev + [headlines(results)])[-5:]
 
 
 def _ingest(q: bool) -> dict:
@@ -122,8 +157,8 @@ def _ingest(q: bool) -> dict:
     images = make_images(OUT / "images", 4 if q else 8)
     batch, new = (2, 8) if q else (4, 16)
     res = {"size": asdict(size)}
-    res["overhead"] = ingest_bench.overhead(model, images, batch, new, reps=1 if q else 3)
-    res["full_ingest"] = ingest_bench.full_ingest(model, images, batch, new, reps=1 if q else 2)
+    res["overhead"] = ingest_bench.overhead(model, images, batch, new, reps=1 if q else 5)
+    res["full_ingest"] = ingest_bench.full_ingest(model, images, batch, new, reps=1 if q else 3)
     from bench.query_latency import storage
 
     res["storage_real_store"] = storage(Path(res["full_ingest"]["store_path"]))
@@ -157,7 +192,7 @@ def _organism(q: bool) -> dict:
 def _hidden_write(q: bool) -> dict:
     from bench import hidden_write
 
-    return hidden_write.run(tokens=256 if q else 1024, batch_tokens=128 if q else 256, reps=1 if q else 2)
+    return hidden_write.run(tokens=256 if q else 1024, batch_tokens=128 if q else 256, reps=1 if q else 3)
 
 
 def _queries(q: bool) -> dict:
