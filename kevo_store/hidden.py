@@ -125,6 +125,16 @@ def create_array(fs: LocalFS, sec: dict[str, Any]) -> None:
 def open_array(fs: StoreFS, read_only: bool = True):
     import zarr
 
+    if read_only:  # sharing helper: a store may be someone else's; only plain numbers, standard codecs
+        from .safety import check_zarr_metadata, parse_manifest
+
+        rel = f"{HIDDEN_DIR}/zarr.json"
+        try:
+            meta = fs.read_bytes(rel)
+        except FileNotFoundError:
+            meta = None  # reported below by zarr, with the store's wording
+        if meta is not None:
+            check_zarr_metadata(parse_manifest(meta, fs.full(rel)), fs.full(rel))
     try:
         return zarr.open_array(store=fs.zarr_store(HIDDEN_DIR, read_only=read_only), mode="r" if read_only else "r+",
                                zarr_format=3)

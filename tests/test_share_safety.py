@@ -253,3 +253,14 @@ def test_a_pickled_tail_file_is_never_unpickled(s3, hostile, tmp_path):
         with pytest.raises(ValueError, match="allow_pickle=False"):
             s.hidden([0])
     assert not marker.exists()
+
+
+def test_pickle_codec_in_a_local_store_is_refused_before_zarr_reads_it(local_store, tmp_path):
+    copy = tmp_path / "copy.kevo"
+    shutil.copytree(local_store, copy)
+    meta = json.loads((copy / "hidden" / "zarr.json").read_text())
+    meta["codecs"] = [{"name": "numcodecs.pickle", "configuration": {}}]
+    (copy / "hidden" / "zarr.json").write_text(json.dumps(meta))
+    with open_store(copy) as s:
+        with pytest.raises(KevoError, match="refused: the hidden array uses codec 'numcodecs.pickle'"):
+            s.hidden([0])
