@@ -1,18 +1,20 @@
 """Stores at a URL, read in place: DuckDB and Zarr over an fsspec filesystem.
 
 A store URL is any fsspec URL (``s3://bucket/amber.kevo``, ``gs://…``, ``https://…``,
-``file:///…``, ``memory://…``). :class:`StoreLocation` is the store's root on that filesystem and
-hands out the two read paths the reader needs:
+``memory://…``; ``file://`` and plain paths stay local). ``kevo_store.fs.store_fs(url)`` returns a
+:class:`RemoteFS`, the store's root on that filesystem, read-only, and the reader needs nothing
+else:
 
-- ``register(con)`` registers a read-only view of the store with a DuckDB connection under a
-  private protocol (``kevo<N>://``) and ``duckdb_path(rel)`` names a store file through it, so
-  ``read_parquet`` fetches only the byte ranges a query touches (footers, the row groups and
-  columns it needs) and nothing outside the store can be reached through that protocol;
+- ``fsspec()`` is a read-only view of the store under a private protocol (``kevo<N>://``) that
+  the reader registers with its DuckDB connection, and ``full(rel)`` names a Parquet file through
+  it, so ``read_parquet`` fetches only the byte ranges a query touches (footers, the row groups
+  and columns it needs; no read-ahead cache) and nothing outside the store is reachable;
 - ``zarr_store("hidden")`` is a read-only Zarr store that fetches only the chunks a selection
-  touches, and only chunks the manifest names (with the size it declares).
+  touches, and only chunks the manifest's checksummed chunk index names.
 
 Both refuse any file the manifest does not name, and any file whose size differs from the one
 declared, before a byte of it is parsed (the manifest is untrusted input, see ``safety``).
+Opening a store for SQL reads the manifest and the Parquet footers, nothing more.
 
 Configuration (S3 and S3-compatible stores such as MinIO or a lab's Ceph):
 the standard AWS variables (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``,
