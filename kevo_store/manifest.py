@@ -105,7 +105,7 @@ def load_manifest(fs: StoreFS) -> dict[str, Any]:
         raise StoreNotFoundError(f"{fs.root} is not a kevo store (not a directory)")
     try:
         m = json.loads(fs.read_bytes(MANIFEST))
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise StoreError(f"{where}: manifest is not valid JSON ({e})") from None
     m = check_format(m, fs.root)
     # sharing helper: a path that leaves the store (or a link out of it) is refused

@@ -65,8 +65,8 @@ def parse_manifest(data: bytes, where: str) -> dict:
         manifest = json.loads(
             data.decode("utf-8"), object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants
         )
-    except (UnicodeDecodeError, ValueError) as e:
-        raise _refuse(where, f"{MANIFEST} is not valid JSON ({e})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # RecursionError: absurdly deep nesting
+        raise _refuse(where, f"{MANIFEST} is not valid JSON ({type(e).__name__}: {e})") from None
     if not isinstance(manifest, dict):
         raise _refuse(where, f"{MANIFEST} is not a JSON object")
     return manifest

@@ -58,6 +58,8 @@ def test_manifest_parsing_is_strict():
         parse_manifest(b'{"format_version": 1, "files": {}, "files": {"../x": {}}}', "s")
     with pytest.raises(UnsafeStoreError, match="not valid JSON"):
         parse_manifest(b'{"format_version": NaN}', "s")
+    with pytest.raises(UnsafeStoreError, match="not valid JSON"):
+        parse_manifest(b"[" * 100_000 + b"]" * 100_000, "s")
     with pytest.raises(UnsafeStoreError, match="not a JSON object"):
         parse_manifest(b"[1, 2]", "s")
     with pytest.raises(UnsafeStoreError, match="format 7.*upgrade kevo"):
