@@ -99,7 +99,7 @@ def merged_meta(paths: Sequence[str | os.PathLike], manifests: list[dict], force
         names = list(dict.fromkeys(str(d.get("name", "?")) for d in datasets))
         meta["dataset"] = {"name": "+".join(names), "datasets": datasets}
     meta["dataset"]["merged_from"] = [
-        {"store": os.fspath(p), "dataset": (m.get("dataset") or {}).get("name"),
+        {"store": os.path.abspath(p), "dataset": (m.get("dataset") or {}).get("name"),
          "samples": m["tables"]["samples"]["rows"], "errors": m["tables"]["errors"]["rows"]}
         for p, m in zip(paths, manifests)
     ]
@@ -124,6 +124,13 @@ def merge_stores(stores: Sequence[str | os.PathLike], out: str | os.PathLike, *,
     for p in stores:
         if Path(p).absolute() == out_p:
             raise MergeError(f"--out {out} is one of the inputs; merge into a new store")
+    if (out_p / "manifest.json").exists():
+        # only an interrupted merge of these very stores is resumed; never append to another store
+        with open_store(out_p) as o:
+            was = [d.get("store") for d in (o.manifest.get("dataset") or {}).get("merged_from", [])]
+        if was != [os.path.abspath(p) for p in stores]:
+            raise MergeError(f"--out {out} already exists and is not an interrupted merge of these stores; "
+                             "merge into a new store")
     soft, hard, manifests = compatibility(stores)
     if hard:
         raise MergeError("cannot merge: " + "; ".join(hard))

@@ -94,3 +94,14 @@ def test_overlapping_inputs_are_refused_unless_forced(parts, tmp_path):
     assert (stats.samples, stats.errors) == (7, 2)  # the first copy of each sample is kept, once
     with open_store(full) as f, open_store(tmp_path / "m.kevo") as m:
         assert f.arrow(_ordered("tokens")).equals(m.arrow(_ordered("tokens")))
+
+
+def test_merge_never_appends_to_an_unrelated_store(parts, tmp_path):
+    _s, full, a, b, _root = parts
+    with pytest.raises(KevoError, match="not an interrupted merge of these stores"):
+        merge_stores([a, b], full)
+    # but re-running a finished (or interrupted) merge of the same inputs is a no-op resume
+    out = tmp_path / "m.kevo"
+    merge_stores([a, b], out)
+    again = merge_stores([a, b], out)
+    assert (again.samples, again.skipped) == (0, 9)
