@@ -399,6 +399,7 @@ def _pull(url: str, dest: str | os.PathLike, *, tables: Iterable[str] | None = N
     # HTTP, which cannot list: there only the named files are fetched, each size-capped and hashed)
     if _is_local_fs(fs):
         listing = local_listing(Path(root), where)
+        listing.pop(".lock", None)  # a local store's writer lock (never pulled)
     elif _can_list(fs):
         listing = _listing(fs, root)
     else:
