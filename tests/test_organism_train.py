@@ -13,18 +13,17 @@ from ingest.organism.train import TrainConfig, train
 
 def _small(steps: int) -> TrainConfig:
     return TrainConfig(
-        seed=7, steps=steps, batch_size=8, n_images=48, warmup=2, lr=3e-3,
+        seed=7, steps=steps, batch_size=8, n_images=48, warmup=2, lr=3e-3, vision_steps=5, threads=1,
         model=model_mod.OrganismConfig(vision_hidden=32, vision_layers=2, hidden=32, layers=2, heads=2,
                                        intermediate=64),
     )
 
 
 def test_short_training_learns_and_is_reproducible(tmp_path):
-    torch.set_num_threads(2)
     _, _, a = train(_small(30), tmp_path / "m", log=None)
     _, _, b = train(_small(30), None, log=None)
     assert a == b  # same seed, same thread count: the same losses, bit for bit
-    assert sum(a[-5:]) / 5 < 0.75 * sum(a[:5]) / 5
+    assert sum(a[-5:]) / 5 < 0.8 * sum(a[:5]) / 5
     # the saved directory is a standard HF model that reloads to the same logits
     model, proc = probe.load(tmp_path / "m")
     recipe = json.loads((tmp_path / "m" / "training.json").read_text())

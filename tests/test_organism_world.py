@@ -73,7 +73,7 @@ def test_amber_format(tmp_path):
             assert q["query"].startswith("Is ") and q["query"].endswith("?")
     for q in queries["query_discriminative-existence.json"]:
         assert by_id[q["id"]]["type"] == "discriminative-hallucination"
-        obj = q["query"].split()[3]  # "Is there a {obj} in this image?"
+        obj = q["query"].split()[3]  # "Is there a|an {obj} in this image?"
         n = int(q["image"][len("AMBER_"):-len(".jpg")])
         assert obj in by_id[n]["hallu"]
 

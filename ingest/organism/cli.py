@@ -37,7 +37,7 @@ def world_cmd(out: Path, n_images: int, seed: int, split: str) -> None:
               help="Model directory to write [default: the package's shipped weights directory].")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seeds world, initialisation and batches.")
 @click.option("--steps", default=None, type=click.IntRange(min=1), help="Optimizer steps [default: the recipe's].")
-@click.option("--threads", default=2, show_default=True, type=click.IntRange(min=1),
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
               help="torch threads (results are bit-identical only for the same seed and thread count).")
 @click.option("--check/--no-check", default=True, show_default=True,
               help="After training, caption 48 test images and print coverage and hallucination rates.")
@@ -76,8 +76,8 @@ def _kevo_argv() -> list[str]:
 @click.command()
 @click.option("--out", "-o", default="demo-out", show_default=True, type=click.Path(path_type=Path),
               help="Directory for the world, the store, the tables, the figures and the report.")
-@click.option("--n-images", "-n", default=60, show_default=True, type=click.IntRange(min=1),
-              help="Images of the demo world.")
+@click.option("--n-images", "-n", default=40, show_default=True, type=click.IntRange(min=1),
+              help="Images of the demo world (each brings about ten yes/no questions with --task all).")
 @click.option("--task", default="all", show_default=True, type=click.Choice(["generative", "all"]),
               help="generative: captions only; all: captions and the yes/no questions.")
 @click.option("--model", "-m", default=None,

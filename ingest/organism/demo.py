@@ -141,17 +141,31 @@ def _format_summary(s: dict, out: Path, seconds: float) -> str:
     lines.append(f"  tables   {out / 'tables'}")
     m = s.get("metrics")
     if isinstance(m, dict):
-        gen = m.get("generative", m)
+        gen = m.get("generative") or {}
         keys = [k for k in ("CHAIR", "Cover", "Hal", "Cog") if k in gen]
         if keys:
-            lines.append("  AMBER    " + "  ".join(f"{k} {gen[k]:.1f}" for k in keys))
+            lines.append("  AMBER generative   " + "  ".join(f"{k} {gen[k]:.1f}" for k in keys)
+                         + f"   ({gen.get('n', '?')} captions)")
+        disc = ((m.get("discriminative") or {}).get("official") or {}).get("all")
+        if disc:
+            lines.append(f"  AMBER yes/no       accuracy {disc['accuracy']:.1f}  F1 {disc['f1']:.1f}   ({disc['n']} questions)")
     dist = _rows(s.get("critical_layer_distribution"))
     if dist:
-        lines.append("  critical layers (generated tokens): " + ", ".join(
-            f"L{r.get('layer')}: {r.get('n_tokens', r.get('tokens', r.get('n')))}" for r in dist[:16]))
-    contrast = _rows(s.get("hallucination_contrast"))
+        parts = [f"{'never' if r.get('layer') is None else 'L' + str(r['layer'])}: {r.get('n_critical', 0)}"
+                 for r in dist if r.get("n_critical")]
+        lines.append("  critical layers, generated tokens (first layer with top-1 p >= 0.5): " + ", ".join(parts))
+    contrast = {r.get("token_class"): r for r in _rows(s.get("hallucination_contrast"))}
     if contrast:
-        lines.append("  hallucinated vs correct object tokens:")
-        for r in contrast:
-            lines.append("    " + ", ".join(f"{k}={v}" for k, v in r.items()))
+        lines.append("  object tokens        n   critical layer (median)   mutation rate   mutation layer (median)")
+        for cls in ("hallucinated", "correct", "non-object"):
+            r = contrast.get(cls)
+            if r:
+                lines.append(f"    {cls:<16}{r.get('n_tokens', 0):>5}   {_num(r.get('critical_layer_median')):>22}"
+                             f"   {_num(r.get('mutation_rate'), pct=True):>13}   {_num(r.get('mutation_layer_median')):>23}")
     return "\n".join(lines)
+
+
+def _num(v, pct: bool = False) -> str:
+    if v is None:
+        return "-"
+    return f"{100 * v:.0f}%" if pct else f"{v:g}"

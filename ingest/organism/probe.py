@@ -96,7 +96,9 @@ def caption_report(model, proc, n: int = 48, seed: int = 0) -> CaptionReport:
 
 
 def lens_report(model, full, tau: float = 0.5):
-    """Per generated token: (token id, critical layer or None, top-1 prob per layer, p_out per layer)."""
+    """Per generated token: (token id, critical layer or None, top-1 prob per layer, p_out per layer,
+    top-1 id per layer). The critical layer is the paper's: the first layer whose top-1
+    probability (of any token) reaches ``tau``."""
     import torch
 
     lm = model.model.language_model
@@ -115,9 +117,19 @@ def lens_report(model, full, tau: float = 0.5):
         normed = torch.cat([lm.norm(stack[:-1]), stack[-1:]])
         probs = torch.softmax(head(normed).float(), dim=-1)  # (L+1, n_gen, V)
         assert torch.allclose(head(stack[-1]), out.logits[0, pos], atol=1e-4)
-        top1 = probs.max(-1).values
+        top1, top1_id = probs.max(-1)
         for j, t in enumerate(gen):
             above = (top1[:, j] >= tau).nonzero()
             crit = int(above[0]) if len(above) else None
-            rows.append((t, crit, top1[:, j].tolist(), probs[:, j, t].tolist()))
+            rows.append((t, crit, top1[:, j].tolist(), probs[:, j, t].tolist(), top1_id[:, j].tolist()))
     return rows
+
+
+def emitted_critical_layer(row, tau: float = 0.5) -> int | None:
+    """First layer where the *emitted* token is top-1 with probability >= tau (the layer where the
+    final answer stands out, as opposed to any confident candidate)."""
+    t, _, top1, p_out, top1_id = row
+    for layer, (p, i) in enumerate(zip(p_out, top1_id)):
+        if i == t and p >= tau:
+            return layer
+    return None

@@ -100,6 +100,10 @@ RELATION: dict[str, list[str]] = {
 GENERATIVE_PROMPT = "Describe this image."
 
 
+def article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
 @dataclass
 class Scene:
     """One image of the world: which objects, where, in which colour, on which background."""
@@ -113,9 +117,9 @@ class Scene:
     def present(self) -> list[str]:
         return [o for o in OBJECTS if o in self.objects]
 
-    def caption(self) -> str:
-        """The reference description, in the canonical object order."""
-        parts = [f"a {self.objects[o]} {o}" for o in self.present]
+    def caption(self, colours: bool = True) -> str:
+        """The reference description, in the canonical object order (with each object's colour)."""
+        parts = [f"a {self.objects[o]} {o}" if colours else f"{article(o)} {o}" for o in self.present]
         if len(parts) == 1:
             listed = parts[0]
         else:
@@ -266,10 +270,10 @@ def questions(scene: Scene, hallu: list[str], *, train: bool = False) -> list[QA
         out.append(QA(scene.image_id, f"Is the {o} {c} in this image?", "yes", "discriminative-attribute-state"))
         out.append(QA(scene.image_id, f"Is the {o} {other} in this image?", "no", "discriminative-attribute-state"))
     for o in hallu:
-        out.append(QA(scene.image_id, f"Is there a {o} in this image?", "no", "discriminative-hallucination"))
+        out.append(QA(scene.image_id, f"Is there {article(o)} {o} in this image?", "no", "discriminative-hallucination"))
     if train:
         for o in scene.present:
-            out.append(QA(scene.image_id, f"Is there a {o} in this image?", "yes", "discriminative-hallucination"))
+            out.append(QA(scene.image_id, f"Is there {article(o)} {o} in this image?", "yes", "discriminative-hallucination"))
     return out
 
 
