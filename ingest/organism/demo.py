@@ -26,6 +26,28 @@ QUERIES = (
     ("hallucination-curves", [], "hallucination_curves.csv"),
 )
 
+# The paper's critical layer (queries: critical-layers) fires on any confident candidate; this one
+# asks when the token the model finally emits becomes that candidate. On the organism the two
+# differ: a language-prior object is confident from layer 1, the emitted object only later.
+EMITTED_CRITICAL_SQL = """
+WITH l AS (
+    SELECT y.token_uid, y.layer, y.top1_id, y.top1_prob, t.token_id, COALESCE(t.label, 'non-object') AS label
+    FROM layers y JOIN tokens t ON t.token_uid = y.token_uid
+    WHERE y.lens = 'final_norm' AND t.role = 'generated'
+),
+per_token AS (
+    SELECT token_uid, label,
+           MIN(CASE WHEN top1_prob >= 0.5 THEN layer END) AS critical_layer,
+           MIN(CASE WHEN top1_prob >= 0.5 AND top1_id = token_id THEN layer END) AS emitted_critical_layer
+    FROM l GROUP BY token_uid, label
+)
+SELECT label, COUNT(*) AS n_tokens,
+       MEDIAN(critical_layer) AS critical_layer_median,
+       MEDIAN(emitted_critical_layer) AS emitted_critical_layer_median,
+       AVG(emitted_critical_layer) AS emitted_critical_layer_mean
+FROM per_token GROUP BY label ORDER BY label
+""".strip()
+
 FIGURES = ("critical-layers", "stages", "hallucination", "divergence", "js-heatmap")
 
 
@@ -93,6 +115,11 @@ def run_demo(out: Path, *, n_images: int, task: str, model: str | None, seed: in
         step("query", name, str(store), *extra, "--format", "json", "-o",
              str(tables / fname.replace(".csv", ".json")), required=False)
 
+    sql_file = tables / "emitted_critical_layer.sql"
+    sql_file.write_text(EMITTED_CRITICAL_SQL + "\n", encoding="utf-8")
+    step("sql", str(store), str(sql_file), "--format", "json", "-o", str(tables / "emitted_critical_layer.json"),
+         required=False)
+
     echo("5/6 figures")
     for fig in FIGURES:
         step("plot", fig, str(store), "-o", str(figures / f"{fig}.png"), required=False)
@@ -119,6 +146,9 @@ def _summary(out: Path, store: Path, metrics: dict | None, tables: Path) -> dict
     contrast = _read_json(tables / "hallucination_contrast.json")
     if contrast is not None:
         s["hallucination_contrast"] = contrast
+    emitted = _read_json(tables / "emitted_critical_layer.json")
+    if emitted is not None:
+        s["emitted_critical_layer"] = emitted
     s["figures"] = sorted(str(p) for p in (out / "figures").glob("*.png"))
     s["report"] = str(out / "report.html") if (out / "report.html").exists() else None
     s["bias_pairs"] = dict(world.BIAS_PAIRS)
@@ -154,6 +184,10 @@ def _format_summary(s: dict, out: Path, seconds: float) -> str:
         parts = [f"{'never' if r.get('layer') is None else 'L' + str(r['layer'])}: {r.get('n_critical', 0)}"
                  for r in dist if r.get("n_critical")]
         lines.append("  critical layers, generated tokens (first layer with top-1 p >= 0.5): " + ", ".join(parts))
+    emitted = {r.get("label"): r for r in _rows(s.get("emitted_critical_layer"))}
+    if emitted:
+        lines.append("  layer where the emitted token stands out (top-1, p >= 0.5), median: " + ", ".join(
+            f"{k} {_num(r.get('emitted_critical_layer_median'))}" for k, r in emitted.items()))
     contrast = {r.get("token_class"): r for r in _rows(s.get("hallucination_contrast"))}
     if contrast:
         lines.append("  object tokens        n   critical layer (median)   mutation rate   mutation layer (median)")
