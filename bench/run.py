@@ -72,6 +72,7 @@ def main(argv=None) -> int:
     cmd = "make bench" if not (q or a.only) else "bench/run.py " + " ".join(
         x for x in (["--quick"] if q else []) + ([f"--only {a.only}"] if a.only else []))
     results: dict = {"command": cmd, "quick": q, "threads": a.threads, "machine": machine(), "sections": {}}
+    previous = _previous_history(a.json)  # read now: the sections below overwrite the file as they go
     t_all = time.perf_counter()
 
     def section(name, fn):
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
         if not g.get("tiny"):
             results["gpu"] = g
     results["total_s"] = round(time.perf_counter() - t_all, 1)
-    results["history"] = _history(a.json, results) if not (q or a.only) else []
+    results["history"] = (previous + [headlines(results)])[-5:] if not (q or a.only) else []
     results["machine"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(results, indent=1, default=str))
@@ -132,17 +133,17 @@ def headlines(results: dict) -> dict:
     return out
 
 
-def _history(json_path: Path, results: dict) -> list[dict]:
-    """This run's headlines after those of the earlier full runs kept in the previous results.json (last 5)."""
-    prev: list[dict] = []
-    if json_path.is_file():
-        try:
-            old = json.loads(json_path.read_text())
-            if not old.get("quick") and "--only" not in old.get("command", ""):
-                prev = list(old.get("history") or [headlines(old)])
-        except (OSError, ValueError, KeyError):
-            prev = []
-    return (prev + [headlines(results)])[-5:]
+def _previous_history(json_path: Path) -> list[dict]:
+    """The headlines of the earlier full runs kept in the existing results.json (this run's are appended)."""
+    if not json_path.is_file():
+        return []
+    try:
+        old = json.loads(json_path.read_text())
+        if old.get("quick") or "--only" in old.get("command", "") or "total_s" not in old:
+            return []
+        return list(old.get("history") or [headlines(old)])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 def _ingest(q: bool) -> dict:
