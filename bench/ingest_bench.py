@@ -136,8 +136,10 @@ def paper_comparison(ad, texts, ims, U, gc_hidden, settings_paper, new_tokens: i
             out = ad.model.generate(**ad.generate_inputs(ad.encode(texts, ims)), generation_config=gc_hidden)
             new = out.sequences[:, -len(out.hidden_states):]
             t = time.perf_counter()
-            state[key] = paper_lens(ad.lm_head, out.hidden_states, new, [new.shape[1]] * new.shape[0],
-                                    as_released=as_released)
+            # like the released scripts, analyse a sample's tokens up to its end-of-sequence token
+            eos = set(ad.eos_token_ids)
+            n_gen = [next((k + 1 for k, t in enumerate(row) if t in eos), len(row)) for row in new.tolist()]
+            state[key] = paper_lens(ad.lm_head, out.hidden_states, new, n_gen, as_released=as_released)
             state.setdefault(f"{key}_analysis", []).append(time.perf_counter() - t)
 
         return paper

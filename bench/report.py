@@ -117,6 +117,11 @@ def _summary(r: dict) -> list[list[str]]:
         out.append(["1", "kevo capture / `model.generate`, embedded default model",
                     f"{_f(oo['ratio_capture_vs_generate'])}x (floor {_f(oo['floor_ratio'])}x)", "≤ 1.5x",
                     _status(oo["met_target"])])
+        fo = org.get("full_ingest") or {}
+        if fo:
+            out.append(["1", "full `kevo ingest` / plain generate loop, embedded default model",
+                        f"{_f(fo['ratio_ingest_vs_generate'])}x", "≤ 1.5x",
+                        _status(fo["ratio_ingest_vs_generate"] <= 1.5)])
     elif "organism" in S:
         out.append(["1", "embedded default model", _err(org) or "—", "≤ 1.5x", "not measured"])
     p = o.get("paper") or {}
@@ -301,6 +306,12 @@ def _organism(w, sec, cmd):
       f"{_f(o['ratio_capture_vs_generate'])}x** (floor {_f(o['floor_ratio'])}x; target ≤ 1.5x: "
       f"{_status(o['met_target'])}); runs {o['times_s']}. Full `kevo ingest` / generate loop: "
       f"**{_f(fi['ratio_ingest_vs_generate'])}x** (runs {fi['times_s']}).")
+    if fi["ratio_ingest_vs_generate"] > 1.5:
+        per_batch = min(fi["times_s"]["generate_loop"]) / -(-fi["images"] // fi["batch"])
+        w(f"What limits the full ingest here: the model is tiny (plain generate takes {_f(per_batch)} s per batch), "
+          "so the store's fixed costs dominate: per batch one atomic commit (Parquet files for samples, tokens, "
+          "layers, topk, the Zarr tail and index, the manifest, each fsynced), and once per run the vocabulary "
+          "table and the closing compaction. They do not grow with the model: for a 7B model they are noise.")
     p = o.get("paper") or {}
     if p:
         w(f"Paper's method / kevo: end to end {_f(p['ratio_end_to_end'])}x, analysis only "

@@ -125,6 +125,8 @@ HEADLINES = {
 def headlines(results: dict) -> dict:
     """The headline ratios of one run (for the run-to-run spread table)."""
     out = {"date_utc": results["machine"]["date_utc"], "load_avg_start": results["machine"].get("load_avg_start")}
+    o = results.get("sections", {}).get("ingest", {}).get("overhead") or {}
+    out["batch x new tokens"] = f"{o.get('batch')} x {o.get('new_tokens')}" if o else None
     for name, path in HEADLINES.items():
         v = results.get("sections", {})
         for k in path:
@@ -156,9 +158,9 @@ def _ingest(q: bool) -> dict:
     size = TINY if q else MID
     model = build_llava(OUT / "models" / ("llava-tiny" if q else "llava-mid"), size)
     images = make_images(OUT / "images", 4 if q else 8)
-    batch, new = (2, 8) if q else (4, 16)
+    batch, new = (2, 8) if q else (4, 32)
     res = {"size": asdict(size)}
-    res["overhead"] = ingest_bench.overhead(model, images, batch, new, reps=1 if q else 5)
+    res["overhead"] = ingest_bench.overhead(model, images, batch, new, reps=1 if q else 4)
     res["full_ingest"] = ingest_bench.full_ingest(model, images, batch, new, reps=1 if q else 3)
     from bench.query_latency import storage
 
