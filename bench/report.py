@@ -60,12 +60,14 @@ def render(r: dict) -> str:
     w(f"| load average | {m.get('load_avg_start')} at the start, {m.get('load_avg_end')} at the end |")
     w(f"| total time | {r.get('total_s')} s |")
     w("")
-    w("**This machine was shared with other jobs during the run** (2 cores, load average above 8: several "
-      "test suites and trainings ran at the same time), so absolute times are slow and noisy. What is "
+    la0, la1 = m.get("load_avg_start") or ["?"], m.get("load_avg_end") or ["?"]
+    w(f"**This machine was shared with other jobs during the run** (2 cores; load average {la0[0]} at the start "
+      f"and {la1[0]} at the end of this run, from other jobs: test suites and model trainings), so absolute times "
+      "are slow and noisy. What is "
       "comparable are the **ratios**: both sides of every ratio run in the same process, interleaved "
       "(A, B, A, B, ...), after a warm-up, and the ratio is taken between the fastest run of each side "
       "(the best estimate of the unloaded time). One thread is used because two OpenMP threads on this "
-      "oversubscribed machine were 5-10x slower than one.")
+      "oversubscribed machine were 5-10x slower than one (measured earlier the same day at load average ~10).")
     w("")
     w("## Summary")
     w("")
