@@ -38,7 +38,7 @@ class TrainConfig:
     """Peak learning rate (AdamW)."""
     warmup: int = 100
     """Linear warm-up steps."""
-    weight_decay: float = 0.05
+    weight_decay: float = 0.3
     """AdamW weight decay (not on norms or biases)."""
     n_images: int = 3000
     """Train-split images (drawn once, reused every epoch)."""
