@@ -408,7 +408,6 @@ def _store_meta(dataset: Dataset, config: IngestConfig, adapter, hidden_layers: 
         "generation": {
             "decoding": "greedy",
             "max_new_tokens": config.max_new_tokens,
-            "batch_size": config.batch_size,
             "padding": "left",
             "prompt_template": template,
             "prompt_example_text_only": _safe_prompt(adapter, "{prompt}", False),
@@ -427,6 +426,9 @@ def _store_meta(dataset: Dataset, config: IngestConfig, adapter, hidden_layers: 
             "skip_layers": skip,
             "capture_prompt": config.capture_prompt,
             "world_size": ctx.world_size,
+            # Not in the strict `generation` section: a run that ran out of memory must be able to
+            # resume with a smaller batch (left padding changes results only at fp rounding level).
+            "batch_size": config.batch_size,
         },
     }
 

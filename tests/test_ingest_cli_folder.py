@@ -93,12 +93,12 @@ def test_manifest_records_model_lens_generation_dataset_capture(run):
     assert m["model"]["dtype"] == "float32" and "revision" in m["model"]
     assert m["lens"]["modes"] == ["final_norm", "raw"] and m["lens"]["top_k"] == 4
     g = m["generation"]
-    assert g["decoding"] == "greedy" and g["max_new_tokens"] == MAX_NEW and g["batch_size"] == 2
+    assert g["decoding"] == "greedy" and g["max_new_tokens"] == MAX_NEW
     assert "llava_v1" in g["prompt_template"]
     d = m["dataset"]
     assert d["name"] == "folder" and d["settings"]["prompt"] == PROMPT and d["fingerprint"]["n_files"] == 4
     assert m["capture"] == {"hidden_layers": [0, 2, 3], "hidden_dtype": "float16", "skip_layers": [],
-                            "capture_prompt": True, "world_size": 1}
+                            "capture_prompt": True, "world_size": 1, "batch_size": 2}
     json.dumps(m)
 
 

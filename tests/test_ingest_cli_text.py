@@ -164,3 +164,18 @@ def test_images_with_a_text_only_model_fail_before_writing(tmp_path, model):
              check=False)
     _fails(p, "is text-only", "folder")
     assert not out.exists()
+
+
+def test_resume_with_a_smaller_batch_size_continues_the_run(tmp_path, model, run):
+    """A run that ran out of memory resumes with a smaller --batch-size: the result equals one run."""
+    partial = tmp_path / "partial.jsonl"
+    partial.write_text("".join(run["prompts"].read_text().splitlines(keepends=True)[:2]))
+    out = tmp_path / "resumed.kevo"
+    kevo("ingest", "text", "--prompts", partial, "--model", model, "--out", out, "--max-new-tokens", MAX_NEW,
+         "--batch-size", 3, "--dola")
+    kevo("ingest", "text", "--prompts", run["prompts"], "--model", model, "--out", out,
+         "--max-new-tokens", MAX_NEW, "--batch-size", 1, "--dola")
+    got, want = store_content(out), store_content(run["out"])
+    assert got["samples"].column("sample_key").to_pylist() == want["samples"].column("sample_key").to_pylist()
+    assert generated_ids(out) == generated_ids(run["out"])
+    assert manifest(out)["capture"]["batch_size"] == 1
