@@ -147,6 +147,32 @@ def _js_into(lp, lq, p, q, m, t1, t2, m_keep=None) -> torch.Tensor:
     return t1.addcmul_(t2, q).sum(-1).mul_(0.5)
 
 
+_BLOCK = 128
+
+
+def _topk_ids(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest of x (..., V) along V, largest first: the same values as
+    ``x.topk(k)`` (ids can differ only between exactly equal logits), ~3x faster on a CPU at V=32000 (~5x at 152k).
+
+    The k blocks of 128 with the largest maxima hold all k largest values: those k block maxima
+    are >= t (the k-th largest block maximum) and every element outside them is <= t. One topk over
+    those k blocks plus the ragged tail then replaces a topk over the whole vocabulary."""
+    V = x.shape[-1]
+    nb = V // _BLOCK
+    if x.device.type != "cpu" or nb < 4 * k:
+        return x.topk(k, dim=-1)[1]
+    blocks = x[..., : nb * _BLOCK].unflatten(-1, (nb, _BLOCK))
+    bi = blocks.amax(-1).topk(k, dim=-1)[1]  # (..., k) block numbers
+    cand = blocks.gather(-2, bi.unsqueeze(-1).expand(*bi.shape, _BLOCK))  # (..., k, 128)
+    cid = (bi.unsqueeze(-1) * _BLOCK + torch.arange(_BLOCK)).flatten(-2)
+    cand = cand.flatten(-2)
+    if nb * _BLOCK < V:  # the tail that does not fill a block
+        cand = torch.cat([cand, x[..., nb * _BLOCK :]], -1)
+        tail = torch.arange(nb * _BLOCK, V).expand(*cid.shape[:-1], -1)
+        cid = torch.cat([cid, tail], -1)
+    return cid.gather(-1, cand.topk(k, dim=-1)[1])
+
+
 def _sub_stats(x, ids, top_k: int, dola: bool, buf: dict[str, torch.Tensor], res: dict[str, torch.Tensor]) -> None:
     """All statistics of a few tokens' logits ``x`` (s, L+1, V) fp32 (overwritten: scratch once read),
     written into the rows of ``res`` (tensors (s, L+1) / (s, L+1, k)). ``buf``: scratch of x's shape.
@@ -155,13 +181,15 @@ def _sub_stats(x, ids, top_k: int, dola: bool, buf: dict[str, torch.Tensor], res
     CPU cache, and every temporary is a preallocated buffer (fresh multi-MB tensors cost page faults)."""
     s, nl, _ = x.shape
     LP, P, M, T2 = (buf[k][:s] for k in ("lp", "p", "m", "t2"))
-    x.clamp_(min=_NEG)
+    x.clamp_min_(_NEG)
+    top_id = _topk_ids(x, max(top_k, 1))
+    # a negative id (prompt position): the token's own last-layer argmax
+    ids = torch.where(ids < 0, top_id[:, -1, 0], ids)
     idx = ids.view(-1, 1, 1).expand(-1, nl, 1)
     x_out = x.gather(-1, idx)
     res["logit_out"].copy_(x_out.squeeze(-1))
     # rank from the logits themselves; a float 0/1 mask sums exactly (V < 2^24), ~5x faster than bool
     res["rank_out"].copy_(torch.gt(x, x_out, out=T2).sum(-1).add_(1))
-    top_id = x.topk(max(top_k, 1), dim=-1)[1]
     torch.log_softmax(x, -1, out=LP)
     lp_out = LP.gather(-1, idx)
     T1 = x  # the logits are no longer needed: their memory is scratch from here on
@@ -245,9 +273,8 @@ def compute_lens(
         if buf is None:
             shape = (min(sub, logits.shape[0]), nl, V)
             buf = {k: logits.new_empty(shape) for k in ("lp", "p", "m", "t2") + (("mk",) if dola else ())}
-        top = logits[:, -1].argmax(-1)
-        ids = top if out_ids is None else out_ids[s : s + c].to(logits.device).long()
-        ids = torch.where(ids < 0, top, ids)
+        ids = (torch.full((logits.shape[0],), -1, device=logits.device) if out_ids is None
+               else out_ids[s : s + c].to(logits.device).long())
         for a in range(0, logits.shape[0], sub):
             b = min(a + sub, logits.shape[0])
             rows = {k: v[s + a : s + b] for k, v in res.items()}
