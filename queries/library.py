@@ -7,6 +7,7 @@ Every file starts with a header of comment lines::
     -- stores: 2                      (optional: a two-store query; its tables are a.<t> and b.<t>)
     -- param tau: float = 0.5        -- what it means
     -- param token_uid: int          -- no default: required
+    -- param definition: str = 'top1' in (top1, emitted)  -- 'in (...)': the only values it accepts
 
 and uses ``$name`` where a parameter goes. Binding substitutes each parameter as an SQL literal
 (validated by its declared type), so the bound text is plain SQL that runs unchanged in DuckDB, in
@@ -26,7 +27,8 @@ from kevo_store.errors import KevoError
 
 SQL_DIR = Path(__file__).parent / "sql"
 _HEADER = re.compile(r"^--\s*(name|description|stores):\s*(.*?)\s*$")
-_PARAM = re.compile(r"^--\s*param\s+([A-Za-z_]\w*)\s*:\s*(int|float|str)\s*(?:=\s*(.*?))?\s*(?:--\s*(.*))?$")
+_PARAM = re.compile(r"^--\s*param\s+([A-Za-z_]\w*)\s*:\s*(int|float|str)\s*(?:=\s*(.*?))?\s*"
+                    r"(?:\bin\s*\(([^)]*)\))?\s*(?:--\s*(.*))?$")
 _PLACEHOLDER = re.compile(r"\$([A-Za-z_]\w*)")
 _TYPES = {"int": int, "float": float, "str": str}
 
@@ -45,6 +47,8 @@ class Param:
     """Default value; None when the parameter is required."""
     description: str = ""
     """One line from the header."""
+    choices: tuple = ()
+    """The only values accepted (``in (a, b)`` in the header); empty = any value of the type."""
 
     @property
     def required(self) -> bool:
@@ -62,9 +66,13 @@ class Param:
                 if not math.isfinite(v):
                     raise ValueError
                 return v
-            return str(value)
+            value = str(value)
         except (TypeError, ValueError):
             raise QueryParamError(f"query {query}: parameter {self.name} must be {self.type}, got {value!r}") from None
+        if self.choices and value not in self.choices:
+            raise QueryParamError(f"query {query}: parameter {self.name} must be one of "
+                                  f"{', '.join(self.choices)}; got {value!r}")
+        return value
 
 
 @dataclass(frozen=True)
@@ -117,7 +125,8 @@ def parse(text: str, path: Path) -> NamedQuery:
             break
         m = _PARAM.match(line)
         if m:
-            name, typ, default, desc = m.groups()
+            name, typ, default, choices, desc = m.groups()
+            choices = tuple(c.strip() for c in choices.split(",") if c.strip()) if choices else ()
             if default is not None:
                 default = default.strip()
                 if typ == "str":
@@ -126,7 +135,11 @@ def parse(text: str, path: Path) -> NamedQuery:
                     default = default[1:-1].replace("''", "'")
                 else:
                     default = _TYPES[typ](default)
-            params.append(Param(name, typ, default, (desc or "").strip()))
+            if choices and typ != "str":
+                raise ValueError(f"{path}: 'in (...)' is for str parameters ({name})")
+            if choices and default is not None and default not in choices:
+                raise ValueError(f"{path}: default of {name} is not one of {choices}")
+            params.append(Param(name, typ, default, (desc or "").strip(), choices))
             continue
         m = _HEADER.match(line)
         if m:

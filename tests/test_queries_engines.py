@@ -65,6 +65,17 @@ def test_mutation_events_engines_agree_with_non_default_params(planted):  # noqa
                         queries.run(path, "mutation-events", engine="polars", **kw))
 
 
+@pytest.mark.parametrize("definition", ["emitted", "emitted_stays"])
+@pytest.mark.parametrize("name", ["critical-layers", "critical-layer-distribution"])
+def test_critical_layer_definitions_engines_agree(planted, name, definition):  # noqa: F811
+    path, _ = planted
+    kw = {"definition": definition, "lens": "raw", "label": "correct", "tau": 0.6}
+    a = queries.run(path, name, **kw)
+    assert a.height > 0
+    assert_frames_close(a, queries.run(path, name, engine="polars", **kw))
+    assert not a.equals(queries.run(path, name, lens="raw", label="correct", tau=0.6))  # top1 differs
+
+
 def test_bound_sql_is_plain_sql_a_user_can_copy(planted):  # noqa: F811
     path, _ = planted
     b = queries.bind("critical-layers", tau=0.6)
@@ -87,6 +98,10 @@ def test_params_defaults_types_and_errors(planted):  # noqa: F811
         queries.bind("stages", tau="high")
     with pytest.raises(QueryParamError, match="has no parameter 'nope'.*parameters: lens"):
         queries.bind("stages", nope=1)
+    with pytest.raises(QueryParamError, match="definition must be one of top1, emitted, emitted_stays; got 'x'"):
+        queries.bind("critical-layers", definition="x")
+    assert queries.load("critical-layer-distribution").param("definition").choices == (
+        "top1", "emitted", "emitted_stays")
     with pytest.raises(QueryParamError, match="needs the parameter token_uid"):
         queries.bind("top-candidates")
     with pytest.raises(Exception, match="no named query 'stagez'"):
@@ -95,6 +110,17 @@ def test_params_defaults_types_and_errors(planted):  # noqa: F811
         queries.run(path, "stages", lens="logit")
     # quotes in a string parameter stay inside the literal
     assert queries.run(path, "mutation-events", label="x' OR '1'='1").height == 0
+
+
+def test_header_choices_grammar(tmp_path):
+    from queries.library import parse
+
+    q = parse("-- name: x\n-- param d: str = 'a' in (a, b)  -- pick one (in words)\nSELECT $d", tmp_path / "x.sql")
+    assert q.param("d").choices == ("a", "b") and q.param("d").description == "pick one (in words)"
+    with pytest.raises(ValueError, match="default of d is not one of"):
+        parse("-- name: x\n-- param d: str = 'c' in (a, b)\nSELECT $d", tmp_path / "x.sql")
+    with pytest.raises(ValueError, match="'in \\(...\\)' is for str parameters"):
+        parse("-- name: x\n-- param d: int = 1 in (1, 2)\nSELECT $d", tmp_path / "x.sql")
 
 
 def test_shared_mutation_event_ctes_do_not_drift():
@@ -147,6 +173,8 @@ def test_cli_formats_record_params(planted, tmp_path):  # noqa: F811
     (["query", "top-candidates", "{store}"], "needs the parameter token_uid"),
     (["query", "stages", "{store}", "-p", "lens=logit"], "has no lens 'logit'"),
     (["query", "stages", "{store}", "-p", "tau=abc"], "parameter tau must be float"),
+    (["query", "critical-layer-distribution", "{store}", "-p", "definition=emited"],
+     "parameter definition must be one of top1, emitted, emitted_stays; got 'emited'"),
     (["query", "stages", "/nonexistent/x.kevo"], "/nonexistent/x.kevo"),
     (["query", "compare-stores", "{store}"], "compares two stores"),
 ])

@@ -247,3 +247,86 @@ def test_displaced_candidates(planted):  # noqa: F811
     assert sorted(g.rows()) == sorted(want.rows())
     cam = got.filter(pl.col("displaced_piece") == "▁camera")
     assert "hallucinated" in cam["token_class"].to_list()
+
+
+def _emitted_truth(truth, lens):
+    """Expected emitted-token critical layers from the plan: (emitted, emitted_stays) per token, -1 = none.
+
+    After the critical layer c every top-1 has p >= 0.55 and before it < 0.45, so the emitted token
+    stands out at c if it is the first candidate, else where a switch hands it top-1; it stays top-1
+    from the last switch on (c if there is none).
+    """
+    t = truth.tokens.filter(pl.col("lens") == lens).sort("token_uid")
+    sw = truth.switches.filter(pl.col("lens") == lens).join(t.select("token_uid", "token_id"), on="token_uid")
+    to_emitted = sw.filter(pl.col("new_top1_id") == pl.col("token_id")).group_by("token_uid").agg(
+        pl.col("layer").min().alias("first_to_emitted"))
+    last = sw.group_by("token_uid").agg(pl.col("layer").max().alias("last_switch"))
+    j = t.join(to_emitted, on="token_uid", how="left").join(last, on="token_uid", how="left").sort("token_uid")
+    c = j["critical_layer"].fill_null(-1).to_numpy()
+    first_is_emitted = np.array([cs[0] == tid for cs, tid in zip(j["candidates"], j["token_id"])])
+    emitted = np.where(c < 0, -1, np.where(first_is_emitted, c, j["first_to_emitted"].fill_null(-1).to_numpy()))
+    stays = np.where(c < 0, -1, np.maximum(c, j["last_switch"].fill_null(-1).to_numpy()))
+    return j["token_uid"].to_numpy(), emitted, stays
+
+
+@pytest.mark.parametrize("lens", LENSES)
+def test_emitted_token_critical_layers(planted, lens):  # noqa: F811
+    path, truth = planted
+    uid, emitted, stays = _emitted_truth(truth, lens)
+    for definition, want in (("emitted", emitted), ("emitted_stays", stays)):
+        got = queries.run(path, "critical-layers", lens=lens, definition=definition)
+        assert got["token_uid"].to_list() == uid.tolist()
+        assert np.array_equal(got["critical_layer"].fill_null(-1).to_numpy(), want), definition
+        assert set(got["definition"]) == {definition}
+        # the stabilisation variant does not depend on the definition
+        js = truth.tokens.filter(pl.col("lens") == lens)["critical_layer_js"].fill_null(-1).to_numpy()
+        assert np.array_equal(got["critical_layer_js"].fill_null(-1).to_numpy(), js)
+    if lens == "final_norm":  # the hand-written plants: camera->water, never, cat, table->chair, car->tree->person
+        assert emitted[:6].tolist() == [27, -1, 14, 17, 25, 22]
+    # the paper's definition never comes later than the emitted token's
+    top1 = truth.tokens.filter(pl.col("lens") == lens)["critical_layer"].fill_null(99).to_numpy()
+    assert (top1 <= np.where(emitted < 0, 99, emitted)).all() and (emitted != top1).sum() > 50
+
+
+def test_emitted_stays_differs_when_the_emitted_token_comes_back(tmp_path):
+    """car (top-1 from 12), displaced by tree at 18, back at 25: 'emitted' says 12, 'emitted_stays' 25."""
+    from kevo_store.synthetic import Plant, build_synthetic_store
+
+    plants = [Plant("double", critical_layer=12, mutation_layers=(18, 25), words=("car", "tree", "car"),
+                    label="correct"),
+              Plant("double", critical_layer=10, mutation_layers=(14, 20), words=("cup", "tree", "bird"),
+                    label="hallucinated")]
+    path = tmp_path / "back.kevo"
+    truth = build_synthetic_store(path, n_samples=2, n_tokens=6, seed=3, plants=plants)
+    uid, emitted, stays = _emitted_truth(truth, "final_norm")
+    assert (emitted[:2].tolist(), stays[:2].tolist()) == ([12, 20], [25, 20])
+    for engine in ("duckdb", "polars"):
+        for definition, want in (("emitted", emitted), ("emitted_stays", stays)):
+            got = queries.run(path, "critical-layers", definition=definition, engine=engine)
+            assert np.array_equal(got["critical_layer"].fill_null(-1).to_numpy(), want), (engine, definition)
+    d = _i64(queries.run(path, "critical-layer-distribution", definition="emitted_stays", label="correct"),
+             "layer", "n_critical")
+    lab = truth.tokens.filter(pl.col("label") == "correct").sort("token_uid")
+    want = pl.DataFrame({"layer": stays[lab["token_uid"].to_numpy()]}).group_by("layer").len()
+    got = d.filter(pl.col("n_critical") > 0).select(pl.col("layer").fill_null(-1), "n_critical")
+    assert sorted(got.rows()) == sorted(want.cast({"len": pl.Int64}).rows())
+    assert d["n_tokens"].unique().to_list() == [lab.height]
+
+
+@pytest.mark.parametrize("definition", ["top1", "emitted", "emitted_stays"])
+@pytest.mark.parametrize("label", ["", "hallucinated", "correct"])
+def test_critical_layer_distribution_by_definition_and_label(planted, definition, label):  # noqa: F811
+    path, truth = planted
+    _, emitted, stays = _emitted_truth(truth, "final_norm")
+    t = truth.tokens.filter(pl.col("lens") == "final_norm").sort("token_uid").with_columns(
+        layer=pl.Series({"top1": truth.tokens.filter(pl.col("lens") == "final_norm").sort("token_uid")[
+            "critical_layer"].fill_null(-1).to_numpy(), "emitted": emitted, "emitted_stays": stays}[definition]))
+    if label:
+        t = t.filter(pl.col("label") == label)
+    want = t.group_by("layer").len().cast({"len": pl.Int64})
+    d = _i64(queries.run(path, "critical-layer-distribution", definition=definition, label=label),
+             "layer", "n_critical", "n_tokens")
+    got = d.filter(pl.col("n_critical") > 0).select(pl.col("layer").fill_null(-1), "n_critical")
+    assert sorted(got.rows()) == sorted(want.rows())
+    assert d["n_tokens"].unique().to_list() == [t.height]
+    np.testing.assert_allclose(d["frac_critical"].sum(), 1.0)
