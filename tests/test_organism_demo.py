@@ -24,10 +24,18 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     assert summary["metrics"]["discriminative"]["official"]["all"]["n"] > 8
     dist = summary["critical_layer_distribution"]["rows"]
     assert sum(row["n_critical"] for row in dist) > 0
+    # object tokens under the emitted-token definition, through the named query: image-read objects stand out late
+    emitted = summary["critical_layer_distribution_emitted"]
+    assert set(emitted) == {"correct", "hallucinated"}
+    assert emitted["correct"]["params"]["definition"] == "emitted" and emitted["correct"]["params"]["label"] == "correct"
+    rows = emitted["correct"]["rows"]
+    assert sum(row["n_critical"] for row in rows) == rows[0]["n_tokens"] > 0
+    assert any(row["layer"] is not None and row["layer"] >= 4 and row["n_critical"] for row in rows)
     report = Path(summary["report"])
     assert report.is_file() and report.stat().st_size > 10_000
     assert {Path(f).name for f in summary["figures"]} >= {"critical-layers.png", "stages.png", "hallucination.png"}
-    for line in ("AMBER generative", "critical layers", "object tokens", str(out)):
+    for line in ("AMBER generative", "critical layers", "paper's (any top-1)", "correct objects, emitted token top-1",
+                 "object tokens", str(out)):
         assert line in r.stdout
 
     # the ingest went through the standard model path: the manifest names the organism's directory

@@ -26,27 +26,14 @@ QUERIES = (
     ("hallucination-curves", [], "hallucination_curves.csv"),
 )
 
-# The paper's critical layer (queries: critical-layers) fires on any confident candidate; this one
-# asks when the token the model finally emits becomes that candidate. On the organism the two
-# differ: a language-prior object is confident from layer 1, the emitted object only later.
-EMITTED_CRITICAL_SQL = """
-WITH l AS (
-    SELECT y.token_uid, y.layer, y.top1_id, y.top1_prob, t.token_id, COALESCE(t.label, 'non-object') AS label
-    FROM layers y JOIN tokens t ON t.token_uid = y.token_uid
-    WHERE y.lens = 'final_norm' AND t.role = 'generated'
-),
-per_token AS (
-    SELECT token_uid, label,
-           MIN(CASE WHEN top1_prob >= 0.5 THEN layer END) AS critical_layer,
-           MIN(CASE WHEN top1_prob >= 0.5 AND top1_id = token_id THEN layer END) AS emitted_critical_layer
-    FROM l GROUP BY token_uid, label
+# The paper's critical layer fires on any confident candidate: on the organism, template words and
+# language-prior objects stand out at layer 1. For object tokens the question is when the token the
+# model finally emits stands out (top-1 with p_out >= tau): the queries' `definition=emitted`.
+EMITTED = (
+    # (label, output file stem)
+    ("correct", "critical_layer_distribution_emitted_correct"),
+    ("hallucinated", "critical_layer_distribution_emitted_hallucinated"),
 )
-SELECT label, COUNT(*) AS n_tokens,
-       MEDIAN(critical_layer) AS critical_layer_median,
-       MEDIAN(emitted_critical_layer) AS emitted_critical_layer_median,
-       AVG(emitted_critical_layer) AS emitted_critical_layer_mean
-FROM per_token GROUP BY label ORDER BY label
-""".strip()
 
 FIGURES = ("critical-layers", "stages", "hallucination", "divergence", "js-heatmap")
 
@@ -115,10 +102,10 @@ def run_demo(out: Path, *, n_images: int, task: str, model: str | None, seed: in
         step("query", name, str(store), *extra, "--format", "json", "-o",
              str(tables / fname.replace(".csv", ".json")), required=False)
 
-    sql_file = tables / "emitted_critical_layer.sql"
-    sql_file.write_text(EMITTED_CRITICAL_SQL + "\n", encoding="utf-8")
-    step("sql", str(store), str(sql_file), "--format", "json", "-o", str(tables / "emitted_critical_layer.json"),
-         required=False)
+    for label, stem in EMITTED:
+        for fmt in ("csv", "json"):
+            step("query", "critical-layer-distribution", str(store), "--param", "definition=emitted",
+                 "--param", f"label={label}", "--format", fmt, "-o", str(tables / f"{stem}.{fmt}"), required=False)
 
     echo("5/6 figures")
     for fig in FIGURES:
@@ -146,9 +133,10 @@ def _summary(out: Path, store: Path, metrics: dict | None, tables: Path) -> dict
     contrast = _read_json(tables / "hallucination_contrast.json")
     if contrast is not None:
         s["hallucination_contrast"] = contrast
-    emitted = _read_json(tables / "emitted_critical_layer.json")
-    if emitted is not None:
-        s["emitted_critical_layer"] = emitted
+    emitted = {label: _read_json(tables / f"{stem}.json") for label, stem in EMITTED}
+    emitted = {k: v for k, v in emitted.items() if v is not None}
+    if emitted:
+        s["critical_layer_distribution_emitted"] = emitted
     s["figures"] = sorted(str(p) for p in (out / "figures").glob("*.png"))
     s["report"] = str(out / "report.html") if (out / "report.html").exists() else None
     s["bias_pairs"] = dict(world.BIAS_PAIRS)
@@ -179,15 +167,12 @@ def _format_summary(s: dict, out: Path, seconds: float) -> str:
         disc = ((m.get("discriminative") or {}).get("official") or {}).get("all")
         if disc:
             lines.append(f"  AMBER yes/no       accuracy {disc['accuracy']:.1f}  F1 {disc['f1']:.1f}   ({disc['n']} questions)")
-    dist = _rows(s.get("critical_layer_distribution"))
-    if dist:
-        parts = [f"{'never' if r.get('layer') is None else 'L' + str(r['layer'])}: {r.get('n_critical', 0)}"
-                 for r in dist if r.get("n_critical")]
-        lines.append("  critical layers, generated tokens (first layer with top-1 p >= 0.5): " + ", ".join(parts))
-    emitted = {r.get("label"): r for r in _rows(s.get("emitted_critical_layer"))}
-    if emitted:
-        lines.append("  layer where the emitted token stands out (top-1, p >= 0.5), median: " + ", ".join(
-            f"{k} {_num(r.get('emitted_critical_layer_median'))}" for k, r in emitted.items()))
+    dist = s.get("critical_layer_distribution")
+    rows = [("generated tokens, paper's (any top-1)", _rows(dist))]
+    for label, table in (s.get("critical_layer_distribution_emitted") or {}).items():
+        rows.append((f"{label} objects, emitted token top-1", _rows(table)))
+    tau = (dist.get("params") or {}).get("tau", 0.5) if isinstance(dist, dict) else 0.5
+    lines.extend(_distribution_table([r for r in rows if r[1]], tau))
     contrast = {r.get("token_class"): r for r in _rows(s.get("hallucination_contrast"))}
     if contrast:
         lines.append("  object tokens        n   critical layer (median)   mutation rate   mutation layer (median)")
@@ -197,6 +182,35 @@ def _format_summary(s: dict, out: Path, seconds: float) -> str:
                 lines.append(f"    {cls:<16}{r.get('n_tokens', 0):>5}   {_num(r.get('critical_layer_median')):>22}"
                              f"   {_num(r.get('mutation_rate'), pct=True):>13}   {_num(r.get('mutation_layer_median')):>23}")
     return "\n".join(lines)
+
+
+def _distribution_table(rows: list[tuple[str, list[dict]]], tau: float) -> list[str]:
+    """Critical-layer counts per layer, one line per token group, columns aligned by layer."""
+    if not rows:
+        return []
+    layers = sorted({r["layer"] for _, dist in rows for r in dist if r.get("layer") is not None})
+    w = max(max(len(g) for g, _ in rows) + 2, 40)
+    head = f"critical layers (top-1 p >= {tau:g}), tokens"
+    out = [f"  {head:<{w}}" + "".join(f"{'L' + str(x):>5}" for x in layers) + "  never  median"]
+    for group, dist in rows:
+        n = {r.get("layer"): r.get("n_critical", 0) for r in dist}
+        counts = [n.get(x, 0) for x in layers]
+        out.append(f"    {group:<{w - 2}}" + "".join(f"{c or '.':>5}" for c in counts)
+                   + f"{n.get(None, 0) or '.':>7}{_num(_median(layers, counts)):>8}")
+    return out
+
+
+def _median(layers: list[int], counts: list[int]) -> float | None:
+    """Median layer of the tokens that reached one (the lower middle value, as a layer)."""
+    total = sum(counts)
+    if not total:
+        return None
+    seen = 0
+    for layer, c in zip(layers, counts):
+        seen += c
+        if 2 * seen >= total:
+            return layer
+    return None
 
 
 def _num(v, pct: bool = False) -> str:
