@@ -17,9 +17,9 @@ WITH l AS (
     FROM layers y JOIN tokens t ON t.token_uid = y.token_uid
     WHERE y.lens = $lens AND t.role = $role AND ($label = '' OR t.label = $label)
 ),
-last_other AS (  -- the last layer where another token is top-1 (NULL: the emitted token at every layer)
+last_other AS (  -- the last layer where another token is top-1 (only needed, so only computed, for emitted_stays)
     SELECT token_uid, MAX(CASE WHEN rank_out <> 1 THEN layer END) AS last_other_layer
-    FROM l GROUP BY token_uid
+    FROM l WHERE $definition = 'emitted_stays' GROUP BY token_uid
 ),
 per_token AS (
     SELECT l.token_uid, MAX(l.layer) AS last_layer,
@@ -28,7 +28,7 @@ per_token AS (
                       OR ($definition = 'emitted_stays' AND l.rank_out = 1 AND l.p_out >= $tau
                           AND l.layer > COALESCE(o.last_other_layer, -1))
                     THEN l.layer END) AS critical_layer
-    FROM l JOIN last_other o ON o.token_uid = l.token_uid
+    FROM l LEFT JOIN last_other o ON o.token_uid = l.token_uid
     GROUP BY l.token_uid
 ),
 calm AS (  -- runs of consecutive layers whose js_prev is below theta (gaps and islands)
