@@ -5,7 +5,7 @@
 -- param tau: float = 0.5          -- top-1 probability at which knowledge "stands out from the vocabulary"
 -- param theta: float = 0.1        -- js_prev (nats) below which consecutive layers count as settled
 -- param window: int = 3           -- layers js_prev must stay below theta (0 = up to the last layer)
--- param definition: str = 'top1' in (top1, emitted, emitted_stays)  -- critical_layer: top1 = the paper's (any token's top-1 p >= tau); emitted = the emitted token is top-1 with p_out >= tau; emitted_stays = ... and stays top-1 up to the last layer
+-- param definition: str = 'top1' in (top1, emitted, emitted_stays)  -- critical_layer: top1 = the paper's, any token's top-1 p >= tau; emitted, emitted_stays: see below
 -- param label: str = ''            -- only tokens with this object label (hallucinated | correct | safe); '' = all tokens
 -- The paper's definition fires on any confident candidate, so a language prior or a template word
 -- can stand out at layer 1; 'emitted' asks when the token the model finally emits stands out
