@@ -13,8 +13,12 @@ layers, ``hidden`` of shape (N, L+1, D) (layer 0 = embeddings, layer L = transfo
   In both modes layer L is never normed twice, so layer L's logits are the model's own logits.
 
 Everything runs on the device in float32, over chunks of whole tokens (all L+1 layers of a chunk
-in one matmul), sized so a chunk's (tokens, L+1, V) temporaries stay under ``chunk_bytes``; only
-the per-(token, layer) statistics and the top-k leave the device.
+in one matmul, so the head is read once per chunk), sized so a chunk's (tokens, L+1, V) logits and
+scratch stay under ``chunk_bytes``; only the per-(token, layer) statistics and the top-k leave the
+device. On a CPU the statistics then walk the chunk a few tokens at a time (``_CPU_SUB_BYTES``)
+through five preallocated scratch buffers, so their ~25 elementwise passes over the vocabulary run
+in cache instead of streaming fresh multi-MB temporaries from memory (2x faster at V = 32000, with
+the same operations in the same order, hence the same values).
 
 Statistics (natural log; P_l = softmax(logits_l); "out" = the token the model emitted):
 
@@ -43,6 +47,7 @@ cheaper ``H(M) - (H(P) + H(Q)) / 2`` form or einsum/bmm reductions were measured
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass
@@ -54,7 +59,9 @@ from torch import nn
 LENS_MODES = ("final_norm", "raw")
 LN2 = math.log(2.0)
 _NEG = -1e30  # finite stand-in for -inf logits, so that 0 * log 0 terms are 0, never NaN
-_TINY = 1e-38  # floor for a mixture probability before its log
+# floor for a mixture probability before its log: the smallest NORMAL fp32 (a subnormal floor would
+# read as 0 under flush-to-zero, see _flush_denormals)
+_TINY = float(np.finfo(np.float32).tiny)
 
 
 class Unembedding(nn.Module):
@@ -217,6 +224,25 @@ def _sub_stats(x, ids, top_k: int, dola: bool, buf: dict[str, torch.Tensor], res
     res["js_final"].copy_(_js_into(LP, lpL.expand_as(LP), P, pL.expand_as(P), M, T1, T2))
 
 
+@contextlib.contextmanager
+def _flush_denormals(on: bool):
+    """Flush subnormal floats to zero inside the block (CPU, this thread), then restore the caller's mode.
+
+    Probabilities of widely spread logits (the raw lens of early layers) fall below 1.2e-38 in large
+    numbers, and every op on subnormals takes a slow microcode path (up to 2-3x the lens's time).
+    What flushing changes: probabilities under 1.2e-38 count as 0, i.e. terms of at most ~1e-36 per
+    vocabulary entry in any sum, far under fp32 rounding of the stored statistics."""
+    if not on:
+        yield
+        return
+    before = bool((torch.tensor([1e-39]) * 1.0).item() == 0.0)  # torch has no getter for the mode
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)
+
+
 # Scratch per CPU sub-chunk: x and 5 buffers of (s, L+1, V) fp32 should stay in (a large) L2/L3 cache
 _CPU_SUB_BYTES = 2 << 20
 
@@ -228,6 +254,25 @@ def default_chunk_bytes(device: torch.device) -> int:
         free, _ = torch.cuda.mem_get_info(device)
         return int(min(free // 4, 4 << 30))
     return 256 << 20
+
+
+def _run_chunks(unembedding, hidden, out_ids, mode, top_k, dola, c, sub, res) -> None:
+    """The chunk loop of compute_lens: logits of ``c`` tokens at a time, statistics ``sub`` at a time."""
+    n, nl, _ = hidden.shape
+    V = unembedding.vocab_size
+    buf = None
+    for s in range(0, n, c):
+        logits = unembedding.logits(hidden[s : s + c], mode=mode)
+        if buf is None:
+            shape = (min(sub, logits.shape[0]), nl, V)
+            buf = {k: logits.new_empty(shape) for k in ("lp", "p", "m", "t2") + (("mk",) if dola else ())}
+        ids = (torch.full((logits.shape[0],), -1, device=logits.device) if out_ids is None
+               else out_ids[s : s + c].to(logits.device).long())
+        for a in range(0, logits.shape[0], sub):
+            b = min(a + sub, logits.shape[0])
+            rows = {k: v[s + a : s + b] for k, v in res.items()}
+            _sub_stats(logits[a:b], ids[a:b], top_k, dola, buf, rows)
+        del logits
 
 
 @torch.no_grad()
@@ -267,19 +312,8 @@ def compute_lens(
     res["js_prev"][:, 0] = float("nan")
     if dola:
         res["js_dola"][:, 0] = float("nan")
-    buf = None
-    for s in range(0, n, c):
-        logits = unembedding.logits(hidden[s : s + c], mode=mode)
-        if buf is None:
-            shape = (min(sub, logits.shape[0]), nl, V)
-            buf = {k: logits.new_empty(shape) for k in ("lp", "p", "m", "t2") + (("mk",) if dola else ())}
-        ids = (torch.full((logits.shape[0],), -1, device=logits.device) if out_ids is None
-               else out_ids[s : s + c].to(logits.device).long())
-        for a in range(0, logits.shape[0], sub):
-            b = min(a + sub, logits.shape[0])
-            rows = {k: v[s + a : s + b] for k, v in res.items()}
-            _sub_stats(logits[a:b], ids[a:b], top_k, dola, buf, rows)
-        del logits
+    with _flush_denormals(on_cpu):
+        _run_chunks(unembedding, hidden, out_ids, mode, top_k, dola, c, sub, res)
     if n == 0:
         z = np.zeros((0, nl), np.float32)
         zi = np.zeros((0, nl), np.int32)
