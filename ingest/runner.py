@@ -25,7 +25,6 @@ one-process run.
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 import traceback
@@ -49,6 +48,7 @@ from ingest.rows import BatchRows, LabelError, Prepared, add_sample, write_rows
 from ingest.spans import pieces, token_char_spans, vocab_table
 from kevo_store import schema
 from kevo_store.errors import KevoError
+from kevo_store.layerspec import parse_layer_list
 
 # If this many samples fail to generate before any succeeds, the run stops (see _run_rank).
 ABORT_AFTER_GENERATE_FAILURES = 3
@@ -118,28 +118,7 @@ class IngestConfig:
 
 def parse_layer_spec(spec: str, n: int, option: str) -> list[int]:
     """'0,8,16-32' -> sorted unique ints, each checked against 0..n-1 (``option`` names the flag in errors)."""
-    out: set[int] = set()
-    for part in spec.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        m = re.fullmatch(r"(-?\d+)\s*-\s*(-?\d+)|(-?\d+)", part)
-        if m is None:
-            raise IngestError(f"{option} {spec!r}: {part!r} is not a layer number or a range like 16-32")
-        if m.group(3) is not None:
-            values = [int(m.group(3))]
-        else:
-            lo, hi = int(m.group(1)), int(m.group(2))
-            if hi < lo:
-                raise IngestError(f"{option} {spec!r}: range {part!r} is reversed")
-            values = range(lo, hi + 1)
-        for v in values:
-            if not 0 <= v < n:
-                raise IngestError(f"{option} {spec!r}: layer {v} is out of range (the model has layers 0..{n - 1})")
-            out.add(v)
-    if not out:
-        raise IngestError(f"{option} {spec!r}: no layers given")
-    return sorted(out)
+    return parse_layer_list(spec, n=n, option=option, error=IngestError)
 
 
 # --------------------------------------------------------------------------------------------

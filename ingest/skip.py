@@ -19,27 +19,14 @@ from collections.abc import Iterable
 
 from torch import nn
 
+from kevo_store.layerspec import parse_layer_list
+
 from .models.base import Adapter, ModelError
 
 
 def parse_layer_spec(spec: str) -> list[int]:
     """'20-26,30' -> [20, 21, ..., 26, 30] (inclusive ranges, sorted, de-duplicated)."""
-    out: set[int] = set()
-    for part in (p.strip() for p in spec.split(",")):
-        if not part:
-            continue
-        try:
-            if "-" in part:
-                a, b = part.split("-", 1)
-                lo, hi = int(a), int(b)
-                if hi < lo:
-                    raise ValueError
-                out.update(range(lo, hi + 1))
-            else:
-                out.add(int(part))
-        except ValueError:
-            raise ModelError(f"bad layer list {spec!r}: {part!r} is not N or N-M with N <= M") from None
-    return sorted(out)
+    return parse_layer_list(spec, option="--skip-layers", error=ModelError)
 
 
 def skip_layers(adapter: Adapter, layers: Iterable[int]) -> list[int]:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kevo_store.errors import CorruptStoreError, KevoError, StoreError
+from kevo_store.layerspec import parse_layer_list
 from kevo_store.safety import (
     MANIFEST,
     MAX_MANIFEST_BYTES,
@@ -60,18 +61,7 @@ def parse_layers(spec: str | Iterable[int] | None) -> list[int] | None:
         return None
     if not isinstance(spec, str):
         return sorted({int(x) for x in spec})
-    out: set[int] = set()
-    for part in spec.split(","):
-        part = part.strip()
-        m = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", part)
-        if not m:
-            raise ShareError(f"--layers {spec!r}: expected layers like '20-32' or '0,5,10-12'")
-        a = int(m.group(1))
-        b = int(m.group(2)) if m.group(2) is not None else a
-        if b < a:
-            raise ShareError(f"--layers {spec!r}: range {part!r} runs backwards")
-        out.update(range(a, b + 1))
-    return sorted(out)
+    return parse_layer_list(spec, option="--layers", error=ShareError)
 
 
 def table_files(manifest: Mapping) -> dict[str, list[str]]:
