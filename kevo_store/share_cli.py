@@ -10,11 +10,9 @@ import click
 
 
 def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+    from .cli import _human as human  # the store group's formatter (imported late: cli imports this module)
+
+    return human(n)
 
 
 @click.command("push")
