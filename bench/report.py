@@ -168,7 +168,8 @@ def _summary(r: dict) -> list[list[str]]:
         out.append(["6", f"openTSNE via kevo embed, {t['small']['points']} points x {t['small']['dims']:,}",
                     f"{_f(t['small']['embed_points_total_s'])} s", "—", "reported"])
     if "large" in t:
-        out.append(["6", f"openTSNE, {t['large']['points']:,} points x {t['large']['dims']:,} (randomized PCA to 50)",
+        out.append(["6", f"openTSNE via kevo embed, {t['large']['points']:,} points x {t['large']['dims']:,} "
+                    f"({t['large'].get('pca_method', 'randomized')} PCA to 50)",
                     f"{_f(t['large']['total_s'])} s", "—", "reported"])
     g = r.get("gpu")
     if g:
@@ -434,19 +435,25 @@ def _tsne(w, t, cmd):
     if "exact_pca" in t:
         x = t["exact_pca"]
         w(f"- kevo's exact PCA (`queries.embed.pca`, full SVD in float64) on {x['points']:,} x {x['dims']:,}: "
-          f"{_f(x['seconds'])} s. Its cost grows as n·D² once n > D, which is why the 20,000-point run below uses a "
-          "randomized PCA.")
+          f"{_f(x['seconds'])} s. Its cost grows as n·D² once n > D, which is why `kevo embed` keeps it only for "
+          "matrices with at most 500 rows or columns and uses a randomized PCA above.")
     if "exact_pca_separate" in t:
         x = t["exact_pca_separate"]
         w(f"- kevo's exact PCA on {x['points']:,} x {x['dims']:,}, measured apart (`{x['command']}`, "
           f"{x['machine']['date_utc']}, same machine, {x['threads']} thread, load average "
           f"{x['machine']['load_avg_start']}): **{_f(x['seconds'])} s**. This is what `kevo embed` would spend "
-          "before t-SNE starts at this size: a randomized PCA (as below) would cut it to seconds.")
+          "before t-SNE starts at this size with the exact SVD; it now takes the randomized PCA (below) there.")
     if "large" in t:
         x = t["large"]
-        w(f"- {x['points']:,} points x {x['dims']:,}: randomized PCA to 50 (`torch.pca_lowrank`, 4 power iterations) "
-          f"{_f(x['randomized_pca_s'])} s + openTSNE (embed_points' settings) {_f(x['tsne_s'])} s = "
-          f"**{_f(x['total_s'])} s**.")
+        if "pca_s" in x:  # embed_points itself (kevo embed's path), randomized PCA in kevo
+            w(f"- {x['points']:,} points x {x['dims']:,} through `queries.embed.embed_points` ({x.get('pca_method')} "
+              f"PCA to 50: Halko et al.'s range finder, {x.get('pca_power_iterations')} power iterations, "
+              f"oversampling {x.get('pca_oversampling')}, seeded; numpy/scipy float32): **{_f(x['total_s'])} s** "
+              f"(PCA {_f(x['pca_s'])} s, t-SNE {_f(x['tsne_s'])} s).")
+        else:  # results.json from before kevo embed had a randomized PCA
+            w(f"- {x['points']:,} points x {x['dims']:,}: randomized PCA to 50 (`torch.pca_lowrank`, 4 power "
+              f"iterations) {_f(x['randomized_pca_s'])} s + openTSNE (embed_points' settings) {_f(x['tsne_s'])} s = "
+              f"**{_f(x['total_s'])} s**.")
     w("")
 
 

@@ -61,17 +61,69 @@ def parse_layers(spec: str | None) -> list[int] | None:
     return sorted(out)
 
 
-def pca(x: np.ndarray, k: int = PCA_DIMS) -> np.ndarray:
-    """Project rows onto the first k principal components, with a deterministic sign per component."""
-    x = np.asarray(x, dtype=np.float64)
-    xc = x - x.mean(axis=0, keepdims=True)
-    k = min(k, xc.shape[0], xc.shape[1])
-    _, _, vt = np.linalg.svd(xc, full_matrices=False)
-    comp = vt[:k]
-    # SVD signs are arbitrary: fix each component so its largest loading is positive
+# Below this many rows or columns the exact SVD is cheap (well under a second); above it, its
+# O(n D min(n, D)) cost dominates `kevo embed` (339 s at 20,000 x 4,096), so a randomized PCA is used.
+EXACT_PCA_MAX = 500
+# Randomized PCA (Halko, Martinsson & Tropp 2011, algorithms 4.3/4.4 + 5.1): oversampling and
+# subspace (power) iterations. Two iterations suffice when the spectrum decays, as hidden states' do.
+PCA_OVERSAMPLING = 10
+PCA_POWER_ITERATIONS = 2
+
+
+def _fix_signs(comp: np.ndarray) -> np.ndarray:
+    """SVD signs are arbitrary: flip each component so its largest loading is positive."""
+    k = comp.shape[0]
     sign = np.sign(comp[np.arange(k), np.abs(comp).argmax(axis=1)])
     sign[sign == 0] = 1
-    return xc @ (comp * sign[:, None]).T
+    return comp * sign[:, None]
+
+
+def pca_method(n: int, d: int, k: int = PCA_DIMS) -> str:
+    """'exact' (full SVD) for small matrices, 'randomized' otherwise."""
+    k = min(k, n, d)
+    return "exact" if min(n, d) <= EXACT_PCA_MAX or k + PCA_OVERSAMPLING >= min(n, d) else "randomized"
+
+
+def pca(x: np.ndarray, k: int = PCA_DIMS, seed: int = 0, method: str | None = None) -> np.ndarray:
+    """Project rows onto the first k principal components, with a deterministic sign per component.
+
+    ``method``: 'exact' (SVD in float64), 'randomized' (seeded range finder in float32), or None to
+    pick by size (``pca_method``). The randomized result depends on ``seed`` only through the sign-fixed
+    subspace it finds, so it is deterministic for a seed."""
+    n, d = x.shape
+    k = min(k, n, d)
+    method = method or pca_method(n, d, k)
+    if method == "exact":
+        x = np.asarray(x, dtype=np.float64)
+        xc = x - x.mean(axis=0, keepdims=True)
+        _, _, vt = np.linalg.svd(xc, full_matrices=False)
+        return xc @ _fix_signs(vt[:k]).T
+    if method != "randomized":
+        raise KevoError(f"unknown PCA method {method!r} (exact | randomized)")
+    return _randomized_pca(x, k, seed)
+
+
+def _randomized_pca(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Halko et al.'s randomized SVD of the centred data: about 2 + 2 * PCA_POWER_ITERATIONS passes of a
+    (n, D) x (D, k + p) product instead of a full SVD. float32 products (the data are float32 hidden
+    states); the mean in float64, the small SVD in float64; orthonormalised after every pass (QR) so the
+    power iterations lose no precision to the float32 products."""
+    import scipy.linalg as sla
+
+    n, d = x.shape
+    mean = np.asarray(x, dtype=np.float64).mean(axis=0) if x.dtype != np.float64 else x.mean(axis=0)
+    xc = np.asarray(x, dtype=np.float32) - mean.astype(np.float32)  # one centred float32 copy
+    width = min(k + PCA_OVERSAMPLING, n, d)
+    rng = np.random.default_rng(seed)
+    q = xc @ rng.standard_normal((d, width), dtype=np.float32)
+    q, _ = sla.qr(q, mode="economic", overwrite_a=True, check_finite=False)
+    for _ in range(PCA_POWER_ITERATIONS):
+        z, _ = sla.qr(xc.T @ q, mode="economic", overwrite_a=True, check_finite=False)
+        q, _ = sla.qr(xc @ z, mode="economic", overwrite_a=True, check_finite=False)
+    b = (q.T @ xc).astype(np.float64)  # (width, d): xc ~= q @ b
+    _, _, vt = np.linalg.svd(b, full_matrices=False)
+    comp = _fix_signs(vt[:k]).astype(np.float32)
+    return (xc @ comp.T).astype(np.float64)
 
 
 def embed_points(x: np.ndarray, method: str = "tsne", perplexity: float = 30.0, seed: int = 0,
@@ -80,8 +132,12 @@ def embed_points(x: np.ndarray, method: str = "tsne", perplexity: float = 30.0, 
     n = x.shape[0]
     if n < 4:
         raise KevoError(f"only {n} points to embed; choose more tokens or layers")
-    reduced = pca(x, PCA_DIMS)
-    info = {"pca_dims": int(reduced.shape[1])}
+    pca_how = pca_method(n, x.shape[1], PCA_DIMS)
+    reduced = pca(x, PCA_DIMS, seed=seed, method=pca_how)
+    info = {"pca_dims": int(reduced.shape[1]), "pca_method": pca_how}
+    if pca_how == "randomized":  # what reproduces it: Halko et al.'s range finder, seeded with the run's seed
+        info.update({"pca_oversampling": PCA_OVERSAMPLING, "pca_power_iterations": PCA_POWER_ITERATIONS,
+                     "pca_seed": seed})
     if method == "pca":
         y = reduced[:, :2] if reduced.shape[1] >= 2 else np.hstack([reduced, np.zeros((n, 1))])
         return y.astype(np.float32), info

@@ -84,6 +84,34 @@ def test_pca_is_deterministic_and_orthogonal():
     assert np.allclose(cov - np.diag(np.diag(cov)), 0, atol=1e-8)
 
 
+def test_randomized_pca_spans_the_exact_top_subspace():
+    """Above EXACT_PCA_MAX rows and columns `kevo embed` uses the randomized PCA: on a matrix with a clear
+    spectral gap its top components must span the subspace numpy's exact SVD finds (principal angles, since
+    the coordinates within the subspace may differ), and it must be deterministic for a seed."""
+    from scipy.linalg import subspace_angles
+
+    from queries.embed import embed_points, pca_method
+
+    rng = np.random.default_rng(7)
+    n, d, r = 1500, 600, 10
+    u, _ = np.linalg.qr(rng.standard_normal((n, r)))
+    v, _ = np.linalg.qr(rng.standard_normal((d, r)))
+    sv = np.geomspace(2000, 1000, r)  # noise's largest singular value is about sqrt(n) + sqrt(d) = 63
+    x = ((u * sv) @ v.T + rng.standard_normal((n, d)) + 5.0).astype(np.float32)
+    assert pca_method(n, d) == "randomized"
+    xc = x.astype(np.float64) - x.astype(np.float64).mean(axis=0)
+    ref = np.linalg.svd(xc, full_matrices=False)[0][:, :r]  # numpy's exact top-r left singular vectors
+    a = pca(x, 50, seed=3)
+    assert a.shape == (n, 50) and np.array_equal(a, pca(x.copy(), 50, seed=3))
+    assert np.degrees(subspace_angles(a[:, :r], ref)).max() < 0.05
+    assert np.degrees(subspace_angles(pca(x, 50, seed=4)[:, :r], ref)).max() < 0.05
+    # the variance along each top component is the exact one (a rotation inside the subspace would mix them)
+    assert np.allclose(np.sqrt((a[:, :r] ** 2).sum(axis=0)), np.linalg.svd(xc, compute_uv=False)[:r], rtol=1e-4)
+    _, info = embed_points(x, method="pca", seed=3)
+    assert info["pca_method"] == "randomized" and info["pca_power_iterations"] >= 1
+    assert embed_points(x[:400], method="pca")[1]["pca_method"] == "exact"
+
+
 def test_cli_embed_and_errors(with_hidden, planted, tmp_path):  # noqa: F811
     path, _ = with_hidden
     r = subprocess.run([KEVO, "embed", path, "--tokens", GUITAR, "--layers", "0-32",
