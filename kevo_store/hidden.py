@@ -35,6 +35,8 @@ from .fs import LocalFS, StoreFS
 HIDDEN_DIR = "hidden"
 CHUNK_TOKENS = 64
 LOGICAL_DTYPES = {"float16": "float16", "bfloat16": "uint16"}
+# Threads encoding and writing chunks: one per core (more only queue on the same cores).
+WRITE_THREADS = max(1, min(8, os.cpu_count() or 1))
 # The codecs create_array writes into zarr.json; the writer's own chunk encoder reproduces exactly these.
 DIRECT_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}},
                  {"name": "zstd", "configuration": {"level": 1, "checksum": False}}]
@@ -181,7 +183,11 @@ class HiddenWriter:
     def _write_chunks_direct(self, start: int, stop: int, data: np.ndarray) -> dict[str, list]:
         """Write chunk files [start, stop) (start on a chunk boundary) as Zarr v3 would: C-order
         little-endian bytes, zstd level 1, the edge chunk padded with the fill value 0. Returns the
-        chunk index (sha256 and size of every file), hashed from memory."""
+        chunk index (sha256 and size of every file), hashed from memory.
+
+        Each chunk is touched once per pass that the format needs: one gather of its 64 rows into a
+        contiguous block (the rows are strided across layers), zstd, sha256 of the compressed bytes, one
+        write. zstd and sha256 release the GIL, so the jobs run in WRITE_THREADS threads."""
         import hashlib
         from concurrent.futures import ThreadPoolExecutor
 
@@ -190,23 +196,33 @@ class HiddenWriter:
         codec = Zstd(level=1, checksum=False)
         dt = data.dtype.newbyteorder("<")
         first, last = start // CHUNK_TOKENS, -(-stop // CHUNK_TOKENS)
+        root = self.fs.full(f"{HIDDEN_DIR}/c")
+        for ci in range(first, last):  # the directories once, not per chunk
+            os.makedirs(os.path.join(root, str(ci)), exist_ok=True)
 
         def one(job: tuple[int, int]) -> tuple[str, list]:
             ci, j = job
             lo = ci * CHUNK_TOKENS - start
             block = data[lo: lo + CHUNK_TOKENS, j, :]
-            chunk = np.zeros((CHUNK_TOKENS, 1, self.d), dtype=dt)
-            chunk[: len(block), 0, :] = block
-            enc = bytes(codec.encode(chunk))
-            key = f"c/{ci}/{j}/0"
-            full = self.fs.full(f"{HIDDEN_DIR}/{key}")
-            os.makedirs(os.path.dirname(full), exist_ok=True)
-            with open(full, "wb") as f:
+            if len(block) == CHUNK_TOKENS:  # same bytes as a (64, 1, D) chunk: one contiguous copy
+                chunk = np.ascontiguousarray(block, dtype=dt)
+            else:  # the edge chunk, padded with the fill value
+                chunk = np.zeros((CHUNK_TOKENS, self.d), dtype=dt)
+                chunk[: len(block)] = block
+            enc = bytes(codec.encode(chunk))  # numcodecs returns bytes already: no copy
+            d = os.path.join(root, str(ci), str(j))
+            try:
+                os.mkdir(d)
+            except FileExistsError:
+                pass
+            with open(os.path.join(d, "0"), "wb", buffering=0) as f:
                 f.write(enc)
-            return key, [hashlib.sha256(enc).hexdigest(), len(enc)]
+            return f"c/{ci}/{j}/0", [hashlib.sha256(enc).hexdigest(), len(enc)]
 
         jobs = [(ci, j) for ci in range(first, last) for j in range(self.nl)]
-        with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as ex:
+        if WRITE_THREADS <= 1 or len(jobs) == 1:
+            return dict(map(one, jobs))
+        with ThreadPoolExecutor(max_workers=WRITE_THREADS) as ex:
             return dict(ex.map(one, jobs))
 
     def recover(self) -> None:
