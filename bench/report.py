@@ -355,12 +355,24 @@ def _hidden(w, h, cmd):
     w("- The disk's own speed varies from run to run on this shared machine (several hundred MiB/s to over "
       "1 GiB/s, see the spread table), so the ratio moves with it; the writer's absolute speed is the steadier "
       "figure.")
-    w("- What limits the writer: it is CPU-bound, the disk is not: every 64-token x 1-layer chunk "
-      "(512 KiB) goes through Zarr's per-chunk path (zstd-1 compression, an asyncio hand-off, one file per chunk), "
-      "then is read back and hashed (sha256) for the manifest's chunk index, all on one busy core; the raw side "
-      "is a memcpy into the page cache plus the disk's own bandwidth. Ways to close the gap: no compression "
-      "for hidden states (they barely compress), hashing the bytes in memory instead of re-reading the files, "
-      "larger chunks along the token axis, or a writer thread overlapping the next batch's generation.")
+    w("- What limits the writer: it is CPU-bound, the disk is not. The store's format asks four things of every "
+      "64-token x 1-layer chunk (512 KiB): zstd level 1, a sha256 of the compressed bytes for the chunk index, "
+      "its own directory (Zarr's `c/<token chunk>/<layer>/0` keys) and its own file. The writer does exactly "
+      "these, once each, from memory (kevo_store/hidden.py `_write_chunks_direct`: one gather of the chunk's "
+      "strided rows, no re-read, one thread per core).")
+    st = h.get("chunk_stages_one_core")
+    if st:
+        w(f"- Those stages measured one by one on one core in this run, for the same {_f(h['bytes_fp16'] / 2**20)} MiB "
+          "(best of 2): " + ", ".join(f"{k.replace('_', '+')} {_f(v)} s" for k, v in st["seconds"].items())
+          + f" = {_f(st['total_s'])} s, i.e. **{_f(st['mib_per_s_one_core'])} MiB/s per core** against the raw disk's "
+          f"{_f(h['mib_per_s']['raw_fsync'])} MiB/s: two idle cores scaling perfectly would reach at most "
+          f"{_f(2 * st['mib_per_s_one_core'] / h['mib_per_s']['raw_fsync'])} of the raw disk, before the final flush. "
+          "(On this shared machine the writer's threads rarely find a second idle core.)")
+    saved = 1 - h["bytes_on_disk_store"] / h["bytes_fp16"]
+    w(f"- Closing the gap needs a format change: no compressor for hidden states (zstd-1 saves {saved:.0%} on "
+      "them and is the largest stage), larger chunks along the token axis or Zarr sharding (fewer directories "
+      "and files), or a writer thread overlapping the next batch's generation "
+      "(hides the cost inside ingest without making the writer itself faster).")
     w("")
 
 
