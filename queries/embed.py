@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from kevo_store import open_store, write_derived_table
 from kevo_store.errors import KevoError, QueryError
+from kevo_store.layerspec import parse_layer_list
 
 PCA_DIMS = 50
 
@@ -44,21 +45,7 @@ def parse_layers(spec: str | None) -> list[int] | None:
     """'0-32' | '0,8,16' | '0-8,16' -> sorted layer list; None -> None (all captured layers)."""
     if spec is None or spec.strip() == "":
         return None
-    out: set[int] = set()
-    try:
-        for part in spec.split(","):
-            part = part.strip()
-            if "-" in part:
-                a, b = part.split("-", 1)
-                lo, hi = int(a), int(b)
-                if hi < lo:
-                    raise ValueError
-                out.update(range(lo, hi + 1))
-            else:
-                out.add(int(part))
-    except ValueError:
-        raise KevoError(f"--layers {spec!r}: expected layers like '0-32' or '0,8,16'") from None
-    return sorted(out)
+    return parse_layer_list(spec, option="--layers")
 
 
 # Below this many rows or columns the exact SVD is cheap (well under a second); above it, its
