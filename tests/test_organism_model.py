@@ -66,15 +66,18 @@ def test_captions_cover_true_objects_and_hallucinate_the_biased_partner(organism
 
 
 def test_knowledge_evolves_across_layers(organism):
-    """What the organism shows under the logit lens (final norm), on correct object tokens:
-    a confident candidate appears early (the paper's critical layer, top-1 p >= 0.5 of any token,
-    is at layer 1 or later, never at the embeddings), but the emitted object only stands out in
-    the upper half of the decoder, often after displacing a language-prior candidate."""
+    """What the organism shows under the logit lens (final norm): the paper's critical layer (top-1
+    p >= 0.5 of any token) of generated tokens is never at the embeddings or layer 1 and its median
+    is in the upper half of the decoder; correct objects stand out in the upper half, some after
+    displacing another object candidate."""
     model, proc = organism
     scs, images = probe.test_images(16)
     _, gen, full = probe.generate(model, proc, images)
     rows = probe.lens_report(model, full)  # asserts lens(last layer) == the model's own logits
     n_layers = model.config.text_config.num_hidden_layers
+    paper = [r[1] for r in rows]
+    assert all(c is None or c >= 2 for c in paper)
+    assert statistics.median(c if c is not None else n_layers + 1 for c in paper) >= n_layers / 2
     ids = {proc.tokenizer.convert_tokens_to_ids("▁" + o): o for o in world.OBJECTS}
     it = iter(rows)
     correct = []
@@ -85,7 +88,7 @@ def test_knowledge_evolves_across_layers(organism):
                 correct.append(row)
     assert len(correct) >= 20
     crit = [r[1] for r in correct]
-    assert all(c is not None and c >= 1 for c in crit)
+    assert all(c is not None and c >= 2 for c in crit)
     emitted = [probe.emitted_critical_layer(r) for r in correct]
     assert all(e is not None for e in emitted)
     assert statistics.median(emitted) >= n_layers / 2, emitted
@@ -93,6 +96,6 @@ def test_knowledge_evolves_across_layers(organism):
     first = statistics.mean(r[3][1] for r in correct)
     last = statistics.mean(r[3][-1] for r in correct)
     assert last > 0.9 and last > first + 0.4
-    # the displaced early candidates: at least a third of the correct objects had another object on top first
+    # displaced early candidates: a quarter of the correct objects had another object confidently on top first
     displaced = sum(any(i != r[0] and i in ids and p >= 0.5 for i, p in zip(r[4], r[2])) for r in correct)
-    assert displaced >= len(correct) / 3
+    assert displaced >= len(correct) / 4

@@ -56,3 +56,22 @@ def test_shared_prefix_loss_equals_plain_forward():
     assert g_plain.keys() == g_shared.keys()
     for n in g_plain:
         assert torch.allclose(g_plain[n], g_shared[n], atol=1e-5), n
+
+
+def test_initialisation_options():
+    """The recipe's outlier dimension and embedding scale; neutral values leave HF's init untouched."""
+    from ingest.organism.train import _reinit
+
+    cfg = _small(1)
+    plain = model_mod.build_model(cfg.model, 90, 0)
+    ref = {n: p.clone() for n, p in plain.named_parameters()}
+    _reinit(plain, TrainConfig(embed_init_std=None, embed_offset=0.0, residual_init_scale=1.0, model=cfg.model))
+    assert all(torch.equal(p, ref[n]) for n, p in plain.named_parameters())
+
+    model = model_mod.build_model(cfg.model, 90, 0)
+    _reinit(model, TrainConfig(embed_offset=45.0, embed_init_std=1.0, residual_init_scale=0.5, model=cfg.model))
+    emb = model.get_input_embeddings().weight.detach()
+    assert abs(float(emb[:, 0].mean()) - 45.0) < 0.5
+    assert 0.8 < float(emb[:, 1:].std()) < 1.2
+    o_proj = model.model.language_model.layers[0].self_attn.o_proj.weight
+    assert torch.allclose(o_proj, 0.5 * ref["model.language_model.layers.0.self_attn.o_proj.weight"])

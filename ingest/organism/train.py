@@ -58,6 +58,21 @@ class TrainConfig:
     threads: int = 1
     """torch intra-op threads. One is the reproducible default (bit-identical weights need the same
     thread count) and is faster than two on a busy 2-core machine."""
+    embed_init_std: float | None = 1.0
+    """Std of the decoder's input-embedding initialisation (None: the config's initializer_range,
+    0.02). The recipe's 1.0 keeps the token signal audible next to ``embed_offset`` after the
+    first RMSNorm. (Alone, a large embedding moves the critical layer *down*: the embeddings learn
+    the bigram table and the lens reads it at layer 0; see README.md.)"""
+    embed_weight_decay: bool = False
+    """Apply weight decay to the input embeddings (off keeps a large initial scale)."""
+    embed_offset: float = 45.0
+    """Added to coordinate 0 of every input-embedding row at initialisation: a large
+    token-independent component of the residual stream, like the outlier ("rogue") dimensions of
+    real transformers. It dominates the RMS that the logit lens divides by until the layers have
+    written enough, so a lone early layer cannot make the lens confident."""
+    residual_init_scale: float = 1.0
+    """Multiplies the initial o_proj and down_proj weights (GPT-2's 1/sqrt(2 * layers) residual
+    scaling makes each layer's first writes small next to the embedding)."""
     model: model_mod.OrganismConfig = field(default_factory=model_mod.OrganismConfig)
     """Architecture sizes."""
 
@@ -185,6 +200,24 @@ def pretrain_vision(model, scs, pixels, cfg: TrainConfig, log=print) -> list[flo
     return losses
 
 
+def _reinit(model, cfg: TrainConfig) -> None:
+    """The optional initialisation changes of TrainConfig (a no-op at their neutral values, so the
+    global RNG stream, and hence older recipes, are untouched)."""
+    import torch
+
+    if cfg.embed_init_std is None and cfg.residual_init_scale == 1.0 and cfg.embed_offset == 0.0:
+        return
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    with torch.no_grad():
+        if cfg.embed_init_std is not None:
+            model.get_input_embeddings().weight.normal_(0, cfg.embed_init_std, generator=gen)
+        model.get_input_embeddings().weight[:, 0] += cfg.embed_offset
+        if cfg.residual_init_scale != 1.0:
+            for layer in model.model.language_model.layers:
+                layer.self_attn.o_proj.weight.mul_(cfg.residual_init_scale)
+                layer.mlp.down_proj.weight.mul_(cfg.residual_init_scale)
+
+
 def train(cfg: TrainConfig, out: Path | str | None = None, log=print, on_step=None) -> tuple[object, object, list[float]]:
     """Train an organism; save a Hugging Face model directory to ``out`` when given.
 
@@ -200,6 +233,7 @@ def train(cfg: TrainConfig, out: Path | str | None = None, log=print, on_step=No
     scs, captions, qas = build_examples(cfg, tokenizer)
     pixels = pixel_values(scs, proc.image_processor)
     model = model_mod.build_model(cfg.model, len(tokenizer), cfg.seed)
+    _reinit(model, cfg)
     model.train()
     if cfg.vision_steps:
         pretrain_vision(model, scs, pixels, cfg, log)
@@ -207,8 +241,13 @@ def train(cfg: TrainConfig, out: Path | str | None = None, log=print, on_step=No
     # stage 2 keeps the vision tower frozen, as LLaVA does
     model.model.vision_tower.requires_grad_(False)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in trainable if p.ndim >= 2 and "norm" not in n]
-    no_decay = [p for n, p in trainable if not (p.ndim >= 2 and "norm" not in n)]
+    embed = model.get_input_embeddings().weight
+
+    def decays(n, p) -> bool:
+        return p.ndim >= 2 and "norm" not in n and (cfg.embed_weight_decay or p is not embed)
+
+    decay = [p for n, p in trainable if decays(n, p)]
+    no_decay = [p for n, p in trainable if not decays(n, p)]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(0.9, 0.98),
