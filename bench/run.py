@@ -73,6 +73,11 @@ def main(argv=None) -> int:
         x for x in (["--quick"] if q else []) + ([f"--only {a.only}"] if a.only else []))
     results: dict = {"command": cmd, "quick": q, "threads": a.threads, "machine": machine(), "sections": {}}
     previous = _previous_history(a.json)  # read now: the sections below overwrite the file as they go
+    base = json.loads(a.json.read_text()) if (a.only and not q and a.json.is_file()) else None
+    if base is not None:
+        # --only re-runs some sections of the existing results: the others, and the history, stay.
+        results["sections"] = dict(base.get("sections", {}))
+        results["command"] = f"{base.get('command', 'make bench')}, then {cmd}"
     t_all = time.perf_counter()
 
     def section(name, fn):
@@ -86,6 +91,7 @@ def main(argv=None) -> int:
             res = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=8)}
             print(f"[bench] {name} FAILED: {res['error']}", flush=True)
         res["section_s"] = round(time.perf_counter() - t, 1)
+        res["command"] = cmd
         results["sections"][name] = res
         print(f"[bench] {name} done in {res['section_s']} s", flush=True)
         # write as we go: a long run that dies late still leaves its numbers
@@ -103,8 +109,14 @@ def main(argv=None) -> int:
         if not g.get("tiny"):
             results["gpu"] = g
     results["total_s"] = round(time.perf_counter() - t_all, 1)
-    results["history"] = (previous + [headlines(results)])[-5:] if not (q or a.only) else []
+    if base is not None:
+        results["history"] = base.get("history", [])
+    else:
+        results["history"] = (previous + [headlines(results)])[-5:] if not (q or a.only) else []
     results["machine"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+    if base is not None:  # the page describes the full run; the re-run sections carry their own command
+        results["machine"], results["total_s"] = base["machine"], base.get("total_s")
+        results["rerun"] = {"sections": sorted(a.sections), "machine": machine(), "command": cmd}
     a.json.parent.mkdir(parents=True, exist_ok=True)
     a.json.write_text(json.dumps(results, indent=1, default=str))
     a.md.write_text(report.render(results))

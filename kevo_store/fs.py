@@ -126,14 +126,7 @@ class LocalFS(StoreFS):
 
     def write_atomic(self, rel: str, data: bytes) -> None:
         """Write ``data`` to ``rel`` so that readers see the old or the new file, never a torn one."""
-        dst = self.full(rel)
-        tmp = f"{dst}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-        self.fsync_dir(posixpath.dirname(rel))
+        write_atomic_local(self.full(rel), data)
 
     def fsync_file(self, rel: str) -> None:
         fd = os.open(self.full(rel), os.O_RDONLY)
@@ -255,3 +248,22 @@ def store_fs(root: str | os.PathLike | StoreFS) -> StoreFS:
 
         return RemoteFS(os.fspath(root))
     return LocalFS(root)
+
+
+def write_atomic_local(path: str, data: bytes) -> None:
+    """Write ``data`` to a local ``path`` so that readers see the old or the new file, never a torn
+    one: a fsynced temporary file renamed over it, then the directory fsynced."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:
+        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

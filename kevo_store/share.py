@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kevo_store.errors import CorruptStoreError, KevoError, StoreError
+from kevo_store.fs import write_atomic_local
 from kevo_store.layerspec import parse_layer_list
 from kevo_store.safety import (
     MANIFEST,
@@ -335,12 +336,7 @@ def _write_last(fs, root: str, data: bytes) -> None:
     """Write the manifest as the push's final, single, atomic step."""
     dst = f"{root}/{MANIFEST}"
     if _is_local_fs(fs):
-        tmp = f"{dst}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
+        write_atomic_local(dst, data)
     else:
         fs.pipe_file(dst, data)  # one PUT: an object store shows the whole object or none
 
