@@ -18,7 +18,7 @@ import pyarrow as pa
 from .errors import CorruptStoreError, KevoError, QueryError, StoreError
 from .fs import StoreFS, store_fs
 from .hidden import HiddenReader
-from .manifest import load_manifest
+from .manifest import Manifest
 from .schema import DERIVED_TABLES, TABLES
 
 _DUCK_TYPES = {
@@ -53,8 +53,8 @@ def _table_entries(m: dict) -> list[tuple[str, list[str], pa.Schema | None]]:
     out = [(name, m["tables"].get(name, {}).get("files", []), schema) for name, schema in TABLES.items()]
     for name, d in (m.get("derived") or {}).items():
         out.append((name, d.get("files", []), DERIVED_TABLES.get(name)))
-    # a partial pull (kevo_store/share.py) has no files for the tables it left out: no view for them
-    omitted = set((m.get("partial") or {}).get("omitted_tables", []))
+    # a partial pull has no files for the tables it left out: no view for them
+    omitted = m.omitted_tables
     return [e for e in out if e[0] not in omitted]
 
 
@@ -128,7 +128,7 @@ class Store:
     def __init__(self, path: str | os.PathLike | StoreFS, con: duckdb.DuckDBPyConnection | None = None):
         self.fs = store_fs(path)
         self.path = self.fs.root
-        self.manifest = load_manifest(self.fs)
+        self.manifest = Manifest.load(self.fs)
         self.con = con if con is not None else _connect()
         _attach(self.con, self.fs, self.manifest, None)
         self._hidden: HiddenReader | None = None
@@ -180,9 +180,7 @@ class Store:
 
     @property
     def hidden_layers(self) -> list[int]:
-        from .share import hidden_layers_present  # a partial pull may hold only some layers
-
-        return hidden_layers_present(self.manifest)
+        return self.manifest.hidden_layers_present()  # a partial pull may hold only some layers
 
     @property
     def tables(self) -> list[str]:
@@ -203,11 +201,9 @@ class Store:
         h = self.manifest.get("hidden")
         if not h:
             raise KevoError(f"{self.path} holds no hidden states (captured without them)")
-        if self.manifest.get("partial"):  # a partial pull: Zarr would fill missing layers with zeros
-            from .share import check_hidden_layers_present
-
+        if self.manifest.partial:  # a partial pull: Zarr would fill missing layers with zeros
             layers = self.hidden_layers if layers is None else layers
-            check_hidden_layers_present(self.manifest, [layers] if np.isscalar(layers) else layers, self.path)
+            self.manifest.check_hidden_layers_present([layers] if np.isscalar(layers) else layers, self.path)
         if self._hidden is None:
             self._hidden = HiddenReader(self.fs, h)
         return self._hidden.read(token_uids, layers)
@@ -301,7 +297,7 @@ def open_stores(stores: dict[str, str | os.PathLike] | list[str], unqualified: s
         if alias in ("main", "temp", "system", "information_schema", "pg_catalog", "memory"):
             raise KevoError(f"store alias {alias!r} is reserved; name it: other={path}")
         fs = store_fs(path)
-        m = load_manifest(fs)
+        m = Manifest.load(fs)
         _attach(con, fs, m, alias)
         s = Store.__new__(Store)
         s.fs, s.path, s.manifest, s.con, s._hidden = fs, fs.root, m, con, None

@@ -41,7 +41,6 @@ from kevo_store.safety import (
     MAX_MANIFEST_BYTES,
     ZARR_META,
     UnsafeStoreError,
-    check_format_version,
     check_zarr_metadata,
     parse_manifest,
 )
@@ -359,8 +358,9 @@ class RemoteFS(FsspecFS):
             from kevo_store.safety import check_manifest_paths
 
             raw = self._read_raw(MANIFEST, MAX_MANIFEST_BYTES)
-            manifest = parse_manifest(raw, self.root)
-            check_format_version(manifest, self.root)
+            from kevo_store.manifest import Manifest
+
+            manifest = Manifest.parse(raw, self.root)
             check_manifest_paths(manifest, self.root)
             self._manifest = manifest
             self._files = dict(manifest.get("files", {}))

@@ -1,4 +1,4 @@
-"""Sharing a store: push it to any fsspec URL, pull it back (whole or in part), verify either end.
+"""Sharing a store: push it to any fsspec URL, pull it back (whole or in part).
 
 - ``push``: the store's files are uploaded and checksummed on the way (a file that changed or
   rotted since its commit stops the push), the upload is checked against the manifest's sizes,
@@ -12,13 +12,13 @@
   those Parquet files, only the Zarr chunks of those layers (plus the array metadata), and the
   pulled manifest records what was left out on purpose (``partial``), so ``verify`` tells a
   deliberate omission from a lost file and the reader refuses to answer from what is not there.
-- ``verify_files``: the file-level half of ``kevo store verify`` for any store, local or remote.
+
+``kevo store verify`` (``kevo_store.verify.verify_store``) checks either end, partial pulls included.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import stat
 import sys
 from collections.abc import Iterable, Mapping
@@ -28,14 +28,14 @@ from pathlib import Path
 
 from kevo_store.errors import CorruptStoreError, KevoError, StoreError
 from kevo_store.fs import write_atomic_local
-from kevo_store.layerspec import parse_layer_list
+from kevo_store.layerspec import parse_layers
+from kevo_store.manifest import Manifest, layer_ranges
 from kevo_store.safety import (
     MANIFEST,
     MAX_MANIFEST_BYTES,
     ZARR_META,
     HashingSizeCap,
     UnsafeStoreError,
-    check_format_version,
     check_listing,
     check_zarr_metadata,
     declared_files,
@@ -45,98 +45,10 @@ from kevo_store.safety import (
 )
 
 BLOCK = 4 << 20
-_CHUNK_LAYER = re.compile(r"^hidden/c/[0-9]+/([0-9]+)/[0-9]+$")
 
 
 class ShareError(KevoError):
     """A push or pull could not be done as asked (destination not empty, unknown table, ...)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# partial stores
-
-
-def parse_layers(spec: str | Iterable[int] | None) -> list[int] | None:
-    """``"20-32"``, ``"0,5,10-12"`` or a list of ints -> sorted layer numbers (None stays None)."""
-    if spec is None:
-        return None
-    if not isinstance(spec, str):
-        return sorted({int(x) for x in spec})
-    return parse_layer_list(spec, option="--layers", error=ShareError)
-
-
-def table_files(manifest: Mapping) -> dict[str, list[str]]:
-    """``{table name: [files]}`` for the tables and the derived tables of a manifest."""
-    out: dict[str, list[str]] = {}
-    for section in ("tables", "derived"):
-        for name, t in (manifest.get(section) or {}).items():
-            out[name] = list((t or {}).get("files", []))
-    return out
-
-
-def _chunk_layer_pos(rel: str) -> int | None:
-    m = _CHUNK_LAYER.match(rel)
-    return int(m.group(1)) if m else None
-
-
-def omitted_files(manifest: Mapping, declared: Iterable[str]) -> set[str]:
-    """The files a partial store leaves out on purpose (empty for a whole store)."""
-    partial = manifest.get("partial")
-    if not partial:
-        return set()
-    out: set[str] = set()
-    tf = table_files(manifest)
-    for name in partial.get("omitted_tables", []):
-        out.update(tf.get(name, []))
-    keep = partial.get("hidden_layers")  # None: all captured layers; []: no hidden states at all
-    hidden = manifest.get("hidden") or {}
-    if keep is not None and hidden:
-        if not keep:
-            out.update(r for r in declared if r.startswith("hidden/"))
-        else:
-            pos_keep = {hidden["layers"].index(x) for x in keep}
-            out.update(r for r in declared if (p := _chunk_layer_pos(r)) is not None and p not in pos_keep)
-    return out
-
-
-def present_tables(manifest: Mapping) -> set[str]:
-    """Tables whose files a store holds (all of them unless the store is a partial pull)."""
-    omitted = set((manifest.get("partial") or {}).get("omitted_tables", []))
-    return {name for name in table_files(manifest) if name not in omitted}
-
-
-def hidden_layers_present(manifest: Mapping) -> list[int]:
-    """Layers whose hidden states a store holds (the captured ones, or the pulled subset)."""
-    hidden = manifest.get("hidden") or {}
-    layers = list(hidden.get("layers", []))
-    keep = (manifest.get("partial") or {}).get("hidden_layers")
-    return layers if keep is None else [x for x in layers if x in set(keep)]
-
-
-def partial_summary(partial: Mapping) -> str:
-    """One line saying what a partial pull left out."""
-    keep = partial.get("hidden_layers")
-    hidden = ("all hidden layers" if keep is None else f"hidden layers {_ranges(sorted(keep))} only" if keep
-              else "no hidden states")
-    left = ", ".join(partial.get("omitted_tables") or []) or "none"
-    return f"pulled from {partial.get('source', '?')}; tables left out: {left}; {hidden}"
-
-
-def check_hidden_layers_present(manifest: Mapping, layers: Iterable[int] | None, where: str) -> None:
-    """Refuse to read hidden states of layers a partial pull left out (Zarr would fill them with 0)."""
-    partial = manifest.get("partial")
-    if not partial or partial.get("hidden_layers") is None:
-        return
-    have = set(hidden_layers_present(manifest))
-    if not have:
-        raise StoreError(f"{where} is a partial pull without hidden states (pulled with --no-hidden)")
-    want = list((manifest.get("hidden") or {}).get("layers", [])) if layers is None else [int(x) for x in layers]
-    missing = [x for x in want if x not in have]
-    if missing:
-        raise StoreError(
-            f"{where} is a partial pull holding hidden states for layers {sorted(have)} only; "
-            f"layer(s) {missing} were left out (pull them with `kevo store pull … --layers`)"
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,7 +91,6 @@ def _run_parallel(fn, items: list, jobs: int) -> None:
 
 def _read_source_manifest(fs, root: str, where: str) -> tuple[dict, bytes]:
     """(manifest, the exact bytes it was parsed from), checked strictly."""
-    from kevo_store.manifest import check_format
 
     p = f"{root}/{MANIFEST}"
     try:
@@ -189,10 +100,7 @@ def _read_source_manifest(fs, root: str, where: str) -> tuple[dict, bytes]:
     if size > MAX_MANIFEST_BYTES:
         raise UnsafeStoreError(f"{where}: refused: {MANIFEST} is {size} bytes")
     raw = fs.cat_file(p)
-    manifest = parse_manifest(raw, where)
-    check_format_version(manifest, where)
-    check_format(manifest, where)
-    return manifest, raw
+    return Manifest.parse(raw, where), raw
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,17 +125,16 @@ def _push(store: str | os.PathLike, url: str, *, force: bool = False, jobs: int 
     """
     from kevo_store.fs import LocalFS, is_url
     from kevo_store.lock import StoreLock
-    from kevo_store.manifest import load_manifest
     from kevo_store.remote import filesystem
 
     if is_url(store):
         raise ShareError(f"push uploads a local store; {store} is a URL (pull it first, or copy with fsspec)")
     src = LocalFS(store)
-    manifest = load_manifest(src)
+    manifest = Manifest.load(src)
     lock = StoreLock(src, purpose="push")
     lock.acquire()
     try:
-        manifest = load_manifest(src)  # what the lock now protects
+        manifest = Manifest.load(src)  # what the lock now protects
         manifest_bytes = src.read_bytes(MANIFEST)
         if manifest.get("partial"):
             raise ShareError(f"{src.root} is a partial pull; push the whole store from its origin instead")
@@ -397,7 +304,7 @@ def _pull(url: str, dest: str | os.PathLike, *, tables: Iterable[str] | None = N
         raise CorruptStoreError(f"{where}: {len(lost)} file(s) named by the manifest are missing, e.g. {lost[0]!r}")
 
     # what to take
-    tf = table_files(manifest)
+    tf = manifest.table_files()
     if tables is not None:
         tables = list(dict.fromkeys(tables))
         unknown = [t for t in tables if t not in tf]
@@ -406,7 +313,7 @@ def _pull(url: str, dest: str | os.PathLike, *, tables: Iterable[str] | None = N
     keep_tables = set(tf) if tables is None else set(tables)
     omitted_tables = sorted(set(tf) - keep_tables)
     hsec = manifest.get("hidden") or {}
-    want_layers = parse_layers(layers)
+    want_layers = parse_layers(layers, option="--layers", error=ShareError)
     if not hidden:
         keep_layers: list[int] | None = []
     elif want_layers is not None:
@@ -416,16 +323,16 @@ def _pull(url: str, dest: str | os.PathLike, *, tables: Iterable[str] | None = N
         bad = [x for x in want_layers if x not in captured]
         if bad:
             raise ShareError(f"--layers: layer(s) {bad} have no hidden states in {where} "
-                             f"(captured: {_ranges(captured)})")
+                             f"(captured: {layer_ranges(captured)})")
         keep_layers = want_layers
     else:
         keep_layers = None
     partial = bool(omitted_tables) or (keep_layers is not None and bool(hsec))
-    new_manifest = dict(manifest)
+    new_manifest = Manifest(manifest)
     if partial:
         new_manifest["partial"] = {"source": where, "omitted_tables": omitted_tables,
                                    "hidden_layers": keep_layers if hsec else None}
-    skip = omitted_files(new_manifest, declared)
+    skip = new_manifest.omitted_files(declared)
     take = sorted((rel for rel in declared if rel not in skip and (rel in listing)),
                   key=lambda r: (r == ZARR_META, r))
 
@@ -437,10 +344,8 @@ def _pull(url: str, dest: str | os.PathLike, *, tables: Iterable[str] | None = N
     dest.mkdir(parents=True, exist_ok=True)
     try:
         _pull_files(fs, root, dest, take, declared, listing, where, jobs, progress)
-        from kevo_store.manifest import dump_manifest
-
         # a whole pull keeps the exact bytes that were validated (not a second, later fetch)
-        data = dump_manifest(new_manifest) if partial else raw
+        data = new_manifest.dump() if partial else raw
         tmp = dest / (MANIFEST + ".pulling")
         tmp.write_bytes(data)
         os.chmod(tmp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
@@ -504,162 +409,3 @@ def pull(url: str, dest: str | os.PathLike, *, tables: Iterable[str] | None = No
 
     with remote_errors(os.fspath(url), not_found=True):
         return _pull(url, dest, tables=tables, layers=layers, hidden=hidden, jobs=jobs, progress=progress)
-
-
-def verify_files(location: str | os.PathLike, *, jobs: int = 8) -> list[str]:
-    """File-level check of any store, local or remote (see ``_verify_files``)."""
-    from kevo_store.remote import remote_errors
-
-    with remote_errors(os.fspath(location), not_found=True):
-        return _verify_files(location, jobs=jobs)
-
-
-def _ranges(xs: list[int]) -> str:
-    if not xs:
-        return "none"
-    out, start, prev = [], xs[0], xs[0]
-    for x in xs[1:] + [None]:
-        if x is not None and x == prev + 1:
-            prev = x
-            continue
-        out.append(f"{start}-{prev}" if prev != start else f"{start}")
-        if x is not None:
-            start = prev = x
-    return ",".join(out)
-
-
-# ---------------------------------------------------------------------------------------------
-# verify (file level)
-
-
-def _verify_files(location: str | os.PathLike, *, jobs: int = 8) -> list[str]:
-    """Check every file a store declares, local or remote; returns the problems found (empty: OK).
-
-    Refused outright (raises): an unsafe manifest, a link, a file the manifest does not name, a
-    file larger than declared. Reported: missing files (except those a partial pull left out on
-    purpose), size and checksum mismatches, an invalid array metadata file.
-    """
-    from kevo_store.remote import filesystem
-
-    where = os.fspath(location)
-    fs, root = filesystem(where)
-    if hasattr(fs, "invalidate_cache"):
-        fs.invalidate_cache()
-    manifest, raw = _read_source_manifest(fs, root, where)
-    problems: list[str] = []
-
-    def read_part(rel: str) -> bytes:
-        return fs.cat_file(f"{root}/{rel}")
-
-    try:
-        declared = declared_files(manifest, read_part, where)
-    except FileNotFoundError as e:
-        return [f"a hidden chunk index part is missing ({e})"]
-    except UnsafeStoreError as e:
-        return [str(e)]
-    if _is_local_fs(fs):
-        listing = local_listing(Path(root), where)
-    elif _can_list(fs):
-        listing = _listing(fs, root)
-    else:  # HTTP cannot list: take each named file's size from the server
-        listing = {}
-        for rel in declared:
-            try:
-                listing[rel] = int(fs.size(f"{root}/{rel}"))
-            except FileNotFoundError:
-                pass
-    sized = {k: v for k, v in declared.items() if v["size"] is not None}
-    from kevo_store.lock import LOCK
-
-    extra = [r for r in listing if r not in declared and r not in (MANIFEST, LOCK)]
-    if extra:
-        problems.append(f"{len(extra)} file(s) the manifest does not name, e.g. {extra[0]!r}")
-    skip = omitted_files(manifest, declared)
-    for rel in sorted(sized):
-        if rel not in listing and rel not in skip:
-            problems.append(f"{rel}: missing")
-        elif rel in listing and listing[rel] != sized[rel]["size"]:
-            problems.append(f"{rel}: {listing[rel]} bytes, the manifest declares {sized[rel]['size']}")
-    if ZARR_META in declared and ZARR_META in listing:
-        try:
-            check_zarr_metadata(parse_manifest(fs.cat_file(f"{root}/{ZARR_META}"), where), f"{where}/{ZARR_META}")
-        except UnsafeStoreError as e:
-            problems.append(str(e))
-    to_hash = [rel for rel in sorted(sized) if rel in listing and listing[rel] == sized[rel]["size"]]
-
-    def check(rel: str) -> str | None:
-        cap = HashingSizeCap(rel, sized[rel]["size"], where)
-        try:
-            with fs.open(f"{root}/{rel}", "rb") as f:
-                while block := f.read(BLOCK):
-                    cap.update(block)
-            cap.check(sized[rel]["sha256"])
-        except UnsafeStoreError:
-            return f"{rel}: checksum mismatch (sha256 {cap.h.hexdigest()[:12]}…, manifest {sized[rel]['sha256'][:12]}…)"
-        return None
-
-    if jobs > 1:
-        with ThreadPoolExecutor(max_workers=jobs) as ex:
-            problems.extend(p for p in ex.map(check, to_hash) if p)
-    else:
-        problems.extend(p for p in map(check, to_hash) if p)
-    return problems
-
-
-def verify_partial(fs, manifest: Mapping, *, checksums: bool = True):
-    """``kevo store verify`` of a partial pull: what it kept must be whole; what it left out is noted.
-
-    Every kept file (Parquet, index parts, the chunks of the kept layers) is checked for presence,
-    size and sha256, every kept table's Parquet footers against its row count, and the array
-    metadata; files of left-out tables and layers are reported as notes, not problems.
-    """
-    import pyarrow.parquet as pq
-
-    from kevo_store.verify import VerifyReport
-
-    rep = VerifyReport(fs.root)
-    no_hidden = (manifest["partial"].get("hidden_layers") == [])
-    # without hidden states the chunk index parts were not pulled: do not follow them
-    declared = declared_files({**manifest, "hidden": None} if no_hidden else manifest, fs.read_bytes, fs.root)
-    skip = omitted_files(manifest, declared)
-    partial = manifest["partial"]
-    rep.notes.append(f"partial pull: {partial_summary(partial)} ({len(skip)} file(s) left out on purpose)")
-    for rel in sorted(declared):
-        entry = declared[rel]
-        if rel in skip:
-            continue
-        if not fs.exists(rel):
-            rep.problems.append(f"{rel}: missing (named by the manifest, not left out by the partial pull)")
-            continue
-        if entry["size"] is None:
-            if rel == ZARR_META:
-                try:
-                    check_zarr_metadata(parse_manifest(fs.read_bytes(rel), rel), rel)
-                except UnsafeStoreError as e:
-                    rep.problems.append(str(e))
-            continue
-        size = fs.size(rel)
-        if size != entry["size"]:
-            rep.problems.append(f"{rel}: size {size} bytes, manifest says {entry['size']}")
-            continue
-        if checksums:
-            sha, _ = fs.sha256(rel)
-            if sha != entry["sha256"]:
-                rep.problems.append(f"{rel}: sha256 mismatch (corrupted): {sha[:16]}... != {entry['sha256'][:16]}...")
-                continue
-        rep.checked_files += 1
-        rep.checked_bytes += size
-    tf = table_files(manifest)
-    for name in sorted(present_tables(manifest)):
-        rows = (manifest.get("tables", {}).get(name) or manifest.get("derived", {}).get(name) or {}).get("rows")
-        total = 0
-        try:
-            for rel in tf[name]:
-                with fs.open(rel, "rb") as f:
-                    total += pq.ParquetFile(f).metadata.num_rows
-        except Exception as e:  # noqa: BLE001 - any footer failure is corruption
-            rep.problems.append(f"table '{name}': unreadable Parquet ({type(e).__name__}: {e})")
-            continue
-        if rows is not None and total != rows:
-            rep.problems.append(f"table '{name}': {total} rows in its files, manifest says {rows}")
-    return rep

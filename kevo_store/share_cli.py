@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import click
 
-
-def _human(n: float) -> str:
-    from .cli import _human as human  # the store group's formatter (imported late: cli imports this module)
-
-    return human(n)
+from .units import human_bytes
 
 
 @click.command("push")
@@ -32,7 +28,7 @@ def push(store_path: str, url: str, force: bool, jobs: int) -> None:
     from .share import push as do_push
 
     r = do_push(store_path, url, force=force, jobs=jobs)
-    click.echo(f"pushed {r.files} files, {_human(r.bytes)} to {r.url}")
+    click.echo(f"pushed {r.files} files, {human_bytes(r.bytes)} to {r.url}")
 
 
 def _split_tables(values: tuple[str, ...]) -> list[str] | None:
@@ -63,7 +59,7 @@ def pull(url: str, dest: str, tables: tuple[str, ...], layers: str | None, no_hi
         raise click.UsageError("--layers and --no-hidden contradict each other")
     r = do_pull(url, dest, tables=_split_tables(tables), layers=layers, hidden=not no_hidden, jobs=jobs)
     what = "partial store" if r.partial else "store"
-    click.echo(f"pulled {what} {r.path}: {r.files} files, {_human(r.bytes)}, every checksum verified")
+    click.echo(f"pulled {what} {r.path}: {r.files} files, {human_bytes(r.bytes)}, every checksum verified")
     if r.omitted_tables:
         click.echo(f"  left out tables: {', '.join(r.omitted_tables)}")
     if r.hidden_layers is not None:

@@ -21,12 +21,12 @@ import pytest
 from share_helpers import moto_s3_server, s3_bucket, synth, write_sample_range  # noqa: F401
 
 from kevo_store import open_store
-from kevo_store.errors import KevoError
+from kevo_store.errors import FormatVersionError, KevoError
+from kevo_store.manifest import check_format_version
 from kevo_store.safety import (
     HashingSizeCap,
     UnsafeStoreError,
     check_file_entries,
-    check_format_version,
     check_relpath,
     check_zarr_metadata,
     parse_manifest,
@@ -62,7 +62,7 @@ def test_manifest_parsing_is_strict():
         parse_manifest(b"[" * 100_000 + b"]" * 100_000, "s")
     with pytest.raises(UnsafeStoreError, match="not a JSON object"):
         parse_manifest(b"[1, 2]", "s")
-    with pytest.raises(UnsafeStoreError, match="format 7.*upgrade kevo"):
+    with pytest.raises(FormatVersionError, match="format version 7.*upgrade kevo"):
         check_format_version({"format_version": 7}, "s")
     with pytest.raises(UnsafeStoreError, match="no valid format_version"):
         check_format_version({"format_version": "1"}, "s")
