@@ -166,9 +166,10 @@ def store() -> None:
 
 def store_summary(path: str) -> dict:
     """What `kevo store info` shows, as a dict (also its --json output)."""
-    from .fs import LocalFS, store_fs
+    from .fs import LocalFS
     from .lock import LOCK
     from .manifest import Manifest
+    from .share.remote import store_fs
 
     fs = store_fs(path)
     m = Manifest.load(fs)
@@ -283,8 +284,8 @@ def verify(store_path: str, quick: bool) -> None:
     raise KevoError(f"{rep.path} failed verification: {len(rep.problems)} problem(s), first: {rep.problems[0]}")
 
 
-# push / pull / merge (sharing helper): defined in share_cli.py, which imports only click
-from .share_cli import COMMANDS as _SHARE_COMMANDS  # noqa: E402
+# push / pull / merge: defined in share/cli.py, which imports only click
+from .share.cli import COMMANDS as _SHARE_COMMANDS  # noqa: E402
 
 for _cmd in _SHARE_COMMANDS:
     store.add_command(_cmd)

@@ -88,7 +88,7 @@ def kevo_version() -> str:
 
 def check_format_version(m: Mapping, where: str) -> int:
     """The store's format version; refused when missing, malformed, or newer than this kevo reads."""
-    from .safety import UnsafeStoreError
+    from .share.safety import UnsafeStoreError
 
     v = m.get("format_version")
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -142,7 +142,7 @@ class Manifest(dict):
     @classmethod
     def parse(cls, data: bytes, where: str) -> Manifest:
         """Strict parse of untrusted manifest bytes (``safety.parse_manifest``) and the format check."""
-        from .safety import parse_manifest
+        from .share.safety import parse_manifest
 
         return cls.check(parse_manifest(data, where), where)
 
@@ -160,7 +160,7 @@ class Manifest(dict):
     @classmethod
     def load(cls, fs: StoreFS) -> Manifest:
         """Read and check a store's manifest; clear errors for a missing path or a non-store directory."""
-        from .safety import UnsafeStoreError, check_local_links, check_manifest_paths
+        from .share.safety import UnsafeStoreError, check_local_links, check_manifest_paths
 
         if not fs.exists(""):
             raise StoreNotFoundError(f"store not found: {fs.root} does not exist")

@@ -16,10 +16,11 @@ import numpy as np
 import pyarrow as pa
 
 from .errors import CorruptStoreError, KevoError, QueryError, StoreError
-from .fs import StoreFS, store_fs
+from .fs import StoreFS
 from .hidden import HiddenReader
 from .manifest import Manifest
 from .schema import DERIVED_TABLES, TABLES
+from .share.remote import store_fs
 
 _DUCK_TYPES = {
     pa.int8(): "TINYINT", pa.int16(): "SMALLINT", pa.int32(): "INTEGER", pa.int64(): "BIGINT",
@@ -109,7 +110,7 @@ def one_line(e: BaseException) -> str:
     text = "".join(c if c.isprintable() or c == "\n" else f"\\x{ord(c):02x}" for c in str(e))
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if lines and lines[0].startswith("Traceback"):
-        # a Python filesystem (a remote store's, kevo_store/remote.py) raised inside DuckDB: keep
+        # a Python filesystem (a remote store's, kevo_store/share/remote.py) raised inside DuckDB: keep
         # its exception line, e.g. "UnsafeStoreError: s3://…: refused: 'x' is 9 bytes, …"
         import re
 

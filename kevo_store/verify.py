@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .fs import StoreFS, store_fs
+from .fs import StoreFS
 from .hidden import CHUNK_TOKENS, HIDDEN_DIR, chunk_keys, load_tail
 from .lock import LOCK
 from .manifest import Manifest
 from .schema import DERIVED_TABLES, TABLES
+from .share.remote import store_fs
 
 
 @dataclass

@@ -554,7 +554,7 @@ def write_derived_table(path: str | os.PathLike, name: str, table: Any, params: 
 
     if not name.isidentifier() or name in TABLES:
         raise StoreError(f"derived table name {name!r} must be an identifier other than {list(TABLES)}")
-    if is_url(path):  # sharing helper: stores at a URL are read-only
+    if is_url(path):  # stores at a URL are read-only
         raise StoreError(f"{path} is a remote store, read-only: `kevo store pull` it and write the "
                          f"'{name}' table into the local copy")
     fs = LocalFS(path)

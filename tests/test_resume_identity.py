@@ -20,7 +20,14 @@ import pytest
 from ingest.config import IngestConfig, IngestError
 from ingest.datasets import Dataset, DatasetItem
 from ingest.runner import run_ingest
-from tests.runner_helpers import KEVO, REPRODUCIBLE_ENV, generated_ids, manifest, store_content, tiny_model_dir
+from tests.runner_helpers import (
+    KEVO,
+    REPRODUCIBLE_ENV,
+    generated_ids,
+    manifest,
+    store_content,
+    tiny_model_dir,
+)
 
 PROMPTS = ["Describe a cat on the table.", "What is in the picture?", "A red car and a tree.",
            "Is there a horse?", "The guitar is next to the dog.", "Two birds in the sky."]

@@ -17,8 +17,8 @@ from share_helpers import KEVO, synth, write_sample_range
 
 from kevo_store import open_store
 from kevo_store.errors import KevoError
-from kevo_store.merge import merge_stores
 from kevo_store.schema import KEYS, TABLES
+from kevo_store.share.merge import merge_stores
 
 
 def _ordered(table: str) -> str:

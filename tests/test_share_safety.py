@@ -23,7 +23,7 @@ from share_helpers import moto_s3_server, s3_bucket, synth, write_sample_range  
 from kevo_store import open_store
 from kevo_store.errors import FormatVersionError, KevoError
 from kevo_store.manifest import check_format_version
-from kevo_store.safety import (
+from kevo_store.share.safety import (
     HashingSizeCap,
     UnsafeStoreError,
     check_file_entries,
@@ -206,7 +206,7 @@ def test_link_in_a_local_store_is_refused(local_store, tmp_path):
     os.symlink(secret, copy / victim)
     with pytest.raises(UnsafeStoreError, match="symbolic link"):
         open_store(copy)
-    from kevo_store.share import pull
+    from kevo_store.share.pull import pull
 
     with pytest.raises(UnsafeStoreError, match="symbolic link"):
         pull(str(copy), tmp_path / "pulled.kevo", progress=False)
