@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tools import check_imports
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-import check_imports  # noqa: E402
 
 
 def test_import_contract_holds_in_this_repository():
