@@ -71,3 +71,16 @@ def test_polars_engine_refuses_a_table_a_partial_pull_left_out(s3, pushed, local
     assert queries.run_polars(q, [part])["n"][0] == 36
     r = s3.run_kevo("query", "stages", str(dest), "--engine", "polars")
     assert r.returncode == 1 and "table 'layers' is not in this store" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_polars_engine_on_an_http_store(local_store):
+    """An https:// store (here plain http on loopback: the same read-only filesystem, no listings)."""
+    from pathlib import Path
+
+    from share_helpers import static_http_server
+
+    path, _ = local_store
+    with static_http_server(Path(path).parent) as base:
+        url = f"{base}/{Path(path).name}"
+        for name in ("critical-layers", "mutation-events"):
+            assert_frames_close(queries.run(url, name, engine="polars"), queries.run(path, name))
