@@ -5,13 +5,13 @@ a table that was left out, naming it."""
 from __future__ import annotations
 
 import pytest
-from share_helpers import moto_s3_server, s3_bucket  # noqa: F401
 
 import queries
 from kevo_store import open_store
 from kevo_store.errors import KevoError
 from queries.testing import build_synthetic_store
 from tests.queries_helpers import assert_frames_close
+from tests.share_helpers import moto_s3_server, s3_bucket  # noqa: F401
 
 NAMES = ["critical-layers", "mutation-events", "stages", "hallucination-contrast", "top-candidates"]
 
@@ -77,7 +77,7 @@ def test_polars_engine_on_an_http_store(local_store):
     """An https:// store (here plain http on loopback: the same read-only filesystem, no listings)."""
     from pathlib import Path
 
-    from share_helpers import static_http_server
+    from tests.share_helpers import static_http_server
 
     path, _ = local_store
     with static_http_server(Path(path).parent) as base:
