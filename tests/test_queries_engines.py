@@ -257,3 +257,15 @@ def test_fragments_expand_to_plain_sql(tmp_path, monkeypatch):
     (tmp_path / "_loop.sql").write_text("-- fragment: loop\n-- description: d\nz AS (SELECT $nope)\n")
     with pytest.raises(ValueError, match=r"_loop.sql: undeclared parameters \['nope'\]"):
         library.load("e")
+
+
+def test_citations_of_docs_analyses_name_its_sections():
+    """Code cites docs/analyses.md by section heading; every cited heading exists there."""
+    root = Path(__file__).resolve().parents[1]
+    headings = set(re.findall(r"^## (.+)$", (root / "docs" / "analyses.md").read_text(), re.M))
+    assert {"Logit lens", "Critical layer", "Mutation events", "Stages", "Hallucination link",
+            "Cross-image clustering", "Skip experiments", "Store guarantees"} <= headings
+    cited = []
+    for f in [*root.glob("queries/**/*.py"), *root.glob("queries/sql/*.sql"), *root.glob("ingest/**/*.py")]:
+        cited += re.findall(r'docs/analyses\.md(?:,|\s*\()\s*"([^"]+)"', f.read_text())
+    assert cited and set(cited) <= headings, set(cited) - headings
