@@ -270,26 +270,27 @@ class _Expansion:
             return ""
         self.done.add(key)
         self.fragments.append(name if not suffix else f"{name} as {suffix}")
-        lines, free = [], []
+        first, lines, free = [], [], []  # the fragments it builds on, its own SQL, its explanation
         in_header = True
         for line in f.text.splitlines():
             if in_header and line.startswith("--"):
                 if _INCLUDE.match(line):
-                    lines.append(line)
+                    first.append(line)
                 elif not (_PARAM.match(line) or _HEADER.match(line)):
                     free.append(line)  # the fragment's explanation stays with its SQL
                 continue
             in_header = False
             lines.append(line)
-        body = self.text("\n".join(lines), suffix, stack + (name,), True)
+        nested = self.text("\n".join(first), suffix, stack + (name,), True)
+        own = self.text("\n".join(lines), suffix, stack + (name,), True)
         self.add_params(f.params, f.path.name)  # after the fragments it builds on: their parameters come first
-        own = _body_sql(body)
-        if own:
-            body = "\n".join([f"-- {name} ({f.path.name}): {f.description}", *free, body])
-            used = set(_PLACEHOLDER.findall(own))
+        if _body_sql(own):
+            used = set(_PLACEHOLDER.findall(_body_sql(own)))
             declared = {p.name for p in f.params} | self._included_params(f)
             if used - declared:
                 raise ValueError(f"{f.path}: undeclared parameters {sorted(used - declared)}")
+            own = "\n".join([f"-- {name} ({f.path.name}): {f.description}", *free, own])
+        body = "\n".join(x for x in (nested, own) if x)
         if suffix and rename:
             names = set(_CTE.findall(body)) | set(f.reads) | self._reads(f)
             body = re.sub(r"(?<![$.\w])(" + "|".join(sorted(names, key=len, reverse=True)) + r")\b",
