@@ -152,7 +152,7 @@ class SampleCapture:
                 tc = {
                     "token_uid": np.repeat(uid, nl * k_), "lens": np.full(n * nl * k_, mode, dtype=object),
                     "layer": np.tile(np.repeat(np.arange(nl, dtype=np.int16), k_), n),
-                    "rank": np.tile(np.arange(1, k_ + 1, dtype=np.int8), n * nl),
+                    "rank": np.tile(np.arange(1, k_ + 1, dtype=np.int32), n * nl),
                     "vocab_id": r.topk_ids.reshape(-1), "prob": r.topk_probs.reshape(-1),
                 }
                 for k, v in tc.items():

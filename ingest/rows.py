@@ -210,7 +210,7 @@ def _topk_table(lens: dict, uids: np.ndarray) -> pa.Table | None:
         "lens": pa.array(np.broadcast_to(np.array(modes, dtype=object)[None, :, None, None], shape).ravel(),
                          pa.string()),
         "layer": np.broadcast_to(np.arange(shape[2], dtype=np.int16)[None, None, :, None], shape).ravel(),
-        "rank": np.broadcast_to(np.arange(1, k + 1, dtype=np.int8)[None, None, None, :], shape).ravel(),
+        "rank": np.broadcast_to(np.arange(1, k + 1, dtype=np.int32)[None, None, None, :], shape).ravel(),
         "vocab_id": ids.astype(np.int32).ravel(),
         "prob": probs.astype(np.float32).ravel(),
     }

@@ -280,6 +280,9 @@ def run_ingest(dataset: Dataset, config: IngestConfig, *, echo: Callable[[str], 
     _check_out(config.out)
     # validate layer options against the checkpoint before loading any weights
     dims = model_dims(config.model, config.revision)
+    if config.top_k > dims.vocab_size:  # checked here: after loading, every sample would become an error row
+        raise IngestError(f"--top-k {config.top_k}: the model's vocabulary has {dims.vocab_size} tokens "
+                          f"(config.json vocab_size); use at most {dims.vocab_size}")
     skip = parse_layer_spec(config.skip_layers, dims.n_layers, "--skip-layers") if config.skip_layers else []
     if len(skip) >= dims.n_layers:
         raise IngestError(f"--skip-layers {config.skip_layers!r} removes all {dims.n_layers} decoder layers")
