@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .fs import StoreFS, store_fs
+from .fs import LocalFS, StoreFS, store_fs
 from .hidden import CHUNK_TOKENS, HIDDEN_DIR, chunk_keys, load_tail
+from .localcheck import kind_problem
 from .lock import LOCK
 from .manifest import load_manifest
 from .schema import DERIVED_TABLES, TABLES
@@ -182,6 +183,10 @@ def _verify_hidden(fs: StoreFS, m: dict, h: dict, n_tokens: int, checksums: bool
         ent = index.get(key)
         if ent is None:
             return f"{rel}: hidden chunk has no checksum in the chunk index", 0
+        if isinstance(fs, LocalFS):  # a link reads outside the store, a FIFO would block the hash
+            kind = kind_problem(fs.full(rel), rel)
+            if kind:
+                return f"{rel}: hidden chunk refused: {kind}", 0
         if not fs.exists(rel):
             return f"{rel}: hidden chunk missing", 0
         size = fs.size(rel)

@@ -270,8 +270,12 @@ class StoreWriter:
         return True
 
     def write_batch(self, samples: Any = None, tokens: Any = None, layers: Any = None, topk: Any = None,
-                    hidden: Any = None, errors: Any = None) -> None:
-        """Append one batch as one atomic commit (see ARCHITECTURE.md for the conventions)."""
+                    hidden: Any = None, errors: Any = None, capture_counts: dict | None = None) -> None:
+        """Append one batch as one atomic commit (see ARCHITECTURE.md for the conventions).
+
+        ``capture_counts``: nested dicts of integers added into the manifest's ``capture`` section in
+        the same commit (e.g. ``{"float16_overflow": {"total": 3, "by_layer": {"12": 3}}}``)."""
+        self._capture_counts = capture_counts
         self._usable()
         m = self.manifest
         tables: dict[str, pa.Table] = {}
@@ -401,6 +405,8 @@ class StoreWriter:
                 m["hidden"] = sec
             m["next_sample_id"] += n_samples
             m["next_token_uid"] += n_tokens
+            _add_counts(m.setdefault("capture", {}), getattr(self, "_capture_counts", None) or {})
+            self._capture_counts = None
             m["commits"] = commit
             m["state"] = "open"
             m["updated"] = now_iso()
@@ -553,6 +559,14 @@ class StoreWriter:
             self.close()
         else:
             self.abort()
+
+
+def _add_counts(dst: dict, src: dict) -> None:
+    for k, v in src.items():
+        if isinstance(v, dict):
+            _add_counts(dst.setdefault(k, {}), v)
+        else:
+            dst[k] = int(dst.get(k, 0)) + int(v)
 
 
 def write_derived_table(path: str | os.PathLike, name: str, table: Any, params: dict[str, Any] | None = None) -> None:
