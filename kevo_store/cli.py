@@ -46,6 +46,35 @@ class LazyGroup(click.Group):
         except KevoError as e:
             click.echo(f"kevo: error: {e}", err=True)
             ctx.exit(1)
+        except OSError as e:
+            msg = os_error_message(e)
+            if msg is None:
+                raise
+            click.echo(f"kevo: error: {msg}", err=True)
+            ctx.exit(1)
+
+
+def os_error_message(e: OSError) -> str | None:
+    """One line for the filesystem failures a user can fix (full disk, read-only, a file in the way);
+    None for anything else (a bug: the traceback is wanted). Writers commit batch by batch, so what was
+    committed before the failure is kept and a re-run continues from it."""
+    import errno
+
+    code = e.errno
+    if code is None:  # pyarrow's IO errors carry the reason in the text only
+        text = str(e)
+        code = next((c for c, t in ((errno.ENOSPC, "No space left"), (errno.EROFS, "Read-only file system"),
+                                    (errno.EDQUOT, "quota exceeded")) if t in text), None)
+    where = f" ({e.filename})" if e.filename else ""
+    kept = "; committed work is kept: free some space and re-run to continue"
+    return {
+        errno.ENOSPC: f"no space left on the device{where}{kept}",
+        errno.EDQUOT: f"disk quota exceeded{where}{kept}",
+        errno.EROFS: f"read-only file system{where}: write somewhere writable",
+        errno.ENOTDIR: f"a path component is a file, not a directory{where}",
+        errno.EACCES: f"permission denied{where}",
+        errno.EFBIG: f"file too large for the file system{where}",
+    }.get(code)
 
 
 def _unavailable(name: str, target: str, err: Exception) -> click.Command:
