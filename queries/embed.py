@@ -167,8 +167,10 @@ def dispersion(h: np.ndarray, layers: list[int]) -> pl.DataFrame:
 
 
 def select_tokens(store, where: str) -> np.ndarray:
+    from kevo_store.confine import predicate
+
     try:
-        df = store.sql(f"SELECT token_uid FROM tokens WHERE {where} ORDER BY token_uid")
+        df = store.sql(f"SELECT token_uid FROM tokens WHERE ({predicate(where)}) ORDER BY token_uid")
     except QueryError as e:
         raise KevoError(f"--tokens {where!r}: {e}") from None
     uids = df["token_uid"].to_numpy()

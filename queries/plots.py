@@ -117,9 +117,11 @@ def js_matrix(store, sample_id: int | None = None, where: str | None = None, len
         if sample_id is None:
             sample_id = int(store.sql("SELECT min(sample_id) AS s FROM tokens WHERE role = 'generated'")["s"][0])
         where = f"sample_id = {int(sample_id)} AND role = 'generated'"
+    from kevo_store.confine import predicate
+
     lens_q = lens.replace("'", "''")
     df = store.sql(f"""SELECT y.token_uid, y.layer, y.js_prev, t.piece FROM layers y
-                       JOIN (SELECT * FROM tokens WHERE {where}) t ON t.token_uid = y.token_uid
+                       JOIN (SELECT * FROM tokens WHERE ({predicate(where)})) t ON t.token_uid = y.token_uid
                        WHERE y.lens = '{lens_q}' AND y.layer > 0 ORDER BY y.token_uid, y.layer""")
     if df.height == 0:
         raise KevoError(f"no layers rows for tokens where {where} (lens {lens})")
