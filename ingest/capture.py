@@ -116,6 +116,8 @@ class SampleCapture:
     lens: dict[str, LensResult]  # per lens mode, arrays (n_tok, L+1) and top-k (n_tok, L+1, k)
     hidden: np.ndarray | None  # (n_tok, len(hidden_layers), D) float16, or uint16 bfloat16 bits; None if none
     hidden_layers: list[int] = field(default_factory=list)
+    mode: str = "generated"  # samples.mode: 'generated' (greedy decoding) or 'forced' (ingest.forced)
+    greedy_match: np.ndarray | None = None  # (n_tok,) bool: the model's greedy choice is this token; None = all
 
     @property
     def n_generated(self) -> int:
