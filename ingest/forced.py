@@ -32,7 +32,15 @@ import torch
 
 from kevo_store.errors import KevoError
 
-from .capture import ROLE_GENERATED, ROLE_IMAGE, ROLE_PROMPT, CaptureSettings, SampleCapture, _generation_config, _to_storage
+from .capture import (
+    ROLE_GENERATED,
+    ROLE_IMAGE,
+    ROLE_PROMPT,
+    CaptureSettings,
+    SampleCapture,
+    _generation_config,
+    _to_storage,
+)
 from .lens import Unembedding, compute_lens
 from .models.base import Adapter
 
