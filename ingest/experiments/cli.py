@@ -46,3 +46,21 @@ def skip_cmd(base, out, keep_last, tau, lens, variants, derive, model, dataset_a
     run_skip(base, out, keep_last=keep_last, tau=tau, lens=lens, variants=variants, derived=derive, model=model,
              dataset=split_args(dataset_args), device=device, batch_size=batch_size, min_tokens=min_tokens,
              min_mutation_tokens=min_mutation_tokens, echo=click.echo)
+
+
+@experiment.command("llm")
+@click.argument("lvlm")
+@click.option("--llm", "llm", required=True, help="The text-only LLM (hub id in the local cache or a directory).")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
+              help="The LLM store to write; tables and figure go to <out>.comparison/.")
+@click.option("--tau", default=0.5, show_default=True, type=float, help="Top-1 probability of the critical layer.")
+@click.option("--lens", default="final_norm", show_default=True, type=click.Choice(["final_norm", "raw"]))
+@click.option("--device", default=None, help="Device for the LLM.")
+@click.option("--batch-size", "-b", default=None, type=click.IntRange(min=1),
+              help="Batch size [default: the LVLM store's].")
+def llm_cmd(lvlm, llm, out, tau, lens, device, batch_size) -> None:
+    """LVLM's own responses teacher-forced into its LLM (text only), compared token by token:
+    critical layers, mutation events, js_prev curves, distributions side by side."""
+    from .llm import run_llm
+
+    run_llm(lvlm, llm, out, tau=tau, lens=lens, device=device, batch_size=batch_size, echo=click.echo)
