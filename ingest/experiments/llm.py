@@ -91,19 +91,20 @@ def summarise(tokens: list[dict]) -> list[dict]:
     for name, ts in classes:
         if not ts:
             continue
-        row = lambda q, fa, fb: rows.append({"quantity": q, "tokens": name, "n": len(ts),  # noqa: E731
-                                            "lvlm": fa, "llm": fb})
-        row("critical layer reached (share)", _share([t["critical_layer_a"] is not None for t in ts]),
-            _share([t["critical_layer_b"] is not None for t in ts]))
-        row("critical layer (median)", _median([t["critical_layer_a"] for t in ts]),
-            _median([t["critical_layer_b"] for t in ts]))
-        row("critical layer / L (median)",
-            _median([t["critical_layer_a"] / t["n_layers_a"] for t in ts if t["critical_layer_a"] is not None]),
-            _median([t["critical_layer_b"] / t["n_layers_b"] for t in ts if t["critical_layer_b"] is not None]))
-        row("tokens with a mutation event (share)", _share([t["n_events_a"] > 0 for t in ts]),
-            _share([t["n_events_b"] > 0 for t in ts]))
-        row("mutation events per token", statistics.fmean(t["n_events_a"] for t in ts),
-            statistics.fmean(t["n_events_b"] for t in ts))
+        pairs = [
+            ("critical layer reached (share)", _share([t["critical_layer_a"] is not None for t in ts]),
+             _share([t["critical_layer_b"] is not None for t in ts])),
+            ("critical layer (median)", _median([t["critical_layer_a"] for t in ts]),
+             _median([t["critical_layer_b"] for t in ts])),
+            ("critical layer / L (median)",
+             _median([t["critical_layer_a"] / t["n_layers_a"] for t in ts if t["critical_layer_a"] is not None]),
+             _median([t["critical_layer_b"] / t["n_layers_b"] for t in ts if t["critical_layer_b"] is not None])),
+            ("tokens with a mutation event (share)", _share([t["n_events_a"] > 0 for t in ts]),
+             _share([t["n_events_b"] > 0 for t in ts])),
+            ("mutation events per token", statistics.fmean(t["n_events_a"] for t in ts),
+             statistics.fmean(t["n_events_b"] for t in ts)),
+        ]
+        rows += [{"quantity": q, "tokens": name, "n": len(ts), "lvlm": fa, "llm": fb} for q, fa, fb in pairs]
     return rows
 
 

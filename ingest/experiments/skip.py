@@ -137,7 +137,7 @@ def run_skip(base: str, out: Path, *, keep_last: int = 2, tau: float = 0.5, lens
                                        else float(r[c])) for c in cols} for r in flat_rows])
     params = {"experiment": "skip", "baseline": str(base), "tau": tau, "lens": lens, "keep_last": keep_last,
               "derivation_sql": derivation.sql if derivation else {}}
-    for name, store in runs.items():
+    for store in runs.values():
         if store is not None:
             write_derived_table(str(store), "comparison", table, params)
     first = next((st for st in runs.values() if st is not None), None)
