@@ -136,6 +136,10 @@ def run_llm(lvlm: str, llm: str, out: Path, *, tau: float = 0.5, lens: str = "fi
     if "--responses" in settings:
         j = settings.index("--responses")
         del settings[j:j + 2]
+    # room for the whole response in the LLM's tokens (another vocabulary may need more: up to 4 byte
+    # tokens per character), so that no forced response is cut
+    j = settings.index("--max-new-tokens")
+    settings[j + 1] = str(max(int(settings[j + 1]), 4 * max(len(r) for _, _, r in samples) + 8))
     kevo("ingest", "text", "--prompts", prompts, "--responses", responses, *settings, "--out", out, stream=True)
 
     echo("2/3 the same text token by token")
