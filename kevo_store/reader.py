@@ -188,6 +188,24 @@ class Store:
     def tables(self) -> list[str]:
         return [name for name, _f, _s in _table_entries(self.manifest)]
 
+    def table_files(self, name: str) -> list[str]:
+        """The paths (URLs for a remote store, as ``self.fs`` names them) of a table's committed files.
+
+        Exactly the manifest's files, so a writer's uncommitted parts never show. A table a partial
+        pull left out raises, naming it, rather than answering as if it were empty."""
+        m = self.manifest
+        partial = m.get("partial") or {}
+        if name in partial.get("omitted_tables", []):
+            raise StoreError(f"{self.path}: table '{name}' is not in this store: a partial pull of "
+                             f"{partial.get('source', 'another store')} left it out (pull it with --tables to query it)")
+        if name in m["tables"]:
+            files = m["tables"][name].get("files", [])
+        elif name in (m.get("derived") or {}):
+            files = m["derived"][name].get("files", [])
+        else:
+            raise KevoError(f"{self.path} has no table {name!r}; tables: {', '.join(self.tables)}")
+        return [self.fs.full(f) for f in files]
+
     def rows(self, table: str) -> int:
         if table in self.manifest["tables"]:
             return int(self.manifest["tables"][table]["rows"])

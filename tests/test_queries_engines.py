@@ -15,7 +15,7 @@ import pytest
 
 import queries
 from kevo_store import open_store
-from queries.library import SQL_DIR, QueryParamError
+from queries.library import QueryParamError
 from tests.queries_helpers import assert_frames_close, other_seed, planted  # noqa: F401
 
 KEVO = [str(Path(sys.executable).with_name("kevo"))]  # the installed console script
@@ -93,7 +93,7 @@ def test_params_defaults_types_and_errors(planted):  # noqa: F811
     path, _ = planted
     r = queries.result(path, "mutation-events", tau="0.7", min_held="4")
     assert r.params == {"lens": "final_norm", "role": "generated", "tau": 0.7, "min_held": 4, "js_multiple": 5.0,
-                        "js_min": 0.05, "label": ""}
+                        "js_min": 0.05, "label": "", "definition": "top1"}
     with pytest.raises(QueryParamError, match="parameter tau must be float"):
         queries.bind("stages", tau="high")
     with pytest.raises(QueryParamError, match="has no parameter 'nope'.*parameters: lens"):
@@ -121,20 +121,6 @@ def test_header_choices_grammar(tmp_path):
         parse("-- name: x\n-- param d: str = 'c' in (a, b)\nSELECT $d", tmp_path / "x.sql")
     with pytest.raises(ValueError, match="'in \\(...\\)' is for str parameters"):
         parse("-- name: x\n-- param d: int = 1 in (1, 2)\nSELECT $d", tmp_path / "x.sql")
-
-
-def test_shared_mutation_event_ctes_do_not_drift():
-    """stages, stage-distribution and hallucination-* repeat mutation-events' CTEs so each file runs on its own."""
-    def block(text):
-        s = text.index("WITH l AS (")
-        e = text.index("    GROUP BY token_uid, mutation_layer\n)", s)
-        return text[s:e]
-
-    ref = block((SQL_DIR / "mutation-events.sql").read_text()).replace(
-        " AND ($label = '' OR t.label = $label)", "")
-    for f in ("stages", "stage-distribution", "hallucination-contrast", "hallucination-curves",
-              "displaced-candidates"):
-        assert block((SQL_DIR / f"{f}.sql").read_text()) == ref, f
 
 
 def test_cli_list_and_show_sql():

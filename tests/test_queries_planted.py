@@ -290,7 +290,7 @@ def test_emitted_token_critical_layers(planted, lens):  # noqa: F811
 
 def test_emitted_stays_differs_when_the_emitted_token_comes_back(tmp_path):
     """car (top-1 from 12), displaced by tree at 18, back at 25: 'emitted' says 12, 'emitted_stays' 25."""
-    from kevo_store.synthetic import Plant, build_synthetic_store
+    from queries.testing import Plant, build_synthetic_store
 
     plants = [Plant("double", critical_layer=12, mutation_layers=(18, 25), words=("car", "tree", "car"),
                     label="correct"),
