@@ -37,7 +37,9 @@ def load_image(path: Path):
         return im.copy()
 
 
-def process_batch(batch: list[DatasetItem], adapter, settings, dataset: Dataset) -> BatchRows:
+def process_batch(batch: list[DatasetItem], adapter, settings, dataset: Dataset,
+                  forced: dict[str, str] | None = None) -> BatchRows:
+    """``forced``: teacher forcing, the given response of each item (by key) is scored instead of generated."""
     from ingest.capture import capture
 
     rows = BatchRows()
@@ -58,10 +60,31 @@ def process_batch(batch: list[DatasetItem], adapter, settings, dataset: Dataset)
             continue
         prepared.append(Prepared(item, image, sha, prompt_text))
 
+    forced_ids: dict[str, list[int]] = {}
+    if forced is not None:
+        from ingest.forced import ForcedResponseError, response_ids
+
+        kept = []
+        for p in prepared:
+            try:
+                forced_ids[p.item.key] = response_ids(adapter, forced[p.item.key])
+                kept.append(p)
+            except ForcedResponseError as e:
+                rows.errors.append(error_row(p.item, "prepare", e))
+        prepared = kept
+
+    def capture_(ps: list[Prepared]):
+        texts, images = [p.prompt_text for p in ps], [p.image for p in ps]
+        if forced is None:
+            return capture(adapter, texts, images, settings)
+        from ingest.forced import capture_forced
+
+        return capture_forced(adapter, texts, images, [forced_ids[p.item.key] for p in ps], settings)
+
     results: list[tuple[Prepared, Any]] = []
     if prepared:
         try:
-            caps = capture(adapter, [p.prompt_text for p in prepared], [p.image for p in prepared], settings)
+            caps = capture_(prepared)
             results = list(zip(prepared, caps))
         except Exception:  # noqa: BLE001 - retry one by one so one bad sample cannot poison the batch
             if len(prepared) == 1:
@@ -69,7 +92,7 @@ def process_batch(batch: list[DatasetItem], adapter, settings, dataset: Dataset)
             else:
                 for p in prepared:
                     try:
-                        results.append((p, capture(adapter, [p.prompt_text], [p.image], settings)[0]))
+                        results.append((p, capture_([p])[0]))
                     except Exception:  # noqa: BLE001
                         results.append((p, _exc_info()))
     for p, cap in results:

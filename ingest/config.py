@@ -55,6 +55,9 @@ class IngestConfig:
     """Skip items already committed; False refuses a store that already holds samples."""
     progress: bool = True
     """Show a progress bar (rank 0 only)."""
+    responses: str | None = None
+    """Teacher forcing: a JSON/JSONL file of {"id", "response"}; each item's given response is scored
+    (one forward pass) instead of generating one (ingest/forced.py). Items without a response are left out."""
 
     @classmethod
     def from_options(cls, **options: Any) -> IngestConfig:

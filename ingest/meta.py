@@ -23,7 +23,7 @@ def dataset_section(dataset: Dataset, config: IngestConfig) -> dict:
 
 
 def planned_meta(dataset: Dataset, config: IngestConfig, fingerprint: dict, n_layers: int, skip: list[int],
-                 hidden_layers: list[int]) -> dict:
+                 hidden_layers: list[int], forced: dict[str, str] | None = None) -> dict:
     """The sections this run will write, as far as they are known without loading the model."""
     model = {"id": config.model, "revision": config.revision, "fingerprint": fingerprint, "n_layers": n_layers,
              "skipped_layers": list(skip)}
@@ -35,14 +35,24 @@ def planned_meta(dataset: Dataset, config: IngestConfig, fingerprint: dict, n_la
     return {
         "model": model,
         "lens": {"modes": list(config.lens_modes), "top_k": config.top_k, "dola": config.dola},
-        "generation": {"decoding": "greedy", "max_new_tokens": config.max_new_tokens, "padding": "left"},
+        "generation": {"max_new_tokens": config.max_new_tokens, "padding": "left", **decoding(config, forced)},
         "dataset": dataset_section(dataset, config),
         "capture": capture,
     }
 
 
+def decoding(config: IngestConfig, forced: dict[str, str] | None) -> dict:
+    """Greedy generation, or teacher forcing: the given responses (a resumed store must agree on them)."""
+    if forced is None:
+        return {"decoding": "greedy"}
+    from ingest.datasets.base import sha256_file
+
+    return {"decoding": "teacher-forced",
+            "responses": {"file": str(config.responses), "sha256": sha256_file(config.responses), "n": len(forced)}}
+
+
 def store_meta(dataset: Dataset, config: IngestConfig, adapter, fingerprint: dict | None, hidden_layers: list[int],
-               hidden_dtype: str, skip: list[int], world_size: int) -> dict:
+               hidden_dtype: str, skip: list[int], world_size: int, forced: dict[str, str] | None = None) -> dict:
     info = dict(adapter.model_info)
     if fingerprint is not None:
         info["fingerprint"] = fingerprint
@@ -58,12 +68,13 @@ def store_meta(dataset: Dataset, config: IngestConfig, adapter, fingerprint: dic
             "final_logit_softcapping": info.get("final_logit_softcapping"),
         },
         "generation": {
-            "decoding": "greedy",
+            "decoding": "greedy",  # or "teacher-forced": decoding() below
             "max_new_tokens": config.max_new_tokens,
             "padding": "left",
             "prompt_template": template,
             "prompt_example_text_only": _safe_prompt(adapter, "{prompt}", False),
             "prompt_example_image": _safe_prompt(adapter, "{prompt}", True),
+            **decoding(config, forced),
         },
         "dataset": dataset_section(dataset, config),
         "capture": {

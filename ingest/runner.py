@@ -93,6 +93,9 @@ def run_ingest(dataset: Dataset, config: IngestConfig, *, echo: Callable[[str], 
     _check_out(config.out)
     # validate layer options against the checkpoint before loading any weights
     dims = model_dims(config.model, config.revision)
+    if config.top_k > dims.vocab_size:  # checked here: after loading, every sample would become an error row
+        raise IngestError(f"--top-k {config.top_k}: the model's vocabulary has {dims.vocab_size} tokens "
+                          f"(config.json vocab_size); use at most {dims.vocab_size}")
     skip = parse_layer_spec(config.skip_layers, dims.n_layers, "--skip-layers") if config.skip_layers else []
     if len(skip) >= dims.n_layers:
         raise IngestError(f"--skip-layers {config.skip_layers!r} removes all {dims.n_layers} decoder layers")
@@ -100,6 +103,16 @@ def run_ingest(dataset: Dataset, config: IngestConfig, *, echo: Callable[[str], 
     hidden_layers = parse_hidden_layers(config.hidden, n_layers)
 
     items = list(dataset.items)
+    forced: dict[str, str] | None = None
+    if config.responses:
+        from ingest.forced import match_items, read_responses
+
+        forced = match_items(read_responses(config.responses), items, config.responses, dataset.name)
+        n_all = len(items)
+        items = [it for it in items if it.key in forced]
+        if ctx.rank == 0:
+            echo(f"teacher forcing: scoring {len(items)} given responses from {config.responses} "
+                 f"({n_all} items in dataset {dataset.name})")
     if config.limit is not None:
         items = items[: config.limit]
     seen: set[str] = set()
@@ -112,7 +125,7 @@ def run_ingest(dataset: Dataset, config: IngestConfig, *, echo: Callable[[str], 
     from ingest.models.fingerprint import fingerprint as model_fingerprint
 
     fingerprint = model_fingerprint(dims.path)
-    check_resume(config.out, planned_meta(dataset, config, fingerprint, n_layers, skip, hidden_layers))
+    check_resume(config.out, planned_meta(dataset, config, fingerprint, n_layers, skip, hidden_layers, forced))
     prompt_guess = prompt_tokens_guess(items) if config.capture_prompt else 0
     tokens_per_item = config.max_new_tokens + prompt_guess
     # the estimate covers what is left to do (read-only peek at a store being resumed; ranks' parts too)
@@ -141,7 +154,7 @@ def run_ingest(dataset: Dataset, config: IngestConfig, *, echo: Callable[[str], 
         result = None
         try:
             result = _run_rank(dataset, items, config, ctx, fingerprint, skip, hidden_layers, estimate, echo,
-                               adapter, elsewhere)
+                               adapter, elsewhere, forced)
             ok = True
         finally:
             all_ok = ctx.all_ok(ok)
@@ -183,7 +196,7 @@ def _open_writer(path: str, meta: dict, adapter, hidden_layers: list[int], hidde
 
 
 def _run_rank(dataset, items, config, ctx, fingerprint, skip, hidden_layers, estimate, echo, adapter,
-              elsewhere: set[str]) -> IngestResult:
+              elsewhere: set[str], forced: dict[str, str] | None = None) -> IngestResult:
     from ingest.capture import CaptureSettings
 
     if adapter is None:
@@ -201,7 +214,8 @@ def _run_rank(dataset, items, config, ctx, fingerprint, skip, hidden_layers, est
     model_dtype = str(adapter.model_info.get("dtype", "float32"))
     hidden_dtype = config.hidden_dtype if config.hidden_dtype != "auto" else (
         "bfloat16" if model_dtype == "bfloat16" else "float16")
-    meta = store_meta(dataset, config, adapter, fingerprint, hidden_layers, hidden_dtype, skip, ctx.world_size)
+    meta = store_meta(dataset, config, adapter, fingerprint, hidden_layers, hidden_dtype, skip, ctx.world_size,
+                      forced)
     settings = CaptureSettings(
         max_new_tokens=config.max_new_tokens, lens_modes=tuple(config.lens_modes), top_k=config.top_k,
         hidden_layers=hidden_layers, hidden_dtype=hidden_dtype, dola=config.dola,
@@ -224,10 +238,11 @@ def _run_rank(dataset, items, config, ctx, fingerprint, skip, hidden_layers, est
         # generate, the model or the settings are at fault, not the samples, and committing them as
         # errors would make a fixed re-run skip them.
         held: list[dict] = []
+        overflow: dict[int, int] = {}
         try:
             for start in range(0, len(pending), config.batch_size):
                 batch = pending[start : start + config.batch_size]
-                rows = process_batch(batch, adapter, settings, dataset)
+                rows = process_batch(batch, adapter, settings, dataset, forced)
                 if result.n_samples == 0 and not rows.samples:
                     held += [e for e in rows.errors if e["stage"] == "generate"]
                     rows.errors = [e for e in rows.errors if e["stage"] != "generate"]
@@ -242,6 +257,7 @@ def _run_rank(dataset, items, config, ctx, fingerprint, skip, hidden_layers, est
                 elif held:
                     rows.errors, held = held + rows.errors, []
                 write_rows(writer, rows)
+                _warn_fp16_overflow(rows.fp16_overflow, overflow, echo)
                 result.n_samples += len(rows.samples)
                 result.n_errors += len(rows.errors)
                 result.n_tokens += rows.n_tokens
@@ -262,7 +278,29 @@ def _run_rank(dataset, items, config, ctx, fingerprint, skip, hidden_layers, est
              f"{result.n_tokens} tokens in {result.seconds:.1f}s -> {out}")
     if result.n_errors:
         echo(f"  {result.n_errors} samples failed; see: kevo sql {config.out} \"SELECT * FROM errors\"")
+    if overflow:
+        echo(_fp16_overflow_message(overflow, "in this run"))
     return result
+
+
+def _fp16_overflow_message(counts: dict[int, int], when: str) -> str:
+    layers = sorted(k for k, v in counts.items() if v)
+    span = f"layer {layers[0]}" if len(layers) == 1 else f"layers {layers[0]}-{layers[-1]} ({len(layers)} layers)"
+    worst = max(layers, key=lambda k: counts[k])
+    return (f"warning: {sum(counts.values()):,} hidden-state values {when} exceed float16's range (|x| > 65504) "
+            f"and are stored as inf, at {span}, most at layer {worst} ({counts[worst]:,}); "
+            "re-ingest with --hidden-dtype bfloat16 (counts: manifest capture.float16_overflow)")
+
+
+def _warn_fp16_overflow(batch: dict[int, int], total: dict[int, int], echo) -> None:
+    """Warn at the first batch that overflows float16 (the summary at the end gives the totals)."""
+    if not any(batch.values()):
+        return
+    first = not total
+    for k, v in batch.items():
+        total[k] = total.get(k, 0) + v
+    if first:
+        echo(_fp16_overflow_message(batch, "in this batch"))
 
 
 def _progress(total: int, enabled: bool):

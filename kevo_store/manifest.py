@@ -62,6 +62,8 @@ PROVENANCE = frozenset({
     # how the work was spread: batch size, processes, nodes, merges
     "capture.batch_size", "capture.world_size", "capture.world", "capture.rank", "capture.shard",
     "capture.parts", "capture.merged_from", "capture.merge_forced", "capture.synthetic_plan",
+    # counts of what happened (values stored as inf), and where teacher-forced responses lie
+    "capture.float16_overflow", "generation.responses.file", "generation.responses.n",
 })
 # Without a fingerprint on both sides (stores written before fingerprints), the model's name is
 # all there is to tell two models apart.
@@ -168,6 +170,10 @@ class Manifest(dict):
             if fs.isdir(""):
                 raise StoreNotFoundError(f"{fs.root} is not a kevo store (no manifest.json)")
             raise StoreNotFoundError(f"{fs.root} is not a kevo store (not a directory)")
+        if isinstance(fs, LocalFS):  # a FIFO would block the read below, a link would read outside the store
+            from .localcheck import refuse_kind
+
+            refuse_kind(fs.root, MANIFEST)
         try:
             m = cls.parse(fs.read_bytes(MANIFEST), fs.root)
         except UnsafeStoreError as e:
@@ -178,6 +184,10 @@ class Manifest(dict):
         check_manifest_paths(m, fs.root)
         if isinstance(fs, LocalFS):
             check_local_links(fs.root, m, fs.root)
+            from .localcheck import refuse_kind
+
+            for rel in [*m["files"], "hidden/zarr.json"]:  # no FIFO, device or directory where a file belongs
+                refuse_kind(fs.root, rel)
         return m
 
     @classmethod
