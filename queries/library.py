@@ -244,7 +244,9 @@ class _Expansion:
             self.owner[p.name] = owner
             self.params.append(p)
 
-    def text(self, text: str, suffix: str, stack: tuple[str, ...], in_fragment: bool) -> str:
+    def text(self, text: str, suffix: str, stack: tuple[str, ...], in_fragment: bool, outer: str = "") -> str:
+        """``outer``: the suffix a fragment is included under; its own includes are renamed with it
+        afterwards, so they count as included under that suffix (``x as a`` and ``x as b`` both need them)."""
         out = []
         for line in text.splitlines():
             m = _INCLUDE.match(line)
@@ -254,16 +256,16 @@ class _Expansion:
             name, alias = m.groups()
             if alias and (in_fragment or suffix):
                 raise ValueError(f"{self.path}: 'include: {name} as {alias}' only in a query, not in a fragment")
-            block = self.fragment(name, alias or suffix, stack)
+            block = self.fragment(name, alias or suffix, stack, outer)
             if block:  # a fragment already included, or one of parameters only, leaves no line behind
                 out.append(block)
         return "\n".join(out)
 
-    def fragment(self, name: str, suffix: str, stack: tuple[str, ...]) -> str:
+    def fragment(self, name: str, suffix: str, stack: tuple[str, ...], outer: str = "") -> str:
         if name in stack:
             raise ValueError(f"{self.path}: fragments include each other: {' -> '.join(stack + (name,))}")
         f = load_fragment(name)
-        key = (name, suffix)
+        key = (name, suffix or outer)
         if key in self.done:
             return ""
         self.done.add(key)
@@ -279,7 +281,7 @@ class _Expansion:
                 continue
             in_header = False
             lines.append(line)
-        body = self.text("\n".join(lines), "", stack + (name,), True)
+        body = self.text("\n".join(lines), "", stack + (name,), True, suffix or outer)
         self.add_params(f.params, f.path.name)  # after the fragments it builds on: their parameters come first
         own = _body_sql(body)
         if own:
@@ -289,7 +291,8 @@ class _Expansion:
             if used - declared:
                 raise ValueError(f"{f.path}: undeclared parameters {sorted(used - declared)}")
         if suffix:
-            names = set(_CTE.findall(body)) | set(f.reads) | self._reads(f)
+            # the CTEs of the fragments it builds on too: included earlier under the same suffix, they are not in body
+            names = set(_CTE.findall(body)) | set(f.reads) | self._reads(f) | self._nested_ctes(f)
             body = re.sub(r"(?<![$.\w])(" + "|".join(sorted(names, key=len, reverse=True)) + r")\b",
                           lambda m: f"{m.group(1)}_{suffix}", body)
         return body.rstrip() + "," + _END if _body_sql(body) else body.rstrip()
@@ -301,6 +304,15 @@ class _Expansion:
             if m:
                 g = load_fragment(m.group(1))
                 out |= {p.name for p in g.params} | self._included_params(g)
+        return out
+
+    def _nested_ctes(self, f: Fragment) -> set[str]:
+        out: set[str] = set()
+        for line in f.text.splitlines():
+            m = _INCLUDE.match(line)
+            if m:
+                g = load_fragment(m.group(1))
+                out |= set(_CTE.findall(g.text)) | self._nested_ctes(g)
         return out
 
     def _reads(self, f: Fragment) -> set[str]:
