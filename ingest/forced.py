@@ -39,7 +39,7 @@ from .capture import (
     CaptureSettings,
     SampleCapture,
     _generation_config,
-    _to_storage,
+    stored_hidden,
 )
 from .lens import Unembedding, compute_lens
 from .models.base import Adapter
@@ -243,7 +243,7 @@ def capture_forced(adapter: Adapter, prompt_texts: list[str], images: list | Non
     # the model's own greedy choice: its head on the last layer, in its own dtype (what generate's argmax sees)
     greedy = _greedy_ids(adapter, H[:, L])
     hidden_layers = settings.resolve_hidden_layers(L)
-    hidden_np = _to_storage(H[:, hidden_layers], settings.hidden_dtype) if hidden_layers else None
+    hidden_np, overflow = stored_hidden(H, hidden_layers, settings.hidden_dtype)
 
     caps, start = [], 0
     for i, m in enumerate(meta):
@@ -263,6 +263,7 @@ def capture_forced(adapter: Adapter, prompt_texts: list[str], images: list | Non
             patch_row=np.concatenate(m["prow"]), patch_col=np.concatenate(m["pcol"]),
             lens={mode: r.select(sl) for mode, r in lens.items()},
             hidden=None if hidden_np is None else hidden_np[sl], hidden_layers=hidden_layers,
+            fp16_overflow=None if overflow is None else overflow[sl].sum(axis=0).astype(np.int64),
             mode=MODE_FORCED, greedy_match=match,
         ))
     return caps

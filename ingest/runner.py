@@ -283,6 +283,9 @@ def run_ingest(dataset: Dataset, config: IngestConfig, *, echo: Callable[[str], 
     _check_out(config.out)
     # validate layer options against the checkpoint before loading any weights
     dims = model_dims(config.model, config.revision)
+    if config.top_k > dims.vocab_size:  # checked here: after loading, every sample would become an error row
+        raise IngestError(f"--top-k {config.top_k}: the model's vocabulary has {dims.vocab_size} tokens "
+                          f"(config.json vocab_size); use at most {dims.vocab_size}")
     skip = parse_layer_spec(config.skip_layers, dims.n_layers, "--skip-layers") if config.skip_layers else []
     if len(skip) >= dims.n_layers:
         raise IngestError(f"--skip-layers {config.skip_layers!r} removes all {dims.n_layers} decoder layers")
@@ -520,6 +523,7 @@ def _run_rank(dataset, items, config, ctx, dims, skip, hidden_layers, estimate, 
         # generate, the model or the settings are at fault, not the samples, and committing them as
         # errors would make a fixed re-run skip them.
         held: list[dict] = []
+        overflow: dict[int, int] = {}
         try:
             for start in range(0, len(pending), config.batch_size):
                 batch = pending[start : start + config.batch_size]
@@ -538,6 +542,7 @@ def _run_rank(dataset, items, config, ctx, dims, skip, hidden_layers, estimate, 
                 elif held:
                     rows.errors, held = held + rows.errors, []
                 write_rows(writer, rows)
+                _warn_fp16_overflow(rows.fp16_overflow, overflow, echo)
                 result.n_samples += len(rows.samples)
                 result.n_errors += len(rows.errors)
                 result.n_tokens += rows.n_tokens
@@ -558,7 +563,29 @@ def _run_rank(dataset, items, config, ctx, dims, skip, hidden_layers, estimate, 
              f"{result.n_tokens} tokens in {result.seconds:.1f}s -> {out}")
     if result.n_errors:
         echo(f"  {result.n_errors} samples failed; see: kevo sql {config.out} \"SELECT * FROM errors\"")
+    if overflow:
+        echo(_fp16_overflow_message(overflow, "in this run"))
     return result
+
+
+def _fp16_overflow_message(counts: dict[int, int], when: str) -> str:
+    layers = sorted(k for k, v in counts.items() if v)
+    span = f"layer {layers[0]}" if len(layers) == 1 else f"layers {layers[0]}-{layers[-1]} ({len(layers)} layers)"
+    worst = max(layers, key=lambda k: counts[k])
+    return (f"warning: {sum(counts.values()):,} hidden-state values {when} exceed float16's range (|x| > 65504) "
+            f"and are stored as inf, at {span}, most at layer {worst} ({counts[worst]:,}); "
+            "re-ingest with --hidden-dtype bfloat16 (counts: manifest capture.float16_overflow)")
+
+
+def _warn_fp16_overflow(batch: dict[int, int], total: dict[int, int], echo) -> None:
+    """Warn at the first batch that overflows float16 (the summary at the end gives the totals)."""
+    if not any(batch.values()):
+        return
+    first = not total
+    for k, v in batch.items():
+        total[k] = total.get(k, 0) + v
+    if first:
+        echo(_fp16_overflow_message(batch, "in this batch"))
 
 
 def _progress(total: int, enabled: bool):

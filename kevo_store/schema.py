@@ -99,7 +99,7 @@ TOPK = pa.schema(
         _f("token_uid", pa.int64(), "Token (key part 1).", False),
         _f("lens", pa.string(), "Lens mode (key part 2).", False),
         _f("layer", pa.int16(), "Layer 0..L (key part 3).", False),
-        _f("rank", pa.int8(), "1-based rank (key part 4).", False),
+        _f("rank", pa.int32(), "1-based rank (key part 4); int8 in older stores (see the format notes).", False),
         _f("vocab_id", pa.int32(), "Vocabulary id.", False),
         _f("prob", pa.float32(), "Probability.", False),
     ]
@@ -166,3 +166,13 @@ UNITS: dict[str, str] = {
     "char_start": "characters", "char_end": "characters", "n_prompt_tokens": "tokens", "n_generated": "tokens",
     "x": "embedding units", "y": "embedding units",
 }
+
+# Older stores hold these columns in a narrower type; readers and verify accept both (values fit).
+LEGACY_TYPES: dict[tuple[str, str], tuple[pa.DataType, ...]] = {("topk", "rank"): (pa.int8(),)}
+
+# Changes to the layout within format v1, newest last (rendered into FORMAT.md).
+FORMAT_NOTES: tuple[str, ...] = (
+    "`topk.rank` is int32 (was int8, which wrapped to negative numbers for `--top-k` >= 128). Stores written "
+    "with int8 ranks stay valid and readable (their k is at most 127; a resume keeps k, so its new parts "
+    "hold the same values as int32).",
+)

@@ -20,7 +20,7 @@ query (inside its ``WITH`` list) is replaced by the fragment's CTEs, each fragme
 become the query's: each parameter and its default is declared once, in the one fragment that
 defines it. A parameter line reads::
 
-    -- param tau: float = 0.5        -- what it means
+    -- param top_n: int = 10         -- what it means
     -- param definition: str = 'top1' in (top1, emitted)  -- 'in (...)': the only values it accepts
 
 Binding substitutes each parameter as an SQL literal (validated by its declared type), so the bound
@@ -244,9 +244,7 @@ class _Expansion:
             self.owner[p.name] = owner
             self.params.append(p)
 
-    def text(self, text: str, suffix: str, stack: tuple[str, ...], in_fragment: bool, outer: str = "") -> str:
-        """``outer``: the suffix a fragment is included under; its own includes are renamed with it
-        afterwards, so they count as included under that suffix (``x as a`` and ``x as b`` both need them)."""
+    def text(self, text: str, suffix: str, stack: tuple[str, ...], in_fragment: bool) -> str:
         out = []
         for line in text.splitlines():
             m = _INCLUDE.match(line)
@@ -256,43 +254,45 @@ class _Expansion:
             name, alias = m.groups()
             if alias and (in_fragment or suffix):
                 raise ValueError(f"{self.path}: 'include: {name} as {alias}' only in a query, not in a fragment")
-            block = self.fragment(name, alias or suffix, stack, outer)
+            block = self.fragment(name, alias or suffix, stack, rename=not in_fragment)
             if block:  # a fragment already included, or one of parameters only, leaves no line behind
                 out.append(block)
         return "\n".join(out)
 
-    def fragment(self, name: str, suffix: str, stack: tuple[str, ...], outer: str = "") -> str:
+    def fragment(self, name: str, suffix: str, stack: tuple[str, ...], rename: bool) -> str:
+        """The fragment's CTEs (and those of the fragments it includes, first), once per suffix; renamed
+        with the suffix where a query included it (``rename``), which covers the nested ones too."""
         if name in stack:
             raise ValueError(f"{self.path}: fragments include each other: {' -> '.join(stack + (name,))}")
         f = load_fragment(name)
-        key = (name, suffix or outer)
+        key = (name, suffix)
         if key in self.done:
             return ""
         self.done.add(key)
         self.fragments.append(name if not suffix else f"{name} as {suffix}")
-        lines, free = [], []
+        first, lines, free = [], [], []  # the fragments it builds on, its own SQL, its explanation
         in_header = True
         for line in f.text.splitlines():
             if in_header and line.startswith("--"):
                 if _INCLUDE.match(line):
-                    lines.append(line)
+                    first.append(line)
                 elif not (_PARAM.match(line) or _HEADER.match(line)):
                     free.append(line)  # the fragment's explanation stays with its SQL
                 continue
             in_header = False
             lines.append(line)
-        body = self.text("\n".join(lines), "", stack + (name,), True, suffix or outer)
+        nested = self.text("\n".join(first), suffix, stack + (name,), True)
+        own = self.text("\n".join(lines), suffix, stack + (name,), True)
         self.add_params(f.params, f.path.name)  # after the fragments it builds on: their parameters come first
-        own = _body_sql(body)
-        if own:
-            body = "\n".join([f"-- {name} ({f.path.name}): {f.description}", *free, body])
-            used = set(_PLACEHOLDER.findall(own))
+        if _body_sql(own):
+            used = set(_PLACEHOLDER.findall(_body_sql(own)))
             declared = {p.name for p in f.params} | self._included_params(f)
             if used - declared:
                 raise ValueError(f"{f.path}: undeclared parameters {sorted(used - declared)}")
-        if suffix:
-            # the CTEs of the fragments it builds on too: included earlier under the same suffix, they are not in body
-            names = set(_CTE.findall(body)) | set(f.reads) | self._reads(f) | self._nested_ctes(f)
+            own = "\n".join([f"-- {name} ({f.path.name}): {f.description}", *free, own])
+        body = "\n".join(x for x in (nested, own) if x)
+        if suffix and rename:
+            names = set(_CTE.findall(body)) | set(f.reads) | self._reads(f)
             body = re.sub(r"(?<![$.\w])(" + "|".join(sorted(names, key=len, reverse=True)) + r")\b",
                           lambda m: f"{m.group(1)}_{suffix}", body)
         return body.rstrip() + "," + _END if _body_sql(body) else body.rstrip()
@@ -304,15 +304,6 @@ class _Expansion:
             if m:
                 g = load_fragment(m.group(1))
                 out |= {p.name for p in g.params} | self._included_params(g)
-        return out
-
-    def _nested_ctes(self, f: Fragment) -> set[str]:
-        out: set[str] = set()
-        for line in f.text.splitlines():
-            m = _INCLUDE.match(line)
-            if m:
-                g = load_fragment(m.group(1))
-                out |= set(_CTE.findall(g.text)) | self._nested_ctes(g)
         return out
 
     def _reads(self, f: Fragment) -> set[str]:

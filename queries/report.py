@@ -138,7 +138,7 @@ def build_report(store_path, output, **params) -> str:
     crit = q("critical-layers")
     c = crit.frame
     summary = pl.DataFrame({
-        "definition": ["top1_prob >= tau", "js_prev settles"],
+        "definition": [f"tau ({crit.params['definition']})", "js_prev settles"],
         "tokens": [c.height, c.height],
         "reached": [c["critical_layer"].drop_nulls().len(), c["critical_layer_js"].drop_nulls().len()],
         "mean": [c["critical_layer"].mean(), c["critical_layer_js"].mean()],

@@ -29,8 +29,6 @@ l_b AS (
     SELECT y.token_uid, y.layer, y.top1_id, y.top1_prob, y.js_prev, y.js_final, y.p_out, y.rank_out
     FROM b.layers y JOIN b.tokens t ON t.token_uid = y.token_uid WHERE y.lens = $lens AND t.role = 'generated'
 ),
--- include: critical_layer as a
--- include: critical_layer as b
 -- include: mutation_events as a
 -- include: mutation_events as b
 ev_a AS (SELECT token_uid, COUNT(*) AS n_events, MIN(mutation_layer) AS first_mutation_layer FROM events_a GROUP BY token_uid),

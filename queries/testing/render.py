@@ -155,7 +155,7 @@ def render_tables(rendered: dict, emitted: np.ndarray, label_idx: np.ndarray, vo
             "token_uid": pa.array(np.repeat(np.arange(n, dtype=np.int64), nl * top_k)),
             "lens": string_array(lens, n * nl * top_k),
             "layer": pa.array(np.tile(np.repeat(np.arange(nl, dtype=np.int16), top_k), n)),
-            "rank": pa.array(np.tile(np.arange(1, top_k + 1, dtype=np.int8), n * nl)),
+            "rank": pa.array(np.tile(np.arange(1, top_k + 1, dtype=np.int32), n * nl)),
             "vocab_id": pa.array(r["ids"].reshape(-1).astype(np.int32)),
             "prob": pa.array(r["probs"].reshape(-1)),
         }))
