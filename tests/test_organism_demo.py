@@ -49,9 +49,13 @@ def test_demo_runs_the_whole_pipeline(demo):
     for line in ("AMBER generative", "critical layers", "paper's (any top-1)", "correct objects, emitted token top-1",
                  "object tokens", "mutation contrast", "displaced candidates", "cross-image VQA", str(out)):
         assert line in stdout
-    # the ingest went through the standard model path: the manifest names the organism's directory
+    # the ingest went through the standard model path: the manifest's model is the shipped organism directory
+    import ingest.organism
+
+    weights = Path(ingest.organism.__file__).parent / "weights"
     manifest = json.loads((out / "organism.kevo" / "manifest.json").read_text())
-    assert "weights" in json.dumps(manifest.get("model", manifest))
+    assert Path(manifest["model"]["path"]).resolve() == weights.resolve()
+    assert manifest["model"]["family"] == "llava"
 
 
 def _summary_lines(text: str) -> list[str]:
