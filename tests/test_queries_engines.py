@@ -17,7 +17,7 @@ import queries
 from kevo_store import open_store
 from kevo_store.errors import KevoError
 from queries.library import SQL_DIR, QueryParamError, definition_defaults, list_fragments
-from tests.queries_helpers import assert_frames_close, other_seed, planted  # noqa: F401
+from tests.queries_helpers import assert_frames_close
 
 KEVO = [str(Path(sys.executable).with_name("kevo"))]  # the installed console script
 NAMES = [q.name for q in queries.list_queries()]
