@@ -109,3 +109,14 @@ def test_spacy_similarity_table_matches_spacy():
         for a in words:
             for b in words:
                 assert abs(t(a, b) - sim(a, b)) < 1e-6
+
+
+def test_the_offline_rules_cases_are_what_nltk_does():
+    """The sentences behind the offline rules (tests/test_labels_amber.py) give the same nouns with NLTK."""
+    _wordnet_lemmatizer()
+    from ingest.labels.nouns import NltkNouns
+    from tests.test_labels_amber import TAGGER_CASES
+
+    nltk_nouns = NltkNouns(VOCAB.vocabulary)
+    for text, expected in TAGGER_CASES:
+        assert [n.lemma for n in nltk_nouns(text) if n.lemma in VOCAB.vocabulary] == expected, text

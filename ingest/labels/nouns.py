@@ -85,7 +85,7 @@ _ADJECTIVE_CAPABLE = frozenset({"orange", "light", "hot", "sound", "ice", "kiwi"
 # vocabulary words that are common verbs: after a plural subject and before a preposition or a
 # determiner they are verbs ("the owners watch from a bench", "people line the street")
 _VERB_CAPABLE = frozenset({"watch", "sign", "drink", "ring", "pack", "skate", "ski", "spray", "sound", "lock", "plug",
-                           "line", "book", "brush", "grill", "rock", "star", "tie", "track", "train", "water", "fence",
+                           "book", "brush", "grill", "rock", "star", "tie", "track", "train", "fence",
                            "light", "stage", "paddle", "shovel", "switch", "support", "note", "file", "tape", "pipe",
                            "hose", "drain", "wire", "bike", "ship", "board", "bridge", "cash", "bill", "range", "tap",
                            "box", "bat", "pad", "pen", "table", "can", "net", "towel", "sponge", "saddle", "mat"})
@@ -115,26 +115,31 @@ class OfflineNouns:
         # WordNet returns the word unchanged when no form is a WordNet noun (even a non-WordNet vocabulary word)
         return min(known, key=len) if known else word
 
-    def _is_noun(self, words: list[Word], i: int, lemma: str) -> bool:
+    def _is_noun(self, words: list[Word], i: int, lemma: str, text: str = "") -> bool:
         w = words[i].text
         low = w.lower()
-        p1 = words[i - 1].text.lower() if i >= 1 else ""
-        p2 = words[i - 2].text.lower() if i >= 2 else ""
-        n1 = words[i + 1].text if i + 1 < len(words) else ""
+        # context stops at a line break: a bullet line's "- A ..." is not the previous sentence's next word
+        p1 = words[i - 1].text.lower() if i >= 1 and "\n" not in text[words[i - 1].end:words[i].start] else ""
+        p2 = words[i - 2].text.lower() if p1 and i >= 2 and "\n" not in text[words[i - 2].end:words[i - 1].start] else ""
+        nxt = i + 1 < len(words) and "\n" not in text[words[i].end:words[i + 1].start]
+        n1 = words[i + 1].text if nxt else ""
         if p1 in _MODALS_PRONOUNS and not (p1 == "to" and p2 in _TO_NOT_VERB):
             return False
-        if low == "can" and p1 not in _DETERMINERS and p1 not in _PREPOSITIONS:
-            return False
+        if p1 == "to" and p2 == "next" and low == lemma:
+            return False        # the tagger reads a bare singular word after "next to" as a verb
+        if low == "can":
+            return False        # the tagger tags "can" a modal, even after a determiner ("a can of soda")
         if low.endswith("ing") and p1 in _BE:
             return False
         if (low in _VERB_CAPABLE and n1.lower() in _FOLLOWS_VERB and len(p1) > 3 and p1.isalpha()
                 and p1.endswith("s") and not p1.endswith(("ss", "us", "is", "ous")) and p1 not in _DETERMINERS):
             return False
-        if lemma in _ADJECTIVE_CAPABLE and n1[:1].isalpha() and n1.lower() not in _NOT_NOUN_AFTER:
-            return False
-        # a verb-capable word followed by a determiner ("the man watches the TV")
+        if lemma in _ADJECTIVE_CAPABLE and low == lemma and n1[:1].isalpha() and n1.lower() not in _NOT_NOUN_AFTER:
+            return False        # a plural ("lights") is never the adjective
+        # a verb-capable word followed by a determiner ("the man watches the TV"); "water" and "line"
+        # stay nouns there for the tagger ("Plants water the road", "people line the street")
         if n1.lower() in _OBJECT_DETERMINERS and p1 not in _DETERMINERS \
-                and p1 not in _PREPOSITIONS and p1 != "":
+                and p1 not in _PREPOSITIONS and p1 != "" and low not in ("water", "line"):
             return False
         return True
 
@@ -145,7 +150,7 @@ class OfflineNouns:
             if not w.text[:1].isalnum():
                 continue
             lemma = self.lemmatize(w.text)
-            if lemma in self.vocabulary and self._is_noun(words, i, lemma):
+            if lemma in self.vocabulary and self._is_noun(words, i, lemma, text):
                 out.append(Noun(w, lemma))
         return out
 
@@ -156,7 +161,7 @@ NLTK_RESOURCES = ("punkt_tab", "averaged_perceptron_tagger_eng", "wordnet")
 NLTK_INSTALL = ("pip install 'kevo[amber]' && python -m nltk.downloader "
                 + " ".join(NLTK_RESOURCES) + " (or point NLTK_DATA at a folder holding them)")
 
-OFFLINE_MEASURED = {"responses": 1004, "differ": 328, "CHAIR": 0.2, "Cover": 2.5, "Hal": 1.1, "Cog": 0.6}
+OFFLINE_MEASURED = {"responses": 1004, "differ": 238, "CHAIR": 0.0, "Cover": 1.9, "Hal": 1.1, "Cog": 0.5}
 """The offline mode against the official evaluator (NLTK 3.10.4, exact matching) on a 1,004-response
 audit set: responses whose per-response counts differ, and offline minus official, in points.
 Re-measured by tests/test_labels_amber_audit.py; the table is in ingest/labels/README.md."""
