@@ -232,3 +232,48 @@ def test_hub_special_tokens_of_the_families():
         # a special token is one piece, never split by the model's pre-tokenizer
         t = next(iter(ids))
         assert tok(f"a {t} b", add_special_tokens=False).input_ids.count(ids[t]) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# teacher-forced responses through the real command
+
+
+def test_teacher_forced_responses_round_trip_with_the_real_tokenizer(tmp_path):
+    """Given responses with byte-fallback characters, forced into a tiny LLaVA with the real vocabulary:
+    the store keeps each response exactly, its tokens decode to it, and words and labels follow the
+    byte-range reference."""
+    from kevo_store import open_store
+    from tests.amber_helpers import make_amber_dir
+    from tests.model_helpers import tiny_model_dir
+    from tests.runner_helpers import kevo
+
+    model = tiny_model_dir("llava", tokenizer="real")
+    tok = load_real("llama2")
+    root = make_amber_dir(tmp_path)
+    given = {1: "A toothbrush and two surfboards near the lake 🦒, in 2023.",
+             2: "The ship’s café-style deck, tea龘ꙮs and a bridge/pier.",
+             3: "Nothing but 東京タワー.",
+             6: "Persons ride bicycles past a sign."}
+    f = tmp_path / "responses.json"
+    f.write_text(json.dumps([{"id": i, "response": r} for i, r in given.items()]))
+    out = tmp_path / "forced.kevo"
+    kevo("ingest", "amber", "--data", root, "--task", "generative", "--model", model, "--out", out,
+         "--responses", f, "--hidden", "none", "--top-k", "2", "--nouns", "offline")
+    s = open_store(str(out))
+    samples = {int(r["item_id"]): r for r in s.sql("SELECT sample_id, item_id, response, mode FROM samples").to_dicts()}
+    assert {i: r["response"] for i, r in samples.items()} == given
+    assert {r["mode"] for r in samples.values()} == {"forced"}
+    for i, resp in given.items():
+        toks = s.sql(f"SELECT token_id, piece, char_start, char_end, word_index, is_word_start, object, label "
+                     f"FROM tokens WHERE sample_id = {samples[i]['sample_id']} AND role = 'generated' "
+                     "ORDER BY step").to_dicts()
+        ids = [t["token_id"] for t in toks]
+        assert tok.decode(ids, skip_special_tokens=True) == resp
+        body = [t for t in toks if t["token_id"] != tok.eos_token_id]
+        assert [t["word_index"] for t in body] == _reference(tok, [t["token_id"] for t in body], resp)
+        assert toks[0]["char_start"] == 0 and toks[-1]["char_end"] == len(resp)
+    # the mentions of id 1 sit on their words' pieces, the decision token first
+    one = s.sql(f"SELECT piece, is_word_start, object, label FROM tokens WHERE sample_id = {samples[1]['sample_id']} "
+                "AND object IS NOT NULL ORDER BY step").to_dicts()
+    assert [(t["piece"], t["is_word_start"], t["object"]) for t in one][:3] == \
+        [("▁tooth", True, "toothbrush"), ("br", False, "toothbrush"), ("ush", False, "toothbrush")]
