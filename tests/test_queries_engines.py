@@ -74,7 +74,7 @@ def test_duckdb_and_polars_agree(planted, other_seed, name, lens):  # noqa: F811
     if name == "top-candidates":
         params["token_uid"] = 4
     target = [path, path if lens == "raw" else other_seed[0]] if q.stores == 2 else path
-    if q.stores == 2 and lens == "raw":
+    if q.stores == 2 and (lens == "raw" or name == "align-tokens"):  # align-tokens pairs only the same text
         target = [path, path]
     a = queries.run(target, name, engine="duckdb", **params)
     b = queries.run(target, name, engine="polars", **params)
