@@ -158,8 +158,9 @@ def text_cmd(prompts: Path, **options) -> None:
               help="Override AMBER's query (the paper used \"Please describe this image in detail.\").")
 @click.option("--images", default=None, type=click.Path(path_type=Path),
               help="Directory of AMBER_<n>.jpg (default: DATA/image or DATA/images).")
-@click.option("--nouns", default="offline", show_default=True, type=click.Choice(["offline", "nltk"]),
-              help="Noun extraction for labels: offline approximation or the official NLTK pipeline.")
+@click.option("--nouns", default="auto", show_default=True, type=click.Choice(["auto", "nltk", "offline"]),
+              help="Noun extraction for labels: the official NLTK pipeline (nltk; auto = nltk when NLTK and "
+                   "its data are found, else offline with a warning) or kevo's offline approximation.")
 @click.option("--similarity", default=None, type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Similarity table over AMBER's vocabulary (kevo eval amber-similarity) for the official rule.")
 @ingest_options
