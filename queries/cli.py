@@ -160,7 +160,7 @@ PLOT_KINDS = ["candidates", "js-heatmap", "stages", "critical-layers", "tsne", "
 @click.argument("kind", type=click.Choice(PLOT_KINDS))
 @click.argument("store")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
-              help="Figure file: .png or .svg (both written if no suffix).")
+              help="Figure file: .png, .svg or .pdf (.png and .svg both written if no suffix).")
 @click.option("--token", "token_uid", type=int, default=None, help="candidates: the token_uid.")
 @click.option("--sample", "sample_id", type=int, default=None, help="js-heatmap: the sample (default: the first).")
 @click.option("--tokens", "where", default=None, help="js-heatmap: SQL predicate on tokens instead of --sample.")

@@ -1,0 +1,71 @@
+"""Smaller truths users hit: `kevo plot -o x.pdf` writes a PDF (other suffixes are refused, not silently
+turned into .png + .svg), `-p label=` is checked against the labels the store holds, re-running a push
+or pull that finished says so instead of refusing."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import store_helpers as H
+
+from kevo_store.errors import KevoError
+from tests.runner_helpers import KEVO
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    p = tmp_path_factory.mktemp("uf") / "u.kevo"
+    H.write_store(p, 3)
+    return p
+
+
+def _kevo(*args):
+    return subprocess.run([KEVO, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_plot_pdf_is_a_pdf_and_other_suffixes_are_refused(store, tmp_path):
+    out = tmp_path / "fig.pdf"
+    p = _kevo("plot", "critical-layers", store, "-o", out)
+    assert p.returncode == 0, p.stderr
+    assert out.read_bytes()[:5] == b"%PDF-" and p.stdout.split() == [str(out)]
+    assert not (tmp_path / "fig.png").exists() and not (tmp_path / "fig.svg").exists()
+    p = _kevo("plot", "critical-layers", store, "-o", tmp_path / "fig.jpg")
+    assert p.returncode != 0 and "writes .png, .svg or .pdf" in p.stderr and "Traceback" not in p.stderr
+    assert not list(tmp_path.glob("fig.*[gj]"))
+
+
+def test_label_param_is_checked_against_the_store(store):
+    import queries
+
+    with pytest.raises(KevoError, match=r"label='halucinated'.*labels present: correct, hallucinated"):
+        queries.run(str(store), "critical-layer-distribution", label="halucinated")
+    ok = queries.run(str(store), "critical-layer-distribution", label="hallucinated")
+    assert ok.height >= 0
+    p = _kevo("query", "critical-layer-distribution", store, "-p", "label=halucinated")
+    assert p.returncode != 0 and "labels present" in p.stderr
+
+
+def test_push_and_pull_rerun_after_they_finished(store, tmp_path):
+    remote = tmp_path / "remote.kevo"
+    assert _kevo("store", "push", store, f"file://{remote}").returncode == 0
+    p = _kevo("store", "push", store, f"file://{remote}")
+    assert p.returncode == 0 and "already holds this store" in p.stdout
+    dest = tmp_path / "pulled.kevo"
+    assert _kevo("store", "pull", f"file://{remote}", dest).returncode == 0
+    p = _kevo("store", "pull", f"file://{remote}", dest)
+    assert p.returncode == 0 and "already holds this store" in p.stdout
+    (dest / "hidden" / "zarr.json").chmod(0o644)
+    (dest / "hidden" / "zarr.json").unlink()  # now it is not the same store: refused, not "up to date"
+    p = _kevo("store", "pull", f"file://{remote}", dest)
+    assert p.returncode != 0 and "not an empty directory" in p.stderr
+
+
+def test_pull_refuses_a_source_without_its_zarr_metadata(store, tmp_path):
+    import shutil
+
+    src = tmp_path / "src.kevo"
+    shutil.copytree(store, src)
+    (src / "hidden" / "zarr.json").unlink()
+    p = _kevo("store", "pull", f"file://{src}", tmp_path / "out.kevo")
+    assert p.returncode != 0 and "zarr.json" in p.stderr and not (tmp_path / "out.kevo").exists()
