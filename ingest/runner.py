@@ -107,6 +107,8 @@ class IngestConfig:
     """Show a progress bar (rank 0 only)."""
     force: bool = False
     """Start even if the disk estimate exceeds the free space."""
+    retry_errors: bool = False
+    """Run the samples recorded in the errors table again (each error row leaves with its new commit)."""
 
     @classmethod
     def from_options(cls, **options: Any) -> IngestConfig:
@@ -304,6 +306,10 @@ def run_ingest(dataset: Dataset, config: IngestConfig, *, echo: Callable[[str], 
     tokens_per_item = config.max_new_tokens + prompt_guess
     # the estimate covers what is left to do (read-only peek at a store being resumed; ranks' parts too)
     already = committed_keys(config.out) | keys_in_parts(config.out) if ctx.rank == 0 else set()
+    if config.retry_errors:
+        if ctx.distributed:
+            raise IngestError("--retry-errors runs in one process (re-run the errored samples without torchrun)")
+        already -= _error_keys(config.out)
     if already and not config.resume:
         raise IngestError(f"store {config.out} already holds {len(already)} samples; --no-resume refuses to add to "
                           "it (remove it, or drop --no-resume to continue it)")
@@ -344,6 +350,17 @@ def run_ingest(dataset: Dataset, config: IngestConfig, *, echo: Callable[[str], 
         return result
     finally:
         ctx.shutdown()
+
+
+def _error_keys(out: str) -> set[str]:
+    import pyarrow.parquet as pq
+
+    try:
+        m = json.loads((Path(out) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return set()
+    files = [str(Path(out) / f) for f in m["tables"]["errors"]["files"]]
+    return set(pq.read_table(files, columns=["sample_key"]).column(0).to_pylist()) if files else set()
 
 
 def _closed(out: str) -> bool:
@@ -548,6 +565,10 @@ def _run_rank(dataset, items, config, ctx, dims, skip, hidden_layers, estimate, 
     result = IngestResult(out=config.out, n_items=len(mine), estimate=estimate)
     t0 = time.perf_counter()
     with _open_writer(out, meta, adapter, hidden_layers, hidden_dtype) as writer:
+        if config.retry_errors:
+            retried = writer.retry_errors([it.key for it in mine])
+            if retried:
+                echo(f"retrying {len(retried)} samples recorded as errors in {out}")
         done = set(writer.committed_keys) | elsewhere
         writer.write_vocab(vocab_table(adapter.tokenizer, adapter.vocab_size))
         pending = [it for it in mine if it.key not in done]

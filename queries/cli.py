@@ -186,8 +186,13 @@ def plot(kind, store, output, token_uid, sample_id, where, norm, embedding_id, p
 @click.option("--param", "-p", "params", multiple=True, metavar="KEY=VALUE", help="Query parameters (lens, tau, ...).")
 def report(store, output, params):
     """One self-contained HTML page: figures (embedded), key tables, the manifest's provenance."""
+    from kevo_store import open_store
+    from kevo_store.cli import warn_if_open
+
     from .report import build_report
 
+    with open_store(store) as s:
+        warn_if_open(s.path, s.manifest)
     path = build_report(store, output, **_parse_params(params))
     click.echo(path)
 

@@ -93,3 +93,54 @@ def test_prompt_longer_than_the_positions_warns(tmp_path, model):
     p = kevo("ingest", "text", "--prompts", _prompts(tmp_path, ["A cat on a mat."]), "--model", model,
              "--out", tmp_path / "t.kevo", "--max-new-tokens", 4)
     assert "positions" not in p.stderr
+
+
+def test_retry_errors_reruns_exactly_the_errored_samples(tmp_path):
+    from kevo_store import open_store
+    from kevo_store.verify import verify_store
+    from tests.runner_helpers import generated_ids, greedy_reference, make_images
+
+    model = tiny_model_dir("llava")
+    images = make_images(tmp_path / "images", 2, corrupt=("broken.png",))
+    out = tmp_path / "s.kevo"
+    args = ("ingest", "folder", "--images", images, "--prompt", "Describe this image.", "--model", model,
+            "--out", out, "--max-new-tokens", 4, "--hidden", "0")
+    kevo(*args)
+    assert manifest(out)["tables"]["errors"]["rows"] == 1
+    from tests.model_helpers import tiny_image
+
+    tiny_image(seed=9).save(images / "broken.png")  # the user fixes the file
+    p = kevo(*args)  # without the flag: complete, errors named
+    assert "is complete" in p.stderr and "1 as errors" in p.stderr
+    p = kevo(*args, "--retry-errors")
+    assert "retrying 1 samples recorded as errors" in p.stderr
+    m = manifest(out)
+    assert m["tables"]["errors"]["rows"] == 0 and m["tables"]["samples"]["rows"] == 3
+    assert verify_store(out).ok
+    with open_store(out) as s:
+        key = s.sql("SELECT sample_key, prompt_text FROM samples WHERE image_id = 'broken.png'").row(0)
+    assert generated_ids(out)[key[0]] == greedy_reference(model, key[1], images / "broken.png", 4)
+
+
+def test_retry_errors_commit_is_atomic_in_the_writer(tmp_path):
+    import store_helpers as H
+
+    from kevo_store import StoreWriter, open_store
+
+    path = tmp_path / "w.kevo"
+    H.write_store(path, 2)  # batch b has the error 'synthetic:<b>-err'
+    w = StoreWriter(path, meta=H.META, hidden_size=H.HIDDEN)
+    assert w.retry_errors(["synthetic:0-err", "nope"]) == ["synthetic:0-err"]
+    assert "synthetic:0-err" not in w.committed_keys and "synthetic:1-err" in w.committed_keys
+    bt = H.batch(7, n_samples=1, with_error=False)
+    bt["samples"] = bt["samples"].set_column(0, "sample_key", __import__("pyarrow").array(["synthetic:0-err"]))
+    bt["tokens"] = bt["tokens"].set_column(1, "sample_key",
+                                           __import__("pyarrow").array(["synthetic:0-err"] * bt["tokens"].num_rows))
+    before = json.loads((path / "manifest.json").read_text())["commits"]
+    w.write_batch(**bt)
+    m = json.loads((path / "manifest.json").read_text())
+    assert m["commits"] == before + 1 and m["tables"]["errors"]["rows"] == 1
+    w.close()
+    with open_store(path) as s:
+        assert s.sql("SELECT sample_key FROM errors")["sample_key"].to_list() == ["synthetic:1-err"]
+        assert s.sql("SELECT count(*) AS n FROM samples WHERE sample_key = 'synthetic:0-err'")["n"][0] == 1

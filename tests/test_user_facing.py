@@ -69,3 +69,29 @@ def test_pull_refuses_a_source_without_its_zarr_metadata(store, tmp_path):
     (src / "hidden" / "zarr.json").unlink()
     p = _kevo("store", "pull", f"file://{src}", tmp_path / "out.kevo")
     assert p.returncode != 0 and "zarr.json" in p.stderr and not (tmp_path / "out.kevo").exists()
+
+
+def test_info_counts_bytes_on_disk_as_du(store):
+    import json
+    import re
+
+    du = int(subprocess.run(["du", "-s", "--block-size=1", str(store)], capture_output=True, text=True,
+                            check=True).stdout.split()[0])
+    p = _kevo("store", "info", store, "--json")
+    assert json.loads(p.stdout)["disk_bytes"] == du
+    assert re.search(r"disk .* on disk in all", _kevo("store", "info", store).stdout)
+
+
+def test_open_store_warns_in_sql_and_push_refuses_without_force(tmp_path):
+    path = tmp_path / "open.kevo"
+    code = (f"import store_helpers as H, os; H.write_store({str(path)!r}, 2, close=False); os._exit(0)")
+    subprocess.run([__import__("sys").executable, "-c", code], check=True, timeout=120,
+                   env={**__import__("os").environ, "PYTHONPATH": str(__import__("pathlib").Path(__file__).parent)})
+    (path / ".lock").unlink()
+    p = _kevo("sql", path, "SELECT count(*) FROM samples")
+    assert p.returncode == 0 and "is open (a writer is running, or was interrupted)" in p.stderr
+    remote = tmp_path / "r.kevo"
+    p = _kevo("store", "push", path, f"file://{remote}")
+    assert p.returncode != 0 and "is open" in p.stderr and "--force" in p.stderr
+    p = _kevo("store", "push", path, f"file://{remote}", "--force")
+    assert p.returncode == 0, p.stderr
