@@ -119,6 +119,8 @@ class SampleCapture:
     fp16_overflow: np.ndarray | None = None
     """(len(hidden_layers),) int64: finite values stored as inf because they exceed float16's range
     (|x| >= 65520 rounds to inf); None unless hidden states are stored as float16."""
+    mode: str = "generated"  # samples.mode: 'generated' (greedy decoding) or 'forced' (ingest.forced)
+    greedy_match: np.ndarray | None = None  # (n_tok,) bool: the model's greedy choice is this token; None = all
 
     @property
     def n_generated(self) -> int:
@@ -173,6 +175,19 @@ def _generation_config(adapter: Adapter, max_new_tokens: int):
         pad_token_id=adapter.tokenizer.pad_token_id, output_hidden_states=True, return_dict_in_generate=True,
         use_cache=True,
     )
+
+
+def stored_hidden(H: torch.Tensor, hidden_layers: list[int], dtype: str
+                  ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The stored hidden states of rows ``H`` (n, L+1, D) and, for float16 storage, per row and stored
+    layer the count of finite values float16 cannot hold (they would read back as inf)."""
+    if not hidden_layers:
+        return None, None
+    sel = H[:, hidden_layers]
+    overflow = None
+    if dtype == "float16" and H.dtype != torch.float16:
+        overflow = (torch.isinf(sel.to(torch.float16)) & torch.isfinite(sel)).sum(dim=2).cpu().numpy()
+    return _to_storage(sel, dtype), overflow
 
 
 def _to_storage(h: torch.Tensor, dtype: str) -> np.ndarray:
@@ -265,11 +280,7 @@ def capture(adapter: Adapter, prompt_texts: list[str], images: list | None, sett
                                chunk_bytes=settings.lens_chunk_bytes) for mode in settings.lens_modes}
 
     hidden_layers = settings.resolve_hidden_layers(L)
-    hidden_np = _to_storage(H[:, hidden_layers], settings.hidden_dtype) if hidden_layers else None
-    overflow = None  # per row and stored layer: values float16 cannot hold (they would read back as inf)
-    if hidden_layers and settings.hidden_dtype == "float16" and H.dtype != torch.float16:
-        sel = H[:, hidden_layers]
-        overflow = (torch.isinf(sel.to(torch.float16)) & torch.isfinite(sel)).sum(dim=2).cpu().numpy()
+    hidden_np, overflow = stored_hidden(H, hidden_layers, settings.hidden_dtype)
 
     caps = []
     start = 0

@@ -82,6 +82,9 @@ def add_sample(rows: BatchRows, p: Prepared, cap, adapter, dataset: Dataset) -> 
         "char_start": pa.array(char_start, mask=~is_gen),
         "char_end": pa.array(char_end, mask=~is_gen),
     }
+    # the model's greedy choice agrees with the token: by construction when it generated the response
+    match = np.ones(n, bool) if getattr(cap, "greedy_match", None) is None else np.asarray(cap.greedy_match, bool)
+    cols["greedy_match"] = pa.array(match, pa.bool_(), mask=~is_gen)
     for name in ("patch_row", "patch_col"):  # -1 = not an image token / no grid: null
         v = np.asarray(getattr(cap, name), dtype=np.int16)
         cols[name] = pa.array(v, pa.int16(), mask=v < 0)
@@ -139,6 +142,7 @@ def add_sample(rows: BatchRows, p: Prepared, cap, adapter, dataset: Dataset) -> 
         "stop_reason": cap.stop_reason,
         "annotations": json.dumps(item.annotations, sort_keys=True, default=_json_default),
         "metrics": metrics,
+        "mode": getattr(cap, "mode", "generated"),
     })
     rows.n_tokens += n
     rows.n_generated += int(len(gen_ids))

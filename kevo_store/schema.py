@@ -45,6 +45,8 @@ SAMPLES = pa.schema(
         _f("stop_reason", pa.string(), "'eos' or 'max_new_tokens'."),
         _f("annotations", pa.string(), "The dataset's record for this item, verbatim, as JSON."),
         _f("metrics", pa.string(), "Per-sample evaluation metrics (e.g. AMBER/CHAIR counts) as JSON, or null."),
+        _f("mode", pa.string(), "'generated' (the model's own greedy response) or 'forced' (a given response "
+           "scored as if the model had emitted it: teacher forcing, `kevo ingest --responses`)."),
     ]
 )
 
@@ -69,6 +71,8 @@ TOKENS = pa.schema(
         _f("label", pa.string(), "Object mention label: 'correct' | 'hallucinated' | 'safe'; null if no object."),
         _f("hallucinated", pa.bool_(), "label == 'hallucinated' (null if not an object token)."),
         _f("is_answer", pa.bool_(), "VQA: the first token of the answer word."),
+        _f("greedy_match", pa.bool_(), "Generated rows: the model's own greedy choice at this position is this "
+           "token (always true when samples.mode = 'generated'; null for image/prompt rows)."),
     ]
 )
 

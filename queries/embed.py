@@ -1,4 +1,5 @@
-"""Cross-image clustering: 2-D embeddings of hidden states and their per-layer dispersion.
+"""Cross-image clustering: 2-D embeddings of hidden states and their per-layer dispersion
+(docs/analyses.md, "Cross-image clustering").
 
 ``embed_store`` picks tokens with an SQL predicate on ``tokens`` (e.g. the answer token "guitar"
 over many images), reads their hidden states from the store's Zarr array at the chosen layers,

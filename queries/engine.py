@@ -125,8 +125,8 @@ def run(stores: Any, name: str, engine: str = "duckdb", **params: Any) -> pl.Dat
     return result(stores, name, engine, **params).frame
 
 
-# table references in the named queries' SQL: FROM / JOIN [a.|b.]name (CTE names are filtered out below)
-_TABLE_REF = re.compile(r"\b(?:FROM|JOIN)\s+(?:(a|b)\.)?([A-Za-z_]\w*)", re.IGNORECASE)
+_COMMENT = re.compile(r"--[^\n]*")
+_WORD = re.compile(r"(?<![\w.])(?:(a|b)\.)?([A-Za-z_]\w*)")
 
 
 def _scan(store: Store, name: str) -> pl.LazyFrame | None:
@@ -158,7 +158,9 @@ def polars_tables(store: Store, names: Any = None) -> dict[str, pl.LazyFrame]:
 
 
 def _referenced(sql: str, alias: str | None) -> set[str]:
-    return {n.lower() for a, n in _TABLE_REF.findall(sql) if (a or None) == alias}
+    """Names the SQL mentions outside comments (``a.name`` for a two-store query's store ``a``): a superset
+    of the tables it reads, so only those are registered (and a left-out one is refused by name)."""
+    return {n.lower() for a, n in _WORD.findall(_COMMENT.sub("", sql)) if (a or None) == alias}
 
 
 def run_polars(sql: str, stores: list[Store], two: bool = False) -> pl.DataFrame:

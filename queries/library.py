@@ -20,7 +20,7 @@ query (inside its ``WITH`` list) is replaced by the fragment's CTEs, each fragme
 become the query's: each parameter and its default is declared once, in the one fragment that
 defines it. A parameter line reads::
 
-    -- param tau: float = 0.5        -- what it means
+    -- param top_n: int = 10         -- what it means
     -- param definition: str = 'top1' in (top1, emitted)  -- 'in (...)': the only values it accepts
 
 Binding substitutes each parameter as an SQL literal (validated by its declared type), so the bound
@@ -254,12 +254,14 @@ class _Expansion:
             name, alias = m.groups()
             if alias and (in_fragment or suffix):
                 raise ValueError(f"{self.path}: 'include: {name} as {alias}' only in a query, not in a fragment")
-            block = self.fragment(name, alias or suffix, stack)
+            block = self.fragment(name, alias or suffix, stack, rename=not in_fragment)
             if block:  # a fragment already included, or one of parameters only, leaves no line behind
                 out.append(block)
         return "\n".join(out)
 
-    def fragment(self, name: str, suffix: str, stack: tuple[str, ...]) -> str:
+    def fragment(self, name: str, suffix: str, stack: tuple[str, ...], rename: bool) -> str:
+        """The fragment's CTEs (and those of the fragments it includes, first), once per suffix; renamed
+        with the suffix where a query included it (``rename``), which covers the nested ones too."""
         if name in stack:
             raise ValueError(f"{self.path}: fragments include each other: {' -> '.join(stack + (name,))}")
         f = load_fragment(name)
@@ -268,27 +270,28 @@ class _Expansion:
             return ""
         self.done.add(key)
         self.fragments.append(name if not suffix else f"{name} as {suffix}")
-        lines, free = [], []
+        first, lines, free = [], [], []  # the fragments it builds on, its own SQL, its explanation
         in_header = True
         for line in f.text.splitlines():
             if in_header and line.startswith("--"):
                 if _INCLUDE.match(line):
-                    lines.append(line)
+                    first.append(line)
                 elif not (_PARAM.match(line) or _HEADER.match(line)):
                     free.append(line)  # the fragment's explanation stays with its SQL
                 continue
             in_header = False
             lines.append(line)
-        body = self.text("\n".join(lines), "", stack + (name,), True)
+        nested = self.text("\n".join(first), suffix, stack + (name,), True)
+        own = self.text("\n".join(lines), suffix, stack + (name,), True)
         self.add_params(f.params, f.path.name)  # after the fragments it builds on: their parameters come first
-        own = _body_sql(body)
-        if own:
-            body = "\n".join([f"-- {name} ({f.path.name}): {f.description}", *free, body])
-            used = set(_PLACEHOLDER.findall(own))
+        if _body_sql(own):
+            used = set(_PLACEHOLDER.findall(_body_sql(own)))
             declared = {p.name for p in f.params} | self._included_params(f)
             if used - declared:
                 raise ValueError(f"{f.path}: undeclared parameters {sorted(used - declared)}")
-        if suffix:
+            own = "\n".join([f"-- {name} ({f.path.name}): {f.description}", *free, own])
+        body = "\n".join(x for x in (nested, own) if x)
+        if suffix and rename:
             names = set(_CTE.findall(body)) | set(f.reads) | self._reads(f)
             body = re.sub(r"(?<![$.\w])(" + "|".join(sorted(names, key=len, reverse=True)) + r")\b",
                           lambda m: f"{m.group(1)}_{suffix}", body)

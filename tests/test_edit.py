@@ -170,3 +170,58 @@ def test_kevo_edit_end_to_end_and_its_errors(tmp_path, image_file):
         pass
     r = _kevo("edit", "--model", model, "--requests", reqs, "--out", tmp_path / "y", "--from-trace", notrace)
     assert r.returncode != 0 and "has no traces" in r.stderr, r.stderr
+
+
+def test_hallucination_requests_from_a_labelled_caption_store(tmp_path):
+    """The requests a caption store yields: the prefix up to the hallucinated word, the constraint the
+    trigger's last mention, the target the ground-truth object the caption missed; others counted."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from ingest.edit.hallucination import hallucination_requests
+    from kevo_store import StoreWriter
+    from tests.store_helpers import HIDDEN, META, batch, vocab_table
+
+    captions = [("There is a car, a tree and a cup on the sand.", ["car", "cup", "ball", "sand"]),
+                ("There is a sun and a tree on the grass.", ["sun", "car", "grass"]),
+                ("There is a car and a tree on the grass.", ["car", "grass"])]
+    b = batch(0, n_samples=3, with_error=False)
+    s = b["samples"]
+    s = s.set_column(s.schema.get_field_index("response"), "response", pa.array([c for c, _ in captions]))
+    s = s.set_column(s.schema.get_field_index("annotations"), "annotations",
+                     pa.array([json.dumps({"id": i, "truth": t}) for i, (_, t) in enumerate(captions)]))
+    t = b["tokens"]
+    first = pc.equal(t.column("step"), 0).to_numpy(zero_copy_only=False)
+    keys = t.column("sample_key").to_pylist()
+    order = {k: i for i, k in enumerate(s.column("sample_key").to_pylist())}
+    start = [captions[order[k]][0].index("tree") if f else 0 for k, f in zip(keys, first)]
+    t = t.set_column(t.schema.get_field_index("char_start"), "char_start", pa.array(start, pa.int32()))
+    t = t.set_column(t.schema.get_field_index("object"), "object", pa.array(["tree" if f else None for f in first]))
+    t = t.set_column(t.schema.get_field_index("label"), "label",
+                     pa.array(["hallucinated" if f else None for f in first]))
+    t = t.set_column(t.schema.get_field_index("hallucinated"), "hallucinated", pa.array([True if f else None
+                                                                                          for f in first]))
+    store = tmp_path / "captions.kevo"
+    with StoreWriter(str(store), meta=META, hidden_size=HIDDEN) as w:
+        w.write_vocab(vocab_table())
+        w.write_batch(**{**b, "samples": s, "tokens": t})
+    reqs, counts = hallucination_requests(str(store), "car", "tree", tmp_path / "images")
+    assert counts == {"hallucinated": 3, "no_trigger": 1, "nothing_left": 1, "requests": 1}
+    (r,) = reqs
+    assert (r["prefix"], r["constraint"], r["constraint_in"], r["target"]) == ("There is a car, a", "car", "prefix",
+                                                                                "ball")
+    assert r["image"] == str(tmp_path / "images" / "img0_0.jpg")
+
+
+def test_a_prefix_request_reads_its_key_at_the_constraint_in_the_prefix(image_file):
+    """The key position is the token that ends the constraint's last mention in the given prefix."""
+    from ingest.edit.locate import edit_text, position_of
+
+    ad = load_adapter(str(tiny_model_dir("llava")), dtype="float32")
+    text, end = edit_text(ad, "Describe this image.", "There is a cat and a cat", "cat", "prefix", True)
+    assert text.endswith("ASSISTANT: There is a cat and a cat") and text[end - 3:end] == "cat" and end == len(text)
+    pos = position_of(ad, text, end, tiny_image(40, 30, 0))
+    full = ad.encode([text], [tiny_image(40, 30, 0)]).input_ids[0]
+    assert pos == full.shape[0] - 1  # the text ends with the constraint: its last token is the last position
+    with pytest.raises(ModelError, match="not in the prefix"):
+        edit_text(ad, "Describe this image.", "There is a dog", "cat", "prefix", True)

@@ -5,13 +5,13 @@ a table that was left out, naming it."""
 from __future__ import annotations
 
 import pytest
-from share_helpers import moto_s3_server, s3_bucket  # noqa: F401
 
 import queries
 from kevo_store import open_store
 from kevo_store.errors import KevoError
 from queries.testing import build_synthetic_store
 from tests.queries_helpers import assert_frames_close
+from tests.share_helpers import moto_s3_server, s3_bucket  # noqa: F401
 
 NAMES = ["critical-layers", "mutation-events", "stages", "hallucination-contrast", "top-candidates"]
 
@@ -71,3 +71,16 @@ def test_polars_engine_refuses_a_table_a_partial_pull_left_out(s3, pushed, local
     assert queries.run_polars(q, [part])["n"][0] == 36
     r = s3.run_kevo("query", "stages", str(dest), "--engine", "polars")
     assert r.returncode == 1 and "table 'layers' is not in this store" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_polars_engine_on_an_http_store(local_store):
+    """An https:// store (here plain http on loopback: the same read-only filesystem, no listings)."""
+    from pathlib import Path
+
+    from tests.share_helpers import static_http_server
+
+    path, _ = local_store
+    with static_http_server(Path(path).parent) as base:
+        url = f"{base}/{Path(path).name}"
+        for name in ("critical-layers", "mutation-events"):
+            assert_frames_close(queries.run(url, name, engine="polars"), queries.run(path, name))

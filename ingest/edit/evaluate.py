@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ingest.models import load_adapter
 
+from .locate import continue_text
 from .multedit import answer_probability, load_image, target_token
 from .requests import EditRequest, read_requests
 
@@ -31,6 +32,7 @@ def _answer_scores(ad, reqs: list[EditRequest], paraphrases: bool) -> list[dict]
         image = load_image(r.image)
         for q in questions:
             text = ad.build_prompt(q, image is not None)
+            text = continue_text(text, r.prefix) if r.prefix else text
             tid = target_token(ad, text, r.target)
             p, rank = answer_probability(ad, text, image, tid)
             rows.append({"id": r.id, "question": q, "target": r.target, "p_target": p, "rank_target": rank})

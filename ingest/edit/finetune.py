@@ -14,6 +14,7 @@ import torch
 
 from ingest.models.base import Adapter
 
+from .locate import continue_text
 from .multedit import _inputs, last_logprobs, load_image, output_projection, target_token
 from .requests import EditRequest
 
@@ -44,6 +45,7 @@ def finetune(ad: Adapter, requests: list[EditRequest], settings: FinetuneSetting
     for r in requests:
         image = load_image(r.image)
         text = ad.build_prompt(r.question, image is not None)
+        text = continue_text(text, r.prefix) if r.prefix else text
         batch.append((_inputs(ad, text, image), target_token(ad, text, r.target), r))
     W0 = proj.weight.detach().clone()
     others = [p for p in ad.model.parameters() if p.requires_grad and p is not proj.weight]

@@ -15,7 +15,7 @@ from torch import nn
 from ingest.models import ModelError
 from ingest.models.base import Adapter
 
-from .locate import last_constraint_position
+from .locate import continue_text, edit_text, position_of
 from .requests import EditRequest
 
 
@@ -80,9 +80,8 @@ def module_name(ad: Adapter, mod: nn.Module) -> str:
 def target_token(ad: Adapter, prompt_text: str, target: str) -> int:
     """The first token of ``target`` as the model would emit it right after the prompt."""
     tok = ad.tokenizer
-    joiner = "" if prompt_text[-1:].isspace() else " "
     base = tok(prompt_text, add_special_tokens=False)["input_ids"]
-    full = tok(prompt_text + joiner + target, add_special_tokens=False)["input_ids"]
+    full = tok(continue_text(prompt_text, target), add_special_tokens=False)["input_ids"]
     if len(full) <= len(base) or full[: len(base)] != base:
         raise ModelError(f"target {target!r} tokenizes to nothing after the prompt")
     return int(full[len(base)])
@@ -128,8 +127,8 @@ def compute_target(ad: Adapter, req: EditRequest, settings: EditSettings, questi
     """Key, v0 and the optimised value of one request."""
     question = req.question if question is None else question
     image = load_image(req.image)
-    prompt_text = ad.build_prompt(question, image is not None)
-    pos = last_constraint_position(ad, prompt_text, question, req.constraint, image)
+    prompt_text, end = edit_text(ad, question, req.prefix, req.constraint, req.constraint_in, image is not None)
+    pos = position_of(ad, prompt_text, end, image)
     tid = target_token(ad, prompt_text, req.target)
     proj = output_projection(ad, settings.layer)
     inputs = _inputs(ad, prompt_text, image)

@@ -1,5 +1,6 @@
 -- name: compare-layers
 -- description: Two stores, per layer, over tokens with an identical prefix in both: top-1 agreement and the deltas (b - a) of p_out, js_prev, entropy.
+-- The definitions: docs/analyses.md, "Skip experiments".
 -- stores: 2
 -- include: lens
 WITH ta AS (

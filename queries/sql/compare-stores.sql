@@ -1,5 +1,6 @@
 -- name: compare-stores
 -- description: Two stores (a = baseline, b = variant, e.g. a skip experiment or LVLM vs LLM): token agreement by sample and step, hallucination and metric deltas.
+-- The definitions: docs/analyses.md, "Skip experiments".
 -- stores: 2
 -- include: lens
 WITH ta AS (

@@ -1,5 +1,6 @@
 -- name: critical-layer-distribution
 -- description: Store-wide (model-level) distribution of critical layers over tokens (tau definition chosen by `definition`, and the js_prev variant); layer NULL = never reached.
+-- The definitions: docs/analyses.md, "Critical layer".
 WITH
 -- include: token_layers
 -- include: critical_layer

@@ -1,5 +1,6 @@
 -- name: critical-layers
 -- description: Per token: the critical layer (first layer with top1_prob >= tau; or, by definition, where the emitted token stands out) and its stabilisation variant (first layer after which js_prev stays below theta).
+-- The definitions: docs/analyses.md, "Critical layer".
 WITH
 -- include: token_layers
 -- include: critical_layer

@@ -1,5 +1,6 @@
 -- name: displaced-candidates
 -- description: Which candidates mutation events displace, by token class (the paper's "water" instead of "camera"), most frequent first.
+-- The definitions: docs/analyses.md, "Mutation events".
 WITH
 -- include: token_layers
 -- include: mutation_events

@@ -1,5 +1,6 @@
 -- name: divergence-curves
 -- description: js_prev per layer by token class: median and interquartile range (and the median js_final).
+-- The definitions: docs/analyses.md, "Hallucination link".
 WITH
 -- include: token_layers
 SELECT COALESCE(t.label, 'non-object') AS token_class, l.layer, COUNT(*) AS n_tokens,

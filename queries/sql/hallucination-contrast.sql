@@ -1,5 +1,6 @@
 -- name: hallucination-contrast
 -- description: Hallucinated vs correct object tokens (and the other classes): mutation rate, critical and mutation layers, displaced candidates, final p_out.
+-- The definitions: docs/analyses.md, "Hallucination link".
 WITH
 -- include: token_layers
 -- include: stages

@@ -1,5 +1,6 @@
 -- name: hallucination-curves
 -- description: Per token class and layer: p_out curve (median, IQR, mean), and how many tokens have their critical layer / a mutation event there.
+-- The definitions: docs/analyses.md, "Hallucination link".
 WITH
 -- include: token_layers
 -- include: mutation_events

@@ -1,5 +1,6 @@
 -- name: mutation-events
 -- description: Mutation events after the critical layer: the top-1 leaves a candidate that held it >= min_held layers, or js_prev jumps above js_multiple x the token's stable-stage median.
+-- The definitions: docs/analyses.md, "Mutation events".
 WITH
 -- include: token_layers
 -- include: mutation_events

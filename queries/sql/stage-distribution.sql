@@ -1,5 +1,6 @@
 -- name: stage-distribution
 -- description: Per layer, how many tokens are in the rapid, stabilisation and mutation stage (the stage histogram of a whole dataset; every token is assumed to have every layer).
+-- The definitions: docs/analyses.md, "Stages".
 WITH
 -- include: token_layers
 -- include: stages

@@ -1,5 +1,6 @@
 -- name: stages
 -- description: Per token, the three stages: rapid evolution [0, critical), stabilisation [critical, mutation), mutation [mutation, L] (lengths in layers).
+-- The definitions: docs/analyses.md, "Stages".
 WITH
 -- include: token_layers
 -- include: stages

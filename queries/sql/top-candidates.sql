@@ -1,5 +1,6 @@
 -- name: top-candidates
 -- description: The paper's Fig. 2 data for one token: the top-1 tokens of the layers from the critical layer on, and their probability at every layer.
+-- The definitions: docs/analyses.md, "Mutation events".
 -- param token_uid: int            -- the token (required; e.g. from mutation-events)
 -- include: lens
 WITH l AS (
