@@ -193,7 +193,7 @@ def sql(args: tuple[str, ...], fmt: str, output: str | None, max_rows: int, allo
             return
         df = rel.pl()
     except duckdb.Error as e:
-        raise query_error(e, ms.roots) from None
+        raise query_error(e, ms.roots, ms.manifests) from None
     text = _render(df, fmt, max_rows)
     if output:
         with open(output, "w") as f:

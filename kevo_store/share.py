@@ -388,6 +388,9 @@ def _pull(url: str, dest: str | os.PathLike, *, tables: Iterable[str] | None = N
 
     def read_part(rel: str) -> bytes:
         p = f"{root}/{rel}"
+        if not fs.exists(p):
+            raise CorruptStoreError(f"{where}: the chunk index {rel!r} named by the manifest is missing, so its "
+                                    "hidden chunks cannot be checked: the source is damaged (`kevo store verify` it)")
         if fs.size(p) > MAX_MANIFEST_BYTES:
             raise UnsafeStoreError(f"{where}: refused: {rel!r} is too large for an index part")
         return fs.cat_file(p)

@@ -95,3 +95,51 @@ def test_open_store_warns_in_sql_and_push_refuses_without_force(tmp_path):
     assert p.returncode != 0 and "is open" in p.stderr and "--force" in p.stderr
     p = _kevo("store", "push", path, f"file://{remote}", "--force")
     assert p.returncode == 0, p.stderr
+
+
+def test_partial_pull_names_the_table_it_left_out_and_a_missing_index_is_named(store, tmp_path):
+    import json
+    import shutil
+
+    part = tmp_path / "part.kevo"
+    assert _kevo("store", "pull", f"file://{store}", part, "--tables", "samples,tokens").returncode == 0
+    p = _kevo("sql", part, "SELECT count(*) FROM topk")
+    assert p.returncode != 0 and "a partial pull of" in p.stderr and "left it out" in p.stderr
+    src = tmp_path / "noidx.kevo"
+    shutil.copytree(store, src)
+    idx = json.loads((src / "manifest.json").read_text())["hidden"]["index"][0]
+    (src / idx).unlink()
+    p = _kevo("store", "pull", f"file://{src}", tmp_path / "out.kevo")
+    assert p.returncode != 0 and f"the chunk index '{idx}'" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_merge_keeps_derived_tables_on_their_tokens(tmp_path):
+    import numpy as np
+    import pyarrow as pa
+
+    from kevo_store import open_store, write_derived_table
+
+    a, b, out = tmp_path / "a.kevo", tmp_path / "b.kevo", tmp_path / "m.kevo"
+    H.write_store(a, 2)
+    H.write_store(b, 4, start=2)
+    for path, tag in ((a, 1.0), (b, 2.0)):
+        with open_store(path) as s:
+            uids = s.sql("SELECT token_uid FROM tokens ORDER BY token_uid")["token_uid"].to_numpy()[::3]
+        write_derived_table(path, "embeddings", pa.table({
+            "embedding_id": ["e1"] * len(uids), "token_uid": uids, "layer": np.zeros(len(uids), np.int16),
+            "x": (uids * tag).astype(np.float32), "y": -(uids * tag).astype(np.float32)}), {"method": "test"})
+
+    def by_token(path, prefix=""):
+        with open_store(path) as s:
+            df = s.sql("SELECT e.embedding_id, s.sample_key, t.step, e.x, e.y FROM embeddings e "
+                       "JOIN tokens t USING (token_uid) JOIN samples s ON s.sample_id = t.sample_id")
+        return {(r[0].split(":")[-1] if prefix else r[0], r[1], r[2]): (r[3], r[4]) for r in df.iter_rows()}
+
+    p = _kevo("store", "merge", a, b, "--out", out)
+    assert p.returncode == 0, p.stderr
+    want = {**by_token(a), **by_token(b)}
+    got = by_token(out, prefix="yes")
+    assert got == want and len(got) > 0
+    with open_store(out) as s:
+        ids = set(s.sql("SELECT DISTINCT embedding_id FROM embeddings")["embedding_id"].to_list())
+    assert ids == {"a:e1", "b:e1"}  # two inputs' embeddings are not one embedding
