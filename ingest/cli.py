@@ -79,6 +79,10 @@ def ingest_options(f: Callable) -> Callable:
         click.option("--limit", default=None, type=click.IntRange(min=0),
                      help="Only the first N items of the dataset."),
         click.option("--dry-run", is_flag=True, help="Print the disk-budget estimate and exit; writes nothing."),
+        click.option("--force", is_flag=True, help="Start even if the disk estimate exceeds the free space."),
+        click.option("--retry-errors", is_flag=True,
+                     help="Run again the samples recorded in the errors table (each error row leaves the table "
+                          "in the commit that writes the sample anew)."),
         click.option("--resume/--no-resume", default=True, show_default=True,
                      help="Skip samples already committed to --out (a re-run continues a crashed one). "
                           "--no-resume refuses a store that already holds samples."),

@@ -80,9 +80,23 @@ def _check_lens(bound: BoundQuery, stores: list[Store]) -> None:
             raise KevoError(f"{s.path} has no lens {lens!r} (lenses: {', '.join(modes)}); use --param lens=...")
 
 
+def _check_label(bound: BoundQuery, stores: list[Store]) -> None:
+    """A label no token of the store carries (a typo such as 'halucinated') would select nothing."""
+    label = bound.params.get("label")
+    if not label or not isinstance(label, str):  # '' selects every token
+        return
+    for s in stores:
+        present = [r[0] for r in s.con.execute("SELECT DISTINCT label FROM tokens WHERE label IS NOT NULL "
+                                               "ORDER BY 1").fetchall()]
+        if label not in present:
+            have = ", ".join(present) if present else "none (the store has no object labels)"
+            raise KevoError(f"--param label={label!r}: no token of {s.path} has that label; labels present: {have}")
+
+
 def run_bound(bound: BoundQuery, stores: Any, engine: str = "duckdb") -> QueryResult:
     con, paths, objs = _connection(bound, stores)
     _check_lens(bound, objs)
+    _check_label(bound, objs)
     if engine == "duckdb":
         frame = _integers(con.sql(bound.sql))
     elif engine == "polars":

@@ -33,14 +33,27 @@ GROUP_COLORS = ("#1f77b4", "#2ca02c", "#d62728")
 GROUP_NAMES = ("rapid evolution", "stabilisation", "mutation")
 
 
+FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def check_output(output: str | os.PathLike) -> None:
+    """A figure file is .png, .svg or .pdf, or has no suffix (then .png and .svg are both written)."""
+    suffix = Path(output).suffix.lower()
+    if suffix and suffix not in FIGURE_SUFFIXES:
+        raise KevoError(f"--output {output}: kevo writes .png, .svg or .pdf figures (or give no suffix for "
+                        "both .png and .svg), not {suffix}")
+
+
 def _save(fig, output: str | os.PathLike, description: str | None = None) -> list[str]:
     out = Path(output)
-    targets = [out] if out.suffix.lower() in (".png", ".svg") else [out.with_suffix(".png"), out.with_suffix(".svg")]
+    check_output(out)
+    targets = [out] if out.suffix else [out.with_suffix(".png"), out.with_suffix(".svg")]
     files = []
     for t in targets:
         t.parent.mkdir(parents=True, exist_ok=True)
-        # the figure records what drew it (PNG text chunk / SVG <metadata>)
-        meta = {"Description": description} if description else None
+        # the figure records what drew it (PNG text chunk / SVG <metadata> / PDF Subject)
+        key = "Subject" if t.suffix.lower() == ".pdf" else "Description"
+        meta = {key: description} if description else None
         fig.savefig(t, dpi=110, bbox_inches="tight", metadata=meta)
         files.append(str(t))
     plt.close(fig)
@@ -297,6 +310,7 @@ def plot(kind: str, store, output, **kw) -> list[str]:
     """Draw figure ``kind`` from ``store`` into ``output`` (.png, .svg, or both when no suffix)."""
     import json
 
+    check_output(output)  # before any drawing
     path = store.path if hasattr(store, "path") else os.fspath(store)
     desc = json.dumps({"kevo_plot": kind, "store": str(path),
                        "params": {k: v for k, v in kw.items() if v is not None}}, default=str)
