@@ -85,6 +85,16 @@ def add_sample(rows: BatchRows, p: Prepared, cap, adapter, dataset: Dataset) -> 
         v = np.asarray(getattr(cap, name), dtype=np.int16)
         cols[name] = pa.array(v, pa.int16(), mask=v < 0)
 
+    if getattr(dataset, "prompt_labeler", None) is not None:
+        try:
+            flagged = dataset.prompt_labeler(item, np.asarray(cap.input_ids).tolist(), adapter)
+        except Exception as e:
+            raise LabelError(str(e)) from e
+        if flagged is not None:
+            flagged = set(int(x) for x in flagged)
+            cols["is_constraint"] = pa.array([None if g else int(q) in flagged for g, q in zip(is_gen, position)],
+                                             pa.bool_())
+
     metrics = None
     if dataset.labeler is not None:
         gen_table = pa.table({
