@@ -35,8 +35,10 @@ bench: setup
 report-check: setup
 	$(BIN)/python -m pytest -q tests/test_report_html.py -rs
 
+# ruff, then the import contract (ingest -> kevo_store <- queries, no cycles); .ci/run runs both
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/python tools/check_imports.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo-out

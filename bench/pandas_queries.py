@@ -1,6 +1,5 @@
 """The baseline of benchmark 4: named queries written the way an analyst would write them in pandas
-(read the Parquet files, merge, groupby, shift), with the same definitions and defaults as
-queries/sql/*.sql. Each function reads what it needs from the store's files itself, so its time is
+(read the Parquet files, merge, groupby, shift), with the same definitions (docs/analyses.md) and the defaults the SQL fragments declare. Each function reads what it needs from the store's files itself, so its time is
 comparable to a DuckDB query over the same files. Each returns a DataFrame that
 :func:`check` compares with the DuckDB answer (the benchmark's correctness guard).
 """
@@ -10,11 +9,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-TAU, THETA, WINDOW, MIN_HELD, JS_MULTIPLE, JS_MIN = 0.5, 0.1, 3, 3, 5.0, 0.05
+from queries.library import definition_defaults
+
+_D = definition_defaults()
+TAU, THETA, WINDOW, MIN_HELD, JS_MULTIPLE, JS_MIN = (
+    _D["tau"], _D["theta"], _D["window"], _D["min_held"], _D["js_multiple"], _D["js_min"])
 
 
 def _files(store, table: str) -> list[str]:
-    return [store.fs.full(f) for f in store.manifest["tables"][table]["files"]]
+    return store.table_files(table)
 
 
 def _read(store, table: str, columns: list[str], filters=None) -> pd.DataFrame:

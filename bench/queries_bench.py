@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/queries_bench.py [--store PATH] [--repeat 5] [--json OUT]
 
-Builds the store once (kevo_store.synthetic, no model; reused if PATH exists), then runs each named
+Builds the store once (queries.testing, no model; reused if PATH exists), then runs each named
 query through DuckDB ``repeat`` times and reports the median and best wall time, the row count, and
 whether it met the 1 s target. The first run of each query is a warm-up (Parquet metadata,
 page cache) and is reported separately. ``cpu`` is the CPU time the process used (all DuckDB
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import queries  # noqa: E402
 from kevo_store import open_store  # noqa: E402
-from kevo_store.synthetic import build_synthetic_store  # noqa: E402
+from queries.testing import build_synthetic_store  # noqa: E402
 
 TARGET_S = 1.0
 

@@ -1,7 +1,7 @@
 """Benchmark 4 (query latency of every named query on an AMBER-scale synthetic store, and the ratio
 against pandas) and benchmark 5 (bytes per token-layer of the lens tables).
 
-The store: ``kevo_store.synthetic.build_synthetic_store`` at AMBER scale (1,004 samples x 100
+The store: ``queries.testing.build_synthetic_store`` at AMBER scale (1,004 samples x 100
 generated tokens x 33 layers, top-10; planted critical layers and mutation events), no hidden
 states. Every named query runs through ``queries.run`` (DuckDB) with its defaults; the two-store
 queries (compare-*) compare the store with itself. Each query's first run is reported apart (cold
@@ -21,7 +21,7 @@ TARGET_S = 1.0
 
 
 def build_store(path: Path, samples: int, tokens: int) -> dict:
-    from kevo_store.synthetic import build_synthetic_store
+    from queries.testing import build_synthetic_store
 
     t, _ = timed(build_synthetic_store, path, n_samples=samples, n_tokens=tokens, n_layers=33, top_k=10, seed=0)
     return {"path": str(path), "samples": samples, "tokens_per_sample": tokens, "layers": 33, "top_k": 10,

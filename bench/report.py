@@ -386,7 +386,7 @@ def _queries(w, qs, ing, cmd):
         return
     st = qs["store"]
     w(f"Command: `{cmd}` (section `queries`: bench/query_latency.py, pandas versions in bench/pandas_queries.py). "
-      f"Store: `kevo_store.synthetic.build_synthetic_store` ({st['samples']:,} samples x {st['tokens_per_sample']} "
+      f"Store: `queries.testing.build_synthetic_store` ({st['samples']:,} samples x {st['tokens_per_sample']} "
       f"generated tokens x 33 layers, top-10, planted critical layers and mutation events; built in "
       f"{_f(st['build_s'])} s). Every named query through `queries.run` (DuckDB) with its defaults; compare-* "
       "compare the store with itself. 'first' is the first run (cold metadata), then DuckDB and pandas run "

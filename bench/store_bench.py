@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/store_bench.py [--samples 1004] [--batch 8] [--hidden 0] [--json OUT]
 
-Renders the tables in memory first (kevo_store.synthetic, no model), then times only the writer:
+Renders the tables in memory first (queries.testing, no model), then times only the writer:
 ``write_batch`` per batch of ``--batch`` samples (one atomic commit each) and the compaction on
 close. Reports bytes per token-layer of layers+topk on disk, rows/s, the time to open the store
 and a few reads. Not a test: timings depend on the machine and its load (printed).
@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from kevo_store import StoreWriter, open_store  # noqa: E402
-from kevo_store.synthetic import _slice_batch, synthesize  # noqa: E402
 from kevo_store.verify import verify_store  # noqa: E402
+from queries.testing import slice_batch, synthesize  # noqa: E402
 
 
 def main() -> int:
@@ -46,7 +46,7 @@ def main() -> int:
     res["synthesize_s"] = time.perf_counter() - t
     shutil.rmtree(args.store, ignore_errors=True)
     nl = args.layers
-    batches = [_slice_batch(tables, hidden, s0, min(args.samples, s0 + args.batch), args.tokens, nl,
+    batches = [slice_batch(tables, hidden, s0, min(args.samples, s0 + args.batch), args.tokens, nl,
                             nl * args.top_k, 1) for s0 in range(0, args.samples, args.batch)]
     meta = {"model": {"id": "synthetic", "n_layers": nl - 1}, "lens": {"modes": ["final_norm"], "top_k": args.top_k}}
     kw = {"hidden_size": args.hidden, "hidden_layers": list(range(nl))} if args.hidden else {}

@@ -116,6 +116,11 @@ class SampleCapture:
     lens: dict[str, LensResult]  # per lens mode, arrays (n_tok, L+1) and top-k (n_tok, L+1, k)
     hidden: np.ndarray | None  # (n_tok, len(hidden_layers), D) float16, or uint16 bfloat16 bits; None if none
     hidden_layers: list[int] = field(default_factory=list)
+    fp16_overflow: np.ndarray | None = None
+    """(len(hidden_layers),) int64: finite values stored as inf because they exceed float16's range
+    (|x| >= 65520 rounds to inf); None unless hidden states are stored as float16."""
+    mode: str = "generated"  # samples.mode: 'generated' (greedy decoding) or 'forced' (ingest.forced)
+    greedy_match: np.ndarray | None = None  # (n_tok,) bool: the model's greedy choice is this token; None = all
 
     @property
     def n_generated(self) -> int:
@@ -152,7 +157,7 @@ class SampleCapture:
                 tc = {
                     "token_uid": np.repeat(uid, nl * k_), "lens": np.full(n * nl * k_, mode, dtype=object),
                     "layer": np.tile(np.repeat(np.arange(nl, dtype=np.int16), k_), n),
-                    "rank": np.tile(np.arange(1, k_ + 1, dtype=np.int8), n * nl),
+                    "rank": np.tile(np.arange(1, k_ + 1, dtype=np.int32), n * nl),
                     "vocab_id": r.topk_ids.reshape(-1), "prob": r.topk_probs.reshape(-1),
                 }
                 for k, v in tc.items():
@@ -170,6 +175,19 @@ def _generation_config(adapter: Adapter, max_new_tokens: int):
         pad_token_id=adapter.tokenizer.pad_token_id, output_hidden_states=True, return_dict_in_generate=True,
         use_cache=True,
     )
+
+
+def stored_hidden(H: torch.Tensor, hidden_layers: list[int], dtype: str
+                  ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The stored hidden states of rows ``H`` (n, L+1, D) and, for float16 storage, per row and stored
+    layer the count of finite values float16 cannot hold (they would read back as inf)."""
+    if not hidden_layers:
+        return None, None
+    sel = H[:, hidden_layers]
+    overflow = None
+    if dtype == "float16" and H.dtype != torch.float16:
+        overflow = (torch.isinf(sel.to(torch.float16)) & torch.isfinite(sel)).sum(dim=2).cpu().numpy()
+    return _to_storage(sel, dtype), overflow
 
 
 def _to_storage(h: torch.Tensor, dtype: str) -> np.ndarray:
@@ -262,7 +280,7 @@ def capture(adapter: Adapter, prompt_texts: list[str], images: list | None, sett
                                chunk_bytes=settings.lens_chunk_bytes) for mode in settings.lens_modes}
 
     hidden_layers = settings.resolve_hidden_layers(L)
-    hidden_np = _to_storage(H[:, hidden_layers], settings.hidden_dtype) if hidden_layers else None
+    hidden_np, overflow = stored_hidden(H, hidden_layers, settings.hidden_dtype)
 
     caps = []
     start = 0
@@ -282,5 +300,6 @@ def capture(adapter: Adapter, prompt_texts: list[str], images: list | None, sett
             patch_row=np.concatenate(m["prow"]), patch_col=np.concatenate(m["pcol"]),
             lens={mode: r.select(sl) for mode, r in lens.items()},
             hidden=None if hidden_np is None else hidden_np[sl], hidden_layers=hidden_layers,
+            fp16_overflow=None if overflow is None else overflow[sl].sum(axis=0).astype(np.int64),
         ))
     return caps

@@ -71,6 +71,9 @@ def ingest_options(f: Callable) -> Callable:
         click.option("--dola", is_flag=True, help="Also store the paper code's JS variant (layers.js_dola)."),
         click.option("--capture-prompt", is_flag=True,
                      help="Also capture prompt and image positions (role, patch grid position)."),
+        click.option("--responses", default=None, type=click.Path(exists=True, dir_okay=False),
+                     help="Teacher forcing: score these responses (JSON list or JSONL of {\"id\", \"response\"}, as "
+                          "`kevo eval amber --responses` reads) instead of generating; items without one are left out."),
         click.option("--skip-layers", default=None,
                      help="Decoder layers to remove for a skip experiment, e.g. 20-26,30 (0-based)."),
         click.option("--limit", default=None, type=click.IntRange(min=0),

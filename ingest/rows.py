@@ -42,6 +42,7 @@ class BatchRows:
     n_tokens: int = 0
     n_generated: int = 0
     first_traceback: str | None = None
+    fp16_overflow: dict[int, int] = field(default_factory=dict)  # layer -> values stored as inf
 
 
 class LabelError(Exception):
@@ -81,6 +82,9 @@ def add_sample(rows: BatchRows, p: Prepared, cap, adapter, dataset: Dataset) -> 
         "char_start": pa.array(char_start, mask=~is_gen),
         "char_end": pa.array(char_end, mask=~is_gen),
     }
+    # the model's greedy choice agrees with the token: by construction when it generated the response
+    match = np.ones(n, bool) if getattr(cap, "greedy_match", None) is None else np.asarray(cap.greedy_match, bool)
+    cols["greedy_match"] = pa.array(match, pa.bool_(), mask=~is_gen)
     for name in ("patch_row", "patch_col"):  # -1 = not an image token / no grid: null
         v = np.asarray(getattr(cap, name), dtype=np.int16)
         cols[name] = pa.array(v, pa.int16(), mask=v < 0)
@@ -129,6 +133,10 @@ def add_sample(rows: BatchRows, p: Prepared, cap, adapter, dataset: Dataset) -> 
         rows.topk.append(t)
     if cap.hidden is not None:
         rows.hidden.append(np.asarray(cap.hidden))
+    over = getattr(cap, "fp16_overflow", None)
+    if over is not None:
+        for layer, n in zip(cap.hidden_layers, np.asarray(over).tolist()):
+            rows.fp16_overflow[layer] = rows.fp16_overflow.get(layer, 0) + int(n)
     rows.tokens.append(tokens)
     rows.samples.append({
         "sample_key": item.key,
@@ -144,6 +152,7 @@ def add_sample(rows: BatchRows, p: Prepared, cap, adapter, dataset: Dataset) -> 
         "stop_reason": cap.stop_reason,
         "annotations": json.dumps(item.annotations, sort_keys=True, default=_json_default),
         "metrics": metrics,
+        "mode": getattr(cap, "mode", "generated"),
     })
     rows.n_tokens += n
     rows.n_generated += int(len(gen_ids))
@@ -220,7 +229,7 @@ def _topk_table(lens: dict, uids: np.ndarray) -> pa.Table | None:
         "lens": pa.array(np.broadcast_to(np.array(modes, dtype=object)[None, :, None, None], shape).ravel(),
                          pa.string()),
         "layer": np.broadcast_to(np.arange(shape[2], dtype=np.int16)[None, None, :, None], shape).ravel(),
-        "rank": np.broadcast_to(np.arange(1, k + 1, dtype=np.int8)[None, None, None, :], shape).ravel(),
+        "rank": np.broadcast_to(np.arange(1, k + 1, dtype=np.int32)[None, None, None, :], shape).ravel(),
         "vocab_id": ids.astype(np.int32).ravel(),
         "prob": probs.astype(np.float32).ravel(),
     }
@@ -237,7 +246,12 @@ def write_rows(writer, rows: BatchRows) -> None:
     errors = pa.Table.from_pylist(rows.errors, schema=schema.ERRORS) if rows.errors else None
     if samples is None and errors is None:
         return
-    writer.write_batch(samples=samples, tokens=tokens, layers=layers, topk=topk, hidden=hidden, errors=errors)
+    counts = None
+    if any(rows.fp16_overflow.values()):  # committed with the batch, so a resumed run's total stays right
+        counts = {"float16_overflow": {"total": sum(rows.fp16_overflow.values()),
+                                       "by_layer": {str(k): v for k, v in rows.fp16_overflow.items() if v}}}
+    writer.write_batch(samples=samples, tokens=tokens, layers=layers, topk=topk, hidden=hidden, errors=errors,
+                       **({"capture_counts": counts} if counts else {}))
 
 
 def _samples_in_schema() -> pa.Schema:

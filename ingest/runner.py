@@ -104,6 +104,9 @@ class IngestConfig:
     """Skip items already committed; False refuses a store that already holds samples."""
     progress: bool = True
     """Show a progress bar (rank 0 only)."""
+    responses: str | None = None
+    """Teacher forcing: a JSON/JSONL file of {"id", "response"}; each item's given response is scored
+    (one forward pass) instead of generating one (ingest/forced.py). Items without a response are left out."""
 
     @classmethod
     def from_options(cls, **options: Any) -> IngestConfig:
@@ -280,6 +283,9 @@ def run_ingest(dataset: Dataset, config: IngestConfig, *, echo: Callable[[str], 
     _check_out(config.out)
     # validate layer options against the checkpoint before loading any weights
     dims = model_dims(config.model, config.revision)
+    if config.top_k > dims.vocab_size:  # checked here: after loading, every sample would become an error row
+        raise IngestError(f"--top-k {config.top_k}: the model's vocabulary has {dims.vocab_size} tokens "
+                          f"(config.json vocab_size); use at most {dims.vocab_size}")
     skip = parse_layer_spec(config.skip_layers, dims.n_layers, "--skip-layers") if config.skip_layers else []
     if len(skip) >= dims.n_layers:
         raise IngestError(f"--skip-layers {config.skip_layers!r} removes all {dims.n_layers} decoder layers")
@@ -287,6 +293,16 @@ def run_ingest(dataset: Dataset, config: IngestConfig, *, echo: Callable[[str], 
     hidden_layers = _hidden_layers(config.hidden, n_layers)
 
     items = list(dataset.items)
+    forced: dict[str, str] | None = None
+    if config.responses:
+        from ingest.forced import match_items, read_responses
+
+        forced = match_items(read_responses(config.responses), items, config.responses, dataset.name)
+        n_all = len(items)
+        items = [it for it in items if it.key in forced]
+        if ctx.rank == 0:
+            echo(f"teacher forcing: scoring {len(items)} given responses from {config.responses} "
+                 f"({n_all} items in dataset {dataset.name})")
     if config.limit is not None:
         items = items[: config.limit]
     seen: set[str] = set()
@@ -322,7 +338,7 @@ def run_ingest(dataset: Dataset, config: IngestConfig, *, echo: Callable[[str], 
         result = None
         try:
             result = _run_rank(dataset, items, config, ctx, dims, skip, hidden_layers, estimate, echo, adapter,
-                               elsewhere)
+                               elsewhere, forced)
             ok = True
         finally:
             all_ok = ctx.all_ok(ok)
@@ -423,7 +439,7 @@ def _check_compatible(existing: dict, meta: dict, out: str) -> None:
     """A resumed store must have been made with the same model and settings."""
     checks = [("model", "id"), ("model", "revision"), ("model", "dtype"), ("capture", "skip_layers"),
               ("capture", "hidden_layers"), ("capture", "hidden_dtype"), ("capture", "capture_prompt"),
-              ("generation", "max_new_tokens"), ("lens", "modes"), ("lens", "top_k"), ("lens", "dola"),
+              ("generation", "max_new_tokens"), ("generation", "decoding"), ("lens", "modes"), ("lens", "top_k"), ("lens", "dola"),
               ("dataset", "name")]
     for section, key in checks:
         old = (existing.get(section) or {}).get(key, None)
@@ -459,7 +475,7 @@ def _existing_meta(path: str) -> dict | None:
 
 
 def _run_rank(dataset, items, config, ctx, dims, skip, hidden_layers, estimate, echo, adapter,
-              elsewhere: set[str]) -> IngestResult:
+              elsewhere: set[str], forced: dict[str, str] | None = None) -> IngestResult:
     from ingest.capture import CaptureSettings
 
     if adapter is None:
@@ -478,6 +494,13 @@ def _run_rank(dataset, items, config, ctx, dims, skip, hidden_layers, estimate, 
     hidden_dtype = config.hidden_dtype if config.hidden_dtype != "auto" else (
         "bfloat16" if model_dtype == "bfloat16" else "float16")
     meta = _store_meta(dataset, config, adapter, hidden_layers, hidden_dtype, skip, ctx)
+    if forced is not None:
+        from ingest.datasets.base import sha256_file
+
+        # teacher forcing: the decoding is the given responses (a resumed store must agree)
+        meta["generation"]["decoding"] = "teacher-forced"
+        meta["generation"]["responses"] = {"file": str(config.responses), "sha256": sha256_file(config.responses),
+                                           "n": len(forced)}
     settings = CaptureSettings(
         max_new_tokens=config.max_new_tokens, lens_modes=tuple(config.lens_modes), top_k=config.top_k,
         hidden_layers=hidden_layers, hidden_dtype=hidden_dtype, dola=config.dola,
@@ -500,10 +523,11 @@ def _run_rank(dataset, items, config, ctx, dims, skip, hidden_layers, estimate, 
         # generate, the model or the settings are at fault, not the samples, and committing them as
         # errors would make a fixed re-run skip them.
         held: list[dict] = []
+        overflow: dict[int, int] = {}
         try:
             for start in range(0, len(pending), config.batch_size):
                 batch = pending[start : start + config.batch_size]
-                rows = _process_batch(batch, adapter, settings, dataset)
+                rows = _process_batch(batch, adapter, settings, dataset, forced)
                 if result.n_samples == 0 and not rows.samples:
                     held += [e for e in rows.errors if e["stage"] == "generate"]
                     rows.errors = [e for e in rows.errors if e["stage"] != "generate"]
@@ -518,6 +542,7 @@ def _run_rank(dataset, items, config, ctx, dims, skip, hidden_layers, estimate, 
                 elif held:
                     rows.errors, held = held + rows.errors, []
                 write_rows(writer, rows)
+                _warn_fp16_overflow(rows.fp16_overflow, overflow, echo)
                 result.n_samples += len(rows.samples)
                 result.n_errors += len(rows.errors)
                 result.n_tokens += rows.n_tokens
@@ -538,7 +563,29 @@ def _run_rank(dataset, items, config, ctx, dims, skip, hidden_layers, estimate, 
              f"{result.n_tokens} tokens in {result.seconds:.1f}s -> {out}")
     if result.n_errors:
         echo(f"  {result.n_errors} samples failed; see: kevo sql {config.out} \"SELECT * FROM errors\"")
+    if overflow:
+        echo(_fp16_overflow_message(overflow, "in this run"))
     return result
+
+
+def _fp16_overflow_message(counts: dict[int, int], when: str) -> str:
+    layers = sorted(k for k, v in counts.items() if v)
+    span = f"layer {layers[0]}" if len(layers) == 1 else f"layers {layers[0]}-{layers[-1]} ({len(layers)} layers)"
+    worst = max(layers, key=lambda k: counts[k])
+    return (f"warning: {sum(counts.values()):,} hidden-state values {when} exceed float16's range (|x| > 65504) "
+            f"and are stored as inf, at {span}, most at layer {worst} ({counts[worst]:,}); "
+            "re-ingest with --hidden-dtype bfloat16 (counts: manifest capture.float16_overflow)")
+
+
+def _warn_fp16_overflow(batch: dict[int, int], total: dict[int, int], echo) -> None:
+    """Warn at the first batch that overflows float16 (the summary at the end gives the totals)."""
+    if not any(batch.values()):
+        return
+    first = not total
+    for k, v in batch.items():
+        total[k] = total.get(k, 0) + v
+    if first:
+        echo(_fp16_overflow_message(batch, "in this batch"))
 
 
 def _progress(total: int, enabled: bool):
@@ -549,7 +596,8 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="sample", dynamic_ncols=True, file=sys.stderr)
 
 
-def _process_batch(batch: list[DatasetItem], adapter, settings, dataset: Dataset) -> BatchRows:
+def _process_batch(batch: list[DatasetItem], adapter, settings, dataset: Dataset,
+                   forced: dict[str, str] | None = None) -> BatchRows:
     from ingest.capture import capture
 
     rows = BatchRows()
@@ -573,10 +621,31 @@ def _process_batch(batch: list[DatasetItem], adapter, settings, dataset: Dataset
             continue
         prepared.append(Prepared(item, image, sha, prompt_text))
 
+    forced_ids: dict[str, list[int]] = {}
+    if forced is not None:
+        from ingest.forced import ForcedResponseError, response_ids
+
+        kept = []
+        for p in prepared:
+            try:
+                forced_ids[p.item.key] = response_ids(adapter, forced[p.item.key])
+                kept.append(p)
+            except ForcedResponseError as e:
+                rows.errors.append(_error_row(p.item, "prepare", e))
+        prepared = kept
+
+    def capture_(ps: list[Prepared]):
+        texts, images = [p.prompt_text for p in ps], [p.image for p in ps]
+        if forced is None:
+            return capture(adapter, texts, images, settings)
+        from ingest.forced import capture_forced
+
+        return capture_forced(adapter, texts, images, [forced_ids[p.item.key] for p in ps], settings)
+
     results: list[tuple[Prepared, Any]] = []
     if prepared:
         try:
-            caps = capture(adapter, [p.prompt_text for p in prepared], [p.image for p in prepared], settings)
+            caps = capture_(prepared)
             results = list(zip(prepared, caps))
         except Exception:  # noqa: BLE001 - retry one by one so one bad sample cannot poison the batch
             if len(prepared) == 1:
@@ -584,7 +653,7 @@ def _process_batch(batch: list[DatasetItem], adapter, settings, dataset: Dataset
             else:
                 for p in prepared:
                     try:
-                        results.append((p, capture(adapter, [p.prompt_text], [p.image], settings)[0]))
+                        results.append((p, capture_([p])[0]))
                     except Exception:  # noqa: BLE001
                         results.append((p, _exc_info()))
     for p, cap in results:

@@ -1,4 +1,4 @@
-"""Layer skipping for the paper's skip experiments (DESIGN §4).
+"""Layer skipping for the paper's skip experiments (docs/analyses.md, "Skip experiments").
 
 ``skip_layers(adapter, [20, 21, 30])`` removes those decoder layers from the decoder's
 ``nn.ModuleList``, renumbers every remaining module's ``layer_idx`` (the KV cache is indexed by

@@ -46,6 +46,35 @@ class LazyGroup(click.Group):
         except KevoError as e:
             click.echo(f"kevo: error: {e}", err=True)
             ctx.exit(1)
+        except OSError as e:
+            msg = os_error_message(e)
+            if msg is None:
+                raise
+            click.echo(f"kevo: error: {msg}", err=True)
+            ctx.exit(1)
+
+
+def os_error_message(e: OSError) -> str | None:
+    """One line for the filesystem failures a user can fix (full disk, read-only, a file in the way);
+    None for anything else (a bug: the traceback is wanted). Writers commit batch by batch, so what was
+    committed before the failure is kept and a re-run continues from it."""
+    import errno
+
+    code = e.errno
+    if code is None:  # pyarrow's IO errors carry the reason in the text only
+        text = str(e)
+        code = next((c for c, t in ((errno.ENOSPC, "No space left"), (errno.EROFS, "Read-only file system"),
+                                    (errno.EDQUOT, "quota exceeded")) if t in text), None)
+    where = f" ({e.filename})" if e.filename else ""
+    kept = "; committed work is kept: free some space and re-run to continue"
+    return {
+        errno.ENOSPC: f"no space left on the device{where}{kept}",
+        errno.EDQUOT: f"disk quota exceeded{where}{kept}",
+        errno.EROFS: f"read-only file system{where}: write somewhere writable",
+        errno.ENOTDIR: f"a path component is a file, not a directory{where}",
+        errno.EACCES: f"permission denied{where}",
+        errno.EFBIG: f"file too large for the file system{where}",
+    }.get(code)
 
 
 def _unavailable(name: str, target: str, err: Exception) -> click.Command:
@@ -88,18 +117,30 @@ def _parse_store_args(args: tuple[str, ...]) -> dict[str, str]:
     return stores
 
 
+def _export_paths(output: str | None) -> list[str]:
+    """The export file, and the temporary sibling DuckDB writes first when the file exists."""
+    if not output:
+        return []
+    d, b = os.path.split(os.path.abspath(output))
+    return [os.path.join(d, b), os.path.join(d, "tmp_" + b)]
+
+
 @click.command("sql")
 @click.argument("args", nargs=-1, required=True, metavar="STORE... SQL")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table",
               show_default=True, help="Output format (parquet needs --output).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the result to this file.")
 @click.option("--max-rows", type=int, default=40, show_default=True, help="Rows shown by --format table (-1: all).")
-def sql(args: tuple[str, ...], fmt: str, output: str | None, max_rows: int) -> None:
+@click.option("--allow-external", is_flag=True,
+              help="Run DuckDB unconfined: other files, COPY ... TO, ATTACH, extensions (default: the stores only).")
+def sql(args: tuple[str, ...], fmt: str, output: str | None, max_rows: int, allow_external: bool) -> None:
     """Run SQL over one or more stores.
 
     Each store's tables are views named ALIAS.TABLE, where ALIAS is the directory name without
     '.kevo' (or give NAME=PATH). With one store the tables are also available unqualified.
-    SQL may be a path to a .sql file.
+    SQL may be a path to a .sql file. The SQL reads the stores' files only and cannot write
+    (COPY, CREATE, ATTACH, INSTALL are refused); --output exports a result, --allow-external lifts
+    the confinement.
 
     \b
     kevo sql amber.kevo "SELECT count(*) FROM tokens"
@@ -112,13 +153,21 @@ def sql(args: tuple[str, ...], fmt: str, output: str | None, max_rows: int) -> N
     if query.endswith(".sql") and os.path.isfile(query):  # a query kept in a file
         with open(query) as f:
             query = f.read()
+    elif query.endswith(".sql") and " " not in query.strip():
+        raise KevoError(f"SQL file not found: {query}")
     stores = _parse_store_args(tuple(store_args))
     if fmt == "parquet" and not output:
         raise KevoError("--format parquet needs --output FILE (Parquet is not written to a terminal)")
     from .reader import open_stores, query_error
 
+    if output:
+        out_abs = os.path.realpath(output)
+        for p in stores.values():
+            if "://" not in p and (out_abs + "/").startswith(os.path.realpath(p).rstrip("/") + "/"):
+                raise KevoError(f"--output {output} is inside the store {p}; write results outside stores")
     first = next(iter(stores))
-    ms = open_stores(stores, unqualified=first if len(stores) == 1 else None)
+    ms = open_stores(stores, unqualified=first if len(stores) == 1 else None, confined=not allow_external,
+                     allow_paths=_export_paths(output))
     import duckdb
 
     try:
@@ -129,8 +178,9 @@ def sql(args: tuple[str, ...], fmt: str, output: str | None, max_rows: int) -> N
             opts = {"parquet": "FORMAT parquet, COMPRESSION zstd", "csv": "FORMAT csv, HEADER true",
                     "json": "FORMAT json, ARRAY true"}[fmt]
             rel.to_view("__kevo_out", replace=True)
-            dst = output.replace("'", "''")
-            ms.con.execute(f"COPY (SELECT * FROM __kevo_out) TO '{dst}' ({opts})")
+            dst = os.path.abspath(output).replace("'", "''")
+            con = ms.con if allow_external else ms.con._con  # kevo's own COPY, to the file the user named
+            con.execute(f"COPY (SELECT * FROM __kevo_out) TO '{dst}' ({opts})")
             return
         df = rel.pl()
     except duckdb.Error as e:

@@ -119,6 +119,8 @@ def render() -> str:
                  "exposed as views like the tables above.\n")
     for name, sch in schema.DERIVED_TABLES.items():
         parts.append(_table(name, sch))
+    parts.append("## Format notes\n\nChanges within format v1, oldest first.\n\n"
+                 + "".join(f"- {n}\n" for n in schema.FORMAT_NOTES))
     return "\n".join(parts)
 
 

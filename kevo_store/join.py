@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import hidden as hid
-from .errors import StoreError
+from .errors import CorruptStoreError, StoreError
 from .fs import LocalFS
 from .manifest import META_SECTIONS, load_manifest
 from .writer import StoreWriter
@@ -62,7 +62,8 @@ class _Part:
         """Token rows of the sample ``key`` (to size commits)."""
         if self._ntok is None:
             files = self.files("tokens")
-            sid = (pq.read_table(files, columns=["sample_id"]).column(0).to_numpy() if files
+            sid = (pq.read_table(files, columns=["sample_id"], page_checksum_verification=True).column(0).to_numpy()
+                   if files
                    else np.zeros(0, np.int64))
             ids, counts = np.unique(sid, return_counts=True)
             self._ntok = dict(zip(ids.tolist(), counts.tolist()))
@@ -77,7 +78,11 @@ class _Part:
         files = self.files(name)
         if not files:
             return TABLES[name].empty_table()
-        return pq.read_table(files, filters=filters, schema=TABLES[name])
+        try:
+            return pq.read_table(files, filters=filters, schema=TABLES[name], page_checksum_verification=True)
+        except (OSError, pa.ArrowException) as e:  # a page that fails its CRC, a damaged footer
+            raise CorruptStoreError(f"{self.fs.root}: table '{name}' cannot be read ({str(e).splitlines()[0]}); "
+                                    f"run `kevo store verify {self.fs.root}`") from None
 
     def token_rows(self, name: str, lo: int, hi: int, uids: np.ndarray) -> pa.Table:
         t = self.table(name, filters=[("token_uid", ">=", lo), ("token_uid", "<=", hi)])

@@ -103,6 +103,10 @@ def load_manifest(fs: StoreFS) -> dict[str, Any]:
         if fs.isdir(""):
             raise StoreNotFoundError(f"{fs.root} is not a kevo store (no manifest.json)")
         raise StoreNotFoundError(f"{fs.root} is not a kevo store (not a directory)")
+    if isinstance(fs, LocalFS):  # a FIFO would block the read below, a link would read outside the store
+        from .localcheck import refuse_kind
+
+        refuse_kind(fs.root, MANIFEST)
     try:
         m = json.loads(fs.read_bytes(MANIFEST))
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
@@ -114,6 +118,10 @@ def load_manifest(fs: StoreFS) -> dict[str, Any]:
     check_manifest_paths(m, fs.root)
     if isinstance(fs, LocalFS):
         check_local_links(fs.root, m, fs.root)
+        from .localcheck import refuse_kind
+
+        for rel in [*m["files"], "hidden/zarr.json"]:  # no FIFO, device or directory where a file belongs
+            refuse_kind(fs.root, rel)
     return m
 
 

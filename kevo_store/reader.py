@@ -16,8 +16,9 @@ import numpy as np
 import pyarrow as pa
 
 from .errors import CorruptStoreError, KevoError, QueryError, StoreError
-from .fs import StoreFS, store_fs
-from .hidden import HiddenReader
+from .fs import LocalFS, StoreFS, store_fs
+from .hidden import CHUNK_TOKENS, HIDDEN_DIR, HiddenReader
+from .localcheck import check_chunks, check_named_files, reader_files
 from .manifest import load_manifest
 from .schema import DERIVED_TABLES, TABLES
 
@@ -58,9 +59,24 @@ def _table_entries(m: dict) -> list[tuple[str, list[str], pa.Schema | None]]:
     return [e for e in out if e[0] not in omitted]
 
 
-def _connect() -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect(":memory:")
-    return con
+def _connect(confined: bool = True) -> duckdb.DuckDBPyConnection:
+    from .confine import connect
+
+    return connect(confined)
+
+
+def _view_files(fs: StoreFS, m: dict) -> list[str]:
+    """What the views read (the only files a confined connection may open)."""
+    return [fs.full(f) for _n, files, _s in _table_entries(m) for f in files]
+
+
+def _confine(con: duckdb.DuckDBPyConnection, files: list[str], confined: bool):
+    from .confine import ReadOnlyConnection, lock
+
+    if not confined:
+        return con
+    lock(con, files)
+    return ReadOnlyConnection(con)
 
 
 def _attach(con: duckdb.DuckDBPyConnection, fs: StoreFS, m: dict, schema_name: str | None) -> None:
@@ -82,7 +98,7 @@ def _attach(con: duckdb.DuckDBPyConnection, fs: StoreFS, m: dict, schema_name: s
 
 def _run(con: duckdb.DuckDBPyConnection, query: str, roots: list[str] | None = None):
     try:
-        return con.sql(query)
+        return con.sql(query)  # a confined connection refuses statements that write first
     except duckdb.Error as e:
         raise query_error(e, roots) from None
 
@@ -122,15 +138,40 @@ def one_line(e: BaseException) -> str:
     return " ".join(keep)
 
 
+def check_local_store(fs: StoreFS, m: dict) -> dict:
+    """Local stores: every file a reader may open is a regular file of its declared size (one lstat
+    each) before DuckDB or Zarr touches it. Returns the manifest checked (re-read once if a writer
+    committed, e.g. compacted parts away, between reading the manifest and the check)."""
+    if not isinstance(fs, LocalFS):
+        return m  # remote stores: kevo_store/remote.py serves only named files at their declared sizes
+    for attempt in (0, 1):
+        try:
+            check_named_files(fs.root, m, reader_files(m))
+            return m
+        except CorruptStoreError:
+            m2 = load_manifest(fs)
+            if attempt or m2 == m:
+                raise
+            m = m2
+    return m
+
+
 class Store:
     """A read-only view of one store. Create it with :func:`open_store`."""
 
-    def __init__(self, path: str | os.PathLike | StoreFS, con: duckdb.DuckDBPyConnection | None = None):
+    def __init__(self, path: str | os.PathLike | StoreFS, con: duckdb.DuckDBPyConnection | None = None,
+                 confined: bool = True, allow_paths: list[str] = ()):
         self.fs = store_fs(path)
         self.path = self.fs.root
         self.manifest = load_manifest(self.fs)
-        self.con = con if con is not None else _connect()
-        _attach(self.con, self.fs, self.manifest, None)
+        self.manifest = check_local_store(self.fs, self.manifest)
+        if con is not None:  # the caller's own connection: left as it is
+            self.con = con
+            _attach(self.con, self.fs, self.manifest, None)
+        else:
+            raw = _connect(confined)
+            _attach(raw, self.fs, self.manifest, None)
+            self.con = _confine(raw, _view_files(self.fs, self.manifest) + list(allow_paths), confined)
         self._hidden: HiddenReader | None = None
 
     # --- queries
@@ -188,6 +229,24 @@ class Store:
     def tables(self) -> list[str]:
         return [name for name, _f, _s in _table_entries(self.manifest)]
 
+    def table_files(self, name: str) -> list[str]:
+        """The paths (URLs for a remote store, as ``self.fs`` names them) of a table's committed files.
+
+        Exactly the manifest's files, so a writer's uncommitted parts never show. A table a partial
+        pull left out raises, naming it, rather than answering as if it were empty."""
+        m = self.manifest
+        partial = m.get("partial") or {}
+        if name in partial.get("omitted_tables", []):
+            raise StoreError(f"{self.path}: table '{name}' is not in this store: a partial pull of "
+                             f"{partial.get('source', 'another store')} left it out (pull it with --tables to query it)")
+        if name in m["tables"]:
+            files = m["tables"][name].get("files", [])
+        elif name in (m.get("derived") or {}):
+            files = m["derived"][name].get("files", [])
+        else:
+            raise KevoError(f"{self.path} has no table {name!r}; tables: {', '.join(self.tables)}")
+        return [self.fs.full(f) for f in files]
+
     def rows(self, table: str) -> int:
         if table in self.manifest["tables"]:
             return int(self.manifest["tables"][table]["rows"])
@@ -210,6 +269,15 @@ class Store:
             check_hidden_layers_present(self.manifest, [layers] if np.isscalar(layers) else layers, self.path)
         if self._hidden is None:
             self._hidden = HiddenReader(self.fs, h)
+        if isinstance(self.fs, LocalFS):  # no link or FIFO among the chunks this read opens
+            uids = np.asarray(token_uids, dtype=np.int64).reshape(-1)
+            uids = uids[(uids >= 0) & (uids < h["zarr_rows"])]
+            cks = np.unique(uids // CHUNK_TOKENS)
+            pos = {layer: i for i, layer in enumerate(h["layers"])}
+            want = h["layers"] if layers is None else ([layers] if np.isscalar(layers) else list(layers))
+            lidx = sorted({pos[int(x)] for x in want if int(x) in pos})
+            check_chunks(self.fs.root, HIDDEN_DIR,
+                         (f"c/{c}/{j}/0" for c in cks.tolist() for j in lidx))
         return self._hidden.read(token_uids, layers)
 
     def close(self) -> None:
@@ -225,9 +293,10 @@ class Store:
         return f"Store({self.path!r}, samples={self.rows('samples')}, tokens={self.rows('tokens')})"
 
 
-def open_store(path: str | os.PathLike) -> Store:
-    """Open a store (a directory or an fsspec URL) for reading."""
-    return Store(path)
+def open_store(path: str | os.PathLike, confined: bool = True) -> Store:
+    """Open a store (a directory or an fsspec URL) for reading. Its connection can read the store's
+    files only and runs read-only SQL (kevo_store/confine.py); ``confined=False`` lifts both."""
+    return Store(path, confined=confined)
 
 
 _ALIAS = re.compile(r"[^0-9A-Za-z_]")
@@ -280,11 +349,13 @@ class Stores:
         self.close()
 
 
-def open_stores(stores: dict[str, str | os.PathLike] | list[str], unqualified: str | None = None) -> Stores:
+def open_stores(stores: dict[str, str | os.PathLike] | list[str], unqualified: str | None = None,
+                confined: bool = True, allow_paths: list[str] = ()) -> Stores:
     """Attach several stores to one connection, each as a schema named by its alias.
 
     ``stores`` maps alias -> path (or is a list of paths, aliased by directory name). The views of
-    the store named by ``unqualified`` are also created without a schema prefix."""
+    the store named by ``unqualified`` are also created without a schema prefix. The connection is
+    confined as :func:`open_store`'s (``allow_paths``: more files it may open, e.g. an export)."""
     if not isinstance(stores, dict):
         d: dict[str, Any] = {}
         for p in stores:
@@ -293,7 +364,8 @@ def open_stores(stores: dict[str, str | os.PathLike] | list[str], unqualified: s
                 raise KevoError(f"two stores would both be called {a!r}; name them: {a}=PATH")
             d[a] = p
         stores = d
-    con = _connect()
+    con = _connect(confined)
+    files: list[str] = list(allow_paths)
     out: dict[str, Store] = {}
     for alias, path in stores.items():
         if not alias.isidentifier():
@@ -301,11 +373,15 @@ def open_stores(stores: dict[str, str | os.PathLike] | list[str], unqualified: s
         if alias in ("main", "temp", "system", "information_schema", "pg_catalog", "memory"):
             raise KevoError(f"store alias {alias!r} is reserved; name it: other={path}")
         fs = store_fs(path)
-        m = load_manifest(fs)
+        m = check_local_store(fs, load_manifest(fs))
         _attach(con, fs, m, alias)
+        files += _view_files(fs, m)
         s = Store.__new__(Store)
         s.fs, s.path, s.manifest, s.con, s._hidden = fs, fs.root, m, con, None
         out[alias] = s
         if unqualified == alias:
             _attach(con, fs, m, None)
+    con = _confine(con, files, confined)
+    for s in out.values():
+        s.con = con
     return Stores(out, con)

@@ -45,6 +45,8 @@ SAMPLES = pa.schema(
         _f("stop_reason", pa.string(), "'eos' or 'max_new_tokens'."),
         _f("annotations", pa.string(), "The dataset's record for this item, verbatim, as JSON."),
         _f("metrics", pa.string(), "Per-sample evaluation metrics (e.g. AMBER/CHAIR counts) as JSON, or null."),
+        _f("mode", pa.string(), "'generated' (the model's own greedy response) or 'forced' (a given response "
+           "scored as if the model had emitted it: teacher forcing, `kevo ingest --responses`)."),
     ]
 )
 
@@ -69,6 +71,8 @@ TOKENS = pa.schema(
         _f("label", pa.string(), "Object mention label: 'correct' | 'hallucinated' | 'safe'; null if no object."),
         _f("hallucinated", pa.bool_(), "label == 'hallucinated' (null if not an object token)."),
         _f("is_answer", pa.bool_(), "VQA: the first token of the answer word."),
+        _f("greedy_match", pa.bool_(), "Generated rows: the model's own greedy choice at this position is this "
+           "token (always true when samples.mode = 'generated'; null for image/prompt rows)."),
         _f("is_constraint", pa.bool_(), "Questions with a constraint: this prompt token carries the constraint "
            "(the span of the question the answer depends on); null for generated tokens."),
     ]
@@ -97,7 +101,7 @@ TOPK = pa.schema(
         _f("token_uid", pa.int64(), "Token (key part 1).", False),
         _f("lens", pa.string(), "Lens mode (key part 2).", False),
         _f("layer", pa.int16(), "Layer 0..L (key part 3).", False),
-        _f("rank", pa.int8(), "1-based rank (key part 4).", False),
+        _f("rank", pa.int32(), "1-based rank (key part 4); int8 in older stores (see the format notes).", False),
         _f("vocab_id", pa.int32(), "Vocabulary id.", False),
         _f("prob", pa.float32(), "Probability.", False),
     ]
@@ -239,3 +243,15 @@ UNITS: dict[str, str] = {
     "p_clean": "probability", "p_corrupt": "probability", "p_restored": "probability",
     "effect": "probability difference", "contribution": "hidden-state norm",
 }
+
+# Older stores hold these columns in a narrower type; readers and verify accept both (values fit).
+LEGACY_TYPES: dict[tuple[str, str], tuple[pa.DataType, ...]] = {("topk", "rank"): (pa.int8(),)}
+
+# Changes to the layout within format v1, newest last (rendered into FORMAT.md).
+FORMAT_NOTES: tuple[str, ...] = (
+    "`topk.rank` is int32 (was int8, which wrapped to negative numbers for `--top-k` >= 128). Stores written "
+    "with int8 ranks stay valid and readable (their k is at most 127; a resume keeps k, so its new parts "
+    "hold the same values as int32).",
+    "`tokens.is_constraint` (questions with a constraint) and the derived tables `trace_runs`, `traces` and "
+    "`attention_contributions` (written by `kevo trace`) are additions; stores without them stay valid.",
+)

@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import stat
@@ -393,6 +395,8 @@ def _pull(url: str, dest: str | os.PathLike, *, tables: Iterable[str] | None = N
     check_listing(declared, listing, where)
     sized = {k: v for k, v in declared.items() if v["size"] is not None}
     lost = [rel for rel in sized if rel not in listing]
+    if manifest.get("hidden") and ZARR_META in declared and ZARR_META not in listing:
+        lost.insert(0, ZARR_META)  # named by structure, not by size: a store without it fails verify
     if lost:
         raise CorruptStoreError(f"{where}: {len(lost)} file(s) named by the manifest are missing, e.g. {lost[0]!r}")
 
@@ -431,12 +435,22 @@ def _pull(url: str, dest: str | os.PathLike, *, tables: Iterable[str] | None = N
 
     # where to put it
     dest = Path(dest)
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+    marker = dest / PULL_MARKER
+    resume = _resumable_pull(dest, marker, where)
+    if dest.exists() and not resume and (not dest.is_dir() or any(dest.iterdir())):
         raise ShareError(f"{dest} already exists and is not an empty directory; pull into a new one")
     created = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        marker.write_text(json.dumps({"source": where}) + "\n")
     try:
-        _pull_files(fs, root, dest, take, declared, listing, where, jobs, progress)
+        if resume:  # an interrupted pull of the same store: keep the files that arrived whole
+            for left in dest.rglob("*.pulling"):  # a download the interruption cut short
+                left.unlink(missing_ok=True)
+            take_now = [rel for rel in take if not _already_pulled(dest / rel, declared[rel])]
+        else:
+            take_now = take
+        _pull_files(fs, root, dest, take_now, declared, listing, where, jobs, progress)
         from kevo_store.manifest import dump_manifest
 
         # a whole pull keeps the exact bytes that were validated (not a second, later fetch)
@@ -445,10 +459,13 @@ def _pull(url: str, dest: str | os.PathLike, *, tables: Iterable[str] | None = N
         tmp.write_bytes(data)
         os.chmod(tmp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
         os.replace(tmp, dest / MANIFEST)  # last: until now DIR is not a store
+        marker.unlink(missing_ok=True)
     except BaseException:
         # leave no half-pulled directory behind (it was new or empty)
         import shutil
 
+        if resume:
+            raise  # what arrived whole stays for the next try
         if created:
             shutil.rmtree(dest, ignore_errors=True)
         else:
@@ -458,6 +475,37 @@ def _pull(url: str, dest: str | os.PathLike, *, tables: Iterable[str] | None = N
     total = sum(listing.get(r, 0) for r in take)
     return PullResult(path=dest, files=len(take), bytes=total + len(data), partial=partial,
                       omitted_tables=omitted_tables, hidden_layers=keep_layers)
+
+
+PULL_MARKER = ".kevo-pull"  # present while a pull is under way: {"source": URL}
+
+
+def _resumable_pull(dest: Path, marker: Path, where: str) -> bool:
+    """An interrupted pull of ``where`` into ``dest``: a marker naming the same source (the manifest may be
+    in place already if the interruption came between it and the marker's removal)."""
+    if not dest.is_dir() or not marker.is_file() or marker.is_symlink():
+        return False
+    try:
+        return json.loads(marker.read_text()).get("source") == where
+    except (ValueError, OSError):
+        return False
+
+
+def _already_pulled(path: Path, entry: Mapping) -> bool:
+    """A file of an interrupted pull that arrived whole (it was renamed into place after its checksum)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or (entry.get("size") is not None and st.st_size != entry["size"]):
+        return False
+    if not entry.get("sha256"):
+        return False
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest() == entry["sha256"]
 
 
 def _pull_files(fs, root: str, dest: Path, take: list[str], declared: Mapping, listing: Mapping, where: str,

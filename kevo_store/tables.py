@@ -42,6 +42,9 @@ def parquet_options(schema: pa.Schema, table_name: str) -> dict[str, Any]:
         "use_dictionary": use_dict,
         "column_encoding": enc,
         "write_statistics": True,
+        # CRC32 of every page: readers that check them (pyarrow: page_checksum_verification) fail
+        # on a flipped bit instead of decoding wrong values (DuckDB does not check them; verify does)
+        "write_page_checksum": True,
     }
 
 

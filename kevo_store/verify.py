@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .fs import StoreFS, store_fs
+from .fs import LocalFS, StoreFS, store_fs
 from .hidden import CHUNK_TOKENS, HIDDEN_DIR, chunk_keys, load_tail
+from .localcheck import kind_problem
 from .lock import LOCK
 from .manifest import load_manifest
 from .schema import DERIVED_TABLES, TABLES
@@ -29,8 +30,13 @@ class VerifyReport:
         return not self.problems
 
 
-def _parquet_schema_problem(rel: str, got: pa.Schema, want: pa.Schema) -> str | None:
-    got_t = [(f.name, f.type) for f in got]
+def _parquet_schema_problem(rel: str, got: pa.Schema, want: pa.Schema, table: str = "") -> str | None:
+    from .schema import LEGACY_TYPES
+
+    def t(f: pa.Field) -> pa.DataType:  # an older store's narrower type counts as the current one
+        return want.field(f.name).type if f.type in LEGACY_TYPES.get((table, f.name), ()) else f.type
+
+    got_t = [(f.name, t(f)) for f in got]
     want_t = [(f.name, f.type) for f in want]
     if got_t != want_t:
         diff = [f"{n}: {t}" for n, t in got_t if (n, t) not in want_t] or [n for n, _ in want_t if n not in got.names]
@@ -94,7 +100,7 @@ def verify_store(path: str | os.PathLike | StoreFS, checksums: bool = True) -> V
             if files[rel].get("rows") is not None and n != files[rel]["rows"]:
                 P(f"{rel}: {n} rows, manifest says {files[rel]['rows']}")
             if schema is not None:
-                prob = _parquet_schema_problem(rel, got, schema)
+                prob = _parquet_schema_problem(rel, got, schema, name)
                 if prob:
                     P(prob)
             total += n
@@ -177,6 +183,10 @@ def _verify_hidden(fs: StoreFS, m: dict, h: dict, n_tokens: int, checksums: bool
         ent = index.get(key)
         if ent is None:
             return f"{rel}: hidden chunk has no checksum in the chunk index", 0
+        if isinstance(fs, LocalFS):  # a link reads outside the store, a FIFO would block the hash
+            kind = kind_problem(fs.full(rel), rel)
+            if kind:
+                return f"{rel}: hidden chunk refused: {kind}", 0
         if not fs.exists(rel):
             return f"{rel}: hidden chunk missing", 0
         size = fs.size(rel)

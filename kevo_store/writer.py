@@ -10,6 +10,7 @@ rewritten in place.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 from collections.abc import Set as AbstractSet
@@ -21,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import hidden as hid
-from .errors import SchemaError, StoreError
+from .errors import CorruptStoreError, SchemaError, StoreError
 from .fs import LocalFS, is_url
 from .lock import LOCK, StoreLock
 from .manifest import (
@@ -270,8 +271,12 @@ class StoreWriter:
         return True
 
     def write_batch(self, samples: Any = None, tokens: Any = None, layers: Any = None, topk: Any = None,
-                    hidden: Any = None, errors: Any = None) -> None:
-        """Append one batch as one atomic commit (see ARCHITECTURE.md for the conventions)."""
+                    hidden: Any = None, errors: Any = None, capture_counts: dict | None = None) -> None:
+        """Append one batch as one atomic commit (see ARCHITECTURE.md for the conventions).
+
+        ``capture_counts``: nested dicts of integers added into the manifest's ``capture`` section in
+        the same commit (e.g. ``{"float16_overflow": {"total": 3, "by_layer": {"12": 3}}}``)."""
+        self._capture_counts = capture_counts
         self._usable()
         m = self.manifest
         tables: dict[str, pa.Table] = {}
@@ -401,6 +406,8 @@ class StoreWriter:
                 m["hidden"] = sec
             m["next_sample_id"] += n_samples
             m["next_token_uid"] += n_tokens
+            _add_counts(m.setdefault("capture", {}), getattr(self, "_capture_counts", None) or {})
+            self._capture_counts = None
             m["commits"] = commit
             m["state"] = "open"
             m["updated"] = now_iso()
@@ -524,7 +531,7 @@ class StoreWriter:
                 pending: list[pa.Table] = []
                 n_pending = 0
                 for p in parts:
-                    pending.append(pq.read_table(self.fs.full(p), schema=schema))
+                    pending.append(self._read_part(p, m, schema))
                     n_pending += pending[-1].num_rows
                     if n_pending >= ROW_GROUP_ROWS:
                         write(pa.concat_tables(pending).combine_chunks())
@@ -532,7 +539,7 @@ class StoreWriter:
                 if pending:
                     write(pa.concat_tables(pending).combine_chunks())
             else:
-                write(sort_by_key(pq.read_table([self.fs.full(p) for p in parts], schema=schema), name))
+                write(sort_by_key(pa.concat_tables([self._read_part(p, m, schema) for p in parts]), name))
         finally:
             if writer is not None:
                 writer.close()
@@ -544,6 +551,16 @@ class StoreWriter:
         entry["files"] = keep + new_files
         return new_files, parts
 
+    def _read_part(self, rel: str, m: dict, schema: pa.Schema) -> pa.Table:
+        """A committed part, checked against its manifest sha256 before it is rewritten: compaction
+        must not give a damaged part a fresh, valid checksum (one read: hashed, then parsed in memory)."""
+        data = self.fs.read_bytes(rel)
+        ent = m["files"].get(rel) or {}
+        if ent.get("sha256") and hashlib.sha256(data).hexdigest() != ent["sha256"]:
+            raise CorruptStoreError(f"{self.fs.root}: {rel} fails its sha256 (damaged since it was committed); "
+                                    f"compaction stopped, nothing was changed: run `kevo store verify {self.fs.root}`")
+        return pq.read_table(pa.BufferReader(data), schema=schema)
+
     # ------------------------------------------------------------------ context manager
     def __enter__(self) -> StoreWriter:
         return self
@@ -553,6 +570,14 @@ class StoreWriter:
             self.close()
         else:
             self.abort()
+
+
+def _add_counts(dst: dict, src: dict) -> None:
+    for k, v in src.items():
+        if isinstance(v, dict):
+            _add_counts(dst.setdefault(k, {}), v)
+        else:
+            dst[k] = int(dst.get(k, 0)) + int(v)
 
 
 def write_derived_table(path: str | os.PathLike, name: str, table: Any, params: dict[str, Any] | None = None) -> None:

@@ -1,7 +1,7 @@
 """kevo's query engine: the paper's analyses as named SQL, embeddings, figures and an HTML report.
 
     import queries
-    queries.run("amber.kevo", "critical-layers", tau=0.5)   # -> polars.DataFrame
+    queries.run("amber.kevo", "critical-layers", tau=0.6)   # -> polars.DataFrame
     queries.list_queries()                                  # the named SQL files
 """
 

@@ -136,7 +136,7 @@ def embed(store, where, layers, method, perplexity, seed, n_jobs, embedding_id, 
     plus the per-layer dispersion of the chosen tokens across images (printed)."""
     from kevo_store.fs import is_url
 
-    if is_url(store):  # sharing helper: refuse before computing, a remote store is read-only
+    if is_url(store):  # refuse before computing: a remote store is read-only
         from kevo_store.errors import KevoError
 
         raise KevoError(f"{store} is a remote store, read-only: `kevo store pull` it and embed the local copy")

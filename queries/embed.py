@@ -1,4 +1,5 @@
-"""Cross-image clustering: 2-D embeddings of hidden states and their per-layer dispersion.
+"""Cross-image clustering: 2-D embeddings of hidden states and their per-layer dispersion
+(docs/analyses.md, "Cross-image clustering").
 
 ``embed_store`` picks tokens with an SQL predicate on ``tokens`` (e.g. the answer token "guitar"
 over many images), reads their hidden states from the store's Zarr array at the chosen layers,
@@ -166,8 +167,10 @@ def dispersion(h: np.ndarray, layers: list[int]) -> pl.DataFrame:
 
 
 def select_tokens(store, where: str) -> np.ndarray:
+    from kevo_store.confine import predicate
+
     try:
-        df = store.sql(f"SELECT token_uid FROM tokens WHERE {where} ORDER BY token_uid")
+        df = store.sql(f"SELECT token_uid FROM tokens WHERE ({predicate(where)}) ORDER BY token_uid")
     except QueryError as e:
         raise KevoError(f"--tokens {where!r}: {e}") from None
     uids = df["token_uid"].to_numpy()

@@ -1,13 +1,15 @@
 """Running bound named queries: through DuckDB (the store's own connection) or Polars' SQL engine.
 
-Both engines get the same literal SQL text. The Polars path reads the manifest's Parquet files
-with ``polars.scan_parquet`` and registers them under the view names the SQL uses, so a test can
-check that the two engines agree on every query.
+Both engines get the same literal SQL text. The Polars path asks the store for each table's
+committed files (``Store.table_files``) and registers them under the view names the SQL uses: a
+local store's through ``polars.scan_parquet``, a remote one's (``s3://``, ``https://``) through
+the store's own read-only filesystem, so both engines read exactly what the manifest names.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,18 +111,42 @@ def run(stores: Any, name: str, engine: str = "duckdb", **params: Any) -> pl.Dat
     return result(stores, name, engine, **params).frame
 
 
-def polars_tables(store: Store) -> dict[str, pl.LazyFrame]:
-    """The store's tables as Polars LazyFrames over exactly the manifest's files."""
-    m = store.manifest
+_COMMENT = re.compile(r"--[^\n]*")
+_WORD = re.compile(r"(?<![\w.])(?:(a|b)\.)?([A-Za-z_]\w*)")
+
+
+def _scan(store: Store, name: str) -> pl.LazyFrame | None:
+    files = store.table_files(name)  # raises, naming the table, if a partial pull left it out
+    if not files:
+        schema = TABLES.get(name) or DERIVED_TABLES.get(name)
+        return pl.from_arrow(schema.empty_table()).lazy() if schema is not None else None
+    ffs = store.fs.fsspec()
+    if ffs is None:
+        return pl.scan_parquet(files)
+    import pyarrow.dataset as ds
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    # a remote store: through its filesystem, which serves only the manifest's files at their declared sizes
+    dataset = ds.dataset([ffs._strip_protocol(f) for f in files], format="parquet",
+                         filesystem=PyFileSystem(FSSpecHandler(ffs)))
+    return pl.scan_pyarrow_dataset(dataset)
+
+
+def polars_tables(store: Store, names: Any = None) -> dict[str, pl.LazyFrame]:
+    """The store's tables (or only ``names``) as Polars LazyFrames over exactly the manifest's files."""
+    known = list(TABLES) + list(store.manifest.get("derived") or {})
     out: dict[str, pl.LazyFrame] = {}
-    entries = [(t, m["tables"][t]["files"], TABLES[t]) for t in TABLES]
-    entries += [(t, d.get("files", []), DERIVED_TABLES.get(t)) for t, d in (m.get("derived") or {}).items()]
-    for name, files, schema in entries:
-        if files:
-            out[name] = pl.scan_parquet([store.fs.full(f) for f in files])
-        elif schema is not None:
-            out[name] = pl.from_arrow(schema.empty_table()).lazy()
+    for name in (store.tables if names is None else [n for n in names if n in known]):
+        lf = _scan(store, name)
+        if lf is not None:
+            out[name] = lf
     return out
+
+
+def _referenced(sql: str, alias: str | None) -> set[str]:
+    """Names the SQL mentions outside comments (``a.name`` for a two-store query's store ``a``): a superset
+    of the tables it reads, so only those are registered (and a left-out one is refused by name)."""
+    return {n.lower() for a, n in _WORD.findall(_COMMENT.sub("", sql)) if (a or None) == alias}
 
 
 def run_polars(sql: str, stores: list[Store], two: bool = False) -> pl.DataFrame:
@@ -128,10 +154,10 @@ def run_polars(sql: str, stores: list[Store], two: bool = False) -> pl.DataFrame
     ctx = pl.SQLContext()
     if two:
         for alias, s in zip(STORE_ALIASES, stores):
-            for name, lf in polars_tables(s).items():
+            for name, lf in polars_tables(s, _referenced(sql, alias)).items():
                 ctx.register(f"{alias}.{name}", lf)
     else:
-        for name, lf in polars_tables(stores[0]).items():
+        for name, lf in polars_tables(stores[0], _referenced(sql, None)).items():
             ctx.register(name, lf)
     try:
         return ctx.execute(sql, eager=True)

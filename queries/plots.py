@@ -26,6 +26,7 @@ from kevo_store import open_store  # noqa: E402
 from kevo_store.errors import KevoError  # noqa: E402
 
 from .engine import run  # noqa: E402
+from .library import load  # noqa: E402
 
 CLASS_COLORS = {"hallucinated": "#d62728", "correct": "#2ca02c", "safe": "#9467bd", "non-object": "#7f7f7f"}
 GROUP_COLORS = ("#1f77b4", "#2ca02c", "#d62728")
@@ -47,8 +48,6 @@ def _save(fig, output: str | os.PathLike, description: str | None = None) -> lis
 
 
 def _query_params(name: str, params: dict) -> dict:
-    from .library import load
-
     q = load(name)
     known = {p.name for p in q.params}
     return {k: v for k, v in params.items() if k in known}
@@ -118,9 +117,11 @@ def js_matrix(store, sample_id: int | None = None, where: str | None = None, len
         if sample_id is None:
             sample_id = int(store.sql("SELECT min(sample_id) AS s FROM tokens WHERE role = 'generated'")["s"][0])
         where = f"sample_id = {int(sample_id)} AND role = 'generated'"
+    from kevo_store.confine import predicate
+
     lens_q = lens.replace("'", "''")
     df = store.sql(f"""SELECT y.token_uid, y.layer, y.js_prev, t.piece FROM layers y
-                       JOIN (SELECT * FROM tokens WHERE {where}) t ON t.token_uid = y.token_uid
+                       JOIN (SELECT * FROM tokens WHERE ({predicate(where)})) t ON t.token_uid = y.token_uid
                        WHERE y.lens = '{lens_q}' AND y.layer > 0 ORDER BY y.token_uid, y.layer""")
     if df.height == 0:
         raise KevoError(f"no layers rows for tokens where {where} (lens {lens})")
@@ -178,12 +179,14 @@ def fig_stages(store, **params):
 
 
 def fig_critical_layers(store, **params):
-    d = run(store, "critical-layer-distribution", **_query_params("critical-layer-distribution", params))
+    kw = _query_params("critical-layer-distribution", params)
+    d = run(store, "critical-layer-distribution", **kw)
+    definition = kw.get("definition") or load("critical-layer-distribution").param("definition").default
     reached = d.filter(pl.col("layer").is_not_null()).sort("layer")
     never = d.filter(pl.col("layer").is_null())
     fig, ax = plt.subplots(figsize=(8, 4))
     x = reached["layer"].to_numpy()
-    ax.bar(x - 0.2, reached["frac_critical"].to_numpy(), width=0.4, label="top1_prob >= tau", color="#1f77b4")
+    ax.bar(x - 0.2, reached["frac_critical"].to_numpy(), width=0.4, label=f"tau ({definition})", color="#1f77b4")
     ax.bar(x + 0.2, reached["frac_critical_js"].to_numpy(), width=0.4, label="js_prev settles", color="#ff7f0e")
     nv = never.to_dicts()[0] if never.height else {"frac_critical": 0, "frac_critical_js": 0}
     ax.set_xlabel("critical layer")

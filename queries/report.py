@@ -71,6 +71,39 @@ def _provenance(store) -> str:
     return table_html(df, max_rows=200)
 
 
+def comparison_section(store) -> tuple[str, str]:
+    """The experiment comparison a `kevo experiment` command stored with the store (derived tables)."""
+    derived = store.manifest.get("derived") or {}
+    params = (derived.get("comparison") or {}).get("params") or {}
+    kind = params.get("experiment", "?")
+    shown = {k: v for k, v in params.items() if k != "derivation_sql"}
+    body = f"<p class=q>derived table comparison: {_params(shown)}</p>"
+    body += table_html(store.sql("SELECT * FROM comparison"), max_rows=60)
+    for name, sql in (params.get("derivation_sql") or {}).items():
+        body += f"<details><summary>SQL that derived the {html.escape(name.replace('_', ' '))}</summary>" \
+                f"<pre>{html.escape(sql)}</pre></details>"
+    if "comparison_distribution" in store.tables and "comparison_js_prev" in store.tables:
+        dist = store.sql("SELECT * FROM comparison_distribution WHERE layer IS NOT NULL ORDER BY layer")
+        js = store.sql("SELECT * FROM comparison_js_prev ORDER BY layer")
+        fig, (a1, a2) = plots.plt.subplots(1, 2, figsize=(10, 3.4))
+        x = dist["layer"].to_list()
+        a1.bar([v - 0.2 for v in x], dist["lvlm"].to_list(), 0.4, label="LVLM")
+        a1.bar([v + 0.2 for v in x], dist["llm"].to_list(), 0.4, label="LLM (same text)")
+        a1.set_xlabel("critical layer")
+        a1.set_ylabel("share of generated tokens")
+        a1.legend(fontsize=8)
+        a2.plot(js["layer"].to_list(), js["lvlm"].to_list(), marker="o", label="LVLM")
+        a2.plot(js["layer"].to_list(), js["llm"].to_list(), marker="s", label="LLM (same text)")
+        a2.set_xlabel("layer")
+        a2.set_ylabel("mean js_prev (nats)")
+        a2.legend(fontsize=8)
+        body += "<p class=q>comparison_distribution, comparison_js_prev</p>" + table_html(dist, max_rows=60)
+        body += f"<img alt='comparison' src='{_png_data_uri(fig)}'>"
+    title = {"skip": "Skip experiment: variants against the baseline",
+             "llm": "LVLM against its LLM on the same tokens"}.get(kind, f"Comparison ({kind})")
+    return title, body
+
+
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#222;background:#fafafa}
 header{background:#1f3b57;color:#fff;padding:18px 28px}header h1{margin:0;font-size:22px}
@@ -105,7 +138,7 @@ def build_report(store_path, output, **params) -> str:
     crit = q("critical-layers")
     c = crit.frame
     summary = pl.DataFrame({
-        "definition": ["top1_prob >= tau", "js_prev settles"],
+        "definition": [f"tau ({crit.params['definition']})", "js_prev settles"],
         "tokens": [c.height, c.height],
         "reached": [c["critical_layer"].drop_nulls().len(), c["critical_layer_js"].drop_nulls().len()],
         "mean": [c["critical_layer"].mean(), c["critical_layer_js"].mean()],
@@ -135,6 +168,8 @@ def build_report(store_path, output, **params) -> str:
                      "<div class=grid>" + "".join(f"<div>{f}</div>" for f in figs if f) + "</div>"))
     if "embeddings" in store.tables:
         sections.append(("Embedding of hidden states (t-SNE)", fig("tsne")))
+    if "comparison" in store.tables:
+        sections.append(comparison_section(store))
     sections.append(("Provenance", _provenance(store)))
     model = store.model.get("id", "?")
     dataset = store.dataset.get("name", "?")

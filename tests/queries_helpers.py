@@ -6,9 +6,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from kevo_store.synthetic import Plant, build_synthetic_store
+from queries.testing import Plant, build_synthetic_store
 
-# Hand-written stories on the first tokens (token_uid 0..4); their answers are written out in the tests.
+# Hand-written stories on the first tokens (token_uid 0..6); their answers are written out in the tests.
 PLANTS = [
     Plant("mutation", critical_layer=20, mutation_layers=(27,), words=("camera", "water"), label="hallucinated"),
     Plant("never", label="correct", words=("dog",)),
@@ -17,6 +17,8 @@ PLANTS = [
     Plant("double", critical_layer=12, mutation_layers=(18, 25), words=("car", "tree", "person"),
           label="hallucinated"),
     Plant("swap", critical_layer=16, mutation_layers=(22,), words=("horse", "bench"), label="safe"),
+    # the emitted token is top-1 from 12, displaced, and back at 25: the emitted definitions disagree
+    Plant("double", critical_layer=12, mutation_layers=(18, 25), words=("car", "tree", "car"), label="correct"),
 ]
 
 

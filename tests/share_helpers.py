@@ -132,7 +132,7 @@ def write_sample_range(path, synth, s0: int, s1: int, *, batch_samples: int = 2,
     ``errors``: keys of samples that "failed", written as ``errors`` rows.
     """
     from kevo_store import StoreWriter
-    from kevo_store.synthetic import _slice_batch
+    from queries.testing import slice_batch
 
     tables, hidden, n_tokens, n_layers, top_k = synth
     d = hidden.shape[-1] if hidden is not None else None
@@ -144,8 +144,8 @@ def write_sample_range(path, synth, s0: int, s1: int, *, batch_samples: int = 2,
         w.write_vocab(tables["vocab"])
         for a in range(s0, s1, batch_samples):
             b = min(s1, a + batch_samples)
-            samples, tokens, layers, topk, h = _slice_batch(tables, hidden, a, b, n_tokens, n_layers,
-                                                            n_layers * top_k, 1)
+            samples, tokens, layers, topk, h = slice_batch(tables, hidden, a, b, n_tokens, n_layers,
+                                                           n_layers * top_k, 1)
             w.write_batch(samples=samples.drop_columns(["sample_id"]) if "sample_id" in samples.column_names
                           else samples, tokens=tokens, layers=layers, topk=topk, hidden=h)
         if errors:  # samples that failed, as an ingest records them
@@ -159,7 +159,7 @@ def write_sample_range(path, synth, s0: int, s1: int, *, batch_samples: int = 2,
 
 def synth(n_samples: int = 6, n_tokens: int = 10, n_layers: int = 24, top_k: int = 4, hidden_size: int | None = 16,
           seed: int = 0):
-    from kevo_store.synthetic import synthesize
+    from queries.testing import synthesize
 
     tables, hidden, _truth = synthesize(n_samples, n_tokens, n_layers, top_k, hidden_size, seed)
     return tables, hidden, n_tokens, n_layers, top_k

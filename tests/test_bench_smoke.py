@@ -4,17 +4,12 @@ random LLaVA, so the speed ratio in BENCHMARKS.md compares equal outputs."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.models import PROMPT, TINY, build_llava, make_images  # noqa: E402
-from bench.paper_method import compare, paper_lens  # noqa: E402
+from bench.models import PROMPT, TINY, build_llava, make_images
+from bench.paper_method import compare, paper_lens
 
 
 @pytest.fixture(scope="module")

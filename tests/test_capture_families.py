@@ -145,8 +145,7 @@ def test_capture_matches_references(family):
             _check_stats(cap.lens[mode], gen_rows, lg, cap.generated_ids, 5, tol=2e-5)
             lgp = _lens64(ad, H[:T], mode)
             _check_stats(cap.lens[mode], prm_rows, lgp, lgp[:, -1].argmax(-1), 5, tol=2e-5)
-        if mode == "raw":
-            # raw and final_norm agree at the last layer and differ below it
-            a, b_ = cap.lens["raw"], cap.lens["final_norm"]
-            np.testing.assert_allclose(a.p_out[:, L], b_.p_out[:, L], atol=1e-6)
-            assert not np.allclose(a.p_out[:, :L], b_.p_out[:, :L])
+        # 6. raw and final_norm agree at the last layer and differ below it
+        a, b_ = cap.lens["raw"], cap.lens["final_norm"]
+        np.testing.assert_allclose(a.p_out[:, L], b_.p_out[:, L], atol=1e-6)
+        assert not np.allclose(a.p_out[:, :L], b_.p_out[:, :L])

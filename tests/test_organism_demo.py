@@ -38,9 +38,13 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
                  "object tokens", str(out)):
         assert line in r.stdout
 
-    # the ingest went through the standard model path: the manifest names the organism's directory
+    # the ingest went through the standard model path: the manifest's model is the shipped organism directory
+    import ingest.organism
+
+    weights = Path(ingest.organism.__file__).parent / "weights"
     manifest = json.loads((out / "organism.kevo" / "manifest.json").read_text())
-    assert "weights" in json.dumps(manifest.get("model", manifest))
+    assert Path(manifest["model"]["path"]).resolve() == weights.resolve()
+    assert manifest["model"]["family"] == "llava"
 
 
 def test_demo_reports_a_failed_step(tmp_path):

@@ -15,7 +15,8 @@ import pytest
 
 import queries
 from kevo_store import open_store
-from queries.library import SQL_DIR, QueryParamError
+from kevo_store.errors import KevoError
+from queries.library import SQL_DIR, QueryParamError, definition_defaults, list_fragments
 from tests.queries_helpers import assert_frames_close, other_seed, planted  # noqa: F401
 
 KEVO = [str(Path(sys.executable).with_name("kevo"))]  # the installed console script
@@ -29,15 +30,38 @@ def _kevo(*args, check=True):
     return r
 
 
-def test_the_issue_s_queries_exist():
+def test_the_library_lists_the_paper_s_analyses_and_no_fragment():
     for name in ("critical-layers", "stages", "mutation-events", "hallucination-contrast", "divergence-curves",
                  "top-candidates", "compare-stores"):
         assert name in NAMES
+    fragments = {f.name for f in list_fragments()}
+    assert {"critical_layer", "critical_layer_js", "mutation_events", "stages", "token_layers", "lens"} <= fragments
+    assert not any(n.startswith("_") for n in NAMES)
+    with pytest.raises(KevoError, match="no named query '_critical_layer'"):
+        queries.load("_critical_layer")
     for q in queries.list_queries():
-        assert q.description and q.sql.startswith("-- name: " + q.name)
+        assert q.description and q.source.startswith("-- name: " + q.name)
+        assert "-- include:" not in q.sql  # every fragment expanded
         for p in q.params:
             assert p.description, (q.name, p.name)
-            assert p.required == (p.name == "token_uid"), (q.name, p.name)
+
+
+def test_each_parameter_is_declared_once_in_the_sql():
+    """A definition's parameters and defaults are written in one file: the fragment that defines them."""
+    declared = {}
+    for f in sorted(SQL_DIR.glob("*.sql")):
+        for line in f.read_text().splitlines():
+            m = re.match(r"--\s*param\s+(\w+)\s*:", line)
+            if m:
+                assert m.group(1) not in declared, (m.group(1), declared.get(m.group(1)), f.name)
+                declared[m.group(1)] = f.name
+    assert declared["tau"] == "_critical_layer.sql" and declared["min_held"] == "_mutation_events.sql"
+    # and the parameters a query offers are the fragments' own objects
+    defaults = definition_defaults()
+    for q in queries.list_queries():
+        for p in q.params:
+            if p.name in defaults:
+                assert p.default == defaults[p.name], (q.name, p.name)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -92,8 +116,10 @@ def test_bound_sql_is_plain_sql_a_user_can_copy(planted):  # noqa: F811
 def test_params_defaults_types_and_errors(planted):  # noqa: F811
     path, _ = planted
     r = queries.result(path, "mutation-events", tau="0.7", min_held="4")
-    assert r.params == {"lens": "final_norm", "role": "generated", "tau": 0.7, "min_held": 4, "js_multiple": 5.0,
-                        "js_min": 0.05, "label": ""}
+    defaults = definition_defaults()
+    assert r.params == {**{k: defaults[k] for k in ("lens", "role", "label", "definition", "js_multiple", "js_min")},
+                        "tau": 0.7, "min_held": 4}
+    assert isinstance(r.params["tau"], float) and isinstance(r.params["min_held"], int)
     with pytest.raises(QueryParamError, match="parameter tau must be float"):
         queries.bind("stages", tau="high")
     with pytest.raises(QueryParamError, match="has no parameter 'nope'.*parameters: lens"):
@@ -123,20 +149,6 @@ def test_header_choices_grammar(tmp_path):
         parse("-- name: x\n-- param d: int = 1 in (1, 2)\nSELECT $d", tmp_path / "x.sql")
 
 
-def test_shared_mutation_event_ctes_do_not_drift():
-    """stages, stage-distribution and hallucination-* repeat mutation-events' CTEs so each file runs on its own."""
-    def block(text):
-        s = text.index("WITH l AS (")
-        e = text.index("    GROUP BY token_uid, mutation_layer\n)", s)
-        return text[s:e]
-
-    ref = block((SQL_DIR / "mutation-events.sql").read_text()).replace(
-        " AND ($label = '' OR t.label = $label)", "")
-    for f in ("stages", "stage-distribution", "hallucination-contrast", "hallucination-curves",
-              "displaced-candidates"):
-        assert block((SQL_DIR / f"{f}.sql").read_text()) == ref, f
-
-
 def test_cli_list_and_show_sql():
     r = _kevo("query", "--list")
     lines = r.stdout.strip().splitlines()
@@ -161,7 +173,7 @@ def test_cli_formats_record_params(planted, tmp_path):  # noqa: F811
     csv = tmp_path / "c.csv"
     _kevo("query", "stages", path, "--format", "csv", "-o", str(csv))
     assert pl.read_csv(csv).height == 360
-    assert json.loads((tmp_path / "c.csv.params.json").read_text())["params"]["min_held"] == 3
+    assert json.loads((tmp_path / "c.csv.params.json").read_text())["params"] == queries.bind("stages").params
     r = _kevo("query", "critical-layers", path)
     assert r.stdout.startswith("# critical-layers  lens='final_norm'") and "critical_layer_js" in r.stdout
     r = _kevo("query", "compare-stores", path, path, "--format", "json")
@@ -195,3 +207,65 @@ def test_kevo_query_imports_neither_torch_nor_matplotlib(planted):  # noqa: F811
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def test_fragments_expand_to_plain_sql(tmp_path, monkeypatch):
+    """The include mechanism on a toy library: expansion, parameters, 'as' suffixes, and its errors."""
+    from queries import library
+
+    monkeypatch.setattr(library, "SQL_DIR", tmp_path)
+    (tmp_path / "_base.sql").write_text(
+        "-- fragment: base\n-- description: rows above a floor\n-- param floor: int = 2  -- the floor\n"
+        "src AS (SELECT x FROM range(10) t(x) WHERE x >= $floor)\n")
+    (tmp_path / "_top.sql").write_text(
+        "-- fragment: top\n-- description: the largest row\n-- reads: src\n-- include: base\n"
+        "-- param k: int = 1  -- how many\n"
+        "best AS (SELECT x FROM src ORDER BY x DESC LIMIT $k)\n")
+    (tmp_path / "q.sql").write_text("-- name: q\n-- description: d\nWITH\n-- include: top\n"
+                                    "SELECT (SELECT COUNT(*) FROM src) AS n, (SELECT MIN(x) FROM best) AS lo\n")
+    q = library.load("q")
+    assert [p.name for p in q.params] == ["floor", "k"] and q.fragments == ("top", "base")
+    assert [f.name for f in library.list_fragments()] == ["base", "top"]
+    assert [x.name for x in library.list_queries()] == ["q"]
+    b = library.bind("q", floor=5, k=2)
+    assert duckdb.sql(b.sql).fetchall() == [(5, 8)]  # the bound text is plain SQL
+    # 'as': one copy per suffix, every CTE of the fragment renamed
+    (tmp_path / "two.sql").write_text("-- name: two\n-- description: d\nWITH\n-- include: base as a\n"
+                                      "-- include: base as b\nSELECT (SELECT COUNT(*) FROM src_a) + "
+                                      "(SELECT COUNT(*) FROM src_b) AS n\n")
+    assert duckdb.sql(library.bind("two").sql).fetchall() == [(16,)]
+    # a fragment included plainly and, through another, with a suffix: both copies are there
+    (tmp_path / "mix.sql").write_text("-- name: mix\n-- description: d\nWITH\n-- include: base\n"
+                                      "-- include: top as a\nSELECT (SELECT COUNT(*) FROM src) AS n, "
+                                      "(SELECT MIN(x) FROM best_a) AS lo, (SELECT COUNT(*) FROM src_a) AS m\n")
+    assert duckdb.sql(library.bind("mix", floor=4).sql).fetchall() == [(6, 9, 6)]
+    bad = {
+        "-- name: e1\n-- description: d\nWITH\n-- include: nope\nSELECT 1\n": "no fragment 'nope'",
+        "-- name: e2\n-- description: d\n-- param floor: int = 3  -- again\nWITH\n-- include: base\nSELECT 1\n":
+            "parameter floor is declared here and by a fragment",
+        "-- name: e3\n-- description: d\nWITH\n-- include: base\nsrc AS (SELECT 1 AS x)\nSELECT 1\n":
+            r"CTE names defined twice.*\['src'\]",
+    }
+    for text, msg in bad.items():
+        (tmp_path / "e.sql").write_text(text.replace(text.split("\n")[0], "-- name: e"))
+        with pytest.raises(ValueError, match=msg):
+            library.load("e")
+    (tmp_path / "_loop.sql").write_text("-- fragment: loop\n-- description: d\n-- include: loop\nz AS (SELECT 1)\n")
+    (tmp_path / "e.sql").write_text("-- name: e\n-- description: d\nWITH\n-- include: loop\nSELECT 1\n")
+    with pytest.raises(ValueError, match="fragments include each other: loop -> loop"):
+        library.load("e")
+    (tmp_path / "_loop.sql").write_text("-- fragment: loop\n-- description: d\nz AS (SELECT $nope)\n")
+    with pytest.raises(ValueError, match=r"_loop.sql: undeclared parameters \['nope'\]"):
+        library.load("e")
+
+
+def test_citations_of_docs_analyses_name_its_sections():
+    """Code cites docs/analyses.md by section heading; every cited heading exists there."""
+    root = Path(__file__).resolve().parents[1]
+    headings = set(re.findall(r"^## (.+)$", (root / "docs" / "analyses.md").read_text(), re.M))
+    assert {"Logit lens", "Critical layer", "Mutation events", "Stages", "Hallucination link",
+            "Cross-image clustering", "Skip experiments", "Store guarantees"} <= headings
+    cited = []
+    for f in [*root.glob("queries/**/*.py"), *root.glob("queries/sql/*.sql"), *root.glob("ingest/**/*.py")]:
+        cited += re.findall(r'docs/analyses\.md(?:,|\s*\()\s*"([^"]+)"', f.read_text())
+    assert cited and set(cited) <= headings, set(cited) - headings

@@ -25,7 +25,13 @@ def test_critical_layers_both_definitions(planted, lens):  # noqa: F811
     assert got["token_uid"].to_list() == want["token_uid"].to_list()
     assert got["critical_layer"].to_list() == want["critical_layer"].to_list()
     assert got["critical_layer_js"].to_list() == want["critical_layer_js"].to_list()
-    assert got["critical_layer"][0] == (20 if lens == "final_norm" else got["critical_layer"][0])
+
+
+def test_critical_layers_of_the_hand_written_plants(planted):  # noqa: F811
+    """The plants (on the first lens only) as written in tests/queries_helpers.py: camera at 20, never, ..."""
+    path, _ = planted
+    got = queries.run(path, "critical-layers").filter(pl.col("token_uid") < 7)
+    assert got["critical_layer"].to_list() == [20, None, 14, 15, 12, 16, 12]
 
 
 @pytest.mark.parametrize("window", [0, 1, 2, 5])
@@ -64,7 +70,7 @@ def test_mutation_events_exactly_the_planted_ones(planted, lens, min_held):  # n
 
 def test_mutation_event_details_for_the_hand_written_plants(planted):  # noqa: F811
     path, truth = planted
-    ev = queries.run(path, "mutation-events").filter(pl.col("token_uid") < 6)
+    ev = queries.run(path, "mutation-events").filter(pl.col("token_uid") < 7)
     rows = [(r["token_uid"], r["critical_layer"], r["mutation_layer"], r["kind"], r["displaced_piece"],
              r["new_top1_piece"], r["held_layers"]) for r in ev.iter_rows(named=True)]
     assert rows == [
@@ -73,6 +79,8 @@ def test_mutation_event_details_for_the_hand_written_plants(planted):  # noqa: F
         (4, 12, 18, "top1+js", "▁car", "▁tree", 6),
         (4, 12, 25, "top1+js", "▁tree", "▁person", 7),
         (5, 16, 22, "top1", "▁horse", "▁bench", 6),
+        (6, 12, 18, "top1+js", "▁car", "▁tree", 6),
+        (6, 12, 25, "top1+js", "▁tree", "▁car", 7),
     ]
     e0 = ev.row(0, named=True)
     # the divergence jump is recorded: js_prev at the mutation layer against the stable-stage median
@@ -250,23 +258,9 @@ def test_displaced_candidates(planted):  # noqa: F811
 
 
 def _emitted_truth(truth, lens):
-    """Expected emitted-token critical layers from the plan: (emitted, emitted_stays) per token, -1 = none.
-
-    After the critical layer c every top-1 has p >= 0.55 and before it < 0.45, so the emitted token
-    stands out at c if it is the first candidate, else where a switch hands it top-1; it stays top-1
-    from the last switch on (c if there is none).
-    """
-    t = truth.tokens.filter(pl.col("lens") == lens).sort("token_uid")
-    sw = truth.switches.filter(pl.col("lens") == lens).join(t.select("token_uid", "token_id"), on="token_uid")
-    to_emitted = sw.filter(pl.col("new_top1_id") == pl.col("token_id")).group_by("token_uid").agg(
-        pl.col("layer").min().alias("first_to_emitted"))
-    last = sw.group_by("token_uid").agg(pl.col("layer").max().alias("last_switch"))
-    j = t.join(to_emitted, on="token_uid", how="left").join(last, on="token_uid", how="left").sort("token_uid")
-    c = j["critical_layer"].fill_null(-1).to_numpy()
-    first_is_emitted = np.array([cs[0] == tid for cs, tid in zip(j["candidates"], j["token_id"])])
-    emitted = np.where(c < 0, -1, np.where(first_is_emitted, c, j["first_to_emitted"].fill_null(-1).to_numpy()))
-    stays = np.where(c < 0, -1, np.maximum(c, j["last_switch"].fill_null(-1).to_numpy()))
-    return j["token_uid"].to_numpy(), emitted, stays
+    """(token_uid, emitted, emitted_stays) critical layers per token from the answer key, -1 = none."""
+    uid = truth.tokens.filter(pl.col("lens") == lens).sort("token_uid")["token_uid"].to_numpy()
+    return uid, truth.critical_layers("emitted", lens), truth.critical_layers("emitted_stays", lens)
 
 
 @pytest.mark.parametrize("lens", LENSES)
@@ -281,8 +275,9 @@ def test_emitted_token_critical_layers(planted, lens):  # noqa: F811
         # the stabilisation variant does not depend on the definition
         js = truth.tokens.filter(pl.col("lens") == lens)["critical_layer_js"].fill_null(-1).to_numpy()
         assert np.array_equal(got["critical_layer_js"].fill_null(-1).to_numpy(), js)
-    if lens == "final_norm":  # the hand-written plants: camera->water, never, cat, table->chair, car->tree->person
-        assert emitted[:6].tolist() == [27, -1, 14, 17, 25, 22]
+    if lens == "final_norm":  # plants are on the first lens: camera->water, never, cat, table->chair, ...
+        assert emitted[:7].tolist() == [27, -1, 14, 17, 25, 22, 12]
+        assert stays[:7].tolist() == [27, -1, 14, 17, 25, 22, 25]
     # the paper's definition never comes later than the emitted token's
     top1 = truth.tokens.filter(pl.col("lens") == lens)["critical_layer"].fill_null(99).to_numpy()
     assert (top1 <= np.where(emitted < 0, 99, emitted)).all() and (emitted != top1).sum() > 50
@@ -290,7 +285,7 @@ def test_emitted_token_critical_layers(planted, lens):  # noqa: F811
 
 def test_emitted_stays_differs_when_the_emitted_token_comes_back(tmp_path):
     """car (top-1 from 12), displaced by tree at 18, back at 25: 'emitted' says 12, 'emitted_stays' 25."""
-    from kevo_store.synthetic import Plant, build_synthetic_store
+    from queries.testing import Plant, build_synthetic_store
 
     plants = [Plant("double", critical_layer=12, mutation_layers=(18, 25), words=("car", "tree", "car"),
                     label="correct"),
@@ -317,10 +312,8 @@ def test_emitted_stays_differs_when_the_emitted_token_comes_back(tmp_path):
 @pytest.mark.parametrize("label", ["", "hallucinated", "correct"])
 def test_critical_layer_distribution_by_definition_and_label(planted, definition, label):  # noqa: F811
     path, truth = planted
-    _, emitted, stays = _emitted_truth(truth, "final_norm")
     t = truth.tokens.filter(pl.col("lens") == "final_norm").sort("token_uid").with_columns(
-        layer=pl.Series({"top1": truth.tokens.filter(pl.col("lens") == "final_norm").sort("token_uid")[
-            "critical_layer"].fill_null(-1).to_numpy(), "emitted": emitted, "emitted_stays": stays}[definition]))
+        layer=pl.Series(truth.critical_layers(definition, "final_norm")))
     if label:
         t = t.filter(pl.col("label") == label)
     want = t.group_by("layer").len().cast({"len": pl.Int64})

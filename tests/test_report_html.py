@@ -42,7 +42,8 @@ def test_report_is_self_contained(report):
         assert section in text
     s = open_store(path)
     # key tables and provenance from the manifest, with the parameters that produced them
-    assert "critical-layers: lens=&#x27;final_norm&#x27;" in text and "tau=0.5" in text
+    assert "critical-layers: lens=&#x27;final_norm&#x27;" in text
+    assert f"tau={queries.bind('critical-layers').params['tau']}" in text
     n_events = queries.run(path, "mutation-events").height
     assert f"Mutation events ({n_events})" in text and "<td>hallucinated</td>" in text
     assert s.manifest["kevo_version"] in text and "synthetic" in text

@@ -7,8 +7,8 @@ import polars as pl
 import pytest
 
 from kevo_store import open_store
-from kevo_store.synthetic import Plant, build_synthetic_store, synthesize
 from kevo_store.verify import verify_store
+from queries.testing import Plant, build_synthetic_store, synthesize
 from tests.queries_helpers import planted  # noqa: F401
 
 
@@ -64,9 +64,28 @@ def test_planted_critical_layers_match_the_rendered_values(planted):  # noqa: F8
     s = open_store(path)
     for lens in ("final_norm", "raw"):
         p = s.sql(f"SELECT top1_prob FROM layers WHERE lens = '{lens}' ORDER BY token_uid, layer")["top1_prob"]
-        m = p.to_numpy().reshape(360, 33) >= 0.5
+        m = p.to_numpy().reshape(360, 33) >= truth.params["tau"]
         crit = np.where(m.any(axis=1), m.argmax(axis=1), -1)
         assert np.array_equal(crit, truth.critical[lens])
+
+
+def test_emitted_critical_layers_match_the_rendered_values(planted):  # noqa: F811
+    """The truth's critical layers under the emitted-token definitions, against a numpy reading of rank_out/p_out."""
+    path, truth = planted
+    s = open_store(path)
+    tau = truth.params["tau"]
+    for lens in ("final_norm", "raw"):
+        d = s.sql(f"SELECT rank_out, p_out FROM layers WHERE lens = '{lens}' ORDER BY token_uid, layer")
+        top = d["rank_out"].to_numpy().reshape(360, 33) == 1
+        ok = top & (d["p_out"].to_numpy().reshape(360, 33) >= tau)
+        emitted = np.where(ok.any(axis=1), ok.argmax(axis=1), -1)
+        assert np.array_equal(emitted, truth.critical_layers("emitted", lens))
+        # stays: ok at the layer and top-1 at every layer after it
+        stays_top = np.flip(np.cumprod(np.flip(top, axis=1), axis=1), axis=1).astype(bool)
+        okk = ok & stays_top
+        stays = np.where(okk.any(axis=1), okk.argmax(axis=1), -1)
+        assert np.array_equal(stays, truth.critical_layers("emitted_stays", lens))
+        assert (emitted != truth.critical[lens]).sum() > 50  # the definitions really differ on this store
 
 
 def test_hand_written_plants(planted):  # noqa: F811
@@ -77,15 +96,15 @@ def test_hand_written_plants(planted):  # noqa: F811
     assert (row0["kind"], row0["critical_layer"], row0["mutation_layer"]) == ("mutation", 20, 27)
     assert row0["candidates"] == [v["camera"], v["water"]] and row0["token_id"] == v["water"]
     ev = truth.events_default.filter(pl.col("lens") == "final_norm")
-    assert ev.filter(pl.col("token_uid") == 0).rows() == [(0, "final_norm", 27, "top1+js", v["camera"])]
+    assert ev.filter(pl.col("token_uid") == 0).rows() == [(0, "final_norm", 27, "top1+js", v["camera"], 7, 20)]
     assert ev.filter(pl.col("token_uid") == 1).height == 0 and t.row(1, named=True)["critical_layer"] is None
-    assert ev.filter(pl.col("token_uid") == 2).rows() == [(2, "final_norm", 24, "js", None)]
+    assert ev.filter(pl.col("token_uid") == 2).rows() == [(2, "final_norm", 24, "js", None, None, 14)]
     assert ev.filter(pl.col("token_uid") == 3).height == 0  # held 2 layers < min_held 3
     assert truth.events(2).filter((pl.col("token_uid") == 3) & (pl.col("lens") == "final_norm")).rows() == [
-        (3, "final_norm", 17, "top1", v["table"])]
+        (3, "final_norm", 17, "top1", v["table"], 2, 15)]
     assert ev.filter(pl.col("token_uid") == 4).rows() == [
-        (4, "final_norm", 18, "top1+js", v["car"]), (4, "final_norm", 25, "top1+js", v["tree"])]
-    assert ev.filter(pl.col("token_uid") == 5).rows() == [(5, "final_norm", 22, "top1", v["horse"])]
+        (4, "final_norm", 18, "top1+js", v["car"], 6, 12), (4, "final_norm", 25, "top1+js", v["tree"], 7, 12)]
+    assert ev.filter(pl.col("token_uid") == 5).rows() == [(5, "final_norm", 22, "top1", v["horse"], 6, 16)]
     s = open_store(path)
     lab = s.sql("SELECT token_uid, label, hallucinated FROM tokens WHERE token_uid < 6 ORDER BY token_uid")
     assert lab["label"].to_list() == ["hallucinated", "correct", "correct", "correct", "hallucinated", "safe"]

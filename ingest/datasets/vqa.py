@@ -19,11 +19,12 @@ from ingest.datasets.base import Dataset, DatasetError, DatasetItem, sha256_file
 _SKIP = frozenset({"the", "a", "an", "it", "is", "its", "it's", "this", "that", "of"})
 
 
-def read_records(path: Path) -> list[dict]:
+def read_records(path: Path, required: tuple[str, ...] = ("image", "question"), option: str = "--questions"
+                 ) -> list[dict]:
     """JSON list or JSONL; DatasetError naming the file and the record for malformed input."""
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"--questions {path}: file not found")
+        raise DatasetError(f"{option} {path}: file not found")
     text = path.read_text(encoding="utf-8")
     records: list = []
     if path.suffix == ".jsonl" or not text.lstrip().startswith("["):
@@ -43,7 +44,7 @@ def read_records(path: Path) -> list[dict]:
     for i, r in enumerate(records, 1):
         if not isinstance(r, dict):
             raise DatasetError(f"{path}, record {i}: expected an object")
-        for key in ("image", "question"):
+        for key in required:
             if not isinstance(r.get(key), str) or not r[key].strip():
                 raise DatasetError(f"{path}, record {i}: missing or empty {key!r}")
         if "answer" in r and not isinstance(r["answer"], str):

@@ -90,6 +90,11 @@ def decoder_inputs(ad, inputs: dict) -> dict:
         pass
     finally:
         h.remove()
-    if "inputs_embeds" not in captured or captured["inputs_embeds"] is None:
+    if captured.get("inputs_embeds") is None and captured.get("input_ids") is not None:
+        # a plain causal LM hands its decoder token ids: their embeddings are the decoder's input
+        with torch.no_grad():
+            captured["inputs_embeds"] = ad.model.get_input_embeddings()(captured.pop("input_ids"))
+    captured.pop("input_ids", None)
+    if captured.get("inputs_embeds") is None:
         raise TraceError(f"model {ad.model_id!r}: its decoder was not handed inputs_embeds")
     return captured

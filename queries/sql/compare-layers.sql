@@ -1,7 +1,8 @@
 -- name: compare-layers
 -- description: Two stores, per layer, over tokens with an identical prefix in both: top-1 agreement and the deltas (b - a) of p_out, js_prev, entropy.
+-- The definitions: docs/analyses.md, "Skip experiments".
 -- stores: 2
--- param lens: str = 'final_norm'  -- lens mode compared
+-- include: lens
 WITH ta AS (
     SELECT s.sample_key, t.step, t.token_uid, t.token_id
     FROM a.tokens t JOIN a.samples s ON s.sample_id = t.sample_id WHERE t.role = 'generated'

@@ -1,8 +1,8 @@
 -- name: compare-stores
 -- description: Two stores (a = baseline, b = variant, e.g. a skip experiment or LVLM vs LLM): token agreement by sample and step, hallucination and metric deltas.
+-- The definitions: docs/analyses.md, "Skip experiments".
 -- stores: 2
--- param lens: str = 'final_norm'  -- lens mode compared
--- param tau: float = 0.5          -- top-1 probability that defines the critical layer
+-- include: lens
 WITH ta AS (
     SELECT s.sample_key, t.step, t.token_uid, t.token_id, t.label
     FROM a.tokens t JOIN a.samples s ON s.sample_id = t.sample_id WHERE t.role = 'generated'
@@ -27,10 +27,13 @@ prefix AS (  -- identical-prefix tokens: the only ones whose layers are comparab
     SELECT p.uid_a, p.uid_b FROM pairs p JOIN per_sample q ON q.sample_key = p.sample_key
     WHERE p.same = 1 AND (q.first_diff_step IS NULL OR p.step < q.first_diff_step)
 ),
-crit_a AS (SELECT token_uid, MIN(CASE WHEN top1_prob >= $tau THEN layer END) AS c FROM a.layers WHERE lens = $lens GROUP BY token_uid),
-crit_b AS (SELECT token_uid, MIN(CASE WHEN top1_prob >= $tau THEN layer END) AS c FROM b.layers WHERE lens = $lens GROUP BY token_uid),
+l_a AS (SELECT token_uid, layer, top1_prob, p_out, rank_out FROM a.layers WHERE lens = $lens),
+l_b AS (SELECT token_uid, layer, top1_prob, p_out, rank_out FROM b.layers WHERE lens = $lens),
+-- include: critical_layer as a
+-- include: critical_layer as b
 crit_pairs AS (
-    SELECT AVG(ca.c) AS critical_layer_mean_a, AVG(cb.c) AS critical_layer_mean_b, COUNT(*) AS n_prefix_tokens
+    SELECT AVG(ca.critical_layer) AS critical_layer_mean_a, AVG(cb.critical_layer) AS critical_layer_mean_b,
+           COUNT(*) AS n_prefix_tokens
     FROM prefix x JOIN crit_a ca ON ca.token_uid = x.uid_a JOIN crit_b cb ON cb.token_uid = x.uid_b
 ),
 hall AS (

@@ -1,66 +1,9 @@
 -- name: hallucination-contrast
 -- description: Hallucinated vs correct object tokens (and the other classes): mutation rate, critical and mutation layers, displaced candidates, final p_out.
--- param lens: str = 'final_norm'   -- lens mode: final_norm | raw
--- param role: str = 'generated'    -- which tokens: generated | prompt | image
--- param tau: float = 0.5           -- top-1 probability that defines the critical layer
--- param min_held: int = 3          -- layers (from the critical layer on) a displaced candidate must have held top-1
--- param js_multiple: float = 5.0   -- a js_prev jump is js_prev > js_multiple x median js_prev after the critical layer ...
--- param js_min: float = 0.05       -- ... and > js_min nats
--- The CTEs up to `events` are those of mutation-events.sql (kept inline so this file runs on its own).
-WITH l AS (
-    SELECT y.token_uid, y.layer, y.top1_id, y.top1_prob, y.js_prev, y.p_out
-    FROM layers y JOIN tokens t ON t.token_uid = y.token_uid
-    WHERE y.lens = $lens AND t.role = $role
-),
-crit AS (
-    SELECT token_uid, MAX(layer) AS last_layer,
-           MIN(CASE WHEN top1_prob >= $tau THEN layer END) AS critical_layer
-    FROM l GROUP BY token_uid
-),
-w AS (  -- one ordered pass from the critical layer on: the previous layer's top-1 and js_prev
-    SELECT l.token_uid, l.layer, l.top1_id, l.top1_prob, l.js_prev, l.p_out, c.critical_layer,
-           LAG(l.top1_id) OVER (PARTITION BY l.token_uid ORDER BY l.layer) AS top1_before,
-           LAG(l.js_prev) OVER (PARTITION BY l.token_uid ORDER BY l.layer) AS js_before
-    FROM l JOIN crit c ON c.token_uid = l.token_uid
-    WHERE l.layer >= c.critical_layer
-),
-stable AS (  -- the stable-stage median of js_prev: layers after the critical layer (a median ignores the jumps)
-    SELECT token_uid, MEDIAN(js_prev) AS js_median FROM w WHERE layer > critical_layer GROUP BY token_uid
-),
-starts AS (  -- layers where a top-1 run begins (the critical layer, then every change of top-1)
-    SELECT token_uid, layer, top1_before AS displaced_id,
-           LAG(layer) OVER (PARTITION BY token_uid ORDER BY layer) AS held_since
-    FROM w WHERE layer = critical_layer OR top1_id <> top1_before
-),
-top1_events AS (  -- the top-1 leaves a candidate that held it >= min_held layers (counted from c)
-    SELECT token_uid, layer AS mutation_layer, displaced_id, layer - held_since AS held_layers
-    FROM starts WHERE held_since IS NOT NULL AND layer - held_since >= $min_held
-),
-js_events AS (  -- js_prev crosses max(js_multiple x median, js_min) upwards after the critical layer
-    SELECT w.token_uid, w.layer AS mutation_layer
-    FROM w JOIN stable s ON s.token_uid = w.token_uid
-    WHERE w.layer > w.critical_layer
-      AND w.js_prev > GREATEST($js_multiple * s.js_median, $js_min)
-      AND (w.js_before IS NULL OR w.js_before <= GREATEST($js_multiple * s.js_median, $js_min))
-),
-events AS (
-    SELECT token_uid, mutation_layer, MAX(is_top1) AS is_top1, MAX(is_js) AS is_js,
-           MAX(displaced_id) AS displaced_id, MAX(held_layers) AS held_layers
-    FROM (SELECT token_uid, mutation_layer, 1 AS is_top1, 0 AS is_js, displaced_id, held_layers FROM top1_events
-          UNION ALL
-          SELECT token_uid, mutation_layer, 0 AS is_top1, 1 AS is_js,
-                 CAST(NULL AS INTEGER) AS displaced_id, CAST(NULL AS INTEGER) AS held_layers FROM js_events) u
-    GROUP BY token_uid, mutation_layer
-),
-first_event AS (SELECT token_uid, MIN(mutation_layer) AS mutation_layer FROM events GROUP BY token_uid),
-stages AS (  -- rapid evolution [0, c), stabilisation [c, m), mutation [m, L]
-    SELECT c.token_uid, c.critical_layer, f.mutation_layer, c.last_layer,
-           COALESCE(c.critical_layer, c.last_layer + 1) AS rapid_layers,
-           CASE WHEN c.critical_layer IS NULL THEN 0
-                ELSE COALESCE(f.mutation_layer, c.last_layer + 1) - c.critical_layer END AS stable_layers,
-           CASE WHEN f.mutation_layer IS NULL THEN 0 ELSE c.last_layer + 1 - f.mutation_layer END AS mutation_layers
-    FROM crit c LEFT JOIN first_event f ON f.token_uid = c.token_uid
-),
+-- The definitions: docs/analyses.md, "Hallucination link".
+WITH
+-- include: token_layers
+-- include: stages
 per_token AS (
     SELECT COALESCE(t.label, 'non-object') AS token_class, g.token_uid, g.critical_layer, g.mutation_layer
     FROM stages g JOIN tokens t ON t.token_uid = g.token_uid

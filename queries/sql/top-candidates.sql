@@ -1,19 +1,18 @@
 -- name: top-candidates
 -- description: The paper's Fig. 2 data for one token: the top-1 tokens of the layers from the critical layer on, and their probability at every layer.
+-- The definitions: docs/analyses.md, "Mutation events".
 -- param token_uid: int            -- the token (required; e.g. from mutation-events)
--- param lens: str = 'final_norm'  -- lens mode: final_norm | raw
--- param tau: float = 0.5          -- top-1 probability that defines the critical layer
+-- include: lens
 WITH l AS (
-    SELECT layer, top1_id, top1_prob, p_out FROM layers WHERE token_uid = $token_uid AND lens = $lens
+    SELECT token_uid, layer, top1_id, top1_prob, p_out, rank_out FROM layers
+    WHERE token_uid = $token_uid AND lens = $lens
 ),
 k AS (
     SELECT layer, vocab_id, prob, rank FROM topk WHERE token_uid = $token_uid AND lens = $lens
 ),
 emitted AS (SELECT token_id FROM tokens WHERE token_uid = $token_uid),
-crit AS (  -- from the critical layer on (the last layer if the token never reaches tau)
-    SELECT MIN(CASE WHEN top1_prob >= $tau THEN layer END) AS critical_layer, MAX(layer) AS last_layer FROM l
-),
-cand AS (
+-- include: critical_layer
+cand AS (  -- from the critical layer on (the last layer if the token never stands out)
     SELECT l.top1_id AS vocab_id, MIN(l.layer) AS first_top1_layer, COUNT(*) AS n_top1_layers
     FROM l CROSS JOIN crit
     WHERE l.layer >= COALESCE(crit.critical_layer, crit.last_layer)

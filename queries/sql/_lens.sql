@@ -1,0 +1,3 @@
+-- fragment: lens
+-- description: Which logit lens a query reads (see docs/analyses.md, "Logit lens").
+-- param lens: str = 'final_norm'  -- lens mode: final_norm (the standard lens) | raw (no final norm before lm_head)
