@@ -24,6 +24,7 @@ def _expand_kv(v: torch.Tensor, n_heads: int) -> torch.Tensor:
     return v.repeat_interleave(rep, dim=1) if rep > 1 else v
 
 
+@torch.no_grad()
 def contribution_vectors(attn_module, x: torch.Tensor, probs: torch.Tensor, target: int,
                          sources: torch.Tensor) -> torch.Tensor:
     """(n_sources, D) vectors sum_h A_{t,s} x_s W_V^h W_O^h for one layer (x: (T, D) block input,
