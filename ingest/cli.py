@@ -215,5 +215,22 @@ def vqa_cmd(questions: Path, images: Path, **options) -> None:
     run_ingest_command(make_dataset, options)
 
 
+@ingest.command("vqa-constraints")
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help="VQA-Constraints as released: multimodal_known.csv, multimodal_movies.csv, okvqa.csv + images.")
+@click.option("--answers", default=None, type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Optional JSON object {\"<csv stem>:<index>\": \"answer\"} joined onto the rows.")
+@ingest_options
+def vqa_constraints_cmd(data: Path, answers: Path | None, **options) -> None:
+    """VQA-Constraints (questions with a constraint, for `kevo trace`); malformed rows go to errors."""
+
+    def make_dataset():
+        from ingest.datasets import vqa_constraints
+
+        return vqa_constraints.dataset(data, answers=answers, limit=options.get("limit"))
+
+    run_ingest_command(make_dataset, options)
+
+
 from ingest.eval import eval_  # noqa: E402,F401  (the `kevo eval` entry point: ingest.cli:eval_)
 from ingest.organism.cli import demo, organism  # noqa: E402,F401  (entry points ingest.cli:organism, ingest.cli:demo)

@@ -5,6 +5,7 @@ Every file starts with a header of comment lines::
     -- name: critical-layers
     -- description: one line
     -- stores: 2                      (optional: a two-store query; its tables are a.<t> and b.<t>)
+    -- tables: traces, trace_runs     (optional: derived tables it reads, written by another command)
     -- param token_uid: int          -- a parameter; no default: required
     -- include: critical_layer       (a shared definition, see below)
 
@@ -40,7 +41,7 @@ from typing import Any
 from kevo_store.errors import KevoError
 
 SQL_DIR = Path(__file__).parent / "sql"
-_HEADER = re.compile(r"^--\s*(name|fragment|description|stores|reads):\s*(.*?)\s*$")
+_HEADER = re.compile(r"^--\s*(name|fragment|description|stores|reads|tables):\s*(.*?)\s*$")
 _INCLUDE = re.compile(r"^--\s*include:\s*([A-Za-z_]\w*)(?:\s+as\s+([A-Za-z]\w*))?\s*$")
 _CTE = re.compile(r"^(?:WITH\s+)?([A-Za-z_]\w*)\s+AS\s*\(", re.IGNORECASE | re.MULTILINE)
 _END = "\x00"  # marks the comma after an included block: dropped when the main SELECT follows
@@ -107,6 +108,9 @@ class NamedQuery:
     """The file's text as written (includes not expanded)."""
     fragments: tuple[str, ...] = ()
     """The fragments the query includes (directly or through other fragments), in order."""
+    tables: tuple[str, ...] = ()
+    """Derived tables the query reads (``-- tables: traces, trace_runs``): a store has them only after
+    the command that writes them (e.g. ``kevo trace``)."""
 
     def param(self, name: str) -> Param:
         for p in self.params:
@@ -350,7 +354,8 @@ def parse(text: str, path: Path) -> NamedQuery:
     if used - declared:
         raise ValueError(f"{path}: undeclared parameters {sorted(used - declared)}")
     return NamedQuery(meta["name"], meta.get("description", ""), tuple(params), sql, path,
-                      int(meta.get("stores", "1")), text, tuple(fragments))
+                      int(meta.get("stores", "1")), text, tuple(fragments),
+                      tuple(t.strip() for t in meta.get("tables", "").split(",") if t.strip()))
 
 
 _CACHE: dict[str, NamedQuery] = {}

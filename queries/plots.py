@@ -27,6 +27,7 @@ from kevo_store.errors import KevoError  # noqa: E402
 
 from .engine import run  # noqa: E402
 from .library import load  # noqa: E402
+from .trace_plots import fig_attention_patches, fig_trace  # noqa: E402
 
 CLASS_COLORS = {"hallucinated": "#d62728", "correct": "#2ca02c", "safe": "#9467bd", "non-object": "#7f7f7f"}
 GROUP_COLORS = ("#1f77b4", "#2ca02c", "#d62728")
@@ -296,6 +297,8 @@ FIGURES = {
     "tsne": fig_tsne,
     "divergence": fig_divergence,
     "hallucination": fig_hallucination,
+    "trace": fig_trace,
+    "attention-patches": fig_attention_patches,
 }
 
 
