@@ -20,7 +20,7 @@ from ingest.experiments.derive import derive_ranges, variant_ranges
 from ingest.organism import world
 from ingest.organism.train import WEIGHTS_DIR
 from kevo_store import open_store
-from kevo_store.synthetic import build_synthetic_store
+from queries.testing import build_synthetic_store
 from tests.runner_helpers import REPRODUCIBLE_ENV, kevo, store_content
 
 N_LAYERS = 24  # layer rows 0..23 of the synthetic store
