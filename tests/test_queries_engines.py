@@ -73,9 +73,9 @@ def test_duckdb_and_polars_agree(planted, other_seed, name, lens):  # noqa: F811
     params = {"lens": lens}
     if name == "top-candidates":
         params["token_uid"] = 4
-    target = path
-    if q.stores == 2:  # align-tokens pairs tokens of the same response text: only a store with itself has any
-        target = [path, path] if lens == "raw" or name == "align-tokens" else [path, other_seed[0]]
+    target = [path, path if lens == "raw" else other_seed[0]] if q.stores == 2 else path
+    if q.stores == 2 and (lens == "raw" or name == "align-tokens"):  # align-tokens pairs only the same text
+        target = [path, path]
     a = queries.run(target, name, engine="duckdb", **params)
     b = queries.run(target, name, engine="polars", **params)
     assert a.height > 0
@@ -239,6 +239,10 @@ def test_fragments_expand_to_plain_sql(tmp_path, monkeypatch):
                                       "-- include: top as a\nSELECT (SELECT COUNT(*) FROM src) AS n, "
                                       "(SELECT MIN(x) FROM best_a) AS lo, (SELECT COUNT(*) FROM src_a) AS m\n")
     assert duckdb.sql(library.bind("mix", floor=4).sql).fetchall() == [(6, 9, 6)]
+    # ... and a fragment first included on its own under a suffix, then again through another
+    (tmp_path / "mix2.sql").write_text("-- name: mix2\n-- description: d\nWITH\n-- include: base as a\n"
+                                       "-- include: top as a\nSELECT (SELECT MIN(x) FROM best_a) AS lo\n")
+    assert duckdb.sql(library.bind("mix2", floor=4, k=3).sql).fetchall() == [(7,)]
     bad = {
         "-- name: e1\n-- description: d\nWITH\n-- include: nope\nSELECT 1\n": "no fragment 'nope'",
         "-- name: e2\n-- description: d\n-- param floor: int = 3  -- again\nWITH\n-- include: base\nSELECT 1\n":
