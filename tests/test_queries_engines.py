@@ -240,6 +240,10 @@ def test_fragments_expand_to_plain_sql(tmp_path, monkeypatch):
                                       "-- include: top as a\nSELECT (SELECT COUNT(*) FROM src) AS n, "
                                       "(SELECT MIN(x) FROM best_a) AS lo, (SELECT COUNT(*) FROM src_a) AS m\n")
     assert duckdb.sql(library.bind("mix", floor=4).sql).fetchall() == [(6, 9, 6)]
+    # ... and a fragment first included on its own under a suffix, then again through another
+    (tmp_path / "mix2.sql").write_text("-- name: mix2\n-- description: d\nWITH\n-- include: base as a\n"
+                                       "-- include: top as a\nSELECT (SELECT MIN(x) FROM best_a) AS lo\n")
+    assert duckdb.sql(library.bind("mix2", floor=4, k=3).sql).fetchall() == [(7,)]
     bad = {
         "-- name: e1\n-- description: d\nWITH\n-- include: nope\nSELECT 1\n": "no fragment 'nope'",
         "-- name: e2\n-- description: d\n-- param floor: int = 3  -- again\nWITH\n-- include: base\nSELECT 1\n":
