@@ -39,3 +39,22 @@ def constraint_questions(data: str | Path, out: str | Path, per_kind: int | None
     out = Path(out)
     out.write_text("".join(json.dumps({k: v for k, v in r.items() if v is not None}) + "\n" for r in rows))
     return out
+
+
+def main(argv=None) -> int:
+    """``python -m ingest.trace.questions WORLD_DATA OUT.jsonl [--per-kind N] [--kinds attribute,existence]``"""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="questions with constraints from an AMBER-format world")
+    ap.add_argument("data")
+    ap.add_argument("out")
+    ap.add_argument("--per-kind", type=int, default=None)
+    ap.add_argument("--kinds", default="existence,attribute")
+    a = ap.parse_args(argv)
+    p = constraint_questions(a.data, a.out, a.per_kind, tuple(k.strip() for k in a.kinds.split(",") if k.strip()))
+    print(p)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
