@@ -125,8 +125,8 @@ def add_sample(rows: BatchRows, p: Prepared, cap, adapter, dataset: Dataset) -> 
         rows.hidden.append(np.asarray(cap.hidden))
     over = getattr(cap, "fp16_overflow", None)
     if over is not None:
-        for layer, n in zip(cap.hidden_layers, np.asarray(over).tolist()):
-            rows.fp16_overflow[layer] = rows.fp16_overflow.get(layer, 0) + int(n)
+        for layer, count in zip(cap.hidden_layers, np.asarray(over).tolist()):
+            rows.fp16_overflow[layer] = rows.fp16_overflow.get(layer, 0) + int(count)
     rows.tokens.append(tokens)
     rows.samples.append({
         "sample_key": item.key,
