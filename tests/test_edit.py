@@ -214,37 +214,14 @@ def test_hallucination_requests_from_a_labelled_caption_store(tmp_path):
 
 
 def test_a_prefix_request_reads_its_key_at_the_constraint_in_the_prefix(image_file):
-    """The key position is the token that ends the constraint's last mention in the given prefix."""
-    from ingest.edit.locate import edit_text, position_of
+    """The key position is the last token of the constraint's last mention in the given prefix."""
+    from ingest.edit.locate import edit_text, key_position
 
     ad = load_adapter(str(tiny_model_dir("llava")), dtype="float32")
-    text, end = edit_text(ad, "Describe this image.", "There is a cat and a cat", "cat", "prefix", True)
-    assert text.endswith("ASSISTANT: There is a cat and a cat") and text[end - 3:end] == "cat" and end == len(text)
-    pos = position_of(ad, text, end, tiny_image(40, 30, 0))
-    full = ad.encode([text], [tiny_image(40, 30, 0)]).input_ids[0]
-    assert pos == full.shape[0] - 1  # the text ends with the constraint: its last token is the last position
+    text = edit_text(ad, "Describe this image.", "There is a cat and a cat", True)
+    assert text.endswith("ASSISTANT: There is a cat and a cat")
+    ids = ad.encode([text], [tiny_image(40, 30, 0)]).input_ids[0].tolist()
+    # the text ends with the constraint: its last token is the last input position
+    assert key_position(ad, ids, "Describe this image.", "There is a cat and a cat", "cat", "prefix") == len(ids) - 1
     with pytest.raises(ModelError, match="not in the prefix"):
-        edit_text(ad, "Describe this image.", "There is a dog", "cat", "prefix", True)
-
-
-def test_the_edited_model_ingests_like_any_model_and_its_stores_do_not_merge_with_the_original(tmp_path):
-    """kevo ingest reads the edited directory; kevo store merge refuses the two models' stores, naming
-    the model: the edit changed the weights."""
-    from tests.runner_helpers import kevo
-
-    src = tiny_model_dir("causal_lm")
-    reqs = tmp_path / "requests.jsonl"
-    reqs.write_text(json.dumps({"question": "What is in the picture?", "constraint": "the picture",
-                                "target": "guitar"}) + "\n")
-    edited = tmp_path / "edited"
-    kevo("edit", "--model", src, "--requests", reqs, "--out", edited, "--layer", "2", "--lambda", "1e-6",
-         "--dtype", "float32")
-    prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": p}) + "\n"
-                               for i, p in enumerate(["What is in the picture?", "A red car and a tree."])))
-    for name, model in (("a", src), ("b", edited)):
-        kevo("ingest", "text", "--prompts", prompts, "--model", model, "--out", tmp_path / f"{name}.kevo",
-             "--max-new-tokens", 4, "--hidden", "none")
-    r = kevo("store", "merge", tmp_path / "a.kevo", tmp_path / "b.kevo", "--out", tmp_path / "m.kevo", check=False)
-    assert r.returncode != 0 and "model" in r.stderr.lower() and "Traceback" not in r.stderr, r.stderr
-    assert not (tmp_path / "m.kevo" / "manifest.json").exists()
+        key_position(ad, ids, "Describe this image.", "There is a dog", "cat", "prefix")
