@@ -55,6 +55,10 @@ class IngestConfig:
     """Skip items already committed; False refuses a store that already holds samples."""
     progress: bool = True
     """Show a progress bar (rank 0 only)."""
+    force: bool = False
+    """Start even if the disk estimate exceeds the free space."""
+    retry_errors: bool = False
+    """Run the samples recorded in the errors table again (each error row leaves with its new commit)."""
     responses: str | None = None
     """Teacher forcing: a JSON/JSONL file of {"id", "response"}; each item's given response is scored
     (one forward pass) instead of generating one (ingest/forced.py). Items without a response are left out."""

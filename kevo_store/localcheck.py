@@ -63,14 +63,6 @@ def check_named_files(root: str, manifest: Mapping, rels: Iterable[str]) -> None
                                     f"(truncated or overwritten); run `kevo store verify {root}`")
 
 
-def reader_files(manifest) -> list[str]:
-    """The files a reader may open: every named file of a ``Manifest`` except those a partial pull left
-    out on purpose."""
-    files = list(manifest.get("files", {}))
-    skip = manifest.omitted_files(files)
-    return [f for f in files if f not in skip]
-
-
 def check_chunks(root: str, hidden_dir: str, keys: Iterable[str]) -> None:
     """The hidden chunks a read is about to open are regular files (or absent: Zarr's fill value is
     then the hidden-state reader's concern), never links or FIFOs."""

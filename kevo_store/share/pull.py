@@ -46,6 +46,7 @@ class PullResult:
     partial: bool
     omitted_tables: list[str] = field(default_factory=list)
     hidden_layers: list[int] | None = None
+    up_to_date: bool = False  # DIR already held exactly this store
 
 
 def _pull(url: str, dest: str | os.PathLike, *, tables: Iterable[str] | None = None,
@@ -68,6 +69,10 @@ def _pull(url: str, dest: str | os.PathLike, *, tables: Iterable[str] | None = N
         raise StoreError(f"{where} is not a kevo store (no {MANIFEST})") from None
     if manifest.partial:
         raise ShareError(f"{where} is itself a partial pull; pull from the whole store")
+    for rel in (manifest.get("hidden") or {}).get("index") or []:
+        if isinstance(rel, str) and rel in manifest.get("files", {}) and not src.exists(rel):
+            raise CorruptStoreError(f"{where}: the chunk index {rel!r} named by the manifest is missing, so its "
+                                    "hidden chunks cannot be checked: the source is damaged (`kevo store verify` it)")
     declared = src.declared()
     # every file is listed (links in a local source are refused outright; HTTP cannot list: there
     # only the named files are fetched, each size-capped and hashed)
@@ -117,6 +122,9 @@ def _pull(url: str, dest: str | os.PathLike, *, tables: Iterable[str] | None = N
     dest = Path(dest)
     marker = dest / PULL_MARKER
     resume = _resumable_pull(dest, marker, where)
+    if not resume and not partial and _same_store(dest, raw, take, declared):
+        return PullResult(path=dest, files=0, bytes=0, partial=False, omitted_tables=[], hidden_layers=None,
+                          up_to_date=True)
     if dest.exists() and not resume and (not dest.is_dir() or any(dest.iterdir())):
         raise ShareError(f"{dest} already exists and is not an empty directory; pull into a new one")
     created = not dest.exists()
@@ -167,6 +175,25 @@ def _resumable_pull(dest: Path, marker: Path, where: str) -> bool:
         return json.loads(marker.read_text()).get("source") == where
     except (ValueError, OSError):
         return False
+
+
+def _same_store(dest: Path, raw: bytes, take: list[str], declared: Mapping) -> bool:
+    """``dest`` already holds this whole store (a re-run of a pull that finished): same manifest bytes,
+    every file present at its declared size (``verify`` checks the bytes)."""
+    try:
+        if (dest / MANIFEST).read_bytes() != raw:
+            return False
+    except OSError:
+        return False
+    for rel in take:
+        try:
+            st = os.lstat(dest / rel)
+        except OSError:
+            return False
+        size = declared[rel].get("size")
+        if not stat.S_ISREG(st.st_mode) or (size is not None and st.st_size != size):
+            return False
+    return True
 
 
 def _already_pulled(path: Path, entry: Mapping) -> bool:
