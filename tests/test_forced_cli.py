@@ -76,7 +76,7 @@ def test_forced_store_equals_the_generated_store(generated):
     assert gen["decoding"] == "teacher-forced" and gen["responses"]["n"] == 5
     # resuming the forced store with greedy decoding is refused
     p = kevo("ingest", "amber", "--data", data, "--model", WEIGHTS_DIR, "--out", out, *INGEST, check=False)
-    assert p.returncode == 1 and "generation.decoding='teacher-forced'" in p.stderr
+    assert p.returncode == 1 and "generation.decoding: 'teacher-forced' vs 'greedy'" in p.stderr
 
 
 def test_bad_response_files(generated):

@@ -1,14 +1,21 @@
 """What a dataset hands to the runner: items, an optional labeler, and a source fingerprint.
 
-A dataset module (``ingest/datasets/<name>.py``) exposes
+A dataset module (``ingest/datasets/<name>.py``) exposes ``dataset(...) -> Dataset`` (its keyword
+options are those of its ``kevo ingest <name>`` subcommand; malformed input raises
+:class:`DatasetError` naming the file and the record). The :class:`Dataset` carries
 
-* ``items(...) -> Iterator[DatasetItem]``: one item per (image, prompt), in a deterministic order
-  (the runner splits items across ranks by their index in this order). Malformed input raises
-  :class:`DatasetError` naming the file and the record.
+* ``items``: one :class:`DatasetItem` per (image, prompt), in a deterministic order (the runner
+  splits items across ranks by their index in this order);
 * optionally ``labeler(item, response, tokens) -> (token_columns, metrics)``, called by the runner
-  after generation for every sample (see :data:`Labeler`).
+  after generation for every sample (see :data:`Labeler`);
+* ``fingerprint`` and ``settings``, recorded in the manifest's ``dataset`` section. What identifies
+  the data (a resumed or merged store must agree on it): the name, the settings (prompt, task, ...)
+  and ``fingerprint["files"]``, the sha256 of the annotation files. Where the data lies
+  (``root``, ``images``, ``path``) and which items a run selected (``settings["ids"]``,
+  ``settings["image_ids"]``) are provenance (``kevo_store.manifest.PROVENANCE``).
 
-and builds a :class:`Dataset` that the runner consumes (``ingest.runner.run_ingest``).
+The file helpers every dataset shares live here: :func:`find_under`, :func:`read_json`,
+:func:`sha256_file`.
 """
 
 from __future__ import annotations
@@ -87,7 +94,7 @@ class Dataset:
     labeler: Labeler | None = None
     """Optional per-sample labeler (see :data:`Labeler`)."""
     fingerprint: dict = field(default_factory=dict)
-    """Where the data came from, for the manifest: e.g. {'root': ..., 'files': {name: sha256}}."""
+    """Where the data came from, for the manifest: e.g. {'root': ..., 'files': {name: sha256}} (``files``: identity)."""
     n_items: int | None = None
     """Number of items if known cheaply (for the progress bar and the disk estimate)."""
     settings: dict = field(default_factory=dict)
