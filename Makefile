@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser tokenizers test demo bench lint clean report-check
+.PHONY: setup browser tokenizers test demo bench lint clean report-check chaos
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -40,6 +40,10 @@ bench: setup
 # apt-get update && apt-get install -y chromium); without chromium that one test is skipped.
 report-check: setup
 	$(BIN)/python -m pytest -q tests/test_report_html.py -rs
+
+# The fault-injection suite alone (CI runs it with the tests), rewriting its figures in docs/integrity.md
+chaos: setup
+	KEVO_CHAOS_WRITE=1 $(BIN)/python -m pytest -q tests/test_chaos.py
 
 # ruff, then the import contract (ingest -> kevo_store <- queries, no cycles); .ci/run runs both
 lint: setup

@@ -79,6 +79,10 @@ def ingest_options(f: Callable) -> Callable:
         click.option("--limit", default=None, type=click.IntRange(min=0),
                      help="Only the first N items of the dataset."),
         click.option("--dry-run", is_flag=True, help="Print the disk-budget estimate and exit; writes nothing."),
+        click.option("--force", is_flag=True, help="Start even if the disk estimate exceeds the free space."),
+        click.option("--retry-errors", is_flag=True,
+                     help="Run again the samples recorded in the errors table (each error row leaves the table "
+                          "in the commit that writes the sample anew)."),
         click.option("--resume/--no-resume", default=True, show_default=True,
                      help="Skip samples already committed to --out (a re-run continues a crashed one). "
                           "--no-resume refuses a store that already holds samples."),
@@ -207,6 +211,23 @@ def vqa_cmd(questions: Path, images: Path, **options) -> None:
         from ingest.datasets import vqa
 
         return vqa.dataset(questions, images)
+
+    run_ingest_command(make_dataset, options)
+
+
+@ingest.command("vqa-constraints")
+@click.option("--data", required=True, type=click.Path(path_type=Path),
+              help="VQA-Constraints as released: multimodal_known.csv, multimodal_movies.csv, okvqa.csv + images.")
+@click.option("--answers", default=None, type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="Optional JSON object {\"<csv stem>:<index>\": \"answer\"} joined onto the rows.")
+@ingest_options
+def vqa_constraints_cmd(data: Path, answers: Path | None, **options) -> None:
+    """VQA-Constraints (questions with a constraint, for `kevo trace`); malformed rows go to errors."""
+
+    def make_dataset():
+        from ingest.datasets import vqa_constraints
+
+        return vqa_constraints.dataset(data, answers=answers, limit=options.get("limit"))
 
     run_ingest_command(make_dataset, options)
 
