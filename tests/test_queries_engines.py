@@ -135,7 +135,11 @@ def test_params_defaults_types_and_errors(planted):  # noqa: F811
     with pytest.raises(Exception, match="has no lens 'logit'"):
         queries.run(path, "stages", lens="logit")
     # quotes in a string parameter stay inside the literal
-    assert queries.run(path, "mutation-events", label="x' OR '1'='1").height == 0
+    evil = "x' OR '1'='1"
+    assert "'x'' OR ''1''=''1'" in queries.bind("mutation-events", label=evil).sql
+    assert open_store(path).sql(queries.bind("mutation-events", label=evil).sql).height == 0
+    with pytest.raises(KevoError, match="no token of .* has that label; labels present: correct, hallucinated"):
+        queries.run(path, "mutation-events", label=evil)
 
 
 def test_header_choices_grammar(tmp_path):
