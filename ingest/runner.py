@@ -705,6 +705,9 @@ def _process_batch(batch: list[DatasetItem], adapter, settings, dataset: Dataset
     prepared: list[Prepared] = []
     for item in batch:
         image = sha = None
+        if getattr(item, "error", None):
+            rows.errors.append(_error_row(item, "read", ValueError(item.error), item.error))
+            continue
         if item.image_path is not None:
             try:
                 image = load_image(Path(item.image_path))

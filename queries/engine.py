@@ -38,7 +38,8 @@ class QueryResult:
         return {"query": self.name, "params": self.params, "stores": self.stores}
 
 
-def _as_store(s: Any) -> Store:
+def as_store(s: Any) -> Store:
+    """A Store from a Store or a path/URL (opened)."""
     if isinstance(s, Store):
         return s
     if isinstance(s, (str, os.PathLike)):
@@ -54,7 +55,7 @@ def _connection(bound: BoundQuery, stores: Any):
             if len(stores) != 1:
                 raise KevoError(f"query {bound.name} reads one store, got {len(stores)}")
             stores = stores[0]
-        s = _as_store(stores)
+        s = as_store(stores)
         return s, [s.path], [s]
     if isinstance(stores, Stores):
         missing = [a for a in STORE_ALIASES if a not in stores.stores]

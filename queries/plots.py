@@ -22,11 +22,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
-from kevo_store import open_store  # noqa: E402
 from kevo_store.errors import KevoError  # noqa: E402
 
-from .engine import run  # noqa: E402
+from .engine import as_store, run  # noqa: E402
 from .library import load  # noqa: E402
+from .trace_plots import fig_attention_patches, fig_trace  # noqa: E402
 
 CLASS_COLORS = {"hallucinated": "#d62728", "correct": "#2ca02c", "safe": "#9467bd", "non-object": "#7f7f7f"}
 GROUP_COLORS = ("#1f77b4", "#2ca02c", "#d62728")
@@ -66,17 +66,13 @@ def _query_params(name: str, params: dict) -> dict:
     return {k: v for k, v in params.items() if k in known}
 
 
-def _store(store):
-    return open_store(store) if isinstance(store, (str, os.PathLike)) else store
-
-
 def default_token(store, **params) -> int:
     """The token a figure shows when none is named: the first token with a top-1 mutation event."""
     ev = run(store, "mutation-events", **_query_params("mutation-events", params))
     top1 = ev.filter(pl.col("displaced_id").is_not_null())
     pick = top1 if top1.height else ev
     if pick.height == 0:
-        t = _store(store).sql("SELECT min(token_uid) AS t FROM tokens")["t"][0]
+        t = as_store(store).sql("SELECT min(token_uid) AS t FROM tokens")["t"][0]
         if t is None:
             raise KevoError("the store has no tokens")
         return int(t)
@@ -84,7 +80,7 @@ def default_token(store, **params) -> int:
 
 
 def fig_candidates(store, token_uid: int | None = None, **params):
-    store = _store(store)
+    store = as_store(store)
     if token_uid is None:
         token_uid = default_token(store, **params)
     df = run(store, "top-candidates", token_uid=token_uid, **_query_params("top-candidates", params))
@@ -125,7 +121,7 @@ def fig_candidates(store, token_uid: int | None = None, **params):
 def js_matrix(store, sample_id: int | None = None, where: str | None = None, lens: str = "final_norm",
               norm: str = "column"):
     """(matrix tokens x layers 1..L, token labels, layers) with the chosen normalisation."""
-    store = _store(store)
+    store = as_store(store)
     if where is None:
         if sample_id is None:
             sample_id = int(store.sql("SELECT min(sample_id) AS s FROM tokens WHERE role = 'generated'")["s"][0])
@@ -218,7 +214,7 @@ def layer_groups(store, token_uids: list[int], **params) -> tuple[float | None, 
 
 
 def fig_tsne(store, embedding_id: str | None = None, **params):
-    store = _store(store)
+    store = as_store(store)
     if "embeddings" not in store.tables:
         raise KevoError(f"{store.path} has no embeddings; run `kevo embed {store.path}` first")
     if embedding_id is None:
@@ -296,6 +292,8 @@ FIGURES = {
     "tsne": fig_tsne,
     "divergence": fig_divergence,
     "hallucination": fig_hallucination,
+    "trace": fig_trace,
+    "attention-patches": fig_attention_patches,
 }
 
 

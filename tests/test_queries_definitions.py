@@ -10,7 +10,6 @@ import pytest
 
 import queries
 from queries.testing import DEFINITIONS
-from tests.queries_helpers import planted  # noqa: F401
 
 LABELS = ("", "hallucinated", "correct", "safe")
 CASES = [(d, lab, "final_norm") for d in DEFINITIONS for lab in LABELS] + [(d, "", "raw") for d in DEFINITIONS]

@@ -127,6 +127,8 @@ def run_demo(out: Path, *, n_images: int, task: str, model: str | None, seed: in
     if token is not None:  # the paper's Fig. 3: a real hallucination, its displaced candidate and the emitted one
         step("plot", "candidates", str(store), "--token", str(token), "-o",
              str(figures / "candidates-hallucination.png"), required=False)
+    else:
+        echo("  (no hallucinated token has a top-1 mutation event: no candidates figure of a hallucination)")
     step("plot", "tsne", str(vqa_store), "-o", str(figures / "tsne-vqa.png"), required=False)
 
     echo("7/7 report")
@@ -229,6 +231,11 @@ def _format_summary(s: dict, out: Path, seconds: float) -> str:
         disc = ((m.get("discriminative") or {}).get("official") or {}).get("all")
         if disc:
             lines.append(f"  AMBER yes/no       accuracy {disc['accuracy']:.1f}  F1 {disc['f1']:.1f}   ({disc['n']} questions)")
+            by = (m.get("discriminative") or {}).get("official") or {}
+            parts = [f"{k} {by[k]['accuracy']:.1f} ({by[k]['n']})" for k in ("existence", "attribute", "relation")
+                     if k in by]
+            if parts:
+                lines.append("    accuracy by task   " + "  ".join(parts))
     dist = s.get("critical_layer_distribution")
     rows = [("generated tokens, paper's (any top-1)", _rows(dist))]
     for label, table in (s.get("critical_layer_distribution_emitted") or {}).items():
