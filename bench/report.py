@@ -95,6 +95,9 @@ def render(r: dict) -> str:
     _hidden(w, S.get("hidden_write"), cmd)
     _queries(w, S.get("queries"), S.get("ingest"), cmd)
     _tsne(w, S.get("tsne"), cmd)
+    from bench.trace_report import render_trace
+
+    render_trace(w, S.get("trace"), cmd, _f, _err)
     _gpu(w, r.get("gpu"))
     return "\n".join(L) + "\n"
 

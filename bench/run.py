@@ -27,7 +27,7 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("ingest", "organism", "hidden_write", "queries", "tsne")
+SECTIONS = ("ingest", "organism", "hidden_write", "queries", "tsne", "trace")
 
 
 def _args(argv=None):
@@ -103,6 +103,7 @@ def main(argv=None) -> int:
     section("hidden_write", lambda: _hidden_write(q))
     section("queries", lambda: _queries(q))
     section("tsne", lambda: _tsne(q, a.threads))
+    section("trace", lambda: __import__("bench.trace_bench", fromlist=["run"]).run(q))
     gpu = OUT / "gpu-results.json"
     if gpu.is_file():
         g = json.loads(gpu.read_text())

@@ -89,6 +89,16 @@ def add_sample(rows: BatchRows, p: Prepared, cap, adapter, dataset: Dataset) -> 
         v = np.asarray(getattr(cap, name), dtype=np.int16)
         cols[name] = pa.array(v, pa.int16(), mask=v < 0)
 
+    if getattr(dataset, "prompt_labeler", None) is not None:
+        try:
+            flagged = dataset.prompt_labeler(item, np.asarray(cap.input_ids).tolist(), adapter)
+        except Exception as e:
+            raise LabelError(str(e)) from e
+        if flagged is not None:
+            flagged = set(int(x) for x in flagged)
+            cols["is_constraint"] = pa.array([None if g else int(q) in flagged for g, q in zip(is_gen, position)],
+                                             pa.bool_())
+
     metrics = None
     if dataset.labeler is not None:
         gen_table = pa.table({
@@ -125,8 +135,8 @@ def add_sample(rows: BatchRows, p: Prepared, cap, adapter, dataset: Dataset) -> 
         rows.hidden.append(np.asarray(cap.hidden))
     over = getattr(cap, "fp16_overflow", None)
     if over is not None:
-        for layer, count in zip(cap.hidden_layers, np.asarray(over).tolist()):
-            rows.fp16_overflow[layer] = rows.fp16_overflow.get(layer, 0) + int(count)
+        for layer, n_over in zip(cap.hidden_layers, np.asarray(over).tolist()):
+            rows.fp16_overflow[layer] = rows.fp16_overflow.get(layer, 0) + int(n_over)
     rows.tokens.append(tokens)
     rows.samples.append({
         "sample_key": item.key,

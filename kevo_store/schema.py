@@ -73,6 +73,8 @@ TOKENS = pa.schema(
         _f("is_answer", pa.bool_(), "VQA: the first token of the answer word."),
         _f("greedy_match", pa.bool_(), "Generated rows: the model's own greedy choice at this position is this "
            "token (always true when samples.mode = 'generated'; null for image/prompt rows)."),
+        _f("is_constraint", pa.bool_(), "Questions with a constraint: this prompt token carries the constraint "
+           "(the span of the question the answer depends on); null for generated tokens."),
     ]
 )
 
@@ -136,6 +138,75 @@ EMBEDDINGS = pa.schema(
     ]
 )
 
+# Written back by `kevo trace` (ingest/trace): causal tracing, one row per (sample, trace run).
+TRACE_RUNS = pa.schema(
+    [
+        _f("trace_id", pa.string(), "'<run name>:<sample_id>'; the run name is `kevo trace --name` (key).", False),
+        _f("name", pa.string(), "The trace run's name (its parameters: manifest 'derived'.traces.params.runs).", False),
+        _f("sample_id", pa.int64(), "The traced sample.", False),
+        _f("corruption", pa.string(), "'swap:WORD', 'noise:K' or 'image-noise:K'.", False),
+        _f("corrupted_positions", pa.list_(pa.int32()), "Input positions corrupted (constraint or image tokens).", False),
+        _f("replacement_id", pa.int32(), "swap: the id of the replacement token (first piece of WORD); null for noise."),
+        _f("noise_scale", pa.float32(), "noise: K (the noise's standard deviation is K x sigma); null for swap."),
+        _f("noise_sigma", pa.float32(), "noise: sigma, the standard deviation of the model's token embeddings."),
+        _f("noise_samples", pa.int32(), "Noise draws averaged (1 for swap).", False),
+        _f("seed", pa.int64(), "Seed of the noise draws (per sample: seeded by (seed, sample_id)).", False),
+        _f("window", pa.int16(), "Layers restored together per row (W), centred on the row's layer, clipped.", False),
+        _f("kinds", pa.list_(pa.string()), "Restored kinds: hidden, mlp, attn.", False),
+        _f("answer_id", pa.int32(), "The answer: the clean run's greedy first token (= the store's first generated token).", False),
+        _f("p_clean", pa.float32(), "p(answer) at the last position, clean run.", False),
+        _f("p_corrupt", pa.float32(), "p(answer), corrupted run (mean over noise draws).", False),
+        _f("n_positions", pa.int32(), "Length of the model input (positions 0..n-1).", False),
+        _f("first_corrupted", pa.int32(), "The first corrupted position.", False),
+        _f("causal_prefix", pa.bool_(), "Every site before first_corrupted was bitwise equal in the clean and the corrupted "
+           "run (so those rows are exactly p_corrupt and not computed); false for bidirectional prefixes.", False),
+        _f("kv_cache", pa.bool_(), "The corrupted run's key/value cache was re-used for the unaffected prefix.", False),
+        _f("params", pa.string(), "Every parameter of the run, as JSON.", False),
+    ]
+)
+
+TRACES = pa.schema(
+    [
+        _f("trace_id", pa.string(), "The trace run and sample (trace_runs.trace_id). Key part 1.", False),
+        _f("sample_id", pa.int64(), "The traced sample.", False),
+        _f("kind", pa.string(), "hidden (residual stream after layer l; 0 = embeddings), mlp or attn (block l's output). "
+           "Key part 2.", False),
+        _f("layer", pa.int16(), "The row's layer (hidden 0..L, mlp/attn 1..L). Key part 3.", False),
+        _f("position", pa.int32(), "First restored position in the model's input sequence (as tokens.position). "
+           "Key part 4.", False),
+        _f("positions", pa.list_(pa.int32()), "Every restored position (one, or a patch group of image tokens).", False),
+        _f("window_layers", pa.list_(pa.int16()), "The layers actually restored (the window, clipped).", False),
+        _f("token_uid", pa.int64(), "tokens.token_uid of the position where the prompt was captured, else null."),
+        _f("token_id", pa.int32(), "Input token id at the position.", False),
+        _f("role", pa.string(), "image | prompt.", False),
+        _f("token_group", pa.string(), "ROME's token groups relative to the corrupted tokens: before, first_corrupted, "
+           "middle_corrupted, last_corrupted, first_subsequent, further, last.", False),
+        _f("patch_row", pa.int16(), "Image positions: vision-grid row of the first restored patch."),
+        _f("patch_col", pa.int16(), "Image positions: vision-grid column of the first restored patch."),
+        _f("computed", pa.bool_(), "False where the effect is exactly 0 by the causal mask (position before the first "
+           "corrupted one, prefix checked bitwise equal): no forward ran, p_restored = p_corrupt.", False),
+        _f("p_restored", pa.float32(), "p(answer) with the clean values restored (mean over noise draws).", False),
+        _f("effect", pa.float32(), "p_restored - p_corrupt: the indirect effect (its mean over samples is ROME's AIE).", False),
+    ]
+)
+
+ATTENTION_CONTRIBUTIONS = pa.schema(
+    [
+        _f("sample_id", pa.int64(), "The sample (clean run). Key part 1.", False),
+        _f("target", pa.string(), "'last_constraint' (sources: image tokens) or 'last' (sources: text tokens, and the "
+           "image as one group). Key part 2.", False),
+        _f("layer", pa.int16(), "Decoder layer 1..L. Key part 3.", False),
+        _f("source_position", pa.int32(), "Source position (the first image position for the image group). Key part 4.", False),
+        _f("target_position", pa.int32(), "The target's position.", False),
+        _f("source_role", pa.string(), "image | constraint | prompt | image_all (every image token as one group).", False),
+        _f("patch_row", pa.int16(), "Image sources: vision-grid row."),
+        _f("patch_col", pa.int16(), "Image sources: vision-grid column."),
+        _f("token_uid", pa.int64(), "tokens.token_uid of the source where the prompt was captured, else null."),
+        _f("contribution", pa.float32(), "|| sum_h A_{t,s} x_s W_V^h W_O^h ||: the norm of the source's share of the "
+           "attention block's output at the target.", False),
+    ]
+)
+
 TABLES: dict[str, pa.Schema] = {
     "samples": SAMPLES,
     "tokens": TOKENS,
@@ -144,7 +215,8 @@ TABLES: dict[str, pa.Schema] = {
     "vocab": VOCAB,
     "errors": ERRORS,
 }
-DERIVED_TABLES: dict[str, pa.Schema] = {"embeddings": EMBEDDINGS}
+DERIVED_TABLES: dict[str, pa.Schema] = {"embeddings": EMBEDDINGS, "trace_runs": TRACE_RUNS, "traces": TRACES,
+                                        "attention_contributions": ATTENTION_CONTRIBUTIONS}
 
 # Sort keys: each table's Parquet files are sorted by these columns.
 KEYS: dict[str, tuple[str, ...]] = {
@@ -155,6 +227,9 @@ KEYS: dict[str, tuple[str, ...]] = {
     "vocab": ("vocab_id",),
     "errors": ("sample_key",),
     "embeddings": ("embedding_id", "token_uid", "layer"),
+    "trace_runs": ("trace_id",),
+    "traces": ("trace_id", "kind", "layer", "position"),
+    "attention_contributions": ("sample_id", "target", "layer", "source_position"),
 }
 
 # Units of the columns that have one (by column name: the same name means the same unit everywhere).
@@ -165,6 +240,8 @@ UNITS: dict[str, str] = {
     "layer": "layer 0..L", "step": "generation step", "position": "sequence position",
     "char_start": "characters", "char_end": "characters", "n_prompt_tokens": "tokens", "n_generated": "tokens",
     "x": "embedding units", "y": "embedding units",
+    "p_clean": "probability", "p_corrupt": "probability", "p_restored": "probability",
+    "effect": "probability difference", "contribution": "hidden-state norm",
 }
 
 # Older stores hold these columns in a narrower type; readers and verify accept both (values fit).
@@ -175,4 +252,6 @@ FORMAT_NOTES: tuple[str, ...] = (
     "`topk.rank` is int32 (was int8, which wrapped to negative numbers for `--top-k` >= 128). Stores written "
     "with int8 ranks stay valid and readable (their k is at most 127; a resume keeps k, so its new parts "
     "hold the same values as int32).",
+    "`tokens.is_constraint` (questions with a constraint) and the derived tables `trace_runs`, `traces` and "
+    "`attention_contributions` (written by `kevo trace`) are additions; stores without them stay valid.",
 )

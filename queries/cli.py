@@ -153,16 +153,18 @@ def embed(store, where, layers, method, perplexity, seed, n_jobs, embedding_id, 
         click.echo(str(out.dispersion))
 
 
-PLOT_KINDS = ["candidates", "js-heatmap", "stages", "critical-layers", "tsne", "divergence", "hallucination"]
+PLOT_KINDS = ["candidates", "js-heatmap", "stages", "critical-layers", "tsne", "divergence", "hallucination", "trace",
+              "attention-patches"]
 
 
 @click.command("plot")
 @click.argument("kind", type=click.Choice(PLOT_KINDS))
 @click.argument("store")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
-              help="Figure file: .png or .svg (both written if no suffix).")
+              help="Figure file: .png, .svg or .pdf (.png and .svg both written if no suffix).")
 @click.option("--token", "token_uid", type=int, default=None, help="candidates: the token_uid.")
-@click.option("--sample", "sample_id", type=int, default=None, help="js-heatmap: the sample (default: the first).")
+@click.option("--sample", "sample_id", type=int, default=None,
+              help="js-heatmap, trace, attention-patches: the sample (trace/attention-patches default: the average).")
 @click.option("--tokens", "where", default=None, help="js-heatmap: SQL predicate on tokens instead of --sample.")
 @click.option("--norm", type=click.Choice(["none", "global", "column"]), default="column", show_default=True,
               help="js-heatmap normalisation (per column is what the paper's figure did).")
@@ -170,7 +172,7 @@ PLOT_KINDS = ["candidates", "js-heatmap", "stages", "critical-layers", "tsne", "
 @click.option("--param", "-p", "params", multiple=True, metavar="KEY=VALUE", help="Query parameters (lens, tau, ...).")
 def plot(kind, store, output, token_uid, sample_id, where, norm, embedding_id, params):
     """Figures from a store (matplotlib, PNG and SVG): candidates (paper Fig. 2/3), js-heatmap, stages,
-    critical-layers, tsne, divergence, hallucination."""
+    critical-layers, tsne, divergence, hallucination, trace (causal tracing heatmaps), attention-patches."""
     from . import plots
 
     kv = _parse_params(params)
@@ -186,8 +188,13 @@ def plot(kind, store, output, token_uid, sample_id, where, norm, embedding_id, p
 @click.option("--param", "-p", "params", multiple=True, metavar="KEY=VALUE", help="Query parameters (lens, tau, ...).")
 def report(store, output, params):
     """One self-contained HTML page: figures (embedded), key tables, the manifest's provenance."""
+    from kevo_store import open_store
+    from kevo_store.cli import warn_if_open
+
     from .report import build_report
 
+    with open_store(store) as s:
+        warn_if_open(s.path, s.manifest)
     path = build_report(store, output, **_parse_params(params))
     click.echo(path)
 

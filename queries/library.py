@@ -5,6 +5,7 @@ Every file starts with a header of comment lines::
     -- name: critical-layers
     -- description: one line
     -- stores: 2                      (optional: a two-store query; its tables are a.<t> and b.<t>)
+    -- tables: traces, trace_runs     (optional: derived tables it reads, written by another command)
     -- param token_uid: int          -- a parameter; no default: required
     -- include: critical_layer       (a shared definition, see below)
 
@@ -40,7 +41,7 @@ from typing import Any
 from kevo_store.errors import KevoError
 
 SQL_DIR = Path(__file__).parent / "sql"
-_HEADER = re.compile(r"^--\s*(name|fragment|description|stores|reads):\s*(.*?)\s*$")
+_HEADER = re.compile(r"^--\s*(name|fragment|description|stores|reads|tables):\s*(.*?)\s*$")
 _INCLUDE = re.compile(r"^--\s*include:\s*([A-Za-z_]\w*)(?:\s+as\s+([A-Za-z]\w*))?\s*$")
 _CTE = re.compile(r"^(?:WITH\s+)?([A-Za-z_]\w*)\s+AS\s*\(", re.IGNORECASE | re.MULTILINE)
 _END = "\x00"  # marks the comma after an included block: dropped when the main SELECT follows
@@ -107,6 +108,9 @@ class NamedQuery:
     """The file's text as written (includes not expanded)."""
     fragments: tuple[str, ...] = ()
     """The fragments the query includes (directly or through other fragments), in order."""
+    tables: tuple[str, ...] = ()
+    """Derived tables the query reads (``-- tables: traces, trace_runs``): a store has them only after
+    the command that writes them (e.g. ``kevo trace``)."""
 
     def param(self, name: str) -> Param:
         for p in self.params:
@@ -292,7 +296,8 @@ class _Expansion:
             own = "\n".join([f"-- {name} ({f.path.name}): {f.description}", *free, own])
         body = "\n".join(x for x in (nested, own) if x)
         if suffix and rename:
-            names = set(_CTE.findall(body)) | set(f.reads) | self._reads(f)
+            # with the CTEs of the fragments it builds on, even those already included under this suffix
+            names = set(_CTE.findall(body)) | set(f.reads) | self._reads(f) | self._nested_ctes(f)
             body = re.sub(r"(?<![$.\w])(" + "|".join(sorted(names, key=len, reverse=True)) + r")\b",
                           lambda m: f"{m.group(1)}_{suffix}", body)
         return body.rstrip() + "," + _END if _body_sql(body) else body.rstrip()
@@ -304,6 +309,15 @@ class _Expansion:
             if m:
                 g = load_fragment(m.group(1))
                 out |= {p.name for p in g.params} | self._included_params(g)
+        return out
+
+    def _nested_ctes(self, f: Fragment) -> set[str]:
+        out: set[str] = set()
+        for line in f.text.splitlines():
+            m = _INCLUDE.match(line)
+            if m:
+                g = load_fragment(m.group(1))
+                out |= set(_CTE.findall(g.text)) | self._nested_ctes(g)
         return out
 
     def _reads(self, f: Fragment) -> set[str]:
@@ -350,7 +364,8 @@ def parse(text: str, path: Path) -> NamedQuery:
     if used - declared:
         raise ValueError(f"{path}: undeclared parameters {sorted(used - declared)}")
     return NamedQuery(meta["name"], meta.get("description", ""), tuple(params), sql, path,
-                      int(meta.get("stores", "1")), text, tuple(fragments))
+                      int(meta.get("stores", "1")), text, tuple(fragments),
+                      tuple(t.strip() for t in meta.get("tables", "").split(",") if t.strip()))
 
 
 _CACHE: dict[str, NamedQuery] = {}

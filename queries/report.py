@@ -117,6 +117,20 @@ td:first-child,th:first-child{text-align:left}.null{color:#aaa}.more{color:#777;
 """
 
 
+def trace_section(store, fig) -> tuple[str, str]:
+    """Causal tracing (`kevo trace`): every run's peaks over the dataset, its heatmaps, the patch grid."""
+    names = store.sql("SELECT DISTINCT name FROM trace_runs ORDER BY name")["name"].to_list()
+    body = ("<p class=q>causal tracing (docs/tracing.md): p(answer) with the clean state restored; AIE = mean of "
+            "p_restored - p_corrupt</p>")
+    for name in names:
+        peaks = result(store, "trace-peaks", trace_run=name, per="dataset")
+        body += f"<h3>{html.escape(name)}</h3><p class=q>trace-peaks: {_params(peaks.params)}</p>"
+        body += table_html(peaks.frame) + fig("trace", trace_run=name)
+    if "attention_contributions" in store.tables:
+        body += fig("attention-patches")
+    return (f"Causal tracing ({len(names)} run(s))", body)
+
+
 def build_report(store_path, output, **params) -> str:
     """Write the report; returns its path. ``params`` go to every query that has them (lens, tau, ...)."""
     t0 = time.perf_counter()
@@ -170,6 +184,8 @@ def build_report(store_path, output, **params) -> str:
         sections.append(("Embedding of hidden states (t-SNE)", fig("tsne")))
     if "comparison" in store.tables:
         sections.append(comparison_section(store))
+    if "traces" in store.tables and "trace_runs" in store.tables:
+        sections.append(trace_section(store, fig))
     sections.append(("Provenance", _provenance(store)))
     model = store.model.get("id", "?")
     dataset = store.dataset.get("name", "?")

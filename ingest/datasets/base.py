@@ -43,6 +43,9 @@ class DatasetItem:
     """The dataset's record for this item; stored verbatim as JSON in ``samples.annotations``."""
     image_id: str | None = None
     """``samples.image_id``: the image's name relative to the dataset root; defaults to the file name."""
+    error: str | None = None
+    """A record that could not be used (malformed row, constraint not in its question): the runner
+    writes it as an ``errors`` row (stage 'read', the message naming file and row) and runs the rest."""
 
     @property
     def dataset(self) -> str:
@@ -88,6 +91,10 @@ class Dataset:
     """Number of items if known cheaply (for the progress bar and the disk estimate)."""
     settings: dict = field(default_factory=dict)
     """Dataset options worth recording in the manifest (prompt, split, ...)."""
+    prompt_labeler: Callable[[DatasetItem, Any, Any], Any] | None = None
+    """Optional ``prompt_labeler(item, input_ids, adapter) -> set of input positions`` flagged in
+    ``tokens.is_constraint`` (prompt rows, when captured); an exception sends the sample to ``errors``
+    (stage 'label'), e.g. a constraint not found in its question."""
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

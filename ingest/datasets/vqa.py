@@ -1,7 +1,10 @@
 """Visual question answering sets with single-word answers (the paper's cross-image experiment).
 
-``--questions FILE``: a JSON list or JSONL of records ``{"image": ..., "question": ...[, "answer": ...][, "id": ...]}``;
-``image`` is a path relative to ``--images`` (or absolute). The answer word of each response is
+``--questions FILE``: a JSON list or JSONL of records ``{"image": ..., "question": ...[, "answer": ...][, "id": ...]
+[, "constraint": ...]}``; ``image`` is a path relative to ``--images`` (or absolute). ``constraint`` is the
+span of the question the answer depends on ("this building"): its tokens are flagged in
+``tokens.is_constraint`` (prompt rows, with ``--capture-prompt``) and ``kevo trace`` corrupts them; a
+constraint not found in its question is an ``errors`` row. The answer word of each response is
 marked in ``tokens.is_answer`` (its first token): the expected answer where the response contains it,
 else the first word of the response.
 """
@@ -46,6 +49,8 @@ def read_records(path: Path, required: tuple[str, ...] = ("image", "question"), 
                 raise DatasetError(f"{path}, record {i}: missing or empty {key!r}")
         if "answer" in r and not isinstance(r["answer"], str):
             raise DatasetError(f"{path}, record {i}: 'answer' must be a string")
+        if "constraint" in r and not (isinstance(r["constraint"], str) and r["constraint"].strip()):
+            raise DatasetError(f"{path}, record {i}: 'constraint' must be a non-empty string")
     return records
 
 
@@ -65,13 +70,40 @@ def dataset(questions: str | Path, images: str | Path, limit: int | None = None)
         p = Path(r["image"])
         items.append(DatasetItem(key=f"vqa:{item_id}", item_id=item_id, prompt=r["question"],
                                  image_path=p if p.is_absolute() else images / p, annotations=dict(r),
-                                 image_id=r["image"]))
+                                 image_id=r["image"],
+                                 error=constraint_problem(r, f"{Path(questions).name}, record {i + 1}")))
     if limit is not None:
         items = items[:limit]
+    with_constraints = any("constraint" in it.annotations for it in items)
     return Dataset(name="vqa", items=items, labeler=labeler, n_items=len(items),
+                   prompt_labeler=constraint_labeler if with_constraints else None,
                    fingerprint={"questions": str(Path(questions).resolve()),
                                 "files": {Path(questions).name: sha256_file(questions)}, "images": str(images)},
                    settings={})
+
+
+def constraint_problem(record: dict, where: str) -> str | None:
+    """None, or why the record's constraint cannot be used (it is not in its question)."""
+    from ingest.trace.constraint import ConstraintError, constraint_span
+
+    c = record.get("constraint")
+    if c is None:
+        return None
+    try:
+        constraint_span(record["question"], c)
+    except ConstraintError as e:
+        return f"{where}: {e}"
+    return None
+
+
+def constraint_labeler(item: DatasetItem, input_ids: list[int], adapter):
+    """The input positions of the item's constraint (flagged in tokens.is_constraint), or None."""
+    from ingest.trace.constraint import constraint_positions
+
+    c = item.annotations.get("constraint")
+    if not c:
+        return None
+    return constraint_positions(adapter.tokenizer, input_ids, item.prompt, c, adapter.image_token_ids)
 
 
 def answer_word(response: str, expected: str | None):

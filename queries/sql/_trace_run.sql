@@ -1,0 +1,3 @@
+-- fragment: trace_run
+-- description: Which causal-tracing run a query reads (trace_runs.name, see docs/tracing.md).
+-- param trace_run: str = ''  -- trace run (trace_runs.name, `kevo trace --name`); '' = every run, each on its own rows
