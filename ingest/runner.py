@@ -25,6 +25,7 @@ one-process run.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import traceback
@@ -104,6 +105,10 @@ class IngestConfig:
     """Skip items already committed; False refuses a store that already holds samples."""
     progress: bool = True
     """Show a progress bar (rank 0 only)."""
+    force: bool = False
+    """Start even if the disk estimate exceeds the free space."""
+    retry_errors: bool = False
+    """Run the samples recorded in the errors table again (each error row leaves with its new commit)."""
     responses: str | None = None
     """Teacher forcing: a JSON/JSONL file of {"id", "response"}; each item's given response is scored
     (one forward pass) instead of generating one (ingest/forced.py). Items without a response are left out."""
@@ -314,6 +319,10 @@ def run_ingest(dataset: Dataset, config: IngestConfig, *, echo: Callable[[str], 
     tokens_per_item = config.max_new_tokens + prompt_guess
     # the estimate covers what is left to do (read-only peek at a store being resumed; ranks' parts too)
     already = committed_keys(config.out) | keys_in_parts(config.out) if ctx.rank == 0 else set()
+    if config.retry_errors:
+        if ctx.distributed:
+            raise IngestError("--retry-errors runs in one process (re-run the errored samples without torchrun)")
+        already -= _error_keys(config.out)
     if already and not config.resume:
         raise IngestError(f"store {config.out} already holds {len(already)} samples; --no-resume refuses to add to "
                           "it (remove it, or drop --no-resume to continue it)")
@@ -326,6 +335,13 @@ def run_ingest(dataset: Dataset, config: IngestConfig, *, echo: Callable[[str], 
                                   if n_todo < len(items) else ""))
     if config.dry_run:
         return None
+    if n_todo == 0 and items and not ctx.distributed and _closed(config.out):
+        n_err = _n_errors(config.out)
+        echo(f"{config.out} is complete: all {len(items)} samples are committed"
+             + (f" ({n_err} as errors; see: kevo sql {config.out} \"SELECT * FROM errors\")" if n_err else "")
+             + "; nothing to do")
+        return None
+    _check_free_space(config, estimate, echo)
 
     # the ranks only exchange a barrier and one flag: gloo (CPU tensors) serves GPU runs as well
     ctx.init("gloo")
@@ -349,11 +365,61 @@ def run_ingest(dataset: Dataset, config: IngestConfig, *, echo: Callable[[str], 
         ctx.shutdown()
 
 
+def _error_keys(out: str) -> set[str]:
+    import pyarrow.parquet as pq
+
+    try:
+        m = json.loads((Path(out) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return set()
+    files = [str(Path(out) / f) for f in m["tables"]["errors"]["files"]]
+    return set(pq.read_table(files, columns=["sample_key"]).column(0).to_pylist()) if files else set()
+
+
+def _closed(out: str) -> bool:
+    try:
+        return json.loads((Path(out) / "manifest.json").read_text()).get("state") == "closed"
+    except (OSError, ValueError):
+        return False
+
+
+def _n_errors(out: str) -> int:
+    try:
+        return int(json.loads((Path(out) / "manifest.json").read_text())["tables"]["errors"]["rows"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def _check_free_space(config: IngestConfig, estimate: DiskEstimate, echo) -> None:
+    """Refuse (or, with --force, warn) when the disk estimate exceeds the free space under --out."""
+    import shutil
+
+    p = Path(config.out).absolute()
+    while not p.exists():
+        p = p.parent
+    free = shutil.disk_usage(p).free
+    need = estimate.total_bytes
+    if need <= free:
+        return
+    msg = (f"the disk estimate ({_human(need)}, an upper bound) exceeds the {_human(free)} free under {p}")
+    if not config.force:
+        raise IngestError(f"{msg}; free space, lower --max-new-tokens/--hidden, or pass --force to start anyway "
+                          "(a full disk stops the run; what was committed is kept)")
+    echo(f"warning: {msg}; going on (--force)")
+
+
 def _check_out(out: str) -> None:
     """--out must be a store, or not exist yet, or be an empty directory (checked before loading the model)."""
     p = Path(out)
     if p.exists() and not p.is_dir():
         raise IngestError(f"--out {out} exists and is not a directory")
+    for parent in p.absolute().parents:  # the first existing ancestor: a directory we may write in
+        if parent.exists():
+            if not parent.is_dir():
+                raise IngestError(f"--out {out}: {parent} is a file, not a directory")
+            if not p.exists() and not os.access(parent, os.W_OK | os.X_OK):
+                raise IngestError(f"--out {out}: {parent} is not writable (read-only file system or permissions)")
+            break
     if p.is_dir() and not (p / "manifest.json").is_file() and any(x.name != ".lock" for x in p.iterdir()):
         raise IngestError(f"--out {out} is a non-empty directory that is not a kevo store; choose another path")
 
@@ -377,6 +443,14 @@ def _resolve_device(config: IngestConfig, ctx: RankContext) -> str | None:
     if config.device_map:
         return None
     if config.device is not None:
+        if config.device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                why = ("this torch was built without CUDA" if torch.version.cuda is None
+                       else "no CUDA device is visible")
+                raise IngestError(f"--device {config.device}: {why} (torch {torch.__version__}); "
+                                  "use --device cpu, or install a CUDA build of torch")
         if ctx.distributed and config.device == "cuda":
             return f"cuda:{ctx.local_rank}"
         return config.device
@@ -511,6 +585,10 @@ def _run_rank(dataset, items, config, ctx, dims, skip, hidden_layers, estimate, 
     result = IngestResult(out=config.out, n_items=len(mine), estimate=estimate)
     t0 = time.perf_counter()
     with _open_writer(out, meta, adapter, hidden_layers, hidden_dtype) as writer:
+        if config.retry_errors:
+            retried = writer.retry_errors([it.key for it in mine])
+            if retried:
+                echo(f"retrying {len(retried)} samples recorded as errors in {out}")
         done = set(writer.committed_keys) | elsewhere
         writer.write_vocab(vocab_table(adapter.tokenizer, adapter.vocab_size))
         pending = [it for it in mine if it.key not in done]
@@ -524,6 +602,7 @@ def _run_rank(dataset, items, config, ctx, dims, skip, hidden_layers, estimate, 
         # errors would make a fixed re-run skip them.
         held: list[dict] = []
         overflow: dict[int, int] = {}
+        max_pos, long_warned = _max_positions(adapter), False
         try:
             for start in range(0, len(pending), config.batch_size):
                 batch = pending[start : start + config.batch_size]
@@ -543,6 +622,7 @@ def _run_rank(dataset, items, config, ctx, dims, skip, hidden_layers, estimate, 
                     rows.errors, held = held + rows.errors, []
                 write_rows(writer, rows)
                 _warn_fp16_overflow(rows.fp16_overflow, overflow, echo)
+                long_warned = long_warned or _warn_positions(rows, config.max_new_tokens, max_pos, echo)
                 result.n_samples += len(rows.samples)
                 result.n_errors += len(rows.errors)
                 result.n_tokens += rows.n_tokens
@@ -566,6 +646,27 @@ def _run_rank(dataset, items, config, ctx, dims, skip, hidden_layers, estimate, 
     if overflow:
         echo(_fp16_overflow_message(overflow, "in this run"))
     return result
+
+
+def _max_positions(adapter) -> int | None:
+    cfg = getattr(getattr(adapter, "model", None), "config", None)
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    n = getattr(text, "max_position_embeddings", None)
+    return n if isinstance(n, int) and n > 0 else None
+
+
+def _warn_positions(rows: BatchRows, max_new: int, max_pos: int | None, echo) -> bool:
+    """Warn (once) when a prompt plus the generation budget runs past the model's positions."""
+    if not max_pos:
+        return False
+    long = [r for r in rows.samples if (r.get("n_prompt_tokens") or 0) + max_new > max_pos]
+    if not long:
+        return False
+    r = max(long, key=lambda r: r["n_prompt_tokens"])
+    echo(f"warning: sample {r['sample_key']}: a {r['n_prompt_tokens']}-token prompt plus --max-new-tokens {max_new} "
+         f"runs past the model's {max_pos} positions (max_position_embeddings); what it generates beyond them "
+         "is unreliable: shorten the prompt or lower --max-new-tokens")
+    return True
 
 
 def _fp16_overflow_message(counts: dict[int, int], when: str) -> str:

@@ -117,6 +117,13 @@ def _parse_store_args(args: tuple[str, ...]) -> dict[str, str]:
     return stores
 
 
+def warn_if_open(path: str, manifest: dict) -> None:
+    """A store whose writer has not closed it holds only what was committed so far."""
+    if manifest.get("state") == "open":
+        click.echo(f"warning: {path} is open (a writer is running, or was interrupted): it holds the samples "
+                   f"committed so far; `kevo store compact {path}` finishes an interrupted one", err=True)
+
+
 def _export_paths(output: str | None) -> list[str]:
     """The export file, and the temporary sibling DuckDB writes first when the file exists."""
     if not output:
@@ -170,6 +177,8 @@ def sql(args: tuple[str, ...], fmt: str, output: str | None, max_rows: int, allo
                      allow_paths=_export_paths(output))
     import duckdb
 
+    for st in ms.stores.values():
+        warn_if_open(st.path, st.manifest)
     try:
         rel = ms.con.sql(query)
         if rel is None:  # a statement without a result (SET, CREATE TEMP VIEW, ...)
@@ -184,7 +193,7 @@ def sql(args: tuple[str, ...], fmt: str, output: str | None, max_rows: int, allo
             return
         df = rel.pl()
     except duckdb.Error as e:
-        raise query_error(e, ms.roots) from None
+        raise query_error(e, ms.roots, ms.manifests) from None
     text = _render(df, fmt, max_rows)
     if output:
         with open(output, "w") as f:
@@ -249,8 +258,11 @@ def store_summary(path: str) -> dict:
     h = m.get("hidden")
     hidden = None
     if h:
-        hidden = {"shape": [h["rows"], len(h["layers"]), h["hidden_size"]], "dtype": h["logical_dtype"],
-                  "layers": h["layers"], "bytes": fs.disk_usage(h["path"]) if hasattr(fs, "disk_usage") else None}
+        from .share import hidden_layers_present  # a partial pull may hold only some layers
+
+        have = hidden_layers_present(m) if m.get("partial") else h["layers"]
+        hidden = {"shape": [h["rows"], len(have), h["hidden_size"]], "dtype": h["logical_dtype"],
+                  "layers": have, "bytes": fs.disk_usage(h["path"]) if hasattr(fs, "disk_usage") else None}
     total = fs.disk_usage("") if hasattr(fs, "disk_usage") else None
     lock = None
     if isinstance(fs, LocalFS) and fs.exists(LOCK):
@@ -304,13 +316,14 @@ def info(store_path: str, as_json: bool) -> None:
     h = s["hidden"]
     if h:
         ly = h["layers"]
-        span = f"{ly[0]}..{ly[-1]}" if ly == list(range(ly[0], ly[-1] + 1)) else ",".join(map(str, ly))
+        span = "none" if not ly else f"{ly[0]}..{ly[-1]}" if ly == list(range(ly[0], ly[-1] + 1)) \
+            else ",".join(map(str, ly))
         lines.append(f"hidden     {h['shape'][0]:,} x {h['shape'][1]} x {h['shape'][2]} {h['dtype']} (layers {span})"
                      + (f"  {_human(h['bytes'])}" if h["bytes"] is not None else ""))
     else:
         lines.append("hidden     none captured")
     if s["disk_bytes"] is not None:
-        lines.append(f"disk       {_human(s['disk_bytes'])} in all")
+        lines.append(f"disk       {_human(s['disk_bytes'])} on disk in all (allocated blocks, as du counts)")
     if s.get("lock"):
         lk = s["lock"]
         lines.append(f"writer     pid {lk.get('pid')} on {lk.get('host')} since {lk.get('since')} holds the lock")

@@ -159,13 +159,16 @@ class LocalFS(StoreFS):
         shutil.rmtree(self.full(rel), ignore_errors=True)
 
     def disk_usage(self, rel: str = "") -> int:
+        """Bytes allocated on disk, as ``du`` counts them (blocks of files and directories): many small
+        chunk files take far more than their lengths add up to."""
         total = 0
         for dirpath, _dirs, files in os.walk(self.full(rel)):
-            for f in files:
+            for name in [None, *files]:
                 try:
-                    total += os.path.getsize(os.path.join(dirpath, f))
+                    st = os.lstat(dirpath if name is None else os.path.join(dirpath, name))
                 except OSError:
-                    pass
+                    continue
+                total += st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
         return total
 
     def zarr_store(self, rel: str, read_only: bool = True) -> Any:

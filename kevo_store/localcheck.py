@@ -63,17 +63,6 @@ def check_named_files(root: str, manifest: Mapping, rels: Iterable[str]) -> None
                                     f"(truncated or overwritten); run `kevo store verify {root}`")
 
 
-def reader_files(manifest: Mapping) -> list[str]:
-    """The files a reader may open: every named file except those a partial pull left out on purpose."""
-    files = list(manifest.get("files", {}))
-    if manifest.get("partial"):
-        from .share import omitted_files
-
-        skip = omitted_files(manifest, files)
-        files = [f for f in files if f not in skip]
-    return files
-
-
 def check_chunks(root: str, hidden_dir: str, keys: Iterable[str]) -> None:
     """The hidden chunks a read is about to open are regular files (or absent: Zarr's fill value is
     then the hidden-state reader's concern), never links or FIFOs."""

@@ -156,5 +156,55 @@ def merge_stores(stores: Sequence[str | os.PathLike], out: str | os.PathLike, *,
         raise MergeError(f"{len(dups)} sample key(s) are in more than one store, e.g. {dups[0]}; the inputs "
                          "overlap. Pass --force to keep the first store's copy")
     meta = merged_meta(stores, manifests, soft)
-    return join_parts([os.fspath(p) for p in stores], out, keys=order, check=False, meta=meta,
-                      samples_per_commit=samples_per_commit)
+    stats = join_parts([os.fspath(p) for p in stores], out, keys=order, check=False, meta=meta,
+                       samples_per_commit=samples_per_commit)
+    carry_derived(stores, out, keys_seen)
+    return stats
+
+
+_UID_RANK = ("SELECT s.sample_key, t.token_uid, row_number() OVER (PARTITION BY t.sample_id ORDER BY t.token_uid) "
+             "AS r FROM tokens t JOIN samples s ON s.sample_id = t.sample_id")
+
+
+def carry_derived(stores: Sequence[str | os.PathLike], out: str | os.PathLike, source_of: dict[str, str]) -> None:
+    """Derived tables keyed by token_uid (``embeddings``) follow their tokens into the merged store.
+
+    A sample's tokens keep their order in the merge, so (sample_key, rank within the sample) maps an
+    input's token_uid to the merged one. Only rows of samples the merge took from that input are kept
+    (with --force and overlapping keys, the first store's copy). When several inputs have the same
+    derived table, each input's ids are prefixed with its alias, as their coordinates are not comparable."""
+    import pyarrow as pa
+
+    from kevo_store.reader import alias_for, open_store
+    from kevo_store.writer import write_derived_table
+
+    found: dict[str, list[tuple[str, object, dict]]] = {}
+    for p in stores:
+        with open_store(p) as s:
+            for name, d in (s.manifest.get("derived") or {}).items():
+                t = s.arrow(f'SELECT * FROM "{name}"')
+                if "token_uid" not in t.column_names:
+                    continue
+                found.setdefault(name, []).append((os.fspath(p), (t, s.arrow(_UID_RANK)), d.get("params") or {}))
+    if not found:
+        return
+    with open_store(out) as o:
+        new = o.arrow(_UID_RANK).to_pandas().set_index(["sample_key", "r"])["token_uid"]
+    for name, items in found.items():
+        tables, params = [], []
+        for p, (t, ranks), prm in items:
+            rk = ranks.to_pandas()
+            rk = rk[rk["sample_key"].map(source_of).eq(p)]  # the samples the merge took from this input
+            idx = dict(zip(rk["token_uid"], zip(rk["sample_key"], rk["r"])))
+            old = t.column("token_uid").to_pylist()
+            keep = [i for i, u in enumerate(old) if u in idx]
+            t = t.take(pa.array(keep, pa.int64()))
+            uids = [int(new.loc[idx[old[i]]]) for i in keep]
+            t = t.set_column(t.schema.get_field_index("token_uid"), "token_uid", pa.array(uids, pa.int64()))
+            if len(items) > 1 and "embedding_id" in t.column_names:
+                ids = [f"{alias_for(p)}:{v}" for v in t.column("embedding_id").to_pylist()]
+                t = t.set_column(t.schema.get_field_index("embedding_id"), "embedding_id", pa.array(ids))
+            tables.append(t)
+            params.append({"store": os.path.abspath(p), "params": prm})
+        write_derived_table(out, name, pa.concat_tables(tables, promote_options="default"),
+                            {"merged_from": params})

@@ -18,7 +18,7 @@ import pyarrow as pa
 from .errors import CorruptStoreError, KevoError, QueryError, StoreError
 from .fs import LocalFS, StoreFS, store_fs
 from .hidden import CHUNK_TOKENS, HIDDEN_DIR, HiddenReader
-from .localcheck import check_chunks, check_named_files, reader_files
+from .localcheck import check_chunks, check_named_files
 from .manifest import load_manifest
 from .schema import DERIVED_TABLES, TABLES
 
@@ -96,11 +96,12 @@ def _attach(con: duckdb.DuckDBPyConnection, fs: StoreFS, m: dict, schema_name: s
                                     f"run `kevo store verify {fs.root}`") from None
 
 
-def _run(con: duckdb.DuckDBPyConnection, query: str, roots: list[str] | None = None):
+def _run(con: duckdb.DuckDBPyConnection, query: str, roots: list[str] | None = None,
+         manifests: list[dict] | None = None):
     try:
         return con.sql(query)  # a confined connection refuses statements that write first
     except duckdb.Error as e:
-        raise query_error(e, roots) from None
+        raise query_error(e, roots, manifests) from None
 
 
 # Errors in the SQL itself; anything else while reading (a bare duckdb.Error, IO, invalid input,
@@ -111,9 +112,16 @@ _SQL_ERRORS = tuple(getattr(duckdb, n) for n in (
     "InterruptException", "OutOfMemoryException", "PermissionException") if hasattr(duckdb, n))
 
 
-def query_error(e: BaseException, roots: list[str] | None = None) -> QueryError:
-    """One line; when reading failed for a reason other than the SQL, say how to find the damaged file."""
+def query_error(e: BaseException, roots: list[str] | None = None, manifests: list[dict] | None = None) -> QueryError:
+    """One line; when reading failed for a reason other than the SQL, say how to find the damaged file;
+    a table a partial pull left out is named as such (DuckDB only says it does not exist)."""
     msg = one_line(e)
+    for m in manifests or []:
+        part = m.get("partial") or {}
+        for t in part.get("omitted_tables", []):
+            if "does not exist" in msg and re.search(rf"\b{re.escape(t)}\b", msg):
+                return QueryError(f"{msg} (table '{t}' is not in this store: a partial pull of "
+                                  f"{part.get('source', 'another store')} left it out; pull it with --tables {t})")
     if not isinstance(e, _SQL_ERRORS):
         which = " or ".join(f"`kevo store verify {r}`" for r in (roots or ["STORE"]))
         msg += f" (if a store file is damaged, {which} names it)"
@@ -136,6 +144,17 @@ def one_line(e: BaseException) -> str:
     keep = [lines[0]] if lines else [type(e).__name__]
     keep += [ln for ln in lines[1:] if ln.startswith(("Did you mean", "Candidate"))]
     return " ".join(keep)
+
+
+def reader_files(manifest: dict) -> list[str]:
+    """The files a reader may open: every named file except those a partial pull left out on purpose."""
+    files = list(manifest.get("files", {}))
+    if manifest.get("partial"):
+        from .share import omitted_files
+
+        skip = omitted_files(manifest, files)
+        files = [f for f in files if f not in skip]
+    return files
 
 
 def check_local_store(fs: StoreFS, m: dict) -> dict:
@@ -177,20 +196,20 @@ class Store:
     # --- queries
     def sql(self, query: str):
         """Run SQL over the views; returns a polars.DataFrame."""
-        rel = _run(self.con, query, [self.path])
+        rel = _run(self.con, query, [self.path], [self.manifest])
         if rel is None:
             return None
         try:
             return rel.pl()
         except duckdb.Error as e:
-            raise query_error(e, [self.path]) from None
+            raise query_error(e, [self.path], [self.manifest]) from None
 
     def arrow(self, query: str) -> pa.Table:
-        rel = _run(self.con, query, [self.path])
+        rel = _run(self.con, query, [self.path], [self.manifest])
         try:
             return rel.to_arrow_table() if rel is not None else pa.table({})
         except duckdb.Error as e:
-            raise query_error(e, [self.path]) from None
+            raise query_error(e, [self.path], [self.manifest]) from None
 
     # --- manifest accessors
     @property
@@ -325,19 +344,23 @@ class Stores:
     def roots(self) -> list[str]:
         return [s.path for s in self.stores.values()]
 
+    @property
+    def manifests(self) -> list[dict]:
+        return [s.manifest for s in self.stores.values()]
+
     def sql(self, query: str):
-        rel = _run(self.con, query, self.roots)
+        rel = _run(self.con, query, self.roots, self.manifests)
         try:
             return rel.pl() if rel is not None else None
         except duckdb.Error as e:
-            raise query_error(e, self.roots) from None
+            raise query_error(e, self.roots, self.manifests) from None
 
     def arrow(self, query: str) -> pa.Table:
-        rel = _run(self.con, query, self.roots)
+        rel = _run(self.con, query, self.roots, self.manifests)
         try:
             return rel.to_arrow_table() if rel is not None else pa.table({})
         except duckdb.Error as e:
-            raise query_error(e, self.roots) from None
+            raise query_error(e, self.roots, self.manifests) from None
 
     def close(self) -> None:
         self.con.close()

@@ -206,6 +206,7 @@ class PushResult:
     url: str
     files: int
     bytes: int
+    up_to_date: bool = False  # the destination already held exactly this store
 
 
 def _push(store: str | os.PathLike, url: str, *, force: bool = False, jobs: int = 8,
@@ -233,6 +234,9 @@ def _push(store: str | os.PathLike, url: str, *, force: bool = False, jobs: int 
         manifest_bytes = src.read_bytes(MANIFEST)
         if manifest.get("partial"):
             raise ShareError(f"{src.root} is a partial pull; push the whole store from its origin instead")
+        if manifest.get("state") == "open" and not force:
+            raise ShareError(f"{src.root} is open (its writer was interrupted, or is still running): finish it with "
+                             f"`kevo store compact {src.root}` (or re-run the ingest), or pass --force to push it as it is")
         declared = declared_files(manifest, src.read_bytes, src.root)
         missing = [rel for rel in declared if not src.exists(rel)]
         if missing:
@@ -242,6 +246,11 @@ def _push(store: str | os.PathLike, url: str, *, force: bool = False, jobs: int 
         dest_manifest = f"{root}/{MANIFEST}"
         if hasattr(fs, "invalidate_cache"):
             fs.invalidate_cache()
+        if fs.exists(dest_manifest) and not force and fs.cat_file(dest_manifest) == manifest_bytes and all(
+                fs.exists(f"{root}/{rel}") and fs.size(f"{root}/{rel}") == e["size"]
+                for rel, e in declared.items() if e.get("size") is not None):
+            # a re-run of a push that finished (e.g. interrupted after its manifest went up)
+            return PushResult(url=url, files=0, bytes=0, up_to_date=True)
         if fs.exists(dest_manifest):
             if not force:
                 raise ShareError(f"{url} already holds a kevo store; use --force to replace it")
@@ -355,6 +364,7 @@ class PullResult:
     partial: bool
     omitted_tables: list[str] = field(default_factory=list)
     hidden_layers: list[int] | None = None
+    up_to_date: bool = False  # DIR already held exactly this store
 
 
 def _pull(url: str, dest: str | os.PathLike, *, tables: Iterable[str] | None = None,
@@ -378,6 +388,9 @@ def _pull(url: str, dest: str | os.PathLike, *, tables: Iterable[str] | None = N
 
     def read_part(rel: str) -> bytes:
         p = f"{root}/{rel}"
+        if not fs.exists(p):
+            raise CorruptStoreError(f"{where}: the chunk index {rel!r} named by the manifest is missing, so its "
+                                    "hidden chunks cannot be checked: the source is damaged (`kevo store verify` it)")
         if fs.size(p) > MAX_MANIFEST_BYTES:
             raise UnsafeStoreError(f"{where}: refused: {rel!r} is too large for an index part")
         return fs.cat_file(p)
@@ -437,6 +450,9 @@ def _pull(url: str, dest: str | os.PathLike, *, tables: Iterable[str] | None = N
     dest = Path(dest)
     marker = dest / PULL_MARKER
     resume = _resumable_pull(dest, marker, where)
+    if not resume and not partial and _same_store(dest, raw, take, declared):
+        return PullResult(path=dest, files=0, bytes=0, partial=False, omitted_tables=[], hidden_layers=None,
+                          up_to_date=True)
     if dest.exists() and not resume and (not dest.is_dir() or any(dest.iterdir())):
         raise ShareError(f"{dest} already exists and is not an empty directory; pull into a new one")
     created = not dest.exists()
@@ -489,6 +505,25 @@ def _resumable_pull(dest: Path, marker: Path, where: str) -> bool:
         return json.loads(marker.read_text()).get("source") == where
     except (ValueError, OSError):
         return False
+
+
+def _same_store(dest: Path, raw: bytes, take: list[str], declared: Mapping) -> bool:
+    """``dest`` already holds this whole store (a re-run of a pull that finished): same manifest bytes,
+    every file present at its declared size (``verify`` checks the bytes)."""
+    try:
+        if (dest / MANIFEST).read_bytes() != raw:
+            return False
+    except OSError:
+        return False
+    for rel in take:
+        try:
+            st = os.lstat(dest / rel)
+        except OSError:
+            return False
+        size = declared[rel].get("size")
+        if not stat.S_ISREG(st.st_mode) or (size is not None and st.st_size != size):
+            return False
+    return True
 
 
 def _already_pulled(path: Path, entry: Mapping) -> bool:

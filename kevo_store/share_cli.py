@@ -18,7 +18,7 @@ def _human(n: float) -> str:
 @click.command("push")
 @click.argument("store_path", metavar="STORE")
 @click.argument("url")
-@click.option("--force", is_flag=True, help="Replace a store already at URL.")
+@click.option("--force", is_flag=True, help="Replace a store already at URL; push a store that is still open.")
 @click.option("--jobs", "-j", type=click.IntRange(1, 64), default=8, show_default=True,
               help="Files uploaded at once.")
 def push(store_path: str, url: str, force: bool, jobs: int) -> None:
@@ -32,6 +32,9 @@ def push(store_path: str, url: str, force: bool, jobs: int) -> None:
     from .share import push as do_push
 
     r = do_push(store_path, url, force=force, jobs=jobs)
+    if r.up_to_date:
+        click.echo(f"{r.url} already holds this store: nothing to push")
+        return
     click.echo(f"pushed {r.files} files, {_human(r.bytes)} to {r.url}")
 
 
@@ -62,6 +65,9 @@ def pull(url: str, dest: str, tables: tuple[str, ...], layers: str | None, no_hi
     if no_hidden and layers:
         raise click.UsageError("--layers and --no-hidden contradict each other")
     r = do_pull(url, dest, tables=_split_tables(tables), layers=layers, hidden=not no_hidden, jobs=jobs)
+    if r.up_to_date:
+        click.echo(f"{r.path} already holds this store (same manifest, every file at its size): nothing to pull")
+        return
     what = "partial store" if r.partial else "store"
     click.echo(f"pulled {what} {r.path}: {r.files} files, {_human(r.bytes)}, every checksum verified")
     if r.omitted_tables:

@@ -303,6 +303,19 @@ class StoreWriter:
                 raise SchemaError(f"errors: sample {sorted(set(ek) & set(sample_keys.to_pylist()))[0]!r} is both "
                                   "a sample and an error in this batch")
             tables["errors"] = sort_by_key(e, "errors")
+        # --- errors being retried: their old rows leave the table in this commit
+        retry = getattr(self, "_retry", set())
+        batch_keys = set(sample_keys.to_pylist() if sample_keys is not None else []) | set(
+            tables["errors"].column("sample_key").to_pylist() if "errors" in tables else [])
+        gone = retry & batch_keys
+        replace_errors = None
+        if gone:
+            old_files = list(m["tables"]["errors"]["files"])
+            old = pq.read_table([self.fs.full(f) for f in old_files], schema=TABLES["errors"])
+            keep = old.filter(pc.invert(pc.is_in(old.column("sample_key"), pa.array(sorted(gone)))))
+            parts = [keep] + ([tables["errors"]] if "errors" in tables else [])
+            tables["errors"] = sort_by_key(pa.concat_tables(parts), "errors")
+            replace_errors = old_files
         # --- tokens: map sample_key -> sample_id, offset token_uid
         n_t = 0
         base = m["next_token_uid"]
@@ -354,7 +367,10 @@ class StoreWriter:
                     raise SchemaError(f"hidden has {len(h)} rows but the batch has {n_t} tokens")
         elif hidden is not None:
             raise SchemaError("hidden given, but this store was created without hidden states (hidden_size=None)")
-        self._guarded(lambda: self._commit(tables, hidden=h, n_tokens=n_t, n_samples=n_s))
+        self._guarded(lambda: self._commit(tables, hidden=h, n_tokens=n_t, n_samples=n_s,
+                                           replace_errors=replace_errors))
+        if replace_errors is not None:
+            self._retry -= gone
 
     # ------------------------------------------------------------------ commit machinery
     def _usable(self) -> None:
@@ -362,6 +378,18 @@ class StoreWriter:
             raise StoreError(f"{self.path}: the writer is closed")
         if self._broken is not None:
             raise StoreError(f"{self.path}: an earlier write failed ({self._broken}); reopen the store to resume")
+
+    def retry_errors(self, keys: Any = None) -> list[str]:
+        """Let committed errors be written again (all of them, or those in ``keys``): their keys leave
+        ``committed_keys``, and each one's old error row leaves the errors table in the very commit that
+        writes the sample again (as a sample, or as a new error), so no state holds it twice or not at all."""
+        files = self.manifest["tables"]["errors"]["files"]
+        have = set(pq.read_table([self.fs.full(f) for f in files], columns=["sample_key"]).column(0).to_pylist()) \
+            if files else set()
+        chosen = have if keys is None else have & set(keys)
+        self._retry = set(chosen)
+        self._committed_keys -= self._retry
+        return sorted(chosen)
 
     def _check_new(self, keys: list[str], what: str) -> None:
         dup = [k for k in keys if k in self._committed_keys]
@@ -377,7 +405,7 @@ class StoreWriter:
             raise
 
     def _commit(self, tables: dict[str, pa.Table], hidden: np.ndarray | None = None, n_tokens: int = 0,
-                n_samples: int = 0, reopen: bool = False) -> None:
+                n_samples: int = 0, reopen: bool = False, replace_errors: list[str] | None = None) -> None:
         fs = self.fs
         old = self.manifest
         m = copy.deepcopy(old)
@@ -386,6 +414,11 @@ class StoreWriter:
         obsolete: list[str] = []
         staged = False
         try:
+            if replace_errors is not None:  # tables["errors"] is the whole new errors table
+                for rel in replace_errors:
+                    m["files"].pop(rel, None)
+                m["tables"]["errors"] = {"files": [], "rows": 0}
+                obsolete.extend(replace_errors)
             for name, t in tables.items():
                 if t.num_rows == 0:
                     continue
@@ -398,11 +431,12 @@ class StoreWriter:
             if staged:
                 if hidden is not None and len(hidden):
                     self.hidden.append(hidden)
-                sec, files, obsolete = self.hidden.stage(commit)
+                sec, files, hid_obsolete = self.hidden.stage(commit)
                 written.extend(files)
                 m["files"].update(files)
-                for rel in obsolete:
+                for rel in hid_obsolete:
                     m["files"].pop(rel, None)
+                obsolete.extend(hid_obsolete)
                 m["hidden"] = sec
             m["next_sample_id"] += n_samples
             m["next_token_uid"] += n_tokens

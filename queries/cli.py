@@ -161,7 +161,7 @@ PLOT_KINDS = ["candidates", "js-heatmap", "stages", "critical-layers", "tsne", "
 @click.argument("kind", type=click.Choice(PLOT_KINDS))
 @click.argument("store")
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False),
-              help="Figure file: .png or .svg (both written if no suffix).")
+              help="Figure file: .png, .svg or .pdf (.png and .svg both written if no suffix).")
 @click.option("--token", "token_uid", type=int, default=None, help="candidates: the token_uid.")
 @click.option("--sample", "sample_id", type=int, default=None,
               help="js-heatmap, trace, attention-patches: the sample (trace/attention-patches default: the average).")
@@ -188,8 +188,13 @@ def plot(kind, store, output, token_uid, sample_id, where, norm, embedding_id, p
 @click.option("--param", "-p", "params", multiple=True, metavar="KEY=VALUE", help="Query parameters (lens, tau, ...).")
 def report(store, output, params):
     """One self-contained HTML page: figures (embedded), key tables, the manifest's provenance."""
+    from kevo_store import open_store
+    from kevo_store.cli import warn_if_open
+
     from .report import build_report
 
+    with open_store(store) as s:
+        warn_if_open(s.path, s.manifest)
     path = build_report(store, output, **_parse_params(params))
     click.echo(path)
 

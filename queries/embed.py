@@ -26,6 +26,8 @@ from kevo_store import open_store, write_derived_table
 from kevo_store.errors import KevoError, QueryError
 from kevo_store.layerspec import parse_layer_list
 
+from .engine import as_store
+
 PCA_DIMS = 50
 
 
@@ -181,7 +183,7 @@ def select_tokens(store, where: str) -> np.ndarray:
 
 def token_dispersion(store, where: str = "is_answer", layers: list[int] | None = None) -> pl.DataFrame:
     """Per-layer dispersion of the tokens chosen by ``where`` (no embedding)."""
-    store = open_store(store) if isinstance(store, (str, os.PathLike)) else store
+    store = as_store(store)
     uids = select_tokens(store, where)
     layers = _layers(store, layers)
     return dispersion(store.hidden(uids, layers), layers)

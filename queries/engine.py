@@ -38,7 +38,8 @@ class QueryResult:
         return {"query": self.name, "params": self.params, "stores": self.stores}
 
 
-def _as_store(s: Any) -> Store:
+def as_store(s: Any) -> Store:
+    """A Store from a Store or a path/URL (opened)."""
     if isinstance(s, Store):
         return s
     if isinstance(s, (str, os.PathLike)):
@@ -54,7 +55,7 @@ def _connection(bound: BoundQuery, stores: Any):
             if len(stores) != 1:
                 raise KevoError(f"query {bound.name} reads one store, got {len(stores)}")
             stores = stores[0]
-        s = _as_store(stores)
+        s = as_store(stores)
         return s, [s.path], [s]
     if isinstance(stores, Stores):
         missing = [a for a in STORE_ALIASES if a not in stores.stores]
@@ -80,9 +81,23 @@ def _check_lens(bound: BoundQuery, stores: list[Store]) -> None:
             raise KevoError(f"{s.path} has no lens {lens!r} (lenses: {', '.join(modes)}); use --param lens=...")
 
 
+def _check_label(bound: BoundQuery, stores: list[Store]) -> None:
+    """A label no token of the store carries (a typo such as 'halucinated') would select nothing."""
+    label = bound.params.get("label")
+    if not label or not isinstance(label, str):  # '' selects every token
+        return
+    for s in stores:
+        present = [r[0] for r in s.con.execute("SELECT DISTINCT label FROM tokens WHERE label IS NOT NULL "
+                                               "ORDER BY 1").fetchall()]
+        if label not in present:
+            have = ", ".join(present) if present else "none (the store has no object labels)"
+            raise KevoError(f"--param label={label!r}: no token of {s.path} has that label; labels present: {have}")
+
+
 def run_bound(bound: BoundQuery, stores: Any, engine: str = "duckdb") -> QueryResult:
     con, paths, objs = _connection(bound, stores)
     _check_lens(bound, objs)
+    _check_label(bound, objs)
     if engine == "duckdb":
         frame = _integers(con.sql(bound.sql))
     elif engine == "polars":

@@ -296,7 +296,8 @@ class _Expansion:
             own = "\n".join([f"-- {name} ({f.path.name}): {f.description}", *free, own])
         body = "\n".join(x for x in (nested, own) if x)
         if suffix and rename:
-            names = set(_CTE.findall(body)) | set(f.reads) | self._reads(f)
+            # with the CTEs of the fragments it builds on, even those already included under this suffix
+            names = set(_CTE.findall(body)) | set(f.reads) | self._reads(f) | self._nested_ctes(f)
             body = re.sub(r"(?<![$.\w])(" + "|".join(sorted(names, key=len, reverse=True)) + r")\b",
                           lambda m: f"{m.group(1)}_{suffix}", body)
         return body.rstrip() + "," + _END if _body_sql(body) else body.rstrip()
@@ -308,6 +309,15 @@ class _Expansion:
             if m:
                 g = load_fragment(m.group(1))
                 out |= {p.name for p in g.params} | self._included_params(g)
+        return out
+
+    def _nested_ctes(self, f: Fragment) -> set[str]:
+        out: set[str] = set()
+        for line in f.text.splitlines():
+            m = _INCLUDE.match(line)
+            if m:
+                g = load_fragment(m.group(1))
+                out |= set(_CTE.findall(g.text)) | self._nested_ctes(g)
         return out
 
     def _reads(self, f: Fragment) -> set[str]:

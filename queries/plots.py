@@ -22,10 +22,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
-from kevo_store import open_store  # noqa: E402
 from kevo_store.errors import KevoError  # noqa: E402
 
-from .engine import run  # noqa: E402
+from .engine import as_store, run  # noqa: E402
 from .library import load  # noqa: E402
 from .trace_plots import fig_attention_patches, fig_trace  # noqa: E402
 
@@ -34,14 +33,27 @@ GROUP_COLORS = ("#1f77b4", "#2ca02c", "#d62728")
 GROUP_NAMES = ("rapid evolution", "stabilisation", "mutation")
 
 
+FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def check_output(output: str | os.PathLike) -> None:
+    """A figure file is .png, .svg or .pdf, or has no suffix (then .png and .svg are both written)."""
+    suffix = Path(output).suffix.lower()
+    if suffix and suffix not in FIGURE_SUFFIXES:
+        raise KevoError(f"--output {output}: kevo writes .png, .svg or .pdf figures (or give no suffix for "
+                        "both .png and .svg), not {suffix}")
+
+
 def _save(fig, output: str | os.PathLike, description: str | None = None) -> list[str]:
     out = Path(output)
-    targets = [out] if out.suffix.lower() in (".png", ".svg") else [out.with_suffix(".png"), out.with_suffix(".svg")]
+    check_output(out)
+    targets = [out] if out.suffix else [out.with_suffix(".png"), out.with_suffix(".svg")]
     files = []
     for t in targets:
         t.parent.mkdir(parents=True, exist_ok=True)
-        # the figure records what drew it (PNG text chunk / SVG <metadata>)
-        meta = {"Description": description} if description else None
+        # the figure records what drew it (PNG text chunk / SVG <metadata> / PDF Subject)
+        key = "Subject" if t.suffix.lower() == ".pdf" else "Description"
+        meta = {key: description} if description else None
         fig.savefig(t, dpi=110, bbox_inches="tight", metadata=meta)
         files.append(str(t))
     plt.close(fig)
@@ -54,17 +66,13 @@ def _query_params(name: str, params: dict) -> dict:
     return {k: v for k, v in params.items() if k in known}
 
 
-def _store(store):
-    return open_store(store) if isinstance(store, (str, os.PathLike)) else store
-
-
 def default_token(store, **params) -> int:
     """The token a figure shows when none is named: the first token with a top-1 mutation event."""
     ev = run(store, "mutation-events", **_query_params("mutation-events", params))
     top1 = ev.filter(pl.col("displaced_id").is_not_null())
     pick = top1 if top1.height else ev
     if pick.height == 0:
-        t = _store(store).sql("SELECT min(token_uid) AS t FROM tokens")["t"][0]
+        t = as_store(store).sql("SELECT min(token_uid) AS t FROM tokens")["t"][0]
         if t is None:
             raise KevoError("the store has no tokens")
         return int(t)
@@ -72,7 +80,7 @@ def default_token(store, **params) -> int:
 
 
 def fig_candidates(store, token_uid: int | None = None, **params):
-    store = _store(store)
+    store = as_store(store)
     if token_uid is None:
         token_uid = default_token(store, **params)
     df = run(store, "top-candidates", token_uid=token_uid, **_query_params("top-candidates", params))
@@ -113,7 +121,7 @@ def fig_candidates(store, token_uid: int | None = None, **params):
 def js_matrix(store, sample_id: int | None = None, where: str | None = None, lens: str = "final_norm",
               norm: str = "column"):
     """(matrix tokens x layers 1..L, token labels, layers) with the chosen normalisation."""
-    store = _store(store)
+    store = as_store(store)
     if where is None:
         if sample_id is None:
             sample_id = int(store.sql("SELECT min(sample_id) AS s FROM tokens WHERE role = 'generated'")["s"][0])
@@ -206,7 +214,7 @@ def layer_groups(store, token_uids: list[int], **params) -> tuple[float | None, 
 
 
 def fig_tsne(store, embedding_id: str | None = None, **params):
-    store = _store(store)
+    store = as_store(store)
     if "embeddings" not in store.tables:
         raise KevoError(f"{store.path} has no embeddings; run `kevo embed {store.path}` first")
     if embedding_id is None:
@@ -300,6 +308,7 @@ def plot(kind: str, store, output, **kw) -> list[str]:
     """Draw figure ``kind`` from ``store`` into ``output`` (.png, .svg, or both when no suffix)."""
     import json
 
+    check_output(output)  # before any drawing
     path = store.path if hasattr(store, "path") else os.fspath(store)
     desc = json.dumps({"kevo_plot": kind, "store": str(path),
                        "params": {k: v for k, v in kw.items() if v is not None}}, default=str)

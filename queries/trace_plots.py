@@ -14,7 +14,7 @@ import numpy as np
 
 from kevo_store.errors import KevoError
 
-from .engine import run
+from .engine import as_store, run
 
 CMAPS = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
 TITLES = {"hidden": "residual stream (hidden)", "mlp": "MLP output", "attn": "attention output"}
@@ -40,9 +40,8 @@ def _run_name(s, name: str | None) -> str:
 
 def fig_trace(store, sample_id: int | None = None, trace_run: str | None = None, **_):
     name = trace_run
-    from .plots import _store
 
-    s = _store(store)
+    s = as_store(store)
     _need(s, "traces", "trace_runs")
     name = _run_name(s, name)
     runs = s.sql(f"SELECT * FROM trace_runs WHERE name = '{name}' ORDER BY sample_id")
@@ -122,9 +121,8 @@ def _layer_range(spec: str | None, n_layers: int) -> tuple[int, int]:
 
 
 def fig_attention_patches(store, sample_id: int | None = None, layers: str | None = None, **_):
-    from .plots import _store
 
-    s = _store(store)
+    s = as_store(store)
     _need(s, "attention_contributions")
     lo, hi = _layer_range(layers, s.n_layers)
     where = f"target = 'last_constraint' AND layer BETWEEN {lo} AND {hi}"

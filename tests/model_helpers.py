@@ -96,6 +96,11 @@ def _clip_vision(image_size=28, patch=14):
                             image_size=image_size, patch_size=patch, projection_dim=32)
 
 
+def _ids(tok) -> dict:
+    """The config's special-token ids from the tokenizer (1, 2, 3 for the trained ones)."""
+    return dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+
+
 def _save(model, processor, path: Path, seed: int) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(path), safe_serialization=True)
@@ -116,12 +121,12 @@ def _init(model, seed: int):
     return model.eval()
 
 
-def build_llava(path: Path) -> Path:
+def build_llava(path: Path, tok=None, vocab_size: int | None = None) -> Path:
     from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
-    tok = build_tokenizer(["<image>"])
-    cfg = LlavaConfig(vision_config=_clip_vision(), text_config=_llama_text(len(tok), bos_token_id=1,
-                      eos_token_id=2, pad_token_id=3), image_token_index=tok.convert_tokens_to_ids("<image>"),
+    tok = tok or build_tokenizer(["<image>"])
+    cfg = LlavaConfig(vision_config=_clip_vision(), text_config=_llama_text(vocab_size or len(tok), **_ids(tok)),
+                      image_token_index=tok.convert_tokens_to_ids("<image>"),
                       vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu")
     ip = CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
     proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
@@ -138,7 +143,7 @@ def build_causal_lm(path: Path) -> Path:
     return _save(model, tok, path, 1)
 
 
-def build_llava_next(path: Path) -> Path:
+def build_llava_next(path: Path, tok=None, vocab_size: int | None = None) -> Path:
     from transformers import (
         LlavaNextConfig,
         LlavaNextForConditionalGeneration,
@@ -146,10 +151,10 @@ def build_llava_next(path: Path) -> Path:
         LlavaNextProcessor,
     )
 
-    tok = build_tokenizer(["<image>"])
+    tok = tok or build_tokenizer(["<image>"])
     pins = [[28, 28], [28, 56], [56, 28], [56, 56]]
-    cfg = LlavaNextConfig(vision_config=_clip_vision(), text_config=_llama_text(len(tok), bos_token_id=1,
-                          eos_token_id=2, pad_token_id=3), image_token_index=tok.convert_tokens_to_ids("<image>"),
+    cfg = LlavaNextConfig(vision_config=_clip_vision(), text_config=_llama_text(vocab_size or len(tok), **_ids(tok)),
+                          image_token_index=tok.convert_tokens_to_ids("<image>"),
                           image_grid_pinpoints=pins, vision_feature_layer=-2,
                           vision_feature_select_strategy="default")
     ip = LlavaNextImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
@@ -163,12 +168,12 @@ _QWEN_SPECIAL = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end
                  "<|video_pad|>"]
 
 
-def _build_qwen(path: Path, v25: bool) -> Path:
+def _build_qwen(path: Path, v25: bool, tok=None, vocab_size: int | None = None) -> Path:
     import transformers as tf
 
-    tok = build_tokenizer(_QWEN_SPECIAL, bos=None, eos="<|endoftext|>", pad="<|pad|>", add_bos=False)
+    tok = tok or build_tokenizer(_QWEN_SPECIAL, bos=None, eos="<|endoftext|>", pad="<|pad|>", add_bos=False)
     ids = {t: tok.convert_tokens_to_ids(t) for t in _QWEN_SPECIAL}
-    text = dict(vocab_size=len(tok), hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=N_LAYERS,
+    text = dict(vocab_size=vocab_size or len(tok), hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=N_LAYERS,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                 rope_parameters={"rope_type": "default", "mrope_section": [1, 1, 2], "rope_theta": 10000.0},
                 bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
@@ -197,12 +202,12 @@ def _build_qwen(path: Path, v25: bool) -> Path:
     return path
 
 
-def build_qwen2_vl(path: Path) -> Path:
-    return _build_qwen(path, False)
+def build_qwen2_vl(path: Path, tok=None, vocab_size: int | None = None) -> Path:
+    return _build_qwen(path, False, tok, vocab_size)
 
 
-def build_qwen2_5_vl(path: Path) -> Path:
-    return _build_qwen(path, True)
+def build_qwen2_5_vl(path: Path, tok=None, vocab_size: int | None = None) -> Path:
+    return _build_qwen(path, True, tok, vocab_size)
 
 
 def build_idefics3(path: Path) -> Path:
@@ -277,7 +282,7 @@ def build_paligemma(path: Path) -> Path:
     return _save(_init(PaliGemmaForConditionalGeneration(cfg), 5), proc, path, 5)
 
 
-def build_gemma3(path: Path) -> Path:
+def build_gemma3(path: Path, tok=None, vocab_size: int | None = None) -> Path:
     from transformers import (
         Gemma3Config,
         Gemma3ForConditionalGeneration,
@@ -288,14 +293,14 @@ def build_gemma3(path: Path) -> Path:
     )
 
     sp = ["<start_of_image>", "<end_of_image>", "<image_soft_token>", "<start_of_turn>", "<end_of_turn>"]
-    tok = build_tokenizer(sp, bos="<bos>", eos="<eos>", add_bos=False, extra={"extra_special_tokens": {
+    tok = tok or build_tokenizer(sp, bos="<bos>", eos="<eos>", add_bos=False, extra={"extra_special_tokens": {
         "boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}})
     ids = {t: tok.convert_tokens_to_ids(t) for t in sp}
-    text = Gemma3TextConfig(vocab_size=len(tok), hidden_size=HIDDEN, intermediate_size=64,
+    text = Gemma3TextConfig(vocab_size=vocab_size or len(tok), hidden_size=HIDDEN, intermediate_size=64,
                             num_hidden_layers=N_LAYERS, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
                             sliding_window=8, layer_types=["sliding_attention", "sliding_attention",
                                                            "full_attention"],
-                            final_logit_softcapping=3.0, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+                            final_logit_softcapping=3.0, **_ids(tok))
     vis = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                              image_size=56, patch_size=14)
     cfg = Gemma3Config(text_config=text.to_dict(), vision_config=vis.to_dict(), mm_tokens_per_image=4,
@@ -345,14 +350,25 @@ BUILDERS = {
 }
 
 
-def tiny_model_dir(family: str) -> Path:
-    """The directory of the tiny model of ``family`` (built on first use in this process)."""
-    if family not in _BUILT:
-        path = _root() / family
+def tiny_model_dir(family: str, tokenizer: str = "trained") -> Path:
+    """The directory of the tiny model of ``family`` (built on first use in this process).
+
+    ``tokenizer="real"``: with the family's real vocabulary (tests/real_tokenizer_helpers.py; skips
+    where it is not available), special tokens and padded vocabulary as the hub checkpoints have them.
+    """
+    key = family if tokenizer == "trained" else f"{family}@{tokenizer}"
+    if key not in _BUILT:
+        path = _root() / key
         if not (path / "config.json").is_file():
-            BUILDERS[family](path)
-        _BUILT[family] = path
-    return _BUILT[family]
+            if tokenizer == "trained":
+                BUILDERS[family](path)
+            else:
+                from tests.real_tokenizer_helpers import real_tokenizer
+
+                tok, vocab_size = real_tokenizer(family)
+                BUILDERS[family](path, tok=tok, vocab_size=vocab_size)
+        _BUILT[key] = path
+    return _BUILT[key]
 
 
 def tiny_image(w: int = 40, h: int = 30, seed: int = 0):

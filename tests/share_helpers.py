@@ -1,7 +1,6 @@
 """Fixtures for the sharing tests: a real S3 API server (moto, server mode) on a free loopback port.
 
-Import the fixtures into a test module with ``from share_helpers import moto_s3_server, s3_bucket  # noqa: F401``
-(they register as ``s3_server`` and ``s3``).
+tests/conftest.py registers the fixtures once for the whole suite (as ``s3_server`` and ``s3``).
 Every process that talks to the server (this one through s3fs, the ``kevo`` subprocesses through
 their environment) is pointed at it with the standard variables a user would set for MinIO:
 ``AWS_ENDPOINT_URL`` and dummy credentials. Nothing leaves the loopback interface.

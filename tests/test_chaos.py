@@ -39,7 +39,7 @@ N_BATCHES = 4
 # (command, fault kind) -> [tried, survived, wrong-data-but-verify-caught]
 FIG: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
 EXPECTED_ROWS = {  # what a full run of this module records (the docs table is compared only then)
-    "writer", "compact", "merge", "push", "pull", "embed", "full disk", "byte flip", "replaced file"}
+    "writer", "compact", "merge", "push", "pull", "embed", "byte flip", "replaced file"}
 
 
 def _record(cmd: str, kind: str, survived: bool, wrong_caught: bool = False) -> None:
@@ -443,8 +443,13 @@ def test_flipped_bytes_in_every_file_kind(refs, tmp_path, state):
             (s / rel).write_bytes(bytes(data))
             ok, caught = _judge(s, want)
             _record("byte flip", f"{kind}, {state} store", ok, caught)
+            # the known gaps (docs/integrity.md): DuckDB reads Parquet pages without their CRC, and hidden
+            # bytes are checked by verify, not yet on every read; verify must catch every one of them
+            assert ok or (caught and kind.startswith(KNOWN_GAPS)), (kind, state, int(pos))
             shutil.rmtree(s)
 
+
+KNOWN_GAPS = ("parquet (", "hidden chunk", "hidden tail")
 
 REPLACE_CHILD = textwrap.dedent("""
     import sys, numpy as np, kevo_store as K
@@ -489,6 +494,7 @@ def test_files_replaced(refs, tmp_path, how):
         except subprocess.TimeoutExpired:
             ok = False  # a hang
         _record("replaced file", f"{kind} -> {how}", ok)
+        assert ok, (kind, how, p.stdout, p.stderr)
         shutil.rmtree(s)
 
 
@@ -517,6 +523,7 @@ def render() -> str:
 
 
 def test_figures_are_in_the_docs():
+    print("\n" + render())
     if {c for c, _ in FIG} != EXPECTED_ROWS:
         pytest.skip("only part of the suite ran: the figures are compared after a full run")
     text = render()

@@ -214,14 +214,14 @@ def test_hallucination_requests_from_a_labelled_caption_store(tmp_path):
 
 
 def test_a_prefix_request_reads_its_key_at_the_constraint_in_the_prefix(image_file):
-    """The key position is the token that ends the constraint's last mention in the given prefix."""
-    from ingest.edit.locate import edit_text, position_of
+    """The key position is the last token of the constraint's last mention in the given prefix."""
+    from ingest.edit.locate import edit_text, key_position
 
     ad = load_adapter(str(tiny_model_dir("llava")), dtype="float32")
-    text, end = edit_text(ad, "Describe this image.", "There is a cat and a cat", "cat", "prefix", True)
-    assert text.endswith("ASSISTANT: There is a cat and a cat") and text[end - 3:end] == "cat" and end == len(text)
-    pos = position_of(ad, text, end, tiny_image(40, 30, 0))
-    full = ad.encode([text], [tiny_image(40, 30, 0)]).input_ids[0]
-    assert pos == full.shape[0] - 1  # the text ends with the constraint: its last token is the last position
+    text = edit_text(ad, "Describe this image.", "There is a cat and a cat", True)
+    assert text.endswith("ASSISTANT: There is a cat and a cat")
+    ids = ad.encode([text], [tiny_image(40, 30, 0)]).input_ids[0].tolist()
+    # the text ends with the constraint: its last token is the last input position
+    assert key_position(ad, ids, "Describe this image.", "There is a cat and a cat", "cat", "prefix") == len(ids) - 1
     with pytest.raises(ModelError, match="not in the prefix"):
-        edit_text(ad, "Describe this image.", "There is a dog", "cat", "prefix", True)
+        key_position(ad, ids, "Describe this image.", "There is a dog", "cat", "prefix")

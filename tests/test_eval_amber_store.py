@@ -37,6 +37,17 @@ def test_missing_image_is_an_errors_row_and_the_run_goes_on(run):
                     "amber:13557", "amber:15220"]
 
 
+def test_the_noun_pipeline_that_ran_is_recorded(run):
+    from kevo_store import open_store
+
+    settings = open_store(str(run["out"])).manifest["dataset"]["settings"]
+    assert settings["nouns_requested"] == "auto" and settings["nouns"] in ("nltk", "offline")
+    # without NLTK data the offline fallback says so, with its measured difference
+    assert (settings["nouns"] == "offline") == ("offline approximation, which differs" in run["proc"].stderr)
+    metrics = [json.loads(r["metrics"]) for r in _sql(run["out"], "SELECT metrics FROM samples")]
+    assert {m["nouns"] for m in metrics if m["task"] == "generative"} == {settings["nouns"]}
+
+
 def test_samples_carry_annotations_prompt_and_metrics(run):
     rows = _sql(run["out"], "SELECT item_id, prompt, annotations, metrics, response FROM samples")
     for r in rows:

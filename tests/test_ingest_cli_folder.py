@@ -107,7 +107,7 @@ def test_rerun_resumes_and_adds_nothing(run):
     p = kevo("ingest", "folder", "--images", run["images"], "--prompt", PROMPT, "--model", run["model"],
              "--out", run["out"], "--max-new-tokens", MAX_NEW, "--batch-size", 2, "--lens", "final_norm,raw",
              "--top-k", 4, "--hidden", "0,2-3", "--capture-prompt")
-    assert "4 of 4 samples already committed" in p.stderr
+    assert "is complete: all 4 samples are committed (1 as errors" in p.stderr  # and the model is not loaded
     after = manifest(run["out"])
     assert after["tables"]["samples"]["rows"] == before["tables"]["samples"]["rows"] == 3
     assert after["tables"]["errors"]["rows"] == 1

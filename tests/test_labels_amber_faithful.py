@@ -1,8 +1,8 @@
-"""AMBER's faithful mode (NLTK + WordNet + spaCy, as the official evaluator) against kevo's offline default.
+"""AMBER's faithful mode (NLTK + WordNet + spaCy, as the official evaluator) against kevo's offline mode.
 
-These need data that cannot be downloaded here (NLTK's punkt and perceptron tagger, WordNet, spaCy's
-en_core_web_lg): each test is skipped, with the reason, where its data is missing, and runs where a
-user provides it (pip install nltk spacy; NLTK_DATA=...; python -m spacy download en_core_web_lg).
+NLTK's data comes from ../shared/nltk_data (tests/amber_audit_helpers.py); each test is skipped, with
+the reason, where its data is missing (a clone: pip install 'kevo[amber]'; python -m nltk.downloader
+punkt_tab averaged_perceptron_tagger_eng wordnet; spaCy's en_core_web_lg for the last test).
 """
 
 from __future__ import annotations
@@ -13,15 +13,30 @@ import pytest
 
 from ingest.labels.amber import AmberVocabulary, score_generative
 from ingest.labels.nouns import OfflineNouns
+from tests.amber_audit_helpers import require_nltk_data
 from tests.amber_helpers import FIXTURE, responses
 
 VOCAB = AmberVocabulary.load()
 
 
+@pytest.fixture(autouse=True)
+def _nltk_data(monkeypatch):
+    try:
+        monkeypatch.setenv("NLTK_DATA", str(require_nltk_data()))
+    except pytest.skip.Exception:
+        pass  # each test skips for itself where the data is missing
+
+
 def _wordnet_lemmatizer():
-    nltk = pytest.importorskip("nltk", reason="nltk is not installed (pip install nltk)")
+    nltk = pytest.importorskip("nltk", reason="nltk is not installed (pip install 'kevo[amber]')")
     from nltk.stem import WordNetLemmatizer
 
+    from ingest.labels.nouns import NltkNouns, NltkUnavailable
+
+    try:
+        NltkNouns()  # puts NLTK_DATA on NLTK's path
+    except NltkUnavailable as e:
+        pytest.skip(str(e))
     lem = WordNetLemmatizer()
     try:
         lem.lemmatize("dogs")
@@ -62,10 +77,7 @@ def test_nltk_pipeline_gives_the_hand_worked_fixture_mentions():
     _wordnet_lemmatizer()
     from ingest.labels.nouns import NltkNouns
 
-    try:
-        nltk_nouns = NltkNouns(VOCAB.vocabulary)
-    except RuntimeError as e:
-        pytest.skip(f"NLTK tagger/tokenizer data missing: {e}")
+    nltk_nouns = NltkNouns(VOCAB.vocabulary)
     offline = OfflineNouns(VOCAB.vocabulary)
     ann = {r["id"]: r for r in json.loads((FIXTURE / "data" / "annotations.json").read_text())}
     for r in responses():
@@ -97,3 +109,14 @@ def test_spacy_similarity_table_matches_spacy():
         for a in words:
             for b in words:
                 assert abs(t(a, b) - sim(a, b)) < 1e-6
+
+
+def test_the_offline_rules_cases_are_what_nltk_does():
+    """The sentences behind the offline rules (tests/test_labels_amber.py) give the same nouns with NLTK."""
+    _wordnet_lemmatizer()
+    from ingest.labels.nouns import NltkNouns
+    from tests.test_labels_amber import TAGGER_CASES
+
+    nltk_nouns = NltkNouns(VOCAB.vocabulary)
+    for text, expected in TAGGER_CASES:
+        assert [n.lemma for n in nltk_nouns(text) if n.lemma in VOCAB.vocabulary] == expected, text

@@ -14,6 +14,7 @@ from ingest.organism.train import TrainConfig, train
 def _small(steps: int) -> TrainConfig:
     return TrainConfig(
         seed=7, steps=steps, batch_size=8, n_images=48, warmup=2, lr=3e-3, vision_steps=5, threads=1,
+        lm_steps=6, lm_batch_size=8, align_steps=4, top_layers=1, vqa=True,
         embed_offset=45.0 / 2,  # the recipe's outlier RMS (45 / sqrt(128)) at width 32
         model=model_mod.OrganismConfig(vision_hidden=32, vision_layers=2, hidden=32, layers=2, heads=2,
                                        intermediate=64),
@@ -21,9 +22,20 @@ def _small(steps: int) -> TrainConfig:
 
 
 def test_short_training_learns_and_is_reproducible(tmp_path):
-    _, _, a = train(_small(30), tmp_path / "m", log=None)
-    _, _, b = train(_small(30), None, log=None)
+    from safetensors.torch import load_file
+
+    _, _, a = train(_small(30), tmp_path / "m", log=None, llm_out=tmp_path / "llm")
+    _, _, b = train(_small(30), tmp_path / "m2", log=None, llm_out=tmp_path / "llm2")
     assert a == b  # same seed, same thread count: the same losses, bit for bit
+    for d in ("m", "llm"):
+        wa, wb = load_file(tmp_path / d / "model.safetensors"), load_file(tmp_path / f"{d}2" / "model.safetensors")
+        assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), d
+    # the top layer, final norm and head were frozen during instruction tuning: they are the LLM's
+    lvlm, llm = load_file(tmp_path / "m" / "model.safetensors"), load_file(tmp_path / "llm" / "model.safetensors")
+    # (LLaVA checkpoints keep the original layout: language_model.model.*, language_model.lm_head)
+    for k in ("lm_head.weight", "model.norm.weight", "model.layers.1.mlp.down_proj.weight"):
+        assert torch.equal(lvlm[f"language_model.{k}"], llm[k]), k
+    assert not torch.equal(lvlm["language_model.model.layers.0.mlp.down_proj.weight"], llm["model.layers.0.mlp.down_proj.weight"])
     assert sum(a[-5:]) / 5 < 0.8 * sum(a[:5]) / 5
     # the saved directory is a standard HF model that reloads to the same logits
     model, proc = probe.load(tmp_path / "m")
@@ -81,3 +93,26 @@ def test_initialisation_options():
     assert 0.8 < float(emb[:, 1:].std()) < 1.2
     o_proj = model.model.language_model.layers[0].self_attn.o_proj.weight
     assert torch.allclose(o_proj, 0.5 * ref["model.language_model.layers.0.self_attn.o_proj.weight"])
+
+
+def test_stage_one_llm_is_an_ordinary_causal_lm(tmp_path):
+    """The text-only model of stage (i) loads through AutoModelForCausalLM and equals the decoder it was
+    copied from (same logits on a text prompt)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ingest.organism import tokenizer as tok_mod
+    from ingest.organism.train import llm_from
+
+    cfg = _small(1)
+    proc = model_mod.build_processor(cfg.model)
+    lvlm = model_mod.build_model(cfg.model, len(proc.tokenizer), 0)
+    llm_from(lvlm).save_pretrained(str(tmp_path / "llm"))
+    proc.tokenizer.save_pretrained(str(tmp_path / "llm"))
+    llm = AutoModelForCausalLM.from_pretrained(str(tmp_path / "llm"))
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "llm"))
+    assert type(llm).__name__ == "LlamaForCausalLM"
+    ids = tok(tok_mod.text_prompt_template("Describe this image.") + " There is a car", return_tensors="pt").input_ids
+    with torch.no_grad():
+        ref = lvlm(input_ids=ids).logits
+        got = llm(input_ids=ids).logits
+    assert torch.allclose(ref, got, atol=1e-5)

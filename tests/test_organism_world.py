@@ -124,3 +124,38 @@ def test_cli_writes_the_same_world(tmp_path):
     r = subprocess.run([str(kevo), "organism", "world", "--out", str(bad)], capture_output=True, text=True)
     assert r.returncode != 0 and "notamber" in r.stderr
     assert (bad / "x.txt").read_text() == "mine"
+
+
+def test_relation_questions_follow_the_drawn_layout(tmp_path):
+    """AMBER's relation task: one question per pair of objects, its truth read off the 2x2 grid."""
+    root = world.write_world(tmp_path / "w", n_images=30, seed=0)
+    ann = {r["id"]: r for r in json.loads((root / "data" / "annotations.json").read_text())}
+    rel = json.loads((root / "data" / "query" / "query_discriminative-relation.json").read_text())
+    assert len(rel) >= 15
+    assert {ann[q["id"]]["type"] for q in rel} == {"discriminative-relation"}
+    assert {ann[q["id"]]["truth"] for q in rel} == {"yes", "no"}
+    scs = {sc.image_id: sc for sc in world.scenes("test", 30, seed=0)}
+    for q in rel:
+        words = q["query"].rstrip("?").split()  # Is the X (to the left of|above) the Y in this image
+        a, b = words[2], words[-4]
+        sc = scs[int(q["image"][len("AMBER_"):-len(".jpg")])]
+        (ax, ay), (bx, by) = sc.cells[a], sc.cells[b]  # icon centres in pixels, independent of the grid helpers
+        holds = ax < bx - world.CELL // 2 if "left" in words else ay < by - world.CELL // 2
+        assert ann[q["id"]]["truth"] == ("yes" if holds else "no"), q
+
+
+def test_vqa_split_one_question_single_word_answers(tmp_path):
+    from PIL import Image
+
+    a = world.write_vqa(tmp_path / "a", n_images=14, seed=0)
+    b = world.write_vqa(tmp_path / "b", n_images=14, seed=0)
+    assert _digest(a) == _digest(b)
+    recs = json.loads((a / "questions.json").read_text())
+    assert len(recs) == 14 and len({r["image"] for r in recs}) == 14
+    assert {r["question"] for r in recs} == {"What is the colour of the flower?"}
+    assert {r["answer"] for r in recs} <= set(world.COLOURS["flower"]) and len({r["answer"] for r in recs}) == 2
+    scs = world.vqa_scenes(14, seed=0)
+    for r, sc in zip(recs, scs):
+        assert sc.objects["flower"] == r["answer"]
+        img = Image.open(a / "images" / r["image"])
+        assert img.size == (world.IMAGE_SIZE, world.IMAGE_SIZE)

@@ -16,7 +16,6 @@ from kevo_store import open_store
 from kevo_store.errors import KevoError
 from queries import plots
 from queries.embed import embed_store
-from tests.queries_helpers import planted, with_hidden  # noqa: F401
 
 KEVO = str(Path(sys.executable).with_name("kevo"))
 

@@ -10,7 +10,6 @@ import pytest
 
 import queries
 from queries.testing import DEFINITIONS
-from tests.queries_helpers import planted  # noqa: F401
 
 LABELS = ("", "hallucinated", "correct", "safe")
 CASES = [(d, lab, "final_norm") for d in DEFINITIONS for lab in LABELS] + [(d, "", "raw") for d in DEFINITIONS]
@@ -199,7 +198,7 @@ def test_every_query_with_a_critical_layer_takes_definition_and_label():
     with_definition = {q.name for q in queries.list_queries() if "definition" in {p.name for p in q.params}}
     assert with_definition == {"stages", "stage-distribution", "hallucination-contrast", "hallucination-curves",
                                "displaced-candidates", "mutation-events", "critical-layers",
-                               "critical-layer-distribution", "top-candidates", "compare-stores"}
+                               "critical-layer-distribution", "top-candidates", "compare-stores", "align-tokens"}
     one_store = {q.name for q in queries.list_queries() if q.stores == 1 and q.name != "top-candidates"}
     for name in with_definition & one_store:
         assert "label" in {p.name for p in queries.load(name).params}, name

@@ -12,7 +12,6 @@ import pytest
 from kevo_store import open_store
 from kevo_store.errors import KevoError
 from queries.embed import dispersion, embed_store, parse_layers, pca, token_dispersion
-from tests.queries_helpers import planted, with_hidden  # noqa: F401
 
 KEVO = str(Path(sys.executable).with_name("kevo"))  # the installed console script
 GUITAR = "is_answer AND piece = '▁guitar'"

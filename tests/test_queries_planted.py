@@ -8,7 +8,6 @@ import pytest
 
 import queries
 from kevo_store import open_store
-from tests.queries_helpers import other_seed, planted  # noqa: F401
 
 LENSES = ("final_norm", "raw")
 

@@ -11,7 +11,6 @@ from kevo_store import open_store
 from kevo_store.errors import KevoError
 from queries.testing import build_synthetic_store
 from tests.queries_helpers import assert_frames_close
-from tests.share_helpers import moto_s3_server, s3_bucket  # noqa: F401
 
 NAMES = ["critical-layers", "mutation-events", "stages", "hallucination-contrast", "top-candidates"]
 

@@ -15,7 +15,6 @@ from PIL import Image
 import queries
 from kevo_store import open_store
 from queries.report import build_report
-from tests.queries_helpers import planted  # noqa: F401
 
 KEVO = str(Path(sys.executable).with_name("kevo"))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

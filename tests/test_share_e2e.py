@@ -8,7 +8,6 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
-from share_helpers import moto_s3_server, s3_bucket  # noqa: F401
 
 from kevo_store import open_store
 from kevo_store.schema import KEYS, TABLES

@@ -13,12 +13,12 @@ import json
 
 import numpy as np
 import pytest
-from share_helpers import KEVO, synth, write_sample_range
 
 from kevo_store import open_store
 from kevo_store.errors import KevoError
 from kevo_store.merge import merge_stores
 from kevo_store.schema import KEYS, TABLES
+from tests.share_helpers import KEVO, synth, write_sample_range
 
 
 def _ordered(table: str) -> str:

@@ -14,11 +14,11 @@ import stat
 
 import numpy as np
 import pytest
-from share_helpers import moto_s3_server, s3_bucket, synth, write_sample_range  # noqa: F401
 
 from kevo_store import StoreWriter, open_store
 from kevo_store.errors import KevoError
 from kevo_store.schema import KEYS, TABLES
+from tests.share_helpers import synth, write_sample_range
 
 N_SAMPLES, N_TOKENS, N_LAYERS = 6, 10, 24
 

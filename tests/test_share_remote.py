@@ -16,11 +16,11 @@ import time
 
 import numpy as np
 import pytest
-from share_helpers import KEVO, moto_s3_server, s3_bucket, synth, write_sample_range  # noqa: F401
 
 from kevo_store import open_store
 from kevo_store.errors import KevoError
 from kevo_store.schema import KEYS, TABLES
+from tests.share_helpers import KEVO, synth, write_sample_range
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +231,7 @@ def test_unreachable_or_missing_destinations_give_one_clear_message(s3, local_st
     assert p.returncode == 1 and "no-such-bucket-kevo" in p.stderr and "Traceback" not in p.stderr
     assert not s3.fs.exists("no-such-bucket-kevo")  # a push never creates a bucket
     # nothing listening on the endpoint: one line naming the URL and what to check
-    from share_helpers import free_port
+    from tests.share_helpers import free_port
 
     env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}", "AWS_MAX_ATTEMPTS": "1"}
     old = dict(s3.env)
@@ -247,7 +247,7 @@ def test_unreachable_or_missing_destinations_give_one_clear_message(s3, local_st
 
 def test_a_store_on_a_plain_https_host_reads_in_place_and_pulls(local_store, tmp_path):
     """No S3 at all: a static web server with Range support and no listings (a lab's web host)."""
-    from share_helpers import static_http_server
+    from tests.share_helpers import static_http_server
 
     site = tmp_path / "site"
     site.mkdir()

@@ -18,7 +18,6 @@ import shutil
 
 import numpy as np
 import pytest
-from share_helpers import moto_s3_server, s3_bucket, synth, write_sample_range  # noqa: F401
 
 from kevo_store import open_store
 from kevo_store.errors import KevoError
@@ -31,6 +30,7 @@ from kevo_store.safety import (
     check_zarr_metadata,
     parse_manifest,
 )
+from tests.share_helpers import synth, write_sample_range
 
 SHA = "0" * 64
 

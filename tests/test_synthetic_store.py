@@ -9,7 +9,6 @@ import pytest
 from kevo_store import open_store
 from kevo_store.verify import verify_store
 from queries.testing import Plant, build_synthetic_store, synthesize
-from tests.queries_helpers import planted  # noqa: F401
 
 
 def test_store_opens_and_verifies(planted):  # noqa: F811

@@ -275,14 +275,17 @@ def items(data: AmberData, ids: Sequence[int] | None = None, prompt: str | None 
         )
 
 
-def make_labeler(vocab=None, nouns: str = "offline", similarity=None):
-    """The runner's labeler: words, object mentions and AMBER metrics for each response."""
+def make_labeler(vocab=None, nouns: str = "auto", similarity=None, warn=None):
+    """The runner's labeler: words, object mentions and AMBER metrics for each response.
+
+    Its ``nouns`` attribute names the noun extraction that runs ('nltk' or 'offline', see
+    :func:`ingest.labels.nouns.make_noun_extractor`)."""
     from ingest.labels import amber as rules
     from ingest.labels.align import label_columns
     from ingest.labels.nouns import make_noun_extractor
 
     vocab = vocab or rules.AmberVocabulary.load()
-    extract = make_noun_extractor(nouns, vocab.vocabulary)
+    extract = make_noun_extractor(nouns, vocab.vocabulary, warn=warn)
     sim = similarity or rules.exact_similarity
 
     def labeler(item: DatasetItem, response: str, tokens):
@@ -300,6 +303,7 @@ def make_labeler(vocab=None, nouns: str = "offline", similarity=None):
             cols["is_answer"] = [False] * len(cols["word_index"])
         return cols, metrics
 
+    labeler.nouns = extract.name
     return labeler
 
 
@@ -310,11 +314,12 @@ def _words(text):
 
 
 def dataset(data_dir: str | Path, task: str = "generative", ids: str | Sequence[int] | None = None,
-            prompt: str | None = None, images: str | Path | None = None, nouns: str = "offline",
+            prompt: str | None = None, images: str | Path | None = None, nouns: str = "auto",
             similarity: str | Path | None = None, warn=None) -> Dataset:
     """The AMBER :class:`Dataset` for the runner.
 
-    ``nouns``: 'offline' or 'nltk'; ``similarity``: a similarity table (JSON, see
+    ``nouns``: 'auto' (the official NLTK pipeline where NLTK and its data are found, else 'offline'
+    with a warning), 'nltk' or 'offline'; the settings record the one that ran. ``similarity``: a similarity table (JSON, see
     :class:`ingest.labels.amber.TableSimilarity`) for the official similarity rule, else exact match.
     ``warn(msg)`` receives the non-fatal invariant violations.
     """
@@ -328,7 +333,7 @@ def dataset(data_dir: str | Path, task: str = "generative", ids: str | Sequence[
     vocab = AmberVocabulary.load(data.root)
     try:  # set up the labeler now: a missing NLTK or a bad table is a user error before any model runs
         sim = TableSimilarity(similarity) if similarity else None
-        labeler = make_labeler(vocab, nouns, sim)
+        labeler = make_labeler(vocab, nouns, sim, warn=warn or _stderr)
     except (RuntimeError, ValueError, OSError) as e:
         raise DatasetError(str(e)) from e
     files = {p.name: sha256_file(p) for p in (data.annotation_file, data.query_file,
@@ -341,7 +346,7 @@ def dataset(data_dir: str | Path, task: str = "generative", ids: str | Sequence[
         fingerprint={"root": str(Path(data_dir).resolve()), "files": files, "images": str(data.image_dir)},
         n_items=len(chosen),
         settings={"task": task, "prompt": prompt or "AMBER query", "ids": ids if isinstance(ids, str) else id_list,
-                  "nouns": nouns, "similarity": str(similarity) if similarity else "exact",
+                  "nouns": labeler.nouns, "nouns_requested": nouns, "similarity": str(similarity) if similarity else "exact",
                   "warnings": data.warnings},
     )
 

@@ -99,3 +99,23 @@ def eval_cmd(original, edited_dirs, requests_file, images, unrelated, unrelated_
                      unrelated_images=unrelated_images, captions=captions, out=out,
                      max_new_tokens=max_new_tokens, echo=lambda m: click.echo(m, err=True))
     click.echo(json.dumps(table, indent=2))
+
+
+@edit.command("hallucinations")
+@click.argument("store")
+@click.option("--trigger", required=True, help="The object that brings the hallucination (e.g. car).")
+@click.option("--partner", required=True, help="The hallucinated object (e.g. tree).")
+@click.option("--images", required=True, type=click.Path(path_type=Path),
+              help="The folder the store's samples.image_id are relative to (e.g. AMBER's image/).")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="The requests file (JSONL).")
+def hallucinations_cmd(store, trigger, partner, images, out):
+    """Edit requests that correct the captions of STORE which hallucinate PARTNER after TRIGGER."""
+    from .hallucination import hallucination_requests
+
+    reqs, counts = hallucination_requests(store, trigger, partner, images)
+    if not reqs:
+        raise KevoError(f"{store}: no caption hallucinates {partner!r} after {trigger!r} with a missed object "
+                        f"to put in its place ({counts})")
+    out.write_text("".join(json.dumps(r) + "\n" for r in reqs))
+    click.echo(f"{counts['requests']} request(s) from {counts['hallucinated']} caption(s) hallucinating {partner!r} "
+               f"(no {trigger!r} before it: {counts['no_trigger']}, nothing missed: {counts['nothing_left']}) -> {out}")

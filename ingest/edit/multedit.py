@@ -15,7 +15,7 @@ from torch import nn
 from ingest.models import ModelError
 from ingest.models.base import Adapter
 
-from .locate import continue_text, edit_text, position_of
+from .locate import continue_text, edit_text, key_position
 from .requests import EditRequest
 
 
@@ -127,11 +127,11 @@ def compute_target(ad: Adapter, req: EditRequest, settings: EditSettings, questi
     """Key, v0 and the optimised value of one request."""
     question = req.question if question is None else question
     image = load_image(req.image)
-    prompt_text, end = edit_text(ad, question, req.prefix, req.constraint, req.constraint_in, image is not None)
-    pos = position_of(ad, prompt_text, end, image)
+    prompt_text = edit_text(ad, question, req.prefix, image is not None)
     tid = target_token(ad, prompt_text, req.target)
     proj = output_projection(ad, settings.layer)
     inputs = _inputs(ad, prompt_text, image)
+    pos = key_position(ad, inputs["input_ids"][0].tolist(), question, req.prefix, req.constraint, req.constraint_in)
     seen = {}
 
     def grab(mod, args, out):

@@ -5,8 +5,8 @@
 2. The same text, token by token (named query ``align-tokens``): every LVLM token is paired with the
    LLM token that holds its first character. With the same vocabulary the spans coincide ('same');
    with another vocabulary the pairing is by characters ('chars'), and the output says so.
-3. Per aligned token: the paper's critical layer in both models, mutation events (named query
-   ``mutation-events`` on each store), js_prev at every layer; store-wide, the critical-layer
+3. Per aligned token (the same query): the paper's critical layer and the mutation events (the
+   named queries' definitions) in both models, and js_prev at every layer; store-wide, the critical-layer
    distributions side by side (``critical-layer-distribution``). Written to ``<out>.comparison/``
    (comparison.json, .csv, tokens.csv, distributions.csv, js_prev.csv, comparison.png) and into
    the LLM store as derived tables (``comparison``, ``comparison_distribution``,
@@ -47,14 +47,6 @@ def _vocab(path: str) -> list[tuple[int, str]]:
     v = [(int(i), p) for i, p in s.sql(VOCAB_SQL).iter_rows()]
     s.close()
     return v
-
-
-def _events(kevo: Kevo, store: str, tau: float, lens: str, path: Path) -> dict[int, list[int]]:
-    kevo("query", "mutation-events", store, "-p", f"tau={tau}", "-p", f"lens={lens}", "--format", "json", "-o", path)
-    ev: dict[int, list[int]] = defaultdict(list)
-    for r in json.loads(path.read_text())["rows"]:
-        ev[int(r["token_uid"])].append(int(r["mutation_layer"]))
-    return ev
 
 
 def _distribution(kevo: Kevo, store: str, tau: float, lens: str, path: Path) -> dict:
@@ -155,12 +147,6 @@ def run_llm(lvlm: str, llm: str, out: Path, *, tau: float = 0.5, lens: str = "fi
     if not aligned:
         raise ExperimentError(f"no tokens of {lvlm} align with {out}: did every response fail in the LLM? "
                               f"see: kevo sql {out} \"SELECT * FROM errors\"")
-    ev_a = _events(kevo, lvlm, tau, lens, art / "mutation-events-lvlm.json")
-    ev_b = _events(kevo, str(out), tau, lens, art / "mutation-events-llm.json")
-    for t in aligned:
-        t["n_events_a"], t["n_events_b"] = len(ev_a.get(t["uid_a"], [])), len(ev_b.get(t["uid_b"], []))
-        t["mutation_layers_a"] = ",".join(map(str, ev_a.get(t["uid_a"], [])))
-        t["mutation_layers_b"] = ",".join(map(str, ev_b.get(t["uid_b"], [])))
     n_same = sum(t["alignment"] == "same" for t in aligned)
 
     echo("3/3 distributions side by side")

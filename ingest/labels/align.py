@@ -6,7 +6,10 @@ them (in generation order) is the *decision token*: the step at which the model 
 word. A token whose span is empty (a byte-fallback piece that completes no character by itself, e.g.
 ``<0xE2>`` before ``<0x80><0x99>``) is attached to the word whose first character it helps to build,
 i.e. the word whose span contains the token's position; the end-of-sequence token (position = end of
-the response) belongs to no word.
+the response) belongs to no word. Likewise a token whose span is only the whitespace before a word
+but whose piece is more than a separator (byte-level BPE's ``ĠæĿ``: a space and the first two bytes
+of 東, which the next token completes) carries the first bytes of that word: it joins the word that
+starts where its span ends, and is its decision token.
 """
 
 from __future__ import annotations
@@ -16,10 +19,28 @@ from collections.abc import Sequence
 
 from ingest.labels.words import Word
 
+_WHITESPACE_BYTES = ("<0x09>", "<0x0A>", "<0x0D>", "<0x20>")
+
 
 def _blank(piece: str | None) -> bool:
-    """A piece that is only a word separator (SentencePiece '▁', byte-level 'Ġ', 'Ċ', plain whitespace)."""
-    return piece is not None and piece.replace("▁", " ").replace("Ġ", " ").replace("Ċ", "\n").strip() == ""
+    """A piece that is only a word separator (SentencePiece '▁', byte-level 'Ġ', 'Ċ', a whitespace byte
+    piece such as '<0x0A>', plain whitespace)."""
+    if piece is None:
+        return False
+    for b in _WHITESPACE_BYTES:
+        piece = piece.replace(b, " ")
+    return piece.replace("▁", " ").replace("Ġ", " ").replace("Ċ", "\n").replace("ĉ", "\t").strip() == ""
+
+
+def _leads_next_word(words: Sequence[Word], starts: list[int], s: int, e: int, piece: str | None) -> int | None:
+    """The word starting at ``e`` when the token [s, e) overlaps no word yet its piece is not a bare
+    separator: it holds the first bytes of that word's first character."""
+    if piece is None or _blank(piece):
+        return None
+    j = bisect.bisect_left(starts, e)
+    if j < len(words) and words[j].start == e and (j == 0 or words[j - 1].end <= s):
+        return j
+    return None
 
 
 def align_tokens(words: Sequence[Word], char_start: Sequence[int | None],
@@ -47,6 +68,8 @@ def align_tokens(words: Sequence[Word], char_start: Sequence[int | None],
                 j += 1
             if j < len(words) and words[j].start < e:
                 out[i] = j  # the token may also overlap later words; it is the *first* word's token
+            elif pieces is not None:
+                out[i] = _leads_next_word(words, starts, s, e, pieces[i])
         elif pieces is None or not _blank(pieces[i]):
             j = bisect.bisect_right(starts, s) - 1
             if j >= 0 and words[j].start <= s < words[j].end:
@@ -125,7 +148,14 @@ def _rows_overlapping(spans: Sequence[Word], cs: Sequence, ce: Sequence, pieces=
     for i, (s, e) in enumerate(zip(cs, ce)):
         if s is None or e is None or (e == s and pieces is not None and _blank(pieces[i])):
             continue
+        hit = False
         for k, w in enumerate(spans):
             if (e > s and w.start < e and s < w.end) or (e == s and w.start <= s < w.end):
                 out[k].append(i)
+                hit = True
+        if not hit and e > s and pieces is not None and not _blank(pieces[i]):
+            # whitespace and the first bytes of the span that starts at e (see the module docstring)
+            for k, w in enumerate(spans):
+                if w.start == e:
+                    out[k].append(i)
     return out

@@ -1,7 +1,8 @@
 """A response split into words with character spans.
 
 The split mimics NLTK's Treebank word tokenizer on the cases that matter for object words:
-alphanumeric runs with inner hyphens kept together ("air-conditioning", "e-book"), clitics split off
+alphanumeric runs with inner hyphens or slashes kept together ("air-conditioning", "e-book",
+"desk/child/cup"; an en or em dash splits, as in NLTK 3.10), clitics split off
 ("dog's" -> "dog" + "'s", "don't" -> "do" + "n't"), and every punctuation mark a word of its own.
 Every character that is not whitespace belongs to exactly one word, so every generated token that
 carries text maps to a word.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_WORD = re.compile(r"\d+(?:[.,]\d+)+|[^\W_]+(?:[-'’][^\W_]+)*|\S", re.UNICODE)
+_WORD = re.compile(r"\d+(?:[.,]\d+)+|[^\W_]+(?:[-'’/][^\W_]+)*|\S", re.UNICODE)
 _CLITIC = re.compile(r"(?i)(n['’]t|['’](?:s|re|ve|ll|d|m))$")
 
 

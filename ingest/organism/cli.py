@@ -35,22 +35,26 @@ def world_cmd(out: Path, n_images: int, seed: int, split: str) -> None:
 @organism.command("train")
 @click.option("--out", "-o", default="organism", show_default=True, type=click.Path(path_type=Path),
               help="Model directory to write (the shipped model is ingest/organism/weights; pass that to regenerate it).")
+@click.option("--llm-out", default=None, type=click.Path(path_type=Path),
+              help="Where to write the text-only language model of stage (i), a causal-LM directory "
+                   "[default: OUT-llm; the shipped one is ingest/organism/llm].")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seeds world, initialisation and batches.")
 @click.option("--steps", default=None, type=click.IntRange(min=1), help="Optimizer steps [default: the recipe's].")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
               help="torch threads (results are bit-identical only for the same seed and thread count).")
 @click.option("--check/--no-check", default=True, show_default=True,
               help="After training, caption 48 test images and print coverage and hallucination rates.")
-def train_cmd(out: Path, seed: int, steps: int | None, threads: int, check: bool) -> None:
+def train_cmd(out: Path, llm_out: Path | None, seed: int, steps: int | None, threads: int, check: bool) -> None:
     """Train the organism on the CPU (minutes) and save it as a Hugging Face model directory."""
     from ingest.organism import probe, train
 
     cfg = train.TrainConfig(seed=seed, threads=threads)
     if steps is not None:
         cfg.steps = steps
-    click.echo(f"training the organism: {cfg.steps} steps, seed {seed}, {threads} threads -> {out}")
-    model, proc, _ = train.train(cfg, out, log=click.echo)
-    click.echo(f"saved to {out}")
+    llm_out = llm_out or out.with_name(out.name + "-llm")
+    click.echo(f"training the organism: {cfg.steps} steps, seed {seed}, {threads} threads -> {out}, its LLM -> {llm_out}")
+    model, proc, _ = train.train(cfg, out, log=click.echo, llm_out=llm_out)
+    click.echo(f"saved to {out} and {llm_out}")
     if check:
         r = probe.caption_report(model, proc)
         click.echo(f"test captions: cover {r.cover:.1%}, CHAIR {r.chair:.1%}, Hal {r.hal:.1%}, "

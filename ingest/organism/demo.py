@@ -23,6 +23,7 @@ QUERIES = (
     ("stage-distribution", [], "stage_distribution.csv"),
     ("hallucination-contrast", [], "hallucination_contrast.csv"),
     ("mutation-events", ["--hallucinated"], "mutation_events_hallucinated.csv"),
+    ("displaced-candidates", [], "displaced_candidates.csv"),
     ("hallucination-curves", [], "hallucination_curves.csv"),
 )
 
@@ -67,8 +68,12 @@ def _read_json(path: Path):
         return None
 
 
+VQA_IMAGES = 16
+"""Images of the cross-image VQA split (one question, single-word answers)."""
+
+
 def run_demo(out: Path, *, n_images: int, task: str, model: str | None, seed: int, kevo: list[str],
-             echo: Callable[[str], None]) -> dict:
+             echo: Callable[[str], None], vqa_images: int = VQA_IMAGES) -> dict:
     t_start = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -83,20 +88,23 @@ def run_demo(out: Path, *, n_images: int, task: str, model: str | None, seed: in
     log.write_text("", encoding="utf-8")
     step = _Step(kevo, echo, log)
 
-    echo(f"1/6 world: {n_images} images in AMBER format -> {data}")
+    vqa = out / "vqa"
+    vqa_store = out / "vqa.kevo"
+    echo(f"1/7 world: {n_images} images in AMBER format -> {data}; {vqa_images} images of the VQA split -> {vqa}")
     world.write_world(data, n_images=n_images, seed=seed, split="test")
+    world.write_vqa(vqa, n_images=vqa_images, seed=seed)
 
-    echo("2/6 ingest: greedy captions + logit lens at every layer + hidden states")
+    echo("2/7 ingest: greedy captions + logit lens at every layer + hidden states")
     step("ingest", "amber", "--data", str(data), "--task", task, "--model", model, "--out", str(store),
          "--batch-size", "16", "--max-new-tokens", "40", "--top-k", "5")
 
-    echo("3/6 eval: AMBER metrics (CHAIR, Cover, Hal, Cog; Yes/No accuracy)")
+    echo("3/7 eval: AMBER metrics (CHAIR, Cover, Hal, Cog; Yes/No accuracy)")
     raw = step("eval", "amber", str(store), "--data", str(data), "--json", required=False)
     metrics = json.loads(raw) if raw else None
     if metrics is not None:
         (out / "eval_amber.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
 
-    echo("4/6 named queries")
+    echo("4/7 named queries")
     for name, extra, fname in QUERIES:
         step("query", name, str(store), *extra, "--format", "csv", "-o", str(tables / fname), required=False)
         step("query", name, str(store), *extra, "--format", "json", "-o",
@@ -107,14 +115,28 @@ def run_demo(out: Path, *, n_images: int, task: str, model: str | None, seed: in
             step("query", "critical-layer-distribution", str(store), "--param", "definition=emitted",
                  "--param", f"label={label}", "--format", fmt, "-o", str(tables / f"{stem}.{fmt}"), required=False)
 
-    echo("5/6 figures")
+    echo("5/7 cross-image VQA: one question over many images; the answer token's hidden states per layer")
+    step("ingest", "vqa", "--questions", str(vqa / "questions.json"), "--images", str(vqa / "images"),
+         "--model", model, "--out", str(vqa_store), "--batch-size", "16", "--max-new-tokens", "4", "--top-k", "5")
+    step("embed", str(vqa_store), "--tokens", "is_answer", "--n-jobs", "2", "--name", "vqa-answer", required=False)
+
+    echo("6/7 figures")
     for fig in FIGURES:
         step("plot", fig, str(store), "-o", str(figures / f"{fig}.png"), required=False)
+    token = _hallucination_token(tables / "mutation_events_hallucinated.json")
+    if token is not None:  # the paper's Fig. 3: a real hallucination, its displaced candidate and the emitted one
+        step("plot", "candidates", str(store), "--token", str(token), "-o",
+             str(figures / "candidates-hallucination.png"), required=False)
+    else:
+        echo("  (no hallucinated token has a top-1 mutation event: no candidates figure of a hallucination)")
+    step("plot", "tsne", str(vqa_store), "-o", str(figures / "tsne-vqa.png"), required=False)
 
-    echo("6/6 report")
+    echo("7/7 report")
     step("report", str(store), "-o", str(out / "report.html"), required=False)
+    step("report", str(vqa_store), "-o", str(out / "report-vqa.html"), required=False)
 
     summary = _summary(out, store, metrics, tables)
+    summary.update(_vqa_summary(vqa_store, vqa))
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     echo("")
     echo(_format_summary(summary, out, time.time() - t_start))
@@ -125,6 +147,27 @@ def run_demo(out: Path, *, n_images: int, task: str, model: str | None, seed: in
     return summary
 
 
+def _hallucination_token(path: Path) -> int | None:
+    """The first hallucinated token whose mutation displaced a candidate (a top-1 event)."""
+    rows = _rows(_read_json(path))
+    for r in rows:
+        if r.get("displaced_id") is not None:
+            return int(r["token_uid"])
+    return None
+
+
+def _vqa_summary(store: Path, vqa: Path) -> dict:
+    """The VQA answers and the per-layer dispersion `kevo embed` recorded in the store's manifest."""
+    s: dict = {"vqa_store": str(store)}
+    records = _read_json(vqa / "questions.json") or []
+    manifest = _read_json(store / "manifest.json") or {}
+    runs = (((manifest.get("derived") or {}).get("embeddings") or {}).get("params") or {}).get("runs") or {}
+    if runs:
+        s["dispersion"] = list(runs.values())[-1].get("dispersion")
+    s["vqa"] = {"question": records[0]["question"] if records else None, "n_images": len(records)}
+    return s
+
+
 def _summary(out: Path, store: Path, metrics: dict | None, tables: Path) -> dict:
     s: dict = {"store": str(store), "metrics": metrics}
     dist = _read_json(tables / "critical_layer_distribution.json")
@@ -133,6 +176,12 @@ def _summary(out: Path, store: Path, metrics: dict | None, tables: Path) -> dict
     contrast = _read_json(tables / "hallucination_contrast.json")
     if contrast is not None:
         s["hallucination_contrast"] = contrast
+    displaced = _read_json(tables / "displaced_candidates.json")
+    if displaced is not None:
+        s["displaced_candidates"] = displaced
+    events = _read_json(tables / "mutation_events_hallucinated.json")
+    if events is not None:
+        s["displaced_in_image"] = _displaced_in_image(_rows(events), store, out / "world")
     emitted = {label: _read_json(tables / f"{stem}.json") for label, stem in EMITTED}
     emitted = {k: v for k, v in emitted.items() if v is not None}
     if emitted:
@@ -141,6 +190,21 @@ def _summary(out: Path, store: Path, metrics: dict | None, tables: Path) -> dict
     s["report"] = str(out / "report.html") if (out / "report.html").exists() else None
     s["bias_pairs"] = dict(world.BIAS_PAIRS)
     return s
+
+
+def _displaced_in_image(events: list[dict], store: Path, world_dir: Path) -> dict:
+    """Of the hallucinated tokens' top-1 mutation events, how many displaced an object that is in the
+    image (the record's AMBER truth): the paper's correct answer overwritten by the language prior."""
+    ann = _read_json(world_dir / "data" / "annotations.json") or []
+    truth = {r["id"]: set(r["truth"]) for r in ann if r.get("type") == "generative"}
+    from kevo_store import open_store
+
+    item = {r["sample_id"]: int(r["item_id"])
+            for r in open_store(store).sql("SELECT sample_id, item_id FROM samples").to_dicts()}
+    top1 = [e for e in events if e.get("displaced_id") is not None]
+    hits = sum((e.get("displaced_piece") or "").lstrip("▁") in truth.get(item.get(e["sample_id"]), ())
+               for e in top1)
+    return {"n_events": len(top1), "n_in_image": hits}
 
 
 def _rows(table) -> list[dict]:
@@ -167,6 +231,11 @@ def _format_summary(s: dict, out: Path, seconds: float) -> str:
         disc = ((m.get("discriminative") or {}).get("official") or {}).get("all")
         if disc:
             lines.append(f"  AMBER yes/no       accuracy {disc['accuracy']:.1f}  F1 {disc['f1']:.1f}   ({disc['n']} questions)")
+            by = (m.get("discriminative") or {}).get("official") or {}
+            parts = [f"{k} {by[k]['accuracy']:.1f} ({by[k]['n']})" for k in ("existence", "attribute", "relation")
+                     if k in by]
+            if parts:
+                lines.append("    accuracy by task   " + "  ".join(parts))
     dist = s.get("critical_layer_distribution")
     rows = [("generated tokens, paper's (any top-1)", _rows(dist))]
     for label, table in (s.get("critical_layer_distribution_emitted") or {}).items():
@@ -181,6 +250,28 @@ def _format_summary(s: dict, out: Path, seconds: float) -> str:
             if r:
                 lines.append(f"    {cls:<16}{r.get('n_tokens', 0):>5}   {_num(r.get('critical_layer_median')):>22}"
                              f"   {_num(r.get('mutation_rate'), pct=True):>13}   {_num(r.get('mutation_layer_median')):>23}")
+        h, c = contrast.get("hallucinated"), contrast.get("correct")
+        if h and c and c.get("mutation_rate"):
+            lines.append(f"  mutation contrast  hallucinated / correct = {h['mutation_rate'] / c['mutation_rate']:.1f}x")
+    displaced = [r for r in _rows(s.get("displaced_candidates")) if r.get("token_class") == "hallucinated"]
+    if displaced:
+        top = ", ".join(f"{(r.get('displaced_piece') or '?').lstrip('▁')} {r.get('n_events')}" for r in displaced[:6])
+        lines.append(f"  displaced candidates of hallucinated objects (events): {top}")
+    inimg = s.get("displaced_in_image")
+    if inimg and inimg.get("n_events"):
+        lines.append(f"    an object in the image: {inimg['n_in_image']} of {inimg['n_events']} top-1 mutation events")
+    disp = s.get("dispersion")
+    if disp:
+        vqa = s.get("vqa") or {}
+        lines.append(f"  cross-image VQA: \"{vqa.get('question')}\" over {vqa.get('n_images')} images; "
+                     "dispersion of the answer token across images (mean distance to the centroid / mean norm)")
+        lines.append("    " + "".join(f"{'L' + str(r['layer']):>6}" for r in disp))
+        lines.append("    " + "".join(f"{r['rel_dispersion']:>6.2f}" for r in disp))
+        q = max(1, len(disp) // 4)
+        first = sum(r["rel_dispersion"] for r in disp[:q]) / q
+        last = sum(r["rel_dispersion"] for r in disp[-q:]) / q
+        if first > 0:
+            lines.append(f"    last quarter / first quarter of the layers = {last / first:.1f}x")
     return "\n".join(lines)
 
 

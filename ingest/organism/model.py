@@ -110,14 +110,15 @@ def build_image_processor(cfg: OrganismConfig):
     )
 
 
-def build_processor(cfg: OrganismConfig, out: Path | str | None = None):
-    """The LlavaProcessor (image processor + tokenizer); saved to ``out`` when given."""
+def build_processor(cfg: OrganismConfig, out: Path | str | None = None, extended_vocabulary: bool = False):
+    """The LlavaProcessor (image processor + tokenizer); saved to ``out`` when given.
+    ``extended_vocabulary``: the tokenizer also covers the relation and VQA questions."""
     import tempfile
 
     from transformers import AutoTokenizer, LlavaProcessor
 
     with tempfile.TemporaryDirectory() as tmp:
-        tok_mod.save_hf_tokenizer(tmp, model_max_length=cfg.max_positions)
+        tok_mod.save_hf_tokenizer(tmp, model_max_length=cfg.max_positions, extended=extended_vocabulary)
         tokenizer = AutoTokenizer.from_pretrained(tmp)
     proc = LlavaProcessor(
         image_processor=build_image_processor(cfg),

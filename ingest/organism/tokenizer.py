@@ -39,13 +39,24 @@ def prompt_template(prompt: str) -> str:
     return f"{SYSTEM} USER: <image>\n{prompt} ASSISTANT:"
 
 
-def corpus() -> list[str]:
-    """Every text the organism is trained on or asked: the basis of the vocabulary."""
+def text_prompt_template(prompt: str) -> str:
+    """The same conversation without an image: what the text-only language model is trained on."""
+    return f"{SYSTEM} USER: {prompt} ASSISTANT:"
+
+
+def corpus(extended: bool = False) -> list[str]:
+    """Every text the organism is trained on or asked: the basis of the vocabulary.
+
+    ``extended`` adds the words of the relation and VQA questions ("to the left of", "above",
+    "What is the colour of ..."); without it the vocabulary is the shipped organism's (90 pieces)."""
     texts = [SYSTEM, "USER: ASSISTANT:", world.GENERATIVE_PROMPT, "Yes", "No", "yes", "no", *EXTRA_PROMPTS]
     for o in world.OBJECTS:
         for c in world.COLOURS[o]:
             texts.append(f"Is the {o} {c} in this image?")
         texts.append(f"Is there a {o} in this image?")
+        if extended:
+            texts.append(f"Is the {o} to the left of the {o} above the {o} in this image?")
+            texts.append(world.colour_question(o))
         texts.append(f"There is a {world.COLOURS[o][0]} {o}, and a {o} on the {o}.")
     texts += [f"on the {b}." for b in world.BACKGROUNDS]
     texts += list(world.RGB) + list(world.SAFE_WORDS)
@@ -70,13 +81,13 @@ def _pre_tokenizer():
     return pre_tokenizers.Split(Regex(r"▁?[A-Za-z0-9]+|[^A-Za-z0-9▁]|▁"), behavior="isolated")
 
 
-def build_tokenizer() -> Tokenizer:
+def build_tokenizer(extended: bool = False) -> Tokenizer:
     """Build the tokenizer from :func:`corpus` (deterministic: the vocabulary is sorted)."""
     tmp = Tokenizer(WordLevel({"<unk>": 0}, unk_token="<unk>"))
     tmp.normalizer = _normalizer()
     tmp.pre_tokenizer = _pre_tokenizer()
     pieces: set[str] = set()
-    for text in corpus():
+    for text in corpus(extended):
         norm = tmp.normalizer.normalize_str(text)
         pieces.update(p for p, _ in tmp.pre_tokenizer.pre_tokenize_str(norm))
     pieces.add("▁")  # the space before a special token ("USER: <image>")
@@ -94,12 +105,12 @@ def build_tokenizer() -> Tokenizer:
     return tok
 
 
-def save_hf_tokenizer(out: Path | str, model_max_length: int = 512):
+def save_hf_tokenizer(out: Path | str, model_max_length: int = 512, extended: bool = False):
     """Save as a Hugging Face fast tokenizer (tokenizer.json + tokenizer_config.json); return it."""
     from transformers import PreTrainedTokenizerFast
 
     hf = PreTrainedTokenizerFast(
-        tokenizer_object=build_tokenizer(),
+        tokenizer_object=build_tokenizer(extended),
         bos_token="<s>",
         eos_token="</s>",
         unk_token="<unk>",

@@ -77,6 +77,34 @@ class TrainConfig:
     residual_init_scale: float = 1.0
     """Multiplies the initial o_proj and down_proj weights (GPT-2's 1/sqrt(2 * layers) residual
     scaling makes each layer's first writes small next to the embedding)."""
+    lm_steps: int = 0
+    """Stage (i), as LLaVA starts from a pretrained LLM: steps of text-only language modelling of
+    the world's sentences (the same conversations without the image). The co-occurrence prior is
+    learnt here, in every layer; the decoder of this stage ships as the organism's LLM."""
+    lm_lr: float = 3e-3
+    """Peak learning rate of stage (i)."""
+    lm_batch_size: int = 64
+    """Sequences per step of stage (i) (text only: short)."""
+    align_steps: int = 0
+    """Stage (ii), LLaVA's feature alignment: steps training only the projector, on captions, with
+    the decoder frozen."""
+    align_lr: float = 2e-3
+    """Peak learning rate of stage (ii)."""
+    top_layers: int = 0
+    """Stage (iii) (instruction tuning): the top decoder layers, the final norm and the LM head
+    learn at ``top_lr_scale`` x the learning rate (0: frozen), so the grounding forms lower in the
+    stack while the text prior stays in the top."""
+    top_lr_scale: float = 0.0
+    """Learning-rate multiplier of the top layers in stage (iii)."""
+    vqa: bool = False
+    """Add single-word colour questions ("What is the colour of the flower?") to the train set."""
+    relation: bool = False
+    """Add the relation questions ("Is the car to the left of the tree in this image?") to the train set."""
+
+    @property
+    def extended_vocabulary(self) -> bool:
+        """The tokenizer covers the relation and VQA questions (the shipped organism's does not)."""
+        return self.vqa or self.relation
     model: model_mod.OrganismConfig = field(default_factory=model_mod.OrganismConfig)
     """Architecture sizes."""
 
@@ -88,13 +116,17 @@ class Example:
     labels: list[int]
 
 
-def _encode(tokenizer, n_image_tokens: int, prompt: str, answer: str) -> tuple[list[int], list[int]]:
+def _encode(tokenizer, n_image_tokens: int, prompt: str, answer: str,
+            text_only: bool = False) -> tuple[list[int], list[int]]:
     """Token ids of the templated prompt + answer + </s>, and labels that score only the answer.
 
     The <image> placeholder is expanded to ``n_image_tokens`` copies, exactly as LlavaProcessor
     does at inference time (the test suite checks the two agree).
     """
-    text = tok_mod.prompt_template(prompt).replace("<image>", "<image>" * n_image_tokens)
+    if text_only:
+        text = tok_mod.text_prompt_template(prompt)
+    else:
+        text = tok_mod.prompt_template(prompt).replace("<image>", "<image>" * n_image_tokens)
     prompt_ids = tokenizer(text).input_ids
     full_ids = tokenizer(f"{text} {answer}").input_ids + [tokenizer.eos_token_id]
     if full_ids[: len(prompt_ids)] != prompt_ids:  # the answer must not change the prompt's tokens
@@ -103,17 +135,35 @@ def _encode(tokenizer, n_image_tokens: int, prompt: str, answer: str) -> tuple[l
     return full_ids, labels
 
 
-def build_examples(cfg: TrainConfig, tokenizer) -> tuple[list[world.Scene], list[Example], list[Example]]:
-    """The train split's scenes, caption examples and yes/no examples."""
-    scs = world.scenes("train", cfg.n_images, cfg.seed)
+def _conversations(cfg: TrainConfig, scs: list[world.Scene]) -> tuple[list[tuple], list[tuple]]:
+    """(image index, prompt, answer) of the captions and of the questions of the train split."""
     rng = random.Random(f"kevo-organism-train-questions/{cfg.seed}")
-    n_img = cfg.model.n_image_tokens
     captions, qas = [], []
     for i, sc in enumerate(scs):
-        captions.append(Example(i, *_encode(tokenizer, n_img, world.GENERATIVE_PROMPT, sc.caption(cfg.caption_colours))))
-        for qa in world.questions(sc, sc.hallu(rng), train=True):
-            qas.append(Example(i, *_encode(tokenizer, n_img, qa.query, "Yes" if qa.truth == "yes" else "No")))
-    return scs, captions, qas
+        captions.append((i, world.GENERATIVE_PROMPT, sc.caption(cfg.caption_colours)))
+        for qa in world.questions(sc, sc.hallu(rng), train=True, relation=cfg.relation):
+            qas.append((i, qa.query, "Yes" if qa.truth == "yes" else "No"))
+        if cfg.vqa:
+            for o in sc.present:
+                qas.append((i, world.colour_question(o), sc.objects[o]))
+    return captions, qas
+
+
+def build_examples(cfg: TrainConfig, tokenizer) -> tuple[list[world.Scene], list[Example], list[Example]]:
+    """The train split's scenes, caption examples and question examples."""
+    scs = world.scenes("train", cfg.n_images, cfg.seed)
+    n_img = cfg.model.n_image_tokens
+    caps, qas = _conversations(cfg, scs)
+    return (scs, [Example(i, *_encode(tokenizer, n_img, p, a)) for i, p, a in caps],
+            [Example(i, *_encode(tokenizer, n_img, p, a)) for i, p, a in qas])
+
+
+def build_text_examples(cfg: TrainConfig, tokenizer) -> tuple[list[Example], list[Example]]:
+    """Stage (i)'s text: the same conversations without the image (image_index -1)."""
+    scs = world.scenes("train", cfg.n_images, cfg.seed)
+    caps, qas = _conversations(cfg, scs)
+    return ([Example(-1, *_encode(tokenizer, 0, p, a, text_only=True)) for _, p, a in caps],
+            [Example(-1, *_encode(tokenizer, 0, p, a, text_only=True)) for _, p, a in qas])
 
 
 def pixel_values(scs: list[world.Scene], image_processor):
@@ -149,8 +199,13 @@ def _loss(model, ids, mask, pv, labels, label_smoothing: float = 0.0):
     batch. Same loss and gradients as the plain forward (checked in the tests), about 40% less
     decoder work.
     """
-    p = int((ids[0] == model.config.image_token_id).nonzero()[0])
-    if not bool((ids[:, :p] == ids[0, :p]).all()):
+    if pv is not None:
+        p = int((ids[0] == model.config.image_token_id).nonzero()[0])
+    else:  # text only: the common prefix, up to the first scored position
+        same = (ids == ids[0]).all(0).int()
+        p = int(same.cumprod(0).sum())
+        p = min(p, int((labels != -100).int().argmax(1).min()))
+    if p < 1 or not bool((ids[:, :p] == ids[0, :p]).all()):
         return _lm_loss(model(input_ids=ids, attention_mask=mask, pixel_values=pv, labels=labels),
                         labels, label_smoothing)
     cache = model.model.language_model(input_ids=ids[:1, :p], use_cache=True).past_key_values
@@ -235,18 +290,76 @@ def _reinit(model, cfg: TrainConfig) -> None:
                 layer.mlp.down_proj.weight.mul_(cfg.residual_init_scale)
 
 
-def train(cfg: TrainConfig, out: Path | str | None = None, log=print, on_step=None) -> tuple[object, object, list[float]]:
-    """Train an organism; save a Hugging Face model directory to ``out`` when given.
+def _lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
-    ``on_step(step, model, processor, losses)``, if given, is called after every step (checkpoints,
-    probes). Returns (model, processor, per-step losses).
+
+def _optimizer(groups: list[tuple[list, float]], cfg: TrainConfig, embed):
+    """AdamW over (parameters, lr scale) groups; weight decay on matrices but norms and the embeddings."""
+    import torch
+
+    param_groups = []
+    for params, scale in groups:
+        def decays(p) -> bool:
+            return p.ndim >= 2 and (cfg.embed_weight_decay or p is not embed)
+
+        for d in (True, False):
+            ps = [p for p in params if decays(p) == d]
+            if ps:
+                param_groups.append({"params": ps, "weight_decay": cfg.weight_decay if d else 0.0, "scale": scale})
+    return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=(0.9, 0.98))
+
+
+def _stage(name: str, model, opt, sample, steps: int, peak: float, warmup: int, cfg: TrainConfig, pixels, pad_id,
+           log, on_step=None, proc=None) -> list[float]:
+    """``steps`` optimizer steps on batches drawn by ``sample(step)``; returns the per-step losses."""
+    import torch
+
+    # clipped in the model's own parameter order (the norm's summation order is part of bit-for-bit)
+    params = [p for _, p in model.named_parameters() if p.requires_grad]
+    losses: list[float] = []
+    t0 = time.time()
+    for step in range(steps):
+        batch = sample(step)
+        ids, mask, labels = _collate(batch, pad_id)
+        pv = None if batch[0].image_index < 0 else pixels[[e.image_index for e in batch]]
+        lr = _lr_at(step, steps, peak, warmup)
+        for g in opt.param_groups:
+            g["lr"] = lr * g["scale"]
+        loss = _loss(model, ids, mask, pv, labels, cfg.label_smoothing)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if on_step is not None:
+            on_step(step, model, proc, losses)
+        if log and (step % 100 == 0 or step == steps - 1):
+            log(f"{name} step {step:5d}  loss {sum(losses[-100:]) / len(losses[-100:]):.4f}  "
+                f"lr {lr:.2e}  {time.time() - t0:.0f}s")
+    return losses
+
+
+def train(cfg: TrainConfig, out: Path | str | None = None, log=print, on_step=None,
+          llm_out: Path | str | None = None) -> tuple[object, object, list[float]]:
+    """Train an organism; save a Hugging Face model directory to ``out`` when given, and the
+    text-only language model of stage (i) to ``llm_out`` (an ordinary causal-LM directory).
+
+    ``on_step(step, model, processor, losses)``, if given, is called after every step of the
+    instruction tuning (checkpoints, probes). Returns (model, processor, per-step losses of the
+    instruction tuning).
     """
     import torch
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    proc = model_mod.build_processor(cfg.model)
+    proc = model_mod.build_processor(cfg.model, extended_vocabulary=cfg.extended_vocabulary)
     tokenizer = proc.tokenizer
+    pad = tokenizer.pad_token_id
     scs, captions, qas = build_examples(cfg, tokenizer)
     pixels = pixel_values(scs, proc.image_processor)
     model = model_mod.build_model(cfg.model, len(tokenizer), cfg.seed)
@@ -254,61 +367,99 @@ def train(cfg: TrainConfig, out: Path | str | None = None, log=print, on_step=No
     model.train()
     if cfg.vision_steps:
         pretrain_vision(model, scs, pixels, cfg, log)
-
-    # stage 2 keeps the vision tower frozen, as LLaVA does
-    model.model.vision_tower.requires_grad_(False)
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    model.model.vision_tower.requires_grad_(False)  # frozen from here on, as in LLaVA
     embed = model.get_input_embeddings().weight
+    lm = model.model.language_model
+    decoder = list(lm.parameters()) + list(model.lm_head.parameters())
+    projector = list(model.model.multi_modal_projector.parameters())
+    stages: dict[str, list[float]] = {}
 
-    def decays(n, p) -> bool:
-        return p.ndim >= 2 and "norm" not in n and (cfg.embed_weight_decay or p is not embed)
+    if cfg.lm_steps:  # (i) the language model, on text alone
+        text_caps, text_qas = build_text_examples(cfg, tokenizer)
+        rng = random.Random(f"kevo-organism-lm-batches/{cfg.seed}")
+        n_cap = round(cfg.lm_batch_size * cfg.caption_share)
 
-    decay = [p for n, p in trainable if decays(n, p)]
-    no_decay = [p for n, p in trainable if not decays(n, p)]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.98),
-    )
+        def text_batch(step):
+            return rng.sample(text_caps, n_cap) + rng.sample(text_qas, cfg.lm_batch_size - n_cap)
 
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup:
-            return cfg.lr * (step + 1) / cfg.warmup
-        t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+        opt = _optimizer([(decoder, 1.0)], cfg, embed)
+        stages["lm"] = _stage("lm", model, opt, text_batch, cfg.lm_steps, cfg.lm_lr, cfg.warmup, cfg, pixels, pad, log)
+    if llm_out is not None:
+        save_llm(model, proc, cfg, llm_out, stages.get("lm", []))
 
+    if cfg.align_steps:  # (ii) the projector alone, on captions, the decoder frozen
+        for p in decoder:
+            p.requires_grad_(False)
+        rng = random.Random(f"kevo-organism-align-batches/{cfg.seed}")
+        opt = _optimizer([(projector, 1.0)], cfg, embed)
+        stages["align"] = _stage("align", model, opt, lambda step: rng.sample(captions, cfg.batch_size),
+                                 cfg.align_steps, cfg.align_lr, min(cfg.warmup, cfg.align_steps // 4), cfg,
+                                 pixels, pad, log)
+        for p in decoder:
+            p.requires_grad_(True)
+
+    # (iii) instruction tuning: the top layers (and head) slow or frozen
+    n_layers = len(lm.layers)
+    top = [p for layer in lm.layers[n_layers - cfg.top_layers:] for p in layer.parameters()] if cfg.top_layers else []
+    if cfg.top_layers:
+        top += list(lm.norm.parameters()) + list(model.lm_head.parameters())
+    top_ids = {id(p) for p in top}
+    rest = [p for _, p in model.named_parameters() if p.requires_grad and id(p) not in top_ids]
+    groups = [(rest, 1.0)]
+    if top and cfg.top_lr_scale > 0:
+        groups.append((top, cfg.top_lr_scale))
+    else:
+        for p in top:
+            p.requires_grad_(False)
+    opt = _optimizer(groups, cfg, embed)
     rng = random.Random(f"kevo-organism-batches/{cfg.seed}")
     n_cap = round(cfg.batch_size * cfg.caption_share)
-    losses: list[float] = []
-    t0 = time.time()
-    for step in range(cfg.steps):
-        batch = rng.sample(captions, n_cap) + rng.sample(qas, cfg.batch_size - n_cap)
-        ids, mask, labels = _collate(batch, tokenizer.pad_token_id)
-        pv = pixels[[e.image_index for e in batch]]
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        loss = _loss(model, ids, mask, pv, labels, cfg.label_smoothing)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for _, p in trainable], 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if on_step is not None:
-            on_step(step, model, proc, losses)
-        if log and (step % 100 == 0 or step == cfg.steps - 1):
-            log(f"step {step:5d}  loss {sum(losses[-100:]) / len(losses[-100:]):.4f}  "
-                f"lr {lr_at(step):.2e}  {time.time() - t0:.0f}s")
+    losses = _stage("tune", model, opt, lambda step: rng.sample(captions, n_cap) + rng.sample(qas, cfg.batch_size - n_cap),
+                    cfg.steps, cfg.lr, cfg.warmup, cfg, pixels, pad, log, on_step, proc)
+    for p in top:
+        p.requires_grad_(True)
     model.eval()
     if out is not None:
-        save(model, proc, cfg, out, losses)
+        save(model, proc, cfg, out, losses, stages)
     return model, proc, losses
 
 
-def save(model, proc, cfg: TrainConfig, out: Path | str, losses: list[float]) -> Path:
+def llm_from(model):
+    """The decoder of an organism as an ordinary ``LlamaForCausalLM`` (same weights)."""
+    import copy
+
+    from transformers import LlamaForCausalLM
+
+    text_config = copy.deepcopy(model.config.text_config)
+    text_config.architectures = ["LlamaForCausalLM"]
+    llm = LlamaForCausalLM(text_config)
+    state = {f"model.{k}": v for k, v in model.model.language_model.state_dict().items()}
+    state.update({f"lm_head.{k}": v for k, v in model.lm_head.state_dict().items()})
+    llm.load_state_dict(state)
+    llm.eval()
+    return llm
+
+
+def save_llm(model, proc, cfg: TrainConfig, out: Path | str, losses: list[float]) -> Path:
+    """Write the text-only language model (stage (i)) as a causal-LM directory with the tokenizer."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    llm_from(model).save_pretrained(str(out), safe_serialization=True)
+    proc.tokenizer.save_pretrained(str(out))
+    recipe = {"train_config": asdict(cfg), "stage": "lm",
+              "final_loss": sum(losses[-100:]) / max(1, len(losses[-100:]))}
+    (out / "training.json").write_text(json.dumps(recipe, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def save(model, proc, cfg: TrainConfig, out: Path | str, losses: list[float], stages: dict | None = None) -> Path:
     """Write the standard Hugging Face directory (config, fp32 safetensors, processor files)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), safe_serialization=True)
     proc.save_pretrained(str(out))
     recipe = {"train_config": asdict(cfg), "final_loss": sum(losses[-100:]) / max(1, len(losses[-100:]))}
+    for name, ls in (stages or {}).items():
+        recipe[f"final_loss_{name}"] = sum(ls[-100:]) / max(1, len(ls[-100:]))
     (out / "training.json").write_text(json.dumps(recipe, indent=2) + "\n", encoding="utf-8")
     return out

@@ -99,6 +99,17 @@ RELATION: dict[str, list[str]] = {
 
 GENERATIVE_PROMPT = "Describe this image."
 
+VQA_OBJECT = "flower"
+"""The object of the cross-image VQA split (the paper asks one question over many images)."""
+
+VQA_QUESTION = f"What is the colour of the {VQA_OBJECT}?"
+"""The VQA split's one question; the answer is a single colour word."""
+
+
+def colour_question(obj: str) -> str:
+    """The single-word-answer VQA question about an object's colour."""
+    return f"What is the colour of the {obj}?"
+
 
 def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
@@ -125,6 +136,12 @@ class Scene:
         else:
             listed = ", ".join(parts[:-1]) + " and " + parts[-1]
         return f"There is {listed} on the {self.background}."
+
+    def column(self, obj: str) -> int:
+        return self.cells[obj][0] // CELL
+
+    def row(self, obj: str) -> int:
+        return self.cells[obj][1] // CELL
 
     def hallu(self, rng: random.Random) -> list[str]:
         """Absent objects to watch for: the biased partners first, then random others."""
@@ -257,8 +274,8 @@ class QA:
     type: str  # AMBER record type
 
 
-def questions(scene: Scene, hallu: list[str], *, train: bool = False) -> list[QA]:
-    """AMBER-style yes/no questions: attribute (colour) and existence.
+def questions(scene: Scene, hallu: list[str], *, train: bool = False, relation: bool = True) -> list[QA]:
+    """AMBER-style yes/no questions: attribute (colour), existence and (``relation``) relation.
 
     AMBER asks existence questions only about absent objects (truth always "no"); the train split
     also asks about present ones so the model learns to say "Yes".
@@ -274,6 +291,29 @@ def questions(scene: Scene, hallu: list[str], *, train: bool = False) -> list[QA
     if train:
         for o in scene.present:
             out.append(QA(scene.image_id, f"Is there {article(o)} {o} in this image?", "yes", "discriminative-hallucination"))
+    return out + (relation_questions(scene) if relation else [])
+
+
+def relation_questions(scene: Scene) -> list[QA]:
+    """AMBER's relation task on the 2x2 grid: one question per pair of objects, "Is the X to the left
+    of the Y in this image?" (or "above" for a pair in one column), the truth alternating yes/no
+    from pair to pair."""
+    out = []
+    present = scene.present
+    pairs = [(a, b) for i, a in enumerate(present) for b in present[i + 1:]]
+    for n, (a, b) in enumerate(pairs):
+        if scene.column(a) != scene.column(b):
+            first, second = (a, b) if scene.column(a) < scene.column(b) else (b, a)
+            where = "to the left of"
+        else:
+            first, second = (a, b) if scene.row(a) < scene.row(b) else (b, a)
+            where = "above"
+        if n % 2:
+            first, second, truth = second, first, "no"
+        else:
+            truth = "yes"
+        out.append(QA(scene.image_id, f"Is the {first} {where} the {second} in this image?", truth,
+                      "discriminative-relation"))
     return out
 
 
@@ -290,7 +330,7 @@ def write_world(out: Path | str, n_images: int = 60, seed: int = 0, split: str =
     """Write an AMBER-format directory (``data/``, ``image/``) and return its path.
 
     Ids follow AMBER's layout: generative records 1..N, then attribute, then existence
-    (hallucination) questions, then relation questions (none in this world).
+    (hallucination) questions, then relation questions.
     """
     out = Path(out)
     (out / "data" / "query").mkdir(parents=True, exist_ok=True)
@@ -301,6 +341,7 @@ def write_world(out: Path | str, n_images: int = 60, seed: int = 0, split: str =
     q_gen: list[dict] = []
     attr: list[tuple[Scene, QA]] = []
     exist: list[tuple[Scene, QA]] = []
+    rel: list[tuple[Scene, QA]] = []
     for sc in scs:
         (out / "image" / f"AMBER_{sc.image_id}.jpg").write_bytes(jpeg_bytes(render(sc)))
         hallu = sc.hallu(rng)
@@ -312,14 +353,14 @@ def write_world(out: Path | str, n_images: int = 60, seed: int = 0, split: str =
         })
         q_gen.append({"id": sc.image_id, "image": f"AMBER_{sc.image_id}.jpg", "query": GENERATIVE_PROMPT})
         for qa in questions(sc, hallu):
-            (attr if qa.type.startswith("discriminative-attribute") else exist).append((sc, qa))
-    q_attr, q_exist = [], []
-    for group, qlist in ((attr, q_attr), (exist, q_exist)):
+            kind = qa.type.split("-")[1]
+            (attr if kind == "attribute" else rel if kind == "relation" else exist).append((sc, qa))
+    q_attr, q_exist, q_rel = [], [], []
+    for group, qlist in ((attr, q_attr), (exist, q_exist), (rel, q_rel)):
         for sc, qa in group:
             rid = len(annotations) + 1
             annotations.append({"id": rid, "type": qa.type, "truth": qa.truth})
             qlist.append({"id": rid, "image": f"AMBER_{sc.image_id}.jpg", "query": qa.query})
-    q_rel: list[dict] = []
     q_disc = q_attr + q_exist + q_rel
     _dump(out / "data" / "annotations.json", annotations)
     _dump(out / "data" / "relation.json", RELATION)
@@ -331,4 +372,32 @@ def write_world(out: Path | str, n_images: int = 60, seed: int = 0, split: str =
     _dump(qdir / "query_discriminative-relation.json", q_rel)
     _dump(qdir / "query_discriminative.json", q_disc)
     _dump(qdir / "query_all.json", q_gen + q_disc)
+    return out
+
+
+def vqa_scenes(n_images: int, seed: int = 0, obj: str = VQA_OBJECT) -> list[Scene]:
+    """Test-split scenes that all show ``obj`` (its own stream): the cross-image VQA split."""
+    rng = random.Random(f"kevo-organism-world/vqa/{obj}/{seed}")
+    out: list[Scene] = []
+    while len(out) < n_images:
+        sc = _sample_scene(rng, len(out) + 1, "test")
+        if obj in sc.objects:
+            out.append(sc)
+    return out
+
+
+def write_vqa(out: Path | str, n_images: int = 16, seed: int = 0, obj: str = VQA_OBJECT) -> Path:
+    """The cross-image VQA split: one question ("What is the colour of the flower?") over
+    ``n_images`` images that show the object; single-word answers (its colour). Writes
+    ``questions.json`` (records ``{"id", "image", "question", "answer"}``, the format of
+    ``kevo ingest vqa``) and ``images/vqa_<n>.jpg``; returns ``out``."""
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    records = []
+    for sc in vqa_scenes(n_images, seed, obj):
+        name = f"vqa_{sc.image_id}.jpg"
+        (out / "images" / name).write_bytes(jpeg_bytes(render(sc)))
+        records.append({"id": sc.image_id, "image": name, "question": colour_question(obj),
+                        "answer": sc.objects[obj]})
+    _dump(out / "questions.json", records)
     return out

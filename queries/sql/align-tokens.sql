@@ -1,8 +1,7 @@
 -- name: align-tokens
--- description: Two stores scored on the same text (a = an LVLM, b = its LLM teacher-forced on a's responses: `kevo experiment llm`): every generated token of a with the token of b holding its first character ('same' span, or 'chars' when the vocabularies cut the text differently), and both critical layers.
+-- description: Two stores scored on the same text (a = an LVLM, b = its LLM teacher-forced on a's responses: `kevo experiment llm`): every generated token of a with the token of b holding its first character ('same' span, or 'chars' when the vocabularies cut the text differently), with both critical layers and mutation events.
 -- stores: 2
--- param lens: str = 'final_norm'  -- lens mode compared
--- param tau: float = 0.5          -- top-1 probability that defines the critical layer (the paper's)
+-- include: lens
 -- b's sample of a's sample: the same sample_key, or b's item_id is a's sample_key (the text prompts
 -- `kevo experiment llm` writes from a's samples); only samples whose responses are the same text.
 WITH pairs AS (
@@ -22,14 +21,18 @@ tb AS (
     SELECT token_uid, sample_id, step, piece, char_start, char_end
     FROM b.tokens WHERE role = 'generated' AND char_end > char_start
 ),
-crit_a AS (
-    SELECT token_uid, MIN(CASE WHEN top1_prob >= $tau THEN layer END) AS critical_layer, MAX(layer) AS n_layers
-    FROM a.layers WHERE lens = $lens GROUP BY token_uid
+l_a AS (
+    SELECT y.token_uid, y.layer, y.top1_id, y.top1_prob, y.js_prev, y.js_final, y.p_out, y.rank_out
+    FROM a.layers y JOIN a.tokens t ON t.token_uid = y.token_uid WHERE y.lens = $lens AND t.role = 'generated'
 ),
-crit_b AS (
-    SELECT token_uid, MIN(CASE WHEN top1_prob >= $tau THEN layer END) AS critical_layer, MAX(layer) AS n_layers
-    FROM b.layers WHERE lens = $lens GROUP BY token_uid
+l_b AS (
+    SELECT y.token_uid, y.layer, y.top1_id, y.top1_prob, y.js_prev, y.js_final, y.p_out, y.rank_out
+    FROM b.layers y JOIN b.tokens t ON t.token_uid = y.token_uid WHERE y.lens = $lens AND t.role = 'generated'
 ),
+-- include: mutation_events as a
+-- include: mutation_events as b
+ev_a AS (SELECT token_uid, COUNT(*) AS n_events, MIN(mutation_layer) AS first_mutation_layer FROM events_a GROUP BY token_uid),
+ev_b AS (SELECT token_uid, COUNT(*) AS n_events, MIN(mutation_layer) AS first_mutation_layer FROM events_b GROUP BY token_uid),
 aligned AS (
     SELECT p.sample_key, ta.token_uid AS uid_a, tb.token_uid AS uid_b, ta.step AS step_a, tb.step AS step_b,
            ta.piece AS piece_a, tb.piece AS piece_b, ta.char_start, ta.char_end,
@@ -44,8 +47,12 @@ SELECT x.sample_key, x.uid_a, x.uid_b, x.step_a, x.step_b, x.piece_a, x.piece_b,
        CASE WHEN x.char_start = x.char_start_b AND x.char_end = x.char_end_b THEN 'same' ELSE 'chars' END AS alignment,
        x.word, x.object, x.label,
        ca.critical_layer AS critical_layer_a, cb.critical_layer AS critical_layer_b,
-       ca.n_layers AS n_layers_a, cb.n_layers AS n_layers_b
+       ca.last_layer AS n_layers_a, cb.last_layer AS n_layers_b,
+       COALESCE(ea.n_events, 0) AS n_events_a, COALESCE(eb.n_events, 0) AS n_events_b,
+       ea.first_mutation_layer AS first_mutation_layer_a, eb.first_mutation_layer AS first_mutation_layer_b
 FROM aligned x
 LEFT JOIN crit_a ca ON ca.token_uid = x.uid_a
 LEFT JOIN crit_b cb ON cb.token_uid = x.uid_b
+LEFT JOIN ev_a ea ON ea.token_uid = x.uid_a
+LEFT JOIN ev_b eb ON eb.token_uid = x.uid_b
 ORDER BY x.uid_a
