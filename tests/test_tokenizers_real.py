@@ -15,7 +15,7 @@ import pytest
 
 from ingest.labels.align import label_columns, word_columns
 from ingest.labels.words import split_words
-from ingest.runner import token_char_spans
+from ingest.spans import token_char_spans
 from tests.real_tokenizer_helpers import load_real, real_tokenizer
 from tests.test_labels_align import _reference, _token_bytes
 from tests.tokenizers_fetch import TOKENIZERS, FetchError, fetch, problems, tokenizer_dir
