@@ -178,6 +178,8 @@ def test_image_noise_needs_images(tmp_path):
 
 
 def test_trace_queries_and_figures(store, tmp_path):
+    import polars as pl
+
     import queries
     from kevo_store import open_store
     from queries import plots
@@ -192,7 +194,7 @@ def test_trace_queries_and_figures(store, tmp_path):
         # ROME's average: per sample over the group's positions, then over samples
         sub = tr.filter((tr["name"] == "swap:cat/w3") & (tr["kind"] == "mlp") & (tr["layer"] == 2)
                         & (tr["token_group"] == "further"))
-        want = sub.group_by("sample_id").agg(sub["effect"].mean().alias("m"))["m"].mean()
+        want = sub.group_by("sample_id").agg(pl.col("effect").mean().alias("m"))["m"].mean()
         got = e.filter((e["kind"] == "mlp") & (e["layer"] == 2) & (e["token_group"] == "further"))["aie"][0]
         assert abs(got - want) < 1e-6
     p = queries.run(out, "trace-peaks", trace_run="swap:cat/w3")
