@@ -28,10 +28,12 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .lens import LENS_MODES, LensResult, Unembedding, compute_lens
+from kevo_store.schema import LENS_MODES, ROLES
+
+from .lens import LensResult, Unembedding, compute_lens
 from .models.base import Adapter
 
-ROLE_IMAGE, ROLE_PROMPT, ROLE_GENERATED = "image", "prompt", "generated"
+ROLE_IMAGE, ROLE_PROMPT, ROLE_GENERATED = ROLES
 
 
 @dataclass

@@ -82,8 +82,7 @@ def evaluate_amber(pairs: Iterable[tuple[dict, str]], data_dir=None, nouns: str 
 
 def read_responses(path: Path) -> list[dict]:
     """AMBER's response format: a JSON list of {"id": int, "response": str}."""
-    from ingest.datasets.amber import read_json
-    from ingest.datasets.base import DatasetError
+    from ingest.datasets.base import DatasetError, read_json
 
     data = read_json(path)
     if not isinstance(data, list):
@@ -135,15 +134,14 @@ def evaluate_coco_store(store: str) -> dict:
 
 def evaluate_coco_responses(path: Path, data_dir: Path) -> dict:
     """CHAIR on CHAIR's own caption format: a JSON list of {"image_id": int, "caption": str}."""
-    from ingest.datasets.amber import read_json
-    from ingest.datasets.base import DatasetError
-    from ingest.datasets.coco import _find, load_ground_truth
+    from ingest.datasets.base import DatasetError, read_json
+    from ingest.datasets.coco import annotation_files, load_ground_truth
     from ingest.labels.chair import chair_totals, ground_truth, score_caption
 
     caps = read_json(path)
     if not isinstance(caps, list):
         raise DatasetError(f"{path}: expected a JSON list of {{\"image_id\", \"caption\"}} records")
-    pi, pc = _find(Path(data_dir), "instances_val2014.json"), _find(Path(data_dir), "captions_val2014.json")
+    pi, pc = annotation_files(Path(data_dir))
     images, inst, refs = load_ground_truth(read_json(pi), read_json(pc), pi, pc)
     per = []
     for i, r in enumerate(caps, 1):

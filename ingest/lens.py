@@ -58,7 +58,8 @@ import numpy as np
 import torch
 from torch import nn
 
-LENS_MODES = ("final_norm", "raw")
+from kevo_store.schema import LENS_MODES
+
 LN2 = math.log(2.0)
 _NEG = -1e30  # finite stand-in for -inf logits, so that 0 * log 0 terms are 0, never NaN
 # floor for a mixture probability before its log: the smallest NORMAL fp32 (a subnormal floor would

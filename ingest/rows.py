@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +16,7 @@ import pyarrow as pa
 from ingest.datasets.base import Dataset, DatasetItem
 from ingest.spans import pieces, token_char_spans
 from kevo_store import schema
+from kevo_store.units import json_default
 
 
 @dataclass
@@ -121,7 +121,7 @@ def add_sample(rows: BatchRows, p: Prepared, cap, adapter, dataset: Dataset) -> 
                     full[r] = v
                 cols[name] = pa.array(full, schema.TOKENS.field(name).type)
             if metrics is not None:
-                metrics = json.dumps(metrics, sort_keys=True, default=_json_default)
+                metrics = json.dumps(metrics, sort_keys=True, default=json_default)
         except Exception as e:
             raise LabelError(str(e)) from e
 
@@ -150,24 +150,12 @@ def add_sample(rows: BatchRows, p: Prepared, cap, adapter, dataset: Dataset) -> 
         "n_prompt_tokens": int(cap.n_prompt_tokens),
         "n_generated": int(len(gen_ids)),
         "stop_reason": cap.stop_reason,
-        "annotations": json.dumps(item.annotations, sort_keys=True, default=_json_default),
+        "annotations": json.dumps(item.annotations, sort_keys=True, default=json_default),
         "metrics": metrics,
         "mode": getattr(cap, "mode", "generated"),
     })
     rows.n_tokens += n
     rows.n_generated += int(len(gen_ids))
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, (np.ndarray,)):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def _table(cols: dict, sch: pa.Schema, exclude=(), extra=()) -> pa.Table:

@@ -20,6 +20,12 @@ split the items by index (item i goes to rank i % world_size); rank K writes the
 ``OUT.parts/rank-K``; after a barrier rank 0 joins the parts into ``OUT`` in the dataset's item
 order (:mod:`ingest.distributed`, :func:`kevo_store.join.join_parts`), so the result equals a
 one-process run.
+
+The runner keeps the orchestration; each concern lives in its own module: the options
+(:mod:`ingest.config`), the layer options (:mod:`ingest.layers`), the checkpoint's dimensions
+(:mod:`ingest.dims`), the disk estimate (:mod:`ingest.estimate`), the manifest sections
+(:mod:`ingest.meta`), whether the store may be continued (:mod:`ingest.resume`, checked before the
+model loads) and one batch with its per-sample retries (:mod:`ingest.batch`).
 """
 
 from __future__ import annotations
@@ -28,14 +34,14 @@ import json
 import os
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
-from ingest.datasets.base import Dataset, DatasetItem, sha256_file
+from ingest.batch import process_batch
+from ingest.config import IngestConfig, IngestError
+from ingest.datasets.base import Dataset
+from ingest.dims import model_dims
 from ingest.distributed import (
     RankContext,
     committed_keys,
@@ -43,193 +49,18 @@ from ingest.distributed import (
     keys_elsewhere,
     keys_in_parts,
     part_path,
-    parts_dir,
 )
-from ingest.rows import BatchRows, LabelError, Prepared, add_sample, write_rows
-from ingest.spans import pieces, token_char_spans, vocab_table
-from kevo_store import schema
-from kevo_store.errors import KevoError
-from kevo_store.layerspec import parse_layer_list
+from ingest.estimate import DiskEstimate, estimate_disk, prompt_tokens_guess
+from ingest.layers import hidden_layers as parse_hidden_layers
+from ingest.layers import parse_layer_spec
+from ingest.meta import planned_meta, store_meta
+from ingest.resume import check_resume
+from ingest.rows import BatchRows, write_rows
+from ingest.spans import vocab_table
+from kevo_store.units import human_bytes
 
 # If this many samples fail to generate before any succeeds, the run stops (see _run_rank).
 ABORT_AFTER_GENERATE_FAILURES = 3
-
-
-class IngestError(KevoError):
-    """A user error in an ingest run (bad option, unusable model, store mismatch): one clear message."""
-
-
-# --------------------------------------------------------------------------------------------
-# configuration
-
-
-@dataclass
-class IngestConfig:
-    """Everything an ingest run needs besides the dataset. Recorded in the store's manifest."""
-
-    model: str
-    """Hub id (resolved through the local Hugging Face cache) or a local model directory."""
-    out: str
-    """The store directory (created, or resumed if it exists)."""
-    revision: str | None = None
-    """Model revision for a hub id."""
-    dtype: str = "auto"
-    """Weights dtype: auto (the checkpoint's) | float32 | float16 | bfloat16."""
-    device: str | None = None
-    """Device (cpu, cuda, cuda:1); None = cuda:LOCAL_RANK if available, else cpu."""
-    device_map: str | None = None
-    """A transformers device_map (e.g. 'auto') to spread one model over several GPUs."""
-    batch_size: int = 1
-    """Samples generated together, left padded."""
-    max_new_tokens: int = 256
-    """Generation budget per sample (the paper's 256)."""
-    lens_modes: tuple[str, ...] = ("final_norm",)
-    """Logit-lens modes to store: final_norm and/or raw."""
-    top_k: int = 10
-    """Top-k tokens stored per (token, lens, layer)."""
-    hidden: str = "all"
-    """Hidden-state layers to store: 'all', 'none' or a list like '0,8,16-32' (layers after skipping)."""
-    hidden_dtype: str = "auto"
-    """Hidden-state storage dtype: auto (bfloat16 for a bfloat16 model, else float16) | float16 | bfloat16."""
-    dola: bool = False
-    """Also compute the paper code's JS variant (layers.js_dola)."""
-    capture_prompt: bool = False
-    """Also capture prompt and image positions."""
-    skip_layers: str | None = None
-    """Decoder layers (0-based) removed for a skip experiment, e.g. '20-26,30'."""
-    limit: int | None = None
-    """Only the first N items of the dataset."""
-    dry_run: bool = False
-    """Print the disk estimate and stop; write nothing."""
-    resume: bool = True
-    """Skip items already committed; False refuses a store that already holds samples."""
-    progress: bool = True
-    """Show a progress bar (rank 0 only)."""
-    force: bool = False
-    """Start even if the disk estimate exceeds the free space."""
-    retry_errors: bool = False
-    """Run the samples recorded in the errors table again (each error row leaves with its new commit)."""
-    responses: str | None = None
-    """Teacher forcing: a JSON/JSONL file of {"id", "response"}; each item's given response is scored
-    (one forward pass) instead of generating one (ingest/forced.py). Items without a response are left out."""
-
-    @classmethod
-    def from_options(cls, **options: Any) -> IngestConfig:
-        """Build from the CLI's ``ingest_options`` keyword arguments (unknown keys are an error)."""
-        options = dict(options)
-        if "out" in options and options["out"] is not None:
-            options["out"] = str(options["out"])
-        if "lens_modes" in options:
-            options["lens_modes"] = tuple(options["lens_modes"])
-        return cls(**options)
-
-
-def parse_layer_spec(spec: str, n: int, option: str) -> list[int]:
-    """'0,8,16-32' -> sorted unique ints, each checked against 0..n-1 (``option`` names the flag in errors)."""
-    return parse_layer_list(spec, n=n, option=option, error=IngestError)
-
-
-# --------------------------------------------------------------------------------------------
-# model dimensions (from config.json, without loading weights) and the disk estimate
-
-
-@dataclass
-class ModelDims:
-    n_layers: int
-    """Decoder layers L in the checkpoint (before skipping)."""
-    hidden_size: int
-    vocab_size: int
-    torch_dtype: str | None
-
-
-def model_dims(model: str, revision: str | None) -> ModelDims:
-    """Read L, D and V from the model's config (no weights loaded): used to validate and estimate."""
-    from transformers import AutoConfig
-
-    from ingest.models import ModelError, resolve_model_path
-
-    try:
-        path, _ = resolve_model_path(model, revision)
-    except ModelError as e:
-        raise IngestError(str(e)) from None
-    if not (Path(path) / "config.json").is_file():
-        raise IngestError(f"model {model!r}: no config.json in {path}")
-    try:
-        cfg = AutoConfig.from_pretrained(str(path))
-    except Exception as e:  # noqa: BLE001 - any failure: the config is unusable
-        raise IngestError(f"model {model!r}: cannot read {path / 'config.json'}: {e}") from None
-    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    dtype = getattr(text, "dtype", None) or getattr(cfg, "dtype", None)
-    try:
-        return ModelDims(int(text.num_hidden_layers), int(text.hidden_size), int(text.vocab_size),
-                         str(dtype).removeprefix("torch.") if dtype is not None else None)
-    except AttributeError as e:
-        raise IngestError(f"model {model!r}: config has no {e.name}; is it a supported model?") from None
-
-
-# bytes per row of each table after zstd, measured on tiny-model stores (a rough, honest guess)
-_BYTES_PER_LAYER_ROW = 28
-_BYTES_PER_TOPK_ROW = 6
-_BYTES_PER_TOKEN_ROW = 40
-
-
-@dataclass
-class DiskEstimate:
-    n_items: int
-    tokens: int
-    n_layers: int
-    hidden_layers: int
-    hidden_size: int
-    lens_modes: int
-    top_k: int
-    hidden_bytes: int
-    layers_rows: int
-    topk_rows: int
-    table_bytes: int
-    prompt_tokens_guess: int = 0
-    """Prompt/image positions per sample assumed with --capture-prompt (0 without)."""
-
-    @property
-    def total_bytes(self) -> int:
-        return self.hidden_bytes + self.table_bytes
-
-    def format(self) -> str:
-        return (
-            "disk estimate (upper bound: every sample generates max_new_tokens"
-            + (f", plus ~{self.prompt_tokens_guess} prompt/image positions" if self.prompt_tokens_guess else "")
-            + f"): {self.n_items} samples, <= {self.tokens:,} tokens\n"
-            f"  hidden: {self.tokens:,} tokens x {self.hidden_layers} layers x {self.hidden_size} x 2 B = "
-            f"{_human(self.hidden_bytes)}\n"
-            f"  layers: {self.layers_rows:,} rows ({self.lens_modes} lens mode(s) x {self.n_layers + 1} layers), "
-            f"topk: {self.topk_rows:,} rows (k={self.top_k}); tables ~ {_human(self.table_bytes)}\n"
-            f"  total ~ {_human(self.total_bytes)}"
-        )
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return f"{n:.1f} TB"  # pragma: no cover
-
-
-def estimate_disk(n_items: int, tokens_per_item: int, n_layers: int, n_hidden_layers: int, hidden_size: int,
-                  n_modes: int, top_k: int) -> DiskEstimate:
-    tokens = n_items * tokens_per_item
-    layers_rows = tokens * n_modes * (n_layers + 1)
-    topk_rows = layers_rows * top_k
-    return DiskEstimate(
-        n_items=n_items, tokens=tokens, n_layers=n_layers, hidden_layers=n_hidden_layers, hidden_size=hidden_size,
-        lens_modes=n_modes, top_k=top_k, hidden_bytes=tokens * n_hidden_layers * hidden_size * 2,
-        layers_rows=layers_rows, topk_rows=topk_rows,
-        table_bytes=layers_rows * _BYTES_PER_LAYER_ROW + topk_rows * _BYTES_PER_TOPK_ROW
-        + tokens * _BYTES_PER_TOKEN_ROW,
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# the run
 
 
 @dataclass
@@ -249,25 +80,6 @@ class IngestResult:
         return self.n_samples == 0 and self.n_errors > 0
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _error_row(item: DatasetItem, stage: str, exc: BaseException, message: str | None = None) -> dict:
-    etype, msg = type(exc).__name__, message or str(exc) or repr(exc)
-    return {"sample_key": item.key, "dataset": item.dataset, "item_id": item.item_id, "stage": stage,
-            "error_type": etype, "message": msg, "time": _now()}
-
-
-def load_image(path: Path):
-    """Open and fully decode an image (PIL is lazy: verify() alone misses truncated files)."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im.load()
-        return im.copy()
-
-
 def run_ingest(dataset: Dataset, config: IngestConfig, *, echo: Callable[[str], None] | None = None,
                adapter=None) -> IngestResult | None:
     """Run ``dataset`` through the model into ``config.out``. Returns a summary (None on a dry run).
@@ -279,11 +91,7 @@ def run_ingest(dataset: Dataset, config: IngestConfig, *, echo: Callable[[str], 
     if ctx.distributed and config.device_map:
         raise IngestError("--device-map spreads one model over several GPUs; it cannot be combined with "
                           f"several processes (WORLD_SIZE={ctx.world_size})")
-    if config.top_k < 0 or config.batch_size < 1 or config.max_new_tokens < 1:
-        raise IngestError("--top-k must be >= 0, --batch-size and --max-new-tokens >= 1")
-    bad = [m for m in config.lens_modes if m not in schema.LENS_MODES]
-    if bad or not config.lens_modes:
-        raise IngestError(f"--lens {','.join(config.lens_modes)}: modes are {', '.join(schema.LENS_MODES)}")
+    config.check()
 
     _check_out(config.out)
     # validate layer options against the checkpoint before loading any weights
@@ -295,7 +103,7 @@ def run_ingest(dataset: Dataset, config: IngestConfig, *, echo: Callable[[str], 
     if len(skip) >= dims.n_layers:
         raise IngestError(f"--skip-layers {config.skip_layers!r} removes all {dims.n_layers} decoder layers")
     n_layers = dims.n_layers - len(skip)
-    hidden_layers = _hidden_layers(config.hidden, n_layers)
+    hidden_layers = parse_hidden_layers(config.hidden, n_layers)
 
     items = list(dataset.items)
     forced: dict[str, str] | None = None
@@ -315,7 +123,13 @@ def run_ingest(dataset: Dataset, config: IngestConfig, *, echo: Callable[[str], 
         if it.key in seen:
             raise IngestError(f"dataset {dataset.name!r}: two items share the key {it.key!r} (keys must be unique)")
         seen.add(it.key)
-    prompt_guess = _prompt_tokens_guess(items) if config.capture_prompt else 0
+    # the weights' fingerprint (cached) decides, with the data and the settings, whether this run may
+    # continue the store: checked now, before minutes of loading a model
+    from ingest.models.fingerprint import fingerprint as model_fingerprint
+
+    fingerprint = model_fingerprint(dims.path)
+    check_resume(config.out, planned_meta(dataset, config, fingerprint, n_layers, skip, hidden_layers, forced))
+    prompt_guess = prompt_tokens_guess(items) if config.capture_prompt else 0
     tokens_per_item = config.max_new_tokens + prompt_guess
     # the estimate covers what is left to do (read-only peek at a store being resumed; ranks' parts too)
     already = committed_keys(config.out) | keys_in_parts(config.out) if ctx.rank == 0 else set()
@@ -353,8 +167,8 @@ def run_ingest(dataset: Dataset, config: IngestConfig, *, echo: Callable[[str], 
         ok = False
         result = None
         try:
-            result = _run_rank(dataset, items, config, ctx, dims, skip, hidden_layers, estimate, echo, adapter,
-                               elsewhere, forced)
+            result = _run_rank(dataset, items, config, ctx, fingerprint, skip, hidden_layers, estimate, echo,
+                               adapter, elsewhere, forced)
             ok = True
         finally:
             all_ok = ctx.all_ok(ok)
@@ -401,7 +215,7 @@ def _check_free_space(config: IngestConfig, estimate: DiskEstimate, echo) -> Non
     need = estimate.total_bytes
     if need <= free:
         return
-    msg = (f"the disk estimate ({_human(need)}, an upper bound) exceeds the {_human(free)} free under {p}")
+    msg = (f"the disk estimate ({human_bytes(need)}, an upper bound) exceeds the {human_bytes(free)} free under {p}")
     if not config.force:
         raise IngestError(f"{msg}; free space, lower --max-new-tokens/--hidden, or pass --force to start anyway "
                           "(a full disk stops the run; what was committed is kept)")
@@ -424,21 +238,6 @@ def _check_out(out: str) -> None:
         raise IngestError(f"--out {out} is a non-empty directory that is not a kevo store; choose another path")
 
 
-def _hidden_layers(spec: str, n_layers: int) -> list[int]:
-    s = (spec or "all").strip().lower()
-    if s == "all":
-        return list(range(n_layers + 1))
-    if s == "none":
-        return []
-    return parse_layer_spec(spec, n_layers + 1, "--hidden")
-
-
-def _prompt_tokens_guess(items: list[DatasetItem]) -> int:
-    # a rough prompt length for the estimate with --capture-prompt (LLaVA-1.5: ~35 text + 576 image tokens)
-    has_image = any(it.image_path is not None for it in items)
-    return 64 + (576 if has_image else 0)
-
-
 def _resolve_device(config: IngestConfig, ctx: RankContext) -> str | None:
     if config.device_map:
         return None
@@ -459,96 +258,16 @@ def _resolve_device(config: IngestConfig, ctx: RankContext) -> str | None:
     return f"cuda:{ctx.local_rank}" if torch.cuda.is_available() else "cpu"
 
 
-def _store_meta(dataset: Dataset, config: IngestConfig, adapter, hidden_layers: list[int], hidden_dtype: str,
-                skip: list[int], ctx: RankContext) -> dict:
-    info = dict(adapter.model_info)
-    template = getattr(adapter, "prompt_template", "") or ""
-    return {
-        "model": info,
-        "lens": {
-            "modes": list(config.lens_modes),
-            "dtype": "float32",
-            "top_k": config.top_k,
-            "dola": config.dola,
-            "final_norm": "layers 0..L-1: lm_head(final_norm(h_l)); layer L: the model's own output",
-            "raw": "layers 0..L-1: lm_head(h_l); layer L: the model's own output",
-            "final_logit_softcapping": info.get("final_logit_softcapping"),
-        },
-        "generation": {
-            "decoding": "greedy",
-            "max_new_tokens": config.max_new_tokens,
-            "padding": "left",
-            "prompt_template": template,
-            "prompt_example_text_only": _safe_prompt(adapter, "{prompt}", False),
-            "prompt_example_image": _safe_prompt(adapter, "{prompt}", True),
-        },
-        "dataset": {
-            "name": dataset.name,
-            "fingerprint": dataset.fingerprint,
-            "settings": dataset.settings,
-            "n_items": dataset.n_items,
-            "limit": config.limit,
-        },
-        "capture": {
-            "hidden_layers": hidden_layers,
-            "hidden_dtype": hidden_dtype,
-            "skip_layers": skip,
-            "capture_prompt": config.capture_prompt,
-            "world_size": ctx.world_size,
-            # Not in the strict `generation` section: a run that ran out of memory must be able to
-            # resume with a smaller batch (left padding changes results only at fp rounding level).
-            "batch_size": config.batch_size,
-        },
-    }
-
-
-def _safe_prompt(adapter, prompt: str, has_image: bool) -> str | None:
-    try:
-        return adapter.build_prompt(prompt, has_image)
-    except Exception:  # noqa: BLE001 - a text-only model has no image template
-        return None
-
-
-def _check_compatible(existing: dict, meta: dict, out: str) -> None:
-    """A resumed store must have been made with the same model and settings."""
-    checks = [("model", "id"), ("model", "revision"), ("model", "dtype"), ("capture", "skip_layers"),
-              ("capture", "hidden_layers"), ("capture", "hidden_dtype"), ("capture", "capture_prompt"),
-              ("generation", "max_new_tokens"), ("generation", "decoding"), ("lens", "modes"), ("lens", "top_k"), ("lens", "dola"),
-              ("dataset", "name")]
-    for section, key in checks:
-        old = (existing.get(section) or {}).get(key, None)
-        new = meta[section].get(key)
-        if section in existing and key in existing[section] and old != new:
-            raise IngestError(
-                f"store {out} was made with {section}.{key}={old!r}, this run has {new!r}; "
-                "write to a new --out (or use the same settings to resume)"
-            )
-
-
 def _open_writer(path: str, meta: dict, adapter, hidden_layers: list[int], hidden_dtype: str):
     from kevo_store import StoreWriter
 
-    existing = _existing_meta(path)
-    if existing is not None:
-        _check_compatible(existing, meta, path)
-    # --hidden none: a store without the hidden array
-    w = StoreWriter(path, meta=meta, hidden_size=adapter.hidden_size if hidden_layers else None,
-                    hidden_layers=hidden_layers or None, hidden_dtype=hidden_dtype)
-    return w
+    # the writer applies the resume policy again, now with what only the loaded model says
+    # (its family, template and dimensions); --hidden none: a store without the hidden array
+    return StoreWriter(path, meta=meta, hidden_size=adapter.hidden_size if hidden_layers else None,
+                       hidden_layers=hidden_layers or None, hidden_dtype=hidden_dtype)
 
 
-def _existing_meta(path: str) -> dict | None:
-    mf = Path(path) / "manifest.json"
-    if not mf.is_file():
-        return None
-    try:
-        m = json.loads(mf.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return m.get("meta", m)
-
-
-def _run_rank(dataset, items, config, ctx, dims, skip, hidden_layers, estimate, echo, adapter,
+def _run_rank(dataset, items, config, ctx, fingerprint, skip, hidden_layers, estimate, echo, adapter,
               elsewhere: set[str], forced: dict[str, str] | None = None) -> IngestResult:
     from ingest.capture import CaptureSettings
 
@@ -567,14 +286,8 @@ def _run_rank(dataset, items, config, ctx, dims, skip, hidden_layers, estimate, 
     model_dtype = str(adapter.model_info.get("dtype", "float32"))
     hidden_dtype = config.hidden_dtype if config.hidden_dtype != "auto" else (
         "bfloat16" if model_dtype == "bfloat16" else "float16")
-    meta = _store_meta(dataset, config, adapter, hidden_layers, hidden_dtype, skip, ctx)
-    if forced is not None:
-        from ingest.datasets.base import sha256_file
-
-        # teacher forcing: the decoding is the given responses (a resumed store must agree)
-        meta["generation"]["decoding"] = "teacher-forced"
-        meta["generation"]["responses"] = {"file": str(config.responses), "sha256": sha256_file(config.responses),
-                                           "n": len(forced)}
+    meta = store_meta(dataset, config, adapter, fingerprint, hidden_layers, hidden_dtype, skip, ctx.world_size,
+                      forced)
     settings = CaptureSettings(
         max_new_tokens=config.max_new_tokens, lens_modes=tuple(config.lens_modes), top_k=config.top_k,
         hidden_layers=hidden_layers, hidden_dtype=hidden_dtype, dola=config.dola,
@@ -606,7 +319,7 @@ def _run_rank(dataset, items, config, ctx, dims, skip, hidden_layers, estimate, 
         try:
             for start in range(0, len(pending), config.batch_size):
                 batch = pending[start : start + config.batch_size]
-                rows = _process_batch(batch, adapter, settings, dataset, forced)
+                rows = process_batch(batch, adapter, settings, dataset, forced)
                 if result.n_samples == 0 and not rows.samples:
                     held += [e for e in rows.errors if e["stage"] == "generate"]
                     rows.errors = [e for e in rows.errors if e["stage"] != "generate"]
@@ -697,98 +410,5 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="sample", dynamic_ncols=True, file=sys.stderr)
 
 
-def _process_batch(batch: list[DatasetItem], adapter, settings, dataset: Dataset,
-                   forced: dict[str, str] | None = None) -> BatchRows:
-    from ingest.capture import capture
-
-    rows = BatchRows()
-    prepared: list[Prepared] = []
-    for item in batch:
-        image = sha = None
-        if getattr(item, "error", None):
-            rows.errors.append(_error_row(item, "read", ValueError(item.error), item.error))
-            continue
-        if item.image_path is not None:
-            try:
-                image = load_image(Path(item.image_path))
-                sha = sha256_file(item.image_path)
-            except Exception as e:  # noqa: BLE001 - any unreadable image is that sample's error
-                rows.errors.append(_error_row(item, "read", e, f"{item.image_path}: cannot read the image ({e})"))
-                continue
-        try:
-            prompt_text = adapter.build_prompt(item.prompt, has_image=image is not None)
-        except Exception as e:  # noqa: BLE001
-            rows.errors.append(_error_row(item, "prepare", e))
-            continue
-        prepared.append(Prepared(item, image, sha, prompt_text))
-
-    forced_ids: dict[str, list[int]] = {}
-    if forced is not None:
-        from ingest.forced import ForcedResponseError, response_ids
-
-        kept = []
-        for p in prepared:
-            try:
-                forced_ids[p.item.key] = response_ids(adapter, forced[p.item.key])
-                kept.append(p)
-            except ForcedResponseError as e:
-                rows.errors.append(_error_row(p.item, "prepare", e))
-        prepared = kept
-
-    def capture_(ps: list[Prepared]):
-        texts, images = [p.prompt_text for p in ps], [p.image for p in ps]
-        if forced is None:
-            return capture(adapter, texts, images, settings)
-        from ingest.forced import capture_forced
-
-        return capture_forced(adapter, texts, images, [forced_ids[p.item.key] for p in ps], settings)
-
-    results: list[tuple[Prepared, Any]] = []
-    if prepared:
-        try:
-            caps = capture_(prepared)
-            results = list(zip(prepared, caps))
-        except Exception:  # noqa: BLE001 - retry one by one so one bad sample cannot poison the batch
-            if len(prepared) == 1:
-                results = [(prepared[0], _exc_info())]
-            else:
-                for p in prepared:
-                    try:
-                        results.append((p, capture_([p])[0]))
-                    except Exception:  # noqa: BLE001
-                        results.append((p, _exc_info()))
-    for p, cap in results:
-        if isinstance(cap, _Failure):
-            rows.errors.append(_error_row(p.item, _failed_stage(adapter, p), cap.exc))
-            rows.first_traceback = rows.first_traceback or cap.tb
-            continue
-        try:
-            add_sample(rows, p, cap, adapter, dataset)
-        except LabelError as e:
-            rows.errors.append(_error_row(p.item, "label", e.__cause__ or e))
-    return rows
-
-
-def _failed_stage(adapter, p: Prepared) -> str:
-    """'prepare' if the processor alone rejects the sample (e.g. a prompt with a stray image token), else 'generate'."""
-    try:
-        adapter.encode([p.prompt_text], [p.image])
-    except Exception:  # noqa: BLE001
-        return "prepare"
-    return "generate"
-
-
-@dataclass
-class _Failure:
-    exc: BaseException
-    tb: str
-
-
-def _exc_info() -> _Failure:
-    exc = sys.exc_info()[1]
-    return _Failure(exc, traceback.format_exc())
-
-
-__all__ = ["IngestConfig", "IngestError", "IngestResult", "DiskEstimate", "RankContext", "estimate_disk",
-           "model_dims", "parse_layer_spec", "part_path", "parts_dir", "pieces", "run_ingest", "token_char_spans",
-           "vocab_table"]
+__all__ = ["DiskEstimate", "IngestConfig", "IngestError", "IngestResult", "estimate_disk", "model_dims",
+           "run_ingest"]

@@ -19,14 +19,7 @@ from collections.abc import Iterable
 
 from torch import nn
 
-from kevo_store.layerspec import parse_layer_list
-
 from .models.base import Adapter, ModelError
-
-
-def parse_layer_spec(spec: str) -> list[int]:
-    """'20-26,30' -> [20, 21, ..., 26, 30] (inclusive ranges, sorted, de-duplicated)."""
-    return parse_layer_list(spec, option="--skip-layers", error=ModelError)
 
 
 def skip_layers(adapter: Adapter, layers: Iterable[int]) -> list[int]:

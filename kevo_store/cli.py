@@ -14,6 +14,7 @@ from importlib.metadata import entry_points
 import click
 
 from .errors import KevoError
+from .units import human_bytes, json_default
 
 ENTRY_GROUP = "kevo.commands"
 
@@ -202,16 +203,6 @@ def sql(args: tuple[str, ...], fmt: str, output: str | None, max_rows: int, allo
         click.echo(text, nl=not text.endswith("\n"))
 
 
-def _json_default(v):
-    from decimal import Decimal
-
-    if isinstance(v, Decimal):  # DuckDB's sum() of integers is a HUGEINT, which arrives as a Decimal
-        return int(v) if v == v.to_integral_value() else float(v)
-    if hasattr(v, "isoformat"):
-        return v.isoformat()
-    return str(v)
-
-
 def _render(df, fmt: str, max_rows: int) -> str:
     import polars as pl
 
@@ -220,7 +211,7 @@ def _render(df, fmt: str, max_rows: int) -> str:
     if fmt == "json":
         import json
 
-        return json.dumps(df.to_dicts(), default=_json_default, ensure_ascii=False) + "\n"
+        return json.dumps(df.to_dicts(), default=json_default, ensure_ascii=False) + "\n"
     with pl.Config(tbl_rows=max_rows, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200,
                    tbl_hide_dataframe_shape=False):
         return str(df)
@@ -232,22 +223,15 @@ def store() -> None:
     """Inspect and check stores."""
 
 
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def store_summary(path: str) -> dict:
     """What `kevo store info` shows, as a dict (also its --json output)."""
-    from .fs import LocalFS, store_fs
+    from .fs import LocalFS
     from .lock import LOCK
-    from .manifest import load_manifest
+    from .manifest import Manifest
+    from .share.remote import store_fs
 
     fs = store_fs(path)
-    m = load_manifest(fs)
+    m = Manifest.load(fs)
     files = m["files"]
     tables = {}
     for name, ent in m["tables"].items():
@@ -258,9 +242,7 @@ def store_summary(path: str) -> dict:
     h = m.get("hidden")
     hidden = None
     if h:
-        from .share import hidden_layers_present  # a partial pull may hold only some layers
-
-        have = hidden_layers_present(m) if m.get("partial") else h["layers"]
+        have = m.hidden_layers_present()  # a partial pull may hold only some layers
         hidden = {"shape": [h["rows"], len(have), h["hidden_size"]], "dtype": h["logical_dtype"],
                   "layers": have, "bytes": fs.disk_usage(h["path"]) if hasattr(fs, "disk_usage") else None}
     total = fs.disk_usage("") if hasattr(fs, "disk_usage") else None
@@ -302,28 +284,28 @@ def info(store_path: str, as_json: bool) -> None:
         lines.append("dataset    " + ", ".join(f"{k}={v}" for k, v in ds.items() if not isinstance(v, (dict, list))))
     if s["lens"]:
         lines.append("lens       " + ", ".join(f"{k}={v}" for k, v in s["lens"].items()))
-    if s.get("partial"):  # a partial pull (kevo_store/share.py): say what is not here
-        from .share import partial_summary
+    if s.get("partial"):  # a partial pull: say what is not here
+        from .manifest import Manifest
 
-        lines.append("partial    " + partial_summary(s["partial"]))
+        lines.append("partial    " + Manifest(partial=s["partial"]).partial_summary())
     lines.append(f"samples    {t['samples']['rows']:,}   errors {t['errors']['rows']:,}")
     for name in ("tokens", "layers", "topk", "vocab"):
         e = t[name]
-        lines.append(f"{name:<10} {e['rows']:>13,} rows  {_human(e['bytes']):>10}  in {e['files']} file(s)"
+        lines.append(f"{name:<10} {e['rows']:>13,} rows  {human_bytes(e['bytes']):>10}  in {e['files']} file(s)"
                      + (f"  ({e['bytes'] / e['rows']:.1f} B/row)" if e["rows"] else ""))
     for name, d in s["derived"].items():
-        lines.append(f"{name:<10} {d['rows']:>13,} rows  {_human(d['bytes']):>10}  (derived)")
+        lines.append(f"{name:<10} {d['rows']:>13,} rows  {human_bytes(d['bytes']):>10}  (derived)")
     h = s["hidden"]
     if h:
         ly = h["layers"]
         span = "none" if not ly else f"{ly[0]}..{ly[-1]}" if ly == list(range(ly[0], ly[-1] + 1)) \
             else ",".join(map(str, ly))
         lines.append(f"hidden     {h['shape'][0]:,} x {h['shape'][1]} x {h['shape'][2]} {h['dtype']} (layers {span})"
-                     + (f"  {_human(h['bytes'])}" if h["bytes"] is not None else ""))
+                     + (f"  {human_bytes(h['bytes'])}" if h["bytes"] is not None else ""))
     else:
         lines.append("hidden     none captured")
     if s["disk_bytes"] is not None:
-        lines.append(f"disk       {_human(s['disk_bytes'])} on disk in all (allocated blocks, as du counts)")
+        lines.append(f"disk       {human_bytes(s['disk_bytes'])} on disk in all (allocated blocks, as du counts)")
     if s.get("lock"):
         lk = s["lock"]
         lines.append(f"writer     pid {lk.get('pid')} on {lk.get('host')} since {lk.get('since')} holds the lock")
@@ -355,7 +337,7 @@ def verify(store_path: str, quick: bool) -> None:
     for n in rep.notes:
         click.echo(f"note: {n}", err=True)
     if rep.ok:
-        click.echo(f"ok: {rep.path}: {rep.checked_files} files, {_human(rep.checked_bytes)} "
+        click.echo(f"ok: {rep.path}: {rep.checked_files} files, {human_bytes(rep.checked_bytes)} "
                    f"{'size-checked' if quick else 'checksummed'}; counts, schemas and keys consistent")
         return
     for p in rep.problems:
@@ -363,8 +345,8 @@ def verify(store_path: str, quick: bool) -> None:
     raise KevoError(f"{rep.path} failed verification: {len(rep.problems)} problem(s), first: {rep.problems[0]}")
 
 
-# push / pull / merge (sharing helper): defined in share_cli.py, which imports only click
-from .share_cli import COMMANDS as _SHARE_COMMANDS  # noqa: E402
+# push / pull / merge: defined in share/cli.py, which imports only click
+from .share.cli import COMMANDS as _SHARE_COMMANDS  # noqa: E402
 
 for _cmd in _SHARE_COMMANDS:
     store.add_command(_cmd)

@@ -73,7 +73,7 @@ safe, and after a power failure `kevo store verify` tells whether any chunk was 
 | `format`, `format_version` | `"kevo-store"`, {schema.FORMAT_VERSION}. A reader refuses a newer format version. |
 | `kevo_version`, `created`, `updated` | the kevo that created the store; UTC ISO-8601 times |
 | `state`, `commits` | `"open"` while a writer has not closed it, `"closed"` after; number of commits |
-| `model` | `id`, `revision`, `dtype`, `family`, `n_layers` (L), `hidden_size`, `vocab_size` |
+| `model` | `id`, `revision`, `dtype`, `family`, `n_layers` (L), `hidden_size`, `vocab_size`, `path`; `fingerprint` (`sha256` over the config, weights and tokenizer files and `files`: each one's sha256), what resume, join and merge compare instead of the name or the path |
 | `lens` | lens specification: `modes` (final_norm, raw), `top_k`, norm and dtype details |
 | `generation` | greedy, max_new_tokens, prompt template, ... |
 | `dataset` | name, source fingerprint, ... |

@@ -2,8 +2,9 @@
 
 A store is addressed by a root (a local directory, or an fsspec URL such as ``s3://b/x.kevo``)
 plus paths relative to it, always with ``/``. Writing is local only (it needs O_EXCL lock files
-and atomic renames); reading works on any fsspec filesystem, so ``kevo_store.remote`` can hand an
-URL to ``open_store`` without the reader knowing the difference.
+and atomic renames): :class:`LocalFS`. Reading works on any fsspec filesystem through the same
+interface (``kevo_store.share.remote.RemoteFS``), so the reader does not know the difference;
+``kevo_store.share.remote.store_fs(location)`` picks one.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def is_url(root: str | os.PathLike) -> bool:
 
 
 class StoreFS:
-    """File access relative to a store root. Subclasses: :class:`LocalFS`, :class:`FsspecFS`."""
+    """File access relative to a store root. Subclasses: :class:`LocalFS`, ``share.remote.RemoteFS``."""
 
     root: str
     writable: bool = False
@@ -175,82 +176,6 @@ class LocalFS(StoreFS):
         from zarr.storage import LocalStore
 
         return LocalStore(self.full(rel), read_only=read_only)
-
-
-class FsspecFS(StoreFS):
-    """A store under an fsspec URL (s3://, gs://, memory://, ...): read-only access."""
-
-    def __init__(self, root: str, fs: Any = None, **storage_options: Any):
-        import fsspec
-
-        if fs is None:
-            fs, path = fsspec.core.url_to_fs(root, **storage_options)
-        else:
-            path = fs._strip_protocol(root)
-        self._fs = fs
-        self._path = path.rstrip("/")
-        self.protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-        self.root = root.rstrip("/")
-
-    def _p(self, rel: str) -> str:
-        return f"{self._path}/{rel}" if rel else self._path
-
-    def full(self, rel: str) -> str:
-        return f"{self.protocol}://{self._p(rel)}"
-
-    def exists(self, rel: str) -> bool:
-        return self._fs.exists(self._p(rel))
-
-    def isdir(self, rel: str) -> bool:
-        return self._fs.isdir(self._p(rel))
-
-    def read_bytes(self, rel: str) -> bytes:
-        return self._fs.cat_file(self._p(rel))
-
-    def open(self, rel: str, mode: str = "rb"):
-        return self._fs.open(self._p(rel), mode)
-
-    def size(self, rel: str) -> int:
-        return int(self._fs.size(self._p(rel)))
-
-    def listdir(self, rel: str) -> list[str]:
-        try:
-            return sorted(posixpath.basename(p.rstrip("/")) for p in self._fs.ls(self._p(rel), detail=False))
-        except FileNotFoundError:
-            return []
-
-    def walk_files(self, rel: str) -> list[str]:
-        base = self._path + "/"
-        return sorted(p[len(base):] for p in self._fs.find(self._p(rel)))
-
-    def disk_usage(self, rel: str = "") -> int:
-        return int(self._fs.du(self._p(rel)))
-
-    def zarr_store(self, rel: str, read_only: bool = True) -> Any:
-        from zarr.storage import FsspecStore
-
-        afs = self._fs
-        if not getattr(afs, "async_impl", False):
-            from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
-
-            afs = AsyncFileSystemWrapper(afs)
-        return FsspecStore(afs, path=self._p(rel), read_only=True)
-
-    def fsspec(self) -> Any:
-        return self._fs
-
-
-def store_fs(root: str | os.PathLike | StoreFS) -> StoreFS:
-    """The filesystem layer for a store root: local path, ``file://`` URL or any fsspec URL."""
-    if isinstance(root, StoreFS):
-        return root
-    if is_url(root):
-        # sharing helper: URLs go through kevo_store.remote (env/fsspec config for the endpoint,
-        # manifest-checked read-only access for DuckDB and Zarr); RemoteFS subclasses FsspecFS.
-        from .remote import RemoteFS
-
-        return RemoteFS(os.fspath(root))
-    return LocalFS(root)
 
 
 def write_atomic_local(path: str, data: bytes) -> None:

@@ -127,8 +127,8 @@ def create_array(fs: LocalFS, sec: dict[str, Any]) -> None:
 def open_array(fs: StoreFS, read_only: bool = True):
     import zarr
 
-    if read_only:  # sharing helper: a store may be someone else's; only plain numbers, standard codecs
-        from .safety import check_zarr_metadata, parse_manifest
+    if read_only:  # a store may be someone else's; only plain numbers, standard codecs
+        from .share.safety import check_zarr_metadata, parse_manifest
 
         rel = f"{HIDDEN_DIR}/zarr.json"
         try:

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from . import hidden as hid
 from .errors import CorruptStoreError, StoreError
 from .fs import LocalFS
-from .manifest import META_SECTIONS, load_manifest
+from .manifest import Manifest
 from .writer import StoreWriter
 
 
@@ -49,7 +49,7 @@ class _Part:
     def __init__(self, path: str):
         self.path = path
         self.fs = LocalFS(path)
-        self.m = load_manifest(self.fs)
+        self.m = Manifest.load(self.fs)
         self.samples = self.table("samples")
         self.errors = self.table("errors")
         self.hidden = hid.HiddenReader(self.fs, self.m["hidden"]) if self.m.get("hidden") else None
@@ -98,20 +98,23 @@ def join_parts(parts: Sequence[str | os.PathLike], out: str | os.PathLike, keys:
     last, in part order. Commits are made every ``samples_per_commit`` samples or
     ``tokens_per_commit`` tokens, whichever comes first.
 
-    This is also the implementation of ``kevo store merge`` (kevo_store/merge.py, sharing helper):
-    merge checks compatibility itself (naming every difference, ``--force``), then calls this with
-    ``check=False`` and ``meta`` (the merged manifest sections, e.g. several datasets).
+    This is also the implementation of ``kevo store merge``: merge applies the same policy
+    (``Manifest.identity_diff``) itself, naming every difference and honouring ``--force``, then
+    calls this with ``check=False`` and ``meta`` (the merged manifest sections, e.g. several datasets).
     """
     ps = [_Part(str(p)) for p in parts]
     if not ps:
         raise StoreError(f"join into {out}: no part stores given")
     first = ps[0].m
     for p in ps[1:] if check else []:
-        for sec in ("model", "lens", "generation"):
-            if p.m.get(sec) != first.get(sec):
-                raise StoreError(f"cannot join {p.path} and {ps[0].path}: their '{sec}' sections differ")
-        if (p.m.get("hidden") or {}).get("layers") != (first.get("hidden") or {}).get("layers"):
-            raise StoreError(f"cannot join {p.path} and {ps[0].path}: they keep hidden states of different layers")
+        diff = first.identity_diff(p.m, same_dataset=True)
+        if diff:
+            secs = ", ".join(f"'{s}'" for s in dict.fromkeys(d.split(".", 1)[0] for d in diff))
+            raise StoreError(f"cannot join {p.path} and {ps[0].path}: their {secs} sections differ "
+                             f"({'; '.join(diff[:4])})")
+        if first.hidden_diff(p.m.get("hidden")):
+            raise StoreError(f"cannot join {p.path} and {ps[0].path}: they keep hidden states of different "
+                             f"layers or shapes ({'; '.join(first.hidden_diff(p.m.get('hidden')))})")
 
     where: dict[str, tuple[int, str]] = {}
     for i, p in enumerate(ps):
@@ -124,7 +127,7 @@ def join_parts(parts: Sequence[str | os.PathLike], out: str | os.PathLike, keys:
     order += [k for k in where if k not in seen]
 
     hsec = first.get("hidden")
-    meta = meta or {sec: first.get(sec) or {} for sec in META_SECTIONS}
+    meta = meta or first.meta
     stats = JoinStats(parts=len(ps), samples=0, errors=0, tokens=0, skipped=0)
     with StoreWriter(out, meta=meta, hidden_size=hsec["hidden_size"] if hsec else None,
                      hidden_layers=list(hsec["layers"]) if hsec else None,

@@ -8,6 +8,7 @@ fail with the same kind of message.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from .errors import KevoError
 
@@ -40,3 +41,13 @@ def parse_layer_list(spec: str, *, n: int | None = None, option: str = "layers",
     if not out:
         raise error(f"{option} {spec!r}: no layers given")
     return sorted(out)
+
+
+def parse_layers(spec: str | Iterable[int] | None, *, n: int | None = None, option: str = "--layers",
+                 error: type[Exception] = KevoError) -> list[int] | None:
+    """:func:`parse_layer_list` for an option that may be absent (None or blank: None) or already a list of ints."""
+    if spec is None or (isinstance(spec, str) and not spec.strip()):
+        return None
+    if not isinstance(spec, str):
+        return sorted({int(x) for x in spec})
+    return parse_layer_list(spec, n=n, option=option, error=error)

@@ -14,7 +14,7 @@ import stat
 from collections.abc import Iterable, Mapping
 
 from .errors import CorruptStoreError
-from .safety import UnsafeStoreError
+from .share.safety import UnsafeStoreError
 
 
 def kind_problem(path: str, rel: str) -> str | None:

@@ -16,11 +16,12 @@ import numpy as np
 import pyarrow as pa
 
 from .errors import CorruptStoreError, KevoError, QueryError, StoreError
-from .fs import LocalFS, StoreFS, store_fs
+from .fs import LocalFS, StoreFS
 from .hidden import CHUNK_TOKENS, HIDDEN_DIR, HiddenReader
 from .localcheck import check_chunks, check_named_files
-from .manifest import load_manifest
+from .manifest import Manifest
 from .schema import DERIVED_TABLES, TABLES
+from .share.remote import store_fs
 
 _DUCK_TYPES = {
     pa.int8(): "TINYINT", pa.int16(): "SMALLINT", pa.int32(): "INTEGER", pa.int64(): "BIGINT",
@@ -54,8 +55,8 @@ def _table_entries(m: dict) -> list[tuple[str, list[str], pa.Schema | None]]:
     out = [(name, m["tables"].get(name, {}).get("files", []), schema) for name, schema in TABLES.items()]
     for name, d in (m.get("derived") or {}).items():
         out.append((name, d.get("files", []), DERIVED_TABLES.get(name)))
-    # a partial pull (kevo_store/share.py) has no files for the tables it left out: no view for them
-    omitted = set((m.get("partial") or {}).get("omitted_tables", []))
+    # a partial pull has no files for the tables it left out: no view for them
+    omitted = m.omitted_tables
     return [e for e in out if e[0] not in omitted]
 
 
@@ -133,7 +134,7 @@ def one_line(e: BaseException) -> str:
     text = "".join(c if c.isprintable() or c == "\n" else f"\\x{ord(c):02x}" for c in str(e))
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if lines and lines[0].startswith("Traceback"):
-        # a Python filesystem (a remote store's, kevo_store/remote.py) raised inside DuckDB: keep
+        # a Python filesystem (a remote store's, kevo_store/share/remote.py) raised inside DuckDB: keep
         # its exception line, e.g. "UnsafeStoreError: s3://…: refused: 'x' is 9 bytes, …"
         import re
 
@@ -146,15 +147,11 @@ def one_line(e: BaseException) -> str:
     return " ".join(keep)
 
 
-def reader_files(manifest: dict) -> list[str]:
+def reader_files(manifest: Manifest) -> list[str]:
     """The files a reader may open: every named file except those a partial pull left out on purpose."""
     files = list(manifest.get("files", {}))
-    if manifest.get("partial"):
-        from .share import omitted_files
-
-        skip = omitted_files(manifest, files)
-        files = [f for f in files if f not in skip]
-    return files
+    skip = manifest.omitted_files(files)
+    return [f for f in files if f not in skip]
 
 
 def check_local_store(fs: StoreFS, m: dict) -> dict:
@@ -162,13 +159,13 @@ def check_local_store(fs: StoreFS, m: dict) -> dict:
     each) before DuckDB or Zarr touches it. Returns the manifest checked (re-read once if a writer
     committed, e.g. compacted parts away, between reading the manifest and the check)."""
     if not isinstance(fs, LocalFS):
-        return m  # remote stores: kevo_store/remote.py serves only named files at their declared sizes
+        return m  # remote stores: kevo_store/share/remote.py serves only named files at their declared sizes
     for attempt in (0, 1):
         try:
             check_named_files(fs.root, m, reader_files(m))
             return m
         except CorruptStoreError:
-            m2 = load_manifest(fs)
+            m2 = Manifest.load(fs)
             if attempt or m2 == m:
                 raise
             m = m2
@@ -182,7 +179,7 @@ class Store:
                  confined: bool = True, allow_paths: list[str] = ()):
         self.fs = store_fs(path)
         self.path = self.fs.root
-        self.manifest = load_manifest(self.fs)
+        self.manifest = Manifest.load(self.fs)
         self.manifest = check_local_store(self.fs, self.manifest)
         if con is not None:  # the caller's own connection: left as it is
             self.con = con
@@ -240,9 +237,7 @@ class Store:
 
     @property
     def hidden_layers(self) -> list[int]:
-        from .share import hidden_layers_present  # a partial pull may hold only some layers
-
-        return hidden_layers_present(self.manifest)
+        return self.manifest.hidden_layers_present()  # a partial pull may hold only some layers
 
     @property
     def tables(self) -> list[str]:
@@ -254,8 +249,8 @@ class Store:
         Exactly the manifest's files, so a writer's uncommitted parts never show. A table a partial
         pull left out raises, naming it, rather than answering as if it were empty."""
         m = self.manifest
-        partial = m.get("partial") or {}
-        if name in partial.get("omitted_tables", []):
+        partial = m.partial or {}
+        if name in m.omitted_tables:
             raise StoreError(f"{self.path}: table '{name}' is not in this store: a partial pull of "
                              f"{partial.get('source', 'another store')} left it out (pull it with --tables to query it)")
         if name in m["tables"]:
@@ -281,11 +276,9 @@ class Store:
         h = self.manifest.get("hidden")
         if not h:
             raise KevoError(f"{self.path} holds no hidden states (captured without them)")
-        if self.manifest.get("partial"):  # a partial pull: Zarr would fill missing layers with zeros
-            from .share import check_hidden_layers_present
-
+        if self.manifest.partial:  # a partial pull: Zarr would fill missing layers with zeros
             layers = self.hidden_layers if layers is None else layers
-            check_hidden_layers_present(self.manifest, [layers] if np.isscalar(layers) else layers, self.path)
+            self.manifest.check_hidden_layers_present([layers] if np.isscalar(layers) else layers, self.path)
         if self._hidden is None:
             self._hidden = HiddenReader(self.fs, h)
         if isinstance(self.fs, LocalFS):  # no link or FIFO among the chunks this read opens
@@ -396,7 +389,7 @@ def open_stores(stores: dict[str, str | os.PathLike] | list[str], unqualified: s
         if alias in ("main", "temp", "system", "information_schema", "pg_catalog", "memory"):
             raise KevoError(f"store alias {alias!r} is reserved; name it: other={path}")
         fs = store_fs(path)
-        m = check_local_store(fs, load_manifest(fs))
+        m = check_local_store(fs, Manifest.load(fs))
         _attach(con, fs, m, alias)
         files += _view_files(fs, m)
         s = Store.__new__(Store)

@@ -9,12 +9,13 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .fs import LocalFS, StoreFS, store_fs
+from .fs import LocalFS, StoreFS
 from .hidden import CHUNK_TOKENS, HIDDEN_DIR, chunk_keys, load_tail
 from .localcheck import kind_problem
 from .lock import LOCK
-from .manifest import load_manifest
+from .manifest import Manifest
 from .schema import DERIVED_TABLES, TABLES
+from .share.remote import store_fs
 
 
 @dataclass
@@ -46,19 +47,23 @@ def _parquet_schema_problem(rel: str, got: pa.Schema, want: pa.Schema, table: st
 
 def verify_store(path: str | os.PathLike | StoreFS, checksums: bool = True) -> VerifyReport:
     """Check sizes and sha256 of every file, Parquet footers, row counts, schemas, the hidden array
-    (shape against tokens, chunk index) and the keys. Manifest problems raise StoreError."""
-    fs = store_fs(path)
-    m = load_manifest(fs)
-    if m.get("partial"):  # sharing helper: a partial pull is checked against what it kept on purpose
-        from .share import verify_partial
+    (shape against tokens, chunk index) and the keys. Manifest problems raise StoreError.
 
-        return verify_partial(fs, m, checksums=checksums)
+    A partial pull is checked against what it kept: everything it kept must be whole; the tables and
+    hidden layers it left out on purpose (``Manifest.omitted_files``) are a note, not a problem."""
+    fs = store_fs(path)
+    m = Manifest.load(fs)
     rep = VerifyReport(fs.root)
     P = rep.problems.append
     files = m["files"]
     damaged: set[str] = set()
+    omitted = m.omitted_files(files)
+    if m.partial:
+        rep.notes.append(f"partial pull: {m.partial_summary()} (files of what was left out are not checked)")
     # --- every named file: present, right size, right sha256
     for rel, ent in files.items():
+        if rel in omitted:
+            continue
         if not fs.exists(rel):
             P(f"{rel}: missing (named by the manifest)")
             damaged.add(rel)
@@ -80,6 +85,8 @@ def verify_store(path: str | os.PathLike | StoreFS, checksums: bool = True) -> V
     entries = [(name, m["tables"].get(name), schema) for name, schema in TABLES.items()]
     entries += [(name, d, DERIVED_TABLES.get(name)) for name, d in (m.get("derived") or {}).items()]
     for name, ent, schema in entries:
+        if name in m.omitted_tables:
+            continue
         if ent is None:
             P(f"manifest: table '{name}' is missing")
             continue
@@ -111,10 +118,10 @@ def verify_store(path: str | os.PathLike | StoreFS, checksums: bool = True) -> V
         P(f"manifest: next_token_uid {m.get('next_token_uid')} != tokens rows {n_tokens}")
     # --- hidden
     h = m.get("hidden")
-    if h:
+    if h and m.hidden_layers_present():
         _verify_hidden(fs, m, h, n_tokens, checksums, damaged, rep)
-    # --- keys and references, if the tables are readable
-    if not rep.problems:
+    # --- keys and references, if the tables are readable (and were all pulled)
+    if not rep.problems and not m.omitted_tables & set(TABLES):
         _verify_keys(fs, m, rep)
     # --- notes
     named = set(files)
@@ -200,6 +207,9 @@ def _verify_hidden(fs: StoreFS, m: dict, h: dict, n_tokens: int, checksums: bool
 
     bad = 0
     keys = chunk_keys(0, -(-zr // CHUNK_TOKENS), nl)
+    if m.partial:  # only the chunks of the layers a partial pull kept
+        left_out = m.omitted_files([f"{HIDDEN_DIR}/{k}" for k in keys])
+        keys = [k for k in keys if f"{HIDDEN_DIR}/{k}" not in left_out]
     with ThreadPoolExecutor(max_workers=min(8, 2 * (os.cpu_count() or 1))) as ex:
         for problem, size in ex.map(check, keys):
             if problem:

@@ -25,14 +25,7 @@ from . import hidden as hid
 from .errors import CorruptStoreError, SchemaError, StoreError
 from .fs import LocalFS, is_url
 from .lock import LOCK, StoreLock
-from .manifest import (
-    MANIFEST,
-    META_SECTIONS,
-    dump_manifest,
-    load_manifest,
-    new_manifest,
-    now_iso,
-)
+from .manifest import HIDDEN_SHAPE_KEYS, MANIFEST, META_SECTIONS, Manifest, now_iso
 from .schema import DERIVED_TABLES, KEYS, TABLES
 from .tables import check_unique, conform, parquet_options, sort_by_key
 
@@ -42,8 +35,6 @@ TOKENS_IN = pa.schema(
     [f if f.name != "sample_id" else pa.field("sample_key", pa.string(), nullable=False, metadata=f.metadata)
      for f in TABLES["tokens"]]
 )
-# Sections of meta that define the numbers: a resumed run must not change them.
-STRICT_SECTIONS = ("model", "lens", "generation")
 # Compaction: rows per row group and per file of a compacted table.
 ROW_GROUP_ROWS = 1 << 20
 FILE_ROWS = 1 << 26
@@ -115,8 +106,9 @@ class StoreWriter:
     ----------
     path: a local directory (created if missing). Remote stores are written locally and pushed.
     meta: the manifest sections ``model``, ``lens``, ``generation``, ``dataset``, ``capture``.
-        On resume, keys of ``model``/``lens``/``generation`` must equal the stored ones; the other
-        sections are merged.
+        On resume, what they say about the computation must equal the store's
+        (``Manifest.identity_diff``: provenance such as paths and batch size may change); the
+        sections are then updated with the new values.
     hidden_size: D; None stores no hidden states (when creating) or keeps the store's (when resuming).
     hidden_layers: the layers whose hidden states are kept (axis 1 of ``hidden``); None = 0..L
         with L = ``meta["model"]["n_layers"]``.
@@ -178,8 +170,8 @@ class StoreWriter:
         want_hidden = (hid.new_section(hidden_layers, hidden_size, hidden_dtype)
                        if hidden_size is not None else None)
         if fs.exists(MANIFEST):
-            m = load_manifest(fs)
-            if m.get("partial"):  # sharing helper: writing into a partial pull would mix kept and missing data
+            m = Manifest.load(fs)
+            if m.partial:  # writing into a partial pull would mix kept and missing data
                 raise StoreError(f"{fs.root} is a partial pull of {m['partial'].get('source', 'another store')}; "
                                  "it is read-only (pull the whole store to add to it)")
             self._check_resume(m, meta, want_hidden)
@@ -192,37 +184,34 @@ class StoreWriter:
                 # the closed store ended in a partial chunk: keep it as a tail so no chunk is rewritten
                 self._commit({}, reopen=True)
         else:
-            m = new_manifest(meta)
+            m = Manifest.new(meta)
             self.manifest = m
             self.hidden = None
             if want_hidden:
                 hid.create_array(fs, want_hidden)
                 m["hidden"] = want_hidden
                 self.hidden = hid.HiddenWriter(fs, want_hidden)
-            fs.write_atomic(MANIFEST, dump_manifest(m))
+            fs.write_atomic(MANIFEST, m.dump())
         self._committed_keys = self._load_keys()
 
-    def _check_resume(self, m: dict, meta: dict | None, want_hidden: dict | None) -> None:
+    def _check_resume(self, m: Manifest, meta: dict | None, want_hidden: dict | None) -> None:
+        """A resumed store must have been made by the same computation (``Manifest.identity_diff``)."""
         where = self.fs.root
-        for sec in STRICT_SECTIONS:
-            for k, v in ((meta or {}).get(sec) or {}).items():
-                if k in m.get(sec, {}) and m[sec][k] != v:
-                    raise StoreError(f"{where} was written with {sec}.{k} = {m[sec][k]!r}, not {v!r}; "
-                                     "write to a new store instead of mixing runs")
-        extra = set(meta or {}) - set(META_SECTIONS)
-        if extra:
-            raise StoreError(f"unknown manifest section(s) {sorted(extra)} in meta; expected {list(META_SECTIONS)}")
+        diff = m.identity_diff(meta or {}, same_dataset=True)
+        if diff:
+            shown = "; ".join(diff[:4]) + (f"; and {len(diff) - 4} more" if len(diff) > 4 else "")
+            raise StoreError(f"{where} was written by another run ({shown}; the store's value first); "
+                             "write to a new store instead of mixing runs")
         for sec in META_SECTIONS:
             m.setdefault(sec, {}).update((meta or {}).get(sec) or {})
-        have = m.get("hidden")
         if want_hidden is None:
             return  # no hidden arguments: keep what the store has (e.g. `kevo store compact`)
-        if want_hidden is not None or have is not None:
-            if have is None:
-                raise StoreError(f"{where}: hidden states were not captured in this store but are asked for now")
-            for k in ("layers", "hidden_size", "logical_dtype"):
-                if have[k] != want_hidden[k]:
-                    raise StoreError(f"{where}: hidden.{k} is {have[k]!r} in the store, not {want_hidden[k]!r}")
+        have = m.get("hidden")
+        if have is None:
+            raise StoreError(f"{where}: hidden states were not captured in this store but are asked for now")
+        for k in HIDDEN_SHAPE_KEYS:
+            if have[k] != want_hidden[k]:
+                raise StoreError(f"{where}: hidden.{k} is {have[k]!r} in the store, not {want_hidden[k]!r}")
 
     def _remove_orphans(self) -> None:
         """Delete the files of batches that crashed before their commit (anything the manifest does not name)."""
@@ -445,7 +434,7 @@ class StoreWriter:
             m["commits"] = commit
             m["state"] = "open"
             m["updated"] = now_iso()
-            fs.write_atomic(MANIFEST, dump_manifest(m))  # the commit point
+            fs.write_atomic(MANIFEST, m.dump())  # the commit point
         except BaseException:
             if staged:  # the staged hidden buffer no longer matches the committed state
                 self._broken = self._broken or StoreError("a commit failed while writing hidden states")
@@ -515,7 +504,7 @@ class StoreWriter:
             m["commits"] = commit
             m["state"] = "closed"
             m["updated"] = now_iso()
-            fs.write_atomic(MANIFEST, dump_manifest(m))
+            fs.write_atomic(MANIFEST, m.dump())
         except BaseException:
             for rel in written:
                 fs.remove(rel)
@@ -624,15 +613,15 @@ def write_derived_table(path: str | os.PathLike, name: str, table: Any, params: 
 
     if not name.isidentifier() or name in TABLES:
         raise StoreError(f"derived table name {name!r} must be an identifier other than {list(TABLES)}")
-    if is_url(path):  # sharing helper: stores at a URL are read-only
+    if is_url(path):  # stores at a URL are read-only
         raise StoreError(f"{path} is a remote store, read-only: `kevo store pull` it and write the "
                          f"'{name}' table into the local copy")
     fs = LocalFS(path)
-    m = load_manifest(fs)
+    m = Manifest.load(fs)
     lock = StoreLock(fs, purpose=f"write_derived_table {name}")
     lock.acquire()
     try:
-        m = load_manifest(fs)
+        m = Manifest.load(fs)
         t = conform(table, DERIVED_TABLES[name], name) if name in DERIVED_TABLES else to_table(table, name)
         if name in KEYS:
             t = sort_by_key(t, name)
@@ -650,7 +639,7 @@ def write_derived_table(path: str | os.PathLike, name: str, table: Any, params: 
         m["commits"] = commit
         m["updated"] = now_iso()
         try:
-            fs.write_atomic(MANIFEST, dump_manifest(m))
+            fs.write_atomic(MANIFEST, m.dump())
         except BaseException:
             fs.remove(rel)
             raise

@@ -8,6 +8,7 @@ import sys
 import click
 
 from kevo_store.errors import KevoError
+from kevo_store.units import json_default
 
 FORMATS = ["table", "csv", "json", "parquet"]
 
@@ -20,16 +21,6 @@ def _parse_params(pairs: tuple[str, ...]) -> dict[str, str]:
         k, v = p.split("=", 1)
         out[k.strip()] = v
     return out
-
-
-def _json_default(v):
-    from decimal import Decimal
-
-    if isinstance(v, Decimal):
-        return int(v) if v == v.to_integral_value() else float(v)
-    if hasattr(v, "isoformat"):
-        return v.isoformat()
-    return str(v)
 
 
 def _params_line(res) -> str:
@@ -50,16 +41,16 @@ def write_result(res, fmt: str, output: str | None, max_rows: int = 40) -> None:
 
         t = df.to_arrow()
         meta = dict(t.schema.metadata or {})
-        meta[b"kevo.query"] = json.dumps(info, default=_json_default).encode()
+        meta[b"kevo.query"] = json.dumps(info, default=json_default).encode()
         pq.write_table(t.replace_schema_metadata(meta), output, compression="zstd")
         return
     if fmt == "json":
-        text = json.dumps({**info, "rows": df.to_dicts()}, default=_json_default, ensure_ascii=False) + "\n"
+        text = json.dumps({**info, "rows": df.to_dicts()}, default=json_default, ensure_ascii=False) + "\n"
     elif fmt == "csv":
         text = df.write_csv()
         if output:  # CSV has no place for metadata: a sidecar keeps the parameters
             with open(output + ".params.json", "w") as f:
-                json.dump(info, f, default=_json_default, indent=1)
+                json.dump(info, f, default=json_default, indent=1)
         else:
             click.echo(_params_line(res), err=True)
     else:
@@ -115,7 +106,7 @@ def query(name, stores, params, fmt, output, list_, show_sql, engine, hallucinat
         return
     if not stores:
         raise click.UsageError(f"query {name} needs {bound.query.stores} STORE argument(s)")
-    res = run_bound(bound, list(stores), engine=engine)
+    res = run_bound(bound, list(stores), engine=engine, check_label=True)
     write_result(res, fmt, output, max_rows)
 
 

@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from kevo_store import open_store, write_derived_table
 from kevo_store.errors import KevoError, QueryError
-from kevo_store.layerspec import parse_layer_list
+from kevo_store.layerspec import parse_layers  # noqa: F401 - the one layer-list parser (kevo embed --layers)
 
 from .engine import as_store
 
@@ -42,13 +42,6 @@ class EmbedOutput:
     frame: pl.DataFrame | None = None
     """The embedded points: embedding_id, token_uid, layer, x, y."""
     dispersion: pl.DataFrame | None = None
-
-
-def parse_layers(spec: str | None) -> list[int] | None:
-    """'0-32' | '0,8,16' | '0-8,16' -> sorted layer list; None -> None (all captured layers)."""
-    if spec is None or spec.strip() == "":
-        return None
-    return parse_layer_list(spec, option="--layers")
 
 
 # Below this many rows or columns the exact SVD is cheap (well under a second); above it, its

@@ -16,7 +16,7 @@ import pytest
 
 from ingest.labels.align import label_columns, word_columns
 from ingest.labels.words import split_words
-from ingest.runner import token_char_spans
+from ingest.spans import token_char_spans
 from tests.model_helpers import build_tokenizer
 
 TEXT = "Beneath the mountains, a café hosts été festivals; the lighthouse’s keeper waves."

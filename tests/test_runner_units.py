@@ -6,10 +6,12 @@ import json
 
 import pytest
 
+from ingest.config import IngestError
 from ingest.datasets import DatasetError
 from ingest.datasets import folder as folder_ds
 from ingest.datasets import text as text_ds
-from ingest.runner import IngestError, estimate_disk, parse_layer_spec
+from ingest.estimate import estimate_disk
+from ingest.layers import parse_layer_spec
 from ingest.spans import token_char_spans
 from tests.model_helpers import build_tokenizer
 

@@ -16,8 +16,8 @@ import pytest
 
 from kevo_store import open_store
 from kevo_store.errors import KevoError
-from kevo_store.merge import merge_stores
 from kevo_store.schema import KEYS, TABLES
+from kevo_store.share.merge import merge_stores
 from tests.share_helpers import KEVO, synth, write_sample_range
 
 

@@ -279,7 +279,7 @@ def test_a_store_on_a_plain_https_host_reads_in_place_and_pulls(local_store, tmp
 
 
 def test_endpoint_and_options_come_from_the_environment(monkeypatch):
-    from kevo_store.remote import RemoteStoreError, storage_options
+    from kevo_store.share.remote import RemoteStoreError, storage_options
 
     for k in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "KEVO_STORAGE_OPTIONS"):
         monkeypatch.delenv(k, raising=False)

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from ingest.capture import CaptureSettings, capture
+from ingest.config import IngestError
+from ingest.layers import parse_layer_spec
 from ingest.models import ModelError, load_adapter
-from ingest.skip import parse_layer_spec
 from tests.model_helpers import TEXT_ONLY, tiny_image, tiny_model_dir
 
 PROMPTS = ["Describe this image.", "What is in the picture? Is there a cat on the table next to a guitar?"]
@@ -77,9 +78,9 @@ def test_skip_matches_identity_reference(family, skip):
 
 def test_skip_errors_and_spec():
     assert parse_layer_spec("20-22,30, 5") == [5, 20, 21, 22, 30]
-    with pytest.raises(ModelError, match="--skip-layers '3-1': range '3-1' is reversed"):
+    with pytest.raises(IngestError, match="--skip-layers '3-1': range '3-1' is reversed"):
         parse_layer_spec("3-1")
-    with pytest.raises(ModelError, match="'a' is not a layer number"):
+    with pytest.raises(IngestError, match="'a' is not a layer number"):
         parse_layer_spec("a")
     path = str(tiny_model_dir("causal_lm"))
     with pytest.raises(ModelError, match=r"out of range.*0\.\.2"):

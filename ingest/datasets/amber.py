@@ -15,13 +15,12 @@ query_all.json but "chair" in the existence file).
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ingest.datasets.base import Dataset, DatasetError, DatasetItem, sha256_file
+from ingest.datasets.base import Dataset, DatasetError, DatasetItem, find_under, read_json, sha256_file
 
 TASK_FILES = {
     "generative": "query_generative.json",
@@ -56,25 +55,7 @@ PAPER_PROMPT = "Please describe this image in detail."
 
 def find_file(root: Path, name: str) -> Path:
     """``name`` under root, root/data, root/query, root/data/query (first found), else DatasetError."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"{root}: AMBER directory not found")
-    for d in (root, root / "data", root / "query", root / "data" / "query"):
-        if (d / name).is_file():
-            return d / name
-    raise DatasetError(f"{name} not found under {root} (looked in ., data/, query/, data/query/)")
-
-
-def read_json(path: Path):
-    """json.load with a DatasetError naming the file, the position and the record for malformed JSON."""
-    text = Path(path).read_text(encoding="utf-8")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        record = text.count("{", 0, e.pos) - (1 if text.lstrip().startswith("[") is False else 0)
-        raise DatasetError(
-            f"{path}: malformed JSON at line {e.lineno} column {e.colno} (in record {max(record, 1)}): {e.msg}"
-        ) from e
+    return find_under(root, name, (".", "data", "query", "data/query"), "AMBER")
 
 
 def _records(path: Path, data, required: dict) -> list[dict]:

@@ -14,6 +14,7 @@ and builds a :class:`Dataset` that the runner consumes (``ingest.runner.run_inge
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,3 +105,31 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def find_under(root: str | Path, name: str, subdirs: Iterable[str], kind: str) -> Path:
+    """The file ``name`` in the first of ``subdirs`` of ``root`` that has it ('.' is root itself).
+
+    DatasetError when ``root`` is not a directory ("<kind> directory not found") or no subdir has it."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: {kind} directory not found")
+    subdirs = list(subdirs)
+    for sub in subdirs:
+        p = root / sub / name if sub != "." else root / name
+        if p.is_file():
+            return p
+    looked = ", ".join("." if s == "." else f"{s}/" for s in subdirs)
+    raise DatasetError(f"{name} not found under {root} (looked in {looked})")
+
+
+def read_json(path: str | Path):
+    """json.load with a DatasetError naming the file, the position and the record for malformed JSON."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        record = text.count("{", 0, e.pos) - (1 if text.lstrip().startswith("[") is False else 0)
+        raise DatasetError(
+            f"{path}: malformed JSON at line {e.lineno} column {e.colno} (in record {max(record, 1)}): {e.msg}"
+        ) from e

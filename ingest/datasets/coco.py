@@ -12,18 +12,17 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from ingest.datasets.amber import read_json
-from ingest.datasets.base import Dataset, DatasetError, DatasetItem, sha256_file
+from ingest.datasets.base import Dataset, DatasetError, DatasetItem, find_under, read_json, sha256_file
 
 DEFAULT_PROMPT = "Please describe this image in detail."
 """The paper's prompt for open-ended description."""
 
 
-def _find(root: Path, name: str) -> Path:
-    for d in (root / "annotations", root):
-        if (d / name).is_file():
-            return d / name
-    raise DatasetError(f"{name} not found under {root} (looked in annotations/ and .)")
+def annotation_files(root: Path) -> tuple[Path, Path]:
+    """``instances_val2014.json`` and ``captions_val2014.json`` under root/annotations or root."""
+    pi, pc = (find_under(root, name, ("annotations", "."), "COCO")
+              for name in ("instances_val2014.json", "captions_val2014.json"))
+    return pi, pc
 
 
 def _image_root(root: Path) -> Path:
@@ -89,7 +88,7 @@ def dataset(data_dir: str | Path, image_ids: str | Path | None = None, prompt: s
     root = Path(data_dir)
     if not root.is_dir():
         raise DatasetError(f"{root}: COCO directory not found")
-    pi, pc = _find(root, "instances_val2014.json"), _find(root, "captions_val2014.json")
+    pi, pc = annotation_files(root)
     images, inst, caps = load_ground_truth(read_json(pi), read_json(pc), pi, pc)
     if image_ids is not None:
         ids = read_image_ids(Path(image_ids))

@@ -36,7 +36,7 @@ def read_records(path: Path, required: tuple[str, ...] = ("image", "question"), 
             except json.JSONDecodeError as e:
                 raise DatasetError(f"{path}, record {len(records) + 1} (line {n}): malformed JSON: {e.msg}") from e
     else:
-        from ingest.datasets.amber import read_json
+        from ingest.datasets.base import read_json
 
         records = read_json(path)
         if not isinstance(records, list):

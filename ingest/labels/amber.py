@@ -78,15 +78,16 @@ class AmberVocabulary:
             safe = (base / "amber_safe_words.txt").read_text(encoding="utf-8")
             src = "packaged (AMBER relation.json, safe_words.txt)"
         else:
-            from ingest.datasets.amber import find_file, read_json
+            from ingest.datasets.base import find_under, read_json
 
-            rel_path = find_file(Path(data_dir), "relation.json")
+            where = (".", "data", "query", "data/query")
+            rel_path = find_under(Path(data_dir), "relation.json", where, "AMBER")
             relation = read_json(rel_path)
             if not isinstance(relation, dict):
                 from ingest.datasets.base import DatasetError
 
                 raise DatasetError(f"{rel_path}: expected an object word -> [associated words]")
-            safe = find_file(Path(data_dir), "safe_words.txt").read_text(encoding="utf-8")
+            safe = find_under(Path(data_dir), "safe_words.txt", where, "AMBER").read_text(encoding="utf-8")
             src = str(rel_path.parent)
         words = tuple(line for line in (s.split("\n")[0] for s in safe.splitlines()) if line)
         return cls(relation=relation, safe_words=words, source=src)

@@ -1,9 +1,9 @@
 """Stores at a URL, read in place: DuckDB and Zarr over an fsspec filesystem.
 
 A store URL is any fsspec URL (``s3://bucket/amber.kevo``, ``gs://…``, ``https://…``,
-``memory://…``; ``file://`` and plain paths stay local). ``kevo_store.fs.store_fs(url)`` returns a
-:class:`RemoteFS`, the store's root on that filesystem, read-only, and the reader needs nothing
-else:
+``memory://…``; ``file://`` and plain paths stay local). :func:`store_fs` returns a
+:class:`RemoteFS` for a URL (the store's root on that filesystem, read-only) and a
+``kevo_store.fs.LocalFS`` for a path, and the reader needs nothing else:
 
 - ``fsspec()`` is a read-only view of the store under a private protocol (``kevo<N>://``) that
   the reader registers with its DuckDB connection, and ``full(rel)`` names a Parquet file through
@@ -26,27 +26,26 @@ honoured; ``KEVO_STORAGE_OPTIONS`` may hold a JSON object of extra options for t
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import os
+import posixpath
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from kevo_store.errors import KevoError
-from kevo_store.fs import FsspecFS
-from kevo_store.safety import (
+from kevo_store.fs import LocalFS, StoreFS, is_url, write_atomic_local
+from kevo_store.share.safety import (
     MANIFEST,
     MAX_MANIFEST_BYTES,
     ZARR_META,
     UnsafeStoreError,
-    check_format_version,
     check_zarr_metadata,
     parse_manifest,
 )
-
-_LOCAL_SCHEMES = {"", "file", "local"}
 
 
 class RemoteStoreError(KevoError):
@@ -63,19 +62,6 @@ def scheme_of(location: str | os.PathLike) -> str:
     if "://" not in s:
         return ""
     return urlsplit(s).scheme.lower()
-
-
-def is_remote(location: str | os.PathLike) -> bool:
-    """True for a URL whose files are not on the local disk (``s3://``, ``https://``, ``memory://``)."""
-    return scheme_of(location) not in _LOCAL_SCHEMES
-
-
-def local_path(location: str | os.PathLike) -> Path:
-    """A local location (path or ``file://`` URL) as a Path."""
-    s = os.fspath(location)
-    if scheme_of(s) in ("file", "local"):
-        return Path(urlsplit(s).path)
-    return Path(s)
 
 
 def storage_options(url: str) -> dict:
@@ -151,6 +137,33 @@ def filesystem(url: str, *, asynchronous: bool = False):
     # have pushed to this URL since, so what is cached about it is stale
     fs.invalidate_cache()
     return fs, root.rstrip("/")
+
+
+def is_local_fs(fs) -> bool:
+    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return proto in ("file", "local")
+
+
+def can_list(fs) -> bool:
+    protos = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    return not protos & {"http", "https"}
+
+
+def object_store(fs) -> bool:
+    """Object stores have no directories to create (and creating one on S3 would create a bucket)."""
+    protos = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    return bool(protos & {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "memory", "r2"})
+
+
+def list_sizes(fs, root: str) -> dict[str, int]:
+    """``{rel: size}`` of every file below ``root`` on an fsspec filesystem."""
+    try:
+        found = fs.find(root, detail=True, withdirs=False)
+    except FileNotFoundError:
+        return {}
+    prefix = root.rstrip("/") + "/"
+    return {name[len(prefix):]: int(info.get("size") or 0) for name, info in found.items()
+            if name.startswith(prefix) and info.get("type", "file") == "file"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,8 +243,7 @@ def _ro_filesystem_class():
 
         def _strip_protocol(self, path):
             if isinstance(path, str):
-                if path.startswith(self._prefix):
-                    path = path[len(self._prefix):]
+                path = path.removeprefix(self._prefix)
                 return path.lstrip("/")
             return path
 
@@ -274,7 +286,7 @@ def _ro_filesystem_class():
             except (NotImplementedError, KeyError, ValueError, TypeError):
                 import datetime
 
-                return datetime.datetime.fromtimestamp(0, tz=datetime.timezone.utc)
+                return datetime.datetime.fromtimestamp(0, tz=datetime.UTC)
 
         def _refuse_write(self, *args, **kwargs):
             raise PermissionError(f"{self._where} is opened read-only")
@@ -335,44 +347,86 @@ def _ro_zarr_store_class():
 # the store filesystem for a URL
 
 
-class RemoteFS(FsspecFS):
+def _guarded(fn):
+    """Report network and credential failures inside ``fn`` as one clear RemoteStoreError naming the store."""
+
+    @functools.wraps(fn)
+    def method(self, *args, **kwargs):
+        with remote_errors(self.root):
+            return fn(self, *args, **kwargs)
+
+    return method
+
+
+class RemoteFS(StoreFS):
     """Read-only access to a store at a URL, trusting nothing the store says until checked.
 
-    Plugs into ``kevo_store.fs.store_fs`` (so ``open_store(url)`` uses it): the manifest is read
+    What :func:`store_fs` gives for a URL (so ``open_store(url)`` uses it): the manifest is read
     size-capped and parsed strictly, every other read goes only to files the manifest declares,
     DuckDB reads through a private read-only protocol, and Zarr through a manifest-checked store.
+    Every access reports network and credential failures as one clear message (``_guarded``).
     """
 
     def __init__(self, url: str):
-        fs, _path = filesystem(url)
-        super().__init__(url, fs=fs)
+        fs, path = filesystem(url)
+        self._fs = fs
+        self._path = path.rstrip("/")
+        self.protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        self.root = url.rstrip("/")
         self._manifest: dict | None = None
         self._files: dict[str, dict] | None = None
         self._declared: dict[str, dict] | None = None
+        self._manifest_bytes: bytes | None = None
         self._duck_fs = None
 
+    def _p(self, rel: str) -> str:
+        return f"{self._path}/{rel}" if rel else self._path
+
+    @_guarded
     def named(self) -> dict[str, dict]:
         """The files the manifest itself names (Parquet, index parts, tail), checked; loaded once.
 
         What SQL needs: opening a store for queries reads the manifest and nothing else of it."""
         if self._files is None:
-            from kevo_store.safety import check_manifest_paths
+            from kevo_store.manifest import Manifest
+            from kevo_store.share.safety import check_manifest_paths
 
             raw = self._read_raw(MANIFEST, MAX_MANIFEST_BYTES)
-            manifest = parse_manifest(raw, self.root)
-            check_format_version(manifest, self.root)
+            manifest = Manifest.parse(raw, self.root)
             check_manifest_paths(manifest, self.root)
-            self._manifest = manifest
+            self._manifest, self._manifest_bytes = manifest, raw
             self._files = dict(manifest.get("files", {}))
             if manifest.get("hidden"):
                 self._files.setdefault(ZARR_META, {"sha256": None, "size": None})
         return self._files
 
+    def manifest(self):
+        """(the Manifest, the exact bytes it was parsed from): one fetch, checked strictly."""
+        self.named()
+        return self._manifest, self._manifest_bytes
+
+    @_guarded
+    def listing(self) -> dict[str, int]:
+        """``{rel: size}`` of every file under the root: what ``safety.check_listing`` compares with the
+        manifest. Links in a local store are refused outright; HTTP cannot list, so there a store is
+        what its manifest declares (each file is size-capped and hashed when it is fetched)."""
+        if is_local_fs(self._fs):
+            from kevo_store.lock import LOCK
+            from kevo_store.share.safety import local_listing
+
+            out = local_listing(Path(self._path), self.root)
+            out.pop(LOCK, None)  # a local store's writer lock (never part of the store)
+            return out
+        if not self._can_list():
+            return {rel: e["size"] if e["size"] is not None else 0 for rel, e in self.declared().items()}
+        return list_sizes(self._fs, self._path)
+
+    @_guarded
     def declared(self) -> dict[str, dict]:
         """Every file the store declares, hidden chunks included (``safety.declared_files``: follows the
         checksummed chunk index parts, so only when hidden states are read); loaded once."""
         if self._declared is None:
-            from kevo_store.safety import declared_files
+            from kevo_store.share.safety import declared_files
 
             self.named()
             self._declared = declared_files(self._manifest, self._read_declared_part, self.root)
@@ -401,6 +455,7 @@ class RemoteFS(FsspecFS):
         return entry
 
     # -- StoreFS interface --------------------------------------------------------------------
+    @_guarded
     def read_bytes(self, rel: str) -> bytes:
         if rel == MANIFEST:
             return self._read_raw(rel, MAX_MANIFEST_BYTES)
@@ -412,6 +467,7 @@ class RemoteFS(FsspecFS):
             check_zarr_metadata(parse_manifest(data, f"{self.root}/{rel}"), f"{self.root}/{rel}")
         return data
 
+    @_guarded
     def open(self, rel: str, mode: str = "rb"):
         if "r" not in mode or any(c in mode for c in "wax+"):
             raise PermissionError(f"{self.root} is a remote store, opened read-only")
@@ -419,30 +475,48 @@ class RemoteFS(FsspecFS):
             self._check_declared(rel)
         return self._fs.open(self._p(rel), mode)
 
+    @_guarded
     def exists(self, rel: str) -> bool:
         if rel == "" and not self._can_list():
             return self._fs.exists(self._p(MANIFEST))  # an HTTP "directory" is not an object
-        return super().exists(rel)
+        return self._fs.exists(self._p(rel))
 
+    @_guarded
     def isdir(self, rel: str) -> bool:
         if rel == "" and not self._can_list():
             return True
-        return super().isdir(rel)
+        return self._fs.isdir(self._p(rel))
 
+    @_guarded
+    def size(self, rel: str) -> int:
+        return int(self._fs.size(self._p(rel)))
+
+    @_guarded
+    def listdir(self, rel: str) -> list[str]:
+        try:
+            return sorted(posixpath.basename(p.rstrip("/")) for p in self._fs.ls(self._p(rel), detail=False))
+        except FileNotFoundError:
+            return []
+
+    @_guarded
     def walk_files(self, rel: str) -> list[str]:
         if not self._can_list():  # HTTP cannot list; a store there is what its manifest names
             prefix = rel.rstrip("/") + "/" if rel else ""
             return sorted(r for r in self.declared() if r.startswith(prefix))
-        return super().walk_files(rel)
+        base = self._path + "/"
+        return sorted(p[len(base):] for p in self._fs.find(self._p(rel)))
 
+    @_guarded
     def disk_usage(self, rel: str = "") -> int:
         if not self._can_list():  # HTTP cannot list: what the manifest declares
             prefix = rel.rstrip("/") + "/" if rel else ""
             return sum(e["size"] or 0 for r, e in self.declared().items() if r.startswith(prefix))
-        return super().disk_usage(rel)
+        return int(self._fs.du(self._p(rel)))
+
+    sha256 = _guarded(StoreFS.sha256)
 
     def _can_list(self) -> bool:
-        return scheme_of(self.root) not in ("http", "https")
+        return can_list(self._fs)
 
     def fsspec(self):
         if self._duck_fs is None:
@@ -475,25 +549,77 @@ class RemoteFS(FsspecFS):
         return _ro_zarr_store_class()(_make_async(self._fs), self._p(rel), declared, self.root)
 
 
-def _guarded(name: str):
-    base = getattr(FsspecFS, name, None) or getattr(RemoteFS, name)
-    own = RemoteFS.__dict__.get(name, base)
+class TargetFS(StoreFS):
+    """A push destination: a store root at any fsspec URL (or a local path), written file by file.
 
-    def method(self, *args, **kwargs):
-        with remote_errors(self.root):
-            return own(self, *args, **kwargs)
+    The store's filesystem layer for a place the writer cannot write (no lock files, no renames on
+    an object store): files are uploaded whole, and :meth:`write_last` writes the manifest in one
+    atomic step (a rename locally, a single PUT on an object store).
+    """
 
-    method.__name__ = name
-    method.__doc__ = own.__doc__
-    return method
+    writable = True
+
+    def __init__(self, url: str):
+        self._fs, self._path = filesystem(url)
+        self.root = url.rstrip("/")
+
+    def _p(self, rel: str) -> str:
+        return f"{self._path}/{rel}" if rel else self._path
+
+    def full(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def invalidate(self) -> None:
+        """Forget what the filesystem cached about the destination (another process may have written it)."""
+        if hasattr(self._fs, "invalidate_cache"):
+            self._fs.invalidate_cache()
+
+    def exists(self, rel: str) -> bool:
+        return self._fs.exists(self._p(rel))
+
+    def isdir(self, rel: str) -> bool:
+        return self._fs.isdir(self._p(rel))
+
+    def read_bytes(self, rel: str) -> bytes:
+        return self._fs.cat_file(self._p(rel))
+
+    def size(self, rel: str) -> int:
+        return int(self._fs.size(self._p(rel)))
+
+    def listing(self) -> dict[str, int]:
+        """``{rel: size}`` of every file under the root."""
+        return list_sizes(self._fs, self._path)
+
+    def walk_files(self, rel: str) -> list[str]:
+        prefix = rel.rstrip("/") + "/" if rel else ""
+        return sorted(r for r in self.listing() if r.startswith(prefix))
+
+    def open(self, rel: str, mode: str = "rb"):
+        if any(c in mode for c in "wax"):
+            dst = self._p(rel)
+            if is_local_fs(self._fs):
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+            elif not object_store(self._fs):  # sftp, hdfs, ...: real directories
+                self._fs.makedirs(dst.rsplit("/", 1)[0], exist_ok=True)
+        return self._fs.open(self._p(rel), mode)
+
+    def remove(self, rel: str) -> None:
+        self._fs.rm_file(self._p(rel))
+
+    def write_last(self, rel: str, data: bytes) -> None:
+        """Write ``rel`` in one atomic step: readers see no file or the whole file."""
+        if is_local_fs(self._fs):
+            write_atomic_local(self._p(rel), data)
+        else:
+            self._fs.pipe_file(self._p(rel), data)  # one PUT: an object store shows the whole object or none
 
 
-# every access to a remote store reports network and credential failures as one clear message
-for _name in ("exists", "isdir", "read_bytes", "open", "size", "listdir", "walk_files", "disk_usage", "declared",
-              "named", "sha256"):
-    setattr(RemoteFS, _name, _guarded(_name))
-
-
-def remote_store_fs(url: str) -> RemoteFS:
-    """The read-only StoreFS for a store URL (used by ``kevo_store.fs.store_fs``)."""
-    return RemoteFS(url)
+def store_fs(root: str | os.PathLike | StoreFS) -> StoreFS:
+    """The filesystem layer for a store root: a local path or ``file://`` URL (:class:`LocalFS`), any
+    other fsspec URL (:class:`RemoteFS`: endpoint and credentials from the environment and fsspec's
+    config, manifest-checked read-only access for DuckDB and Zarr)."""
+    if isinstance(root, StoreFS):
+        return root
+    if is_url(root):
+        return RemoteFS(os.fspath(root))
+    return LocalFS(root)

@@ -21,7 +21,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 
 from kevo_store.errors import KevoError
-from kevo_store.schema import FORMAT_VERSION
 
 MANIFEST = "manifest.json"
 # A manifest names every file of the store with its size and sha256, so it grows with the number
@@ -74,20 +73,6 @@ def parse_manifest(data: bytes, where: str) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # the manifest's content
-
-
-def check_format_version(manifest: Mapping, where: str) -> int:
-    """The store's format version, refused when missing, malformed or newer than this kevo reads."""
-    v = manifest.get("format_version")
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise _refuse(where, f"{MANIFEST} has no valid format_version (got {v!r})")
-    if v > FORMAT_VERSION:
-        raise _refuse(
-            where,
-            f"written in store format {v}, but this kevo reads format {FORMAT_VERSION} at most "
-            "(a newer kevo wrote it: upgrade kevo to read it)",
-        )
-    return v
 
 
 def check_relpath(rel: object, where: str) -> str:

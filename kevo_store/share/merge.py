@@ -1,17 +1,20 @@
 """``kevo store merge A B … --out C``: several stores into one, sample_id and token_uid renumbered.
 
-The stores may be the per-node parts of a multi-node ingest (split with ``--rank``/``--world``,
-or by dataset shards) or runs over different datasets with the same model. Samples are copied
-verbatim in store order (A's, then B's, …; hidden states bit for bit) through the writer, so the
-result is exactly what one ingest of A's inputs followed by B's would have written, and an
-interrupted merge resumes when run again.
+The stores may be the per-node parts of one ingest (each node ingesting a share of the items, e.g.
+with ``--ids``, ``--image-ids`` or ``--limit``, from its own copy of the model and with its own
+batch size) or runs over different datasets with the same model. Samples are copied verbatim in
+store order (A's, then B's, …; hidden states bit for bit) through the writer, so the result is
+exactly what one ingest of A's inputs followed by B's would have written, and an interrupted merge
+resumes when run again.
 
 The copying is :func:`kevo_store.join.join_parts` (the runner's join of rank parts: one
-implementation for both); this module decides whether the stores may be merged at all.
-Refused unless ``force``: different model, lens or generation settings, or capture choices
-(numbers computed under different settings do not belong in one table). Refused always: hidden
-states of different shapes or dtypes and different vocabularies, which no flag can reconcile,
-and stores read from a URL (pull them first). A sample key found in two stores is refused unless
+implementation for both); this module decides whether the stores may be merged at all, with the
+policy resume and join apply (``Manifest.identity_diff``). Refused unless ``force``: a different
+model (weights fingerprint), lens, generation or capture settings, or the same dataset with other
+settings or annotation files (numbers computed under different settings do not belong in one
+table); paths, model names and batch sizes are provenance and may differ. Refused always: hidden
+states of different shapes or dtypes and different vocabularies, which no flag can reconcile, and
+stores read from a URL (pull them first). A sample key found in two stores is refused unless
 ``force`` (then the first store's sample is kept).
 """
 
@@ -21,27 +24,12 @@ import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from kevo_store.errors import KevoError
-
-# manifest sections whose differences make numbers incomparable (--force overrides)
-CHECKED_SECTIONS = ("model", "lens", "generation", "capture")
-# capture entries that legitimately differ between parts of one ingest
-_CAPTURE_FREE = {"rank", "world_size", "world", "shard", "parts", "merged_from", "merge_forced", "synthetic_plan"}
 
 
 class MergeError(KevoError):
     """Stores that cannot be merged (as asked)."""
-
-
-def _diff(a: Any, b: Any, path: str) -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out: list[str] = []
-        for k in sorted(set(a) | set(b), key=str):
-            out += _diff(a.get(k), b.get(k), f"{path}.{k}")
-        return out
-    return [] if a == b else [f"{path}: {a!r} vs {b!r}"]
 
 
 def _vocab_digest(store) -> str:
@@ -53,7 +41,11 @@ def _vocab_digest(store) -> str:
 
 
 def compatibility(paths: Sequence[str | os.PathLike]) -> tuple[list[str], list[str], list[dict]]:
-    """(forcible differences, hard differences, manifests) between the first store and each other."""
+    """(forcible differences, hard differences, manifests) between the first store and each other.
+
+    Forcible: what ``Manifest.identity_diff`` finds (the policy resume and join apply too), so
+    stores of the same weights in other directories, or made with another batch size, merge.
+    """
     from kevo_store.reader import open_store
 
     soft: list[str] = []
@@ -64,28 +56,20 @@ def compatibility(paths: Sequence[str | os.PathLike]) -> tuple[list[str], list[s
     for p in paths:
         with open_store(p) as s:
             m = s.manifest
-            if m.get("partial"):
-                hard.append(f"{p} is a partial pull (it lacks {', '.join(m['partial'].get('omitted_tables', [])) or 'some hidden layers'})")
+            if m.partial:
+                hard.append(f"{p} is a partial pull (it lacks "
+                            f"{', '.join(sorted(m.omitted_tables)) or 'some hidden layers'})")
             vocab = _vocab_digest(s) if s.rows("vocab") else None
         manifests.append(m)
         if first is None:
             first, first_vocab = (p, m), vocab
             continue
         p0, m0 = first
-        for sec in CHECKED_SECTIONS:
-            a, b = dict(m0.get(sec) or {}), dict(m.get(sec) or {})
-            if sec == "capture":
-                a = {k: v for k, v in a.items() if k not in _CAPTURE_FREE}
-                b = {k: v for k, v in b.items() if k not in _CAPTURE_FREE}
-            soft += [f"{p} vs {p0}: {d}" for d in _diff(a, b, sec)]
-        h0, h1 = m0.get("hidden") or {}, m.get("hidden") or {}
-        for k in ("layers", "hidden_size", "logical_dtype"):
-            if (h0 or None) is None and (h1 or None) is None:
-                break
-            if h0.get(k) != h1.get(k):
-                hard.append(f"{p} vs {p0}: hidden.{k}: {h0.get(k)!r} vs {h1.get(k)!r} (hidden arrays of different shapes)")
+        # named in the order their values are printed: the first store's, then this one's
+        soft += [f"{p0} vs {p}: {d}" for d in m0.identity_diff(m)]
+        hard += [f"{p0} vs {p}: {d} (hidden arrays of different shapes)" for d in m0.hidden_diff(m.get("hidden"))]
         if vocab is not None and first_vocab is not None and vocab != first_vocab:
-            hard.append(f"{p} vs {p0}: the vocab tables differ (different tokenizers)")
+            hard.append(f"{p0} vs {p}: the vocab tables differ (different tokenizers)")
     return soft, hard, manifests
 
 

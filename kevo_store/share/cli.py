@@ -1,18 +1,14 @@
 """`kevo store push|pull|merge`: attached to the `store` group of kevo_store/cli.py.
 
-Imports only click at the top (the `kevo` root must stay light); the work is in share.py and
-merge.py, imported when a command runs.
+Imports only click at the top (the `kevo` root must stay light); the work is in push.py, pull.py
+and merge.py, imported when a command runs.
 """
 
 from __future__ import annotations
 
 import click
 
-
-def _human(n: float) -> str:
-    from .cli import _human as human  # the store group's formatter (imported late: cli imports this module)
-
-    return human(n)
+from kevo_store.units import human_bytes
 
 
 @click.command("push")
@@ -29,13 +25,13 @@ def push(store_path: str, url: str, force: bool, jobs: int) -> None:
     (MinIO, a lab's Ceph): set AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3) and the usual
     AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
     """
-    from .share import push as do_push
+    from .push import push as do_push
 
     r = do_push(store_path, url, force=force, jobs=jobs)
     if r.up_to_date:
         click.echo(f"{r.url} already holds this store: nothing to push")
         return
-    click.echo(f"pushed {r.files} files, {_human(r.bytes)} to {r.url}")
+    click.echo(f"pushed {r.files} files, {human_bytes(r.bytes)} to {r.url}")
 
 
 def _split_tables(values: tuple[str, ...]) -> list[str] | None:
@@ -60,7 +56,7 @@ def pull(url: str, dest: str, tables: tuple[str, ...], layers: str | None, no_hi
     --no-hidden) records what it left out, so `kevo store verify DIR` passes and queries on what
     is missing say so.
     """
-    from .share import pull as do_pull
+    from .pull import pull as do_pull
 
     if no_hidden and layers:
         raise click.UsageError("--layers and --no-hidden contradict each other")
@@ -69,7 +65,7 @@ def pull(url: str, dest: str, tables: tuple[str, ...], layers: str | None, no_hi
         click.echo(f"{r.path} already holds this store (same manifest, every file at its size): nothing to pull")
         return
     what = "partial store" if r.partial else "store"
-    click.echo(f"pulled {what} {r.path}: {r.files} files, {_human(r.bytes)}, every checksum verified")
+    click.echo(f"pulled {what} {r.path}: {r.files} files, {human_bytes(r.bytes)}, every checksum verified")
     if r.omitted_tables:
         click.echo(f"  left out tables: {', '.join(r.omitted_tables)}")
     if r.hidden_layers is not None:
