@@ -4,10 +4,11 @@
     .venv/bin/python bench/run.py --quick         # a smoke run in ~3 min -> bench/out/ (the committed files stay)
     .venv/bin/python bench/run.py --only ingest,queries
 
-Sections (issue 8): ingest (1, 2: capture vs generate, its floor, full `kevo ingest`, the paper's
-method), organism (1 on the embedded default model, when its weights are shipped), hidden_write (3),
-queries (4, 5: named-query latency and pandas, lens-table bytes), tsne (6). The GPU benchmark (7)
-is bench/gpu.sh, run on a GPU machine; its results are folded in when bench/out/gpu-results.json
+Sections: ingest (capture vs generate, its floor, full `kevo ingest`, the paper's method), organism
+(on the embedded default model), hidden_write (the hidden-state writer against the raw disk),
+queries (named-query latency against pandas, lens-table bytes), tsne, trace (`kevo trace` against
+the naive reference). The GPU benchmark is bench/gpu.sh, run on a GPU machine; its results are
+folded in when bench/out/gpu-results.json
 exists. A section that fails is reported as failed (with its error); the others still run.
 
 Threads: by default torch, BLAS and openTSNE use ONE thread (--threads). On this shared machine

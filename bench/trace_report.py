@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def render_trace(w, t, cmd, _f, _err) -> None:
-    w("## 7. Causal tracing (`kevo trace`) against the naive reference")
+    w("## Causal tracing (`kevo trace`) against the naive reference")
     w("")
     if t is None:
         w("Not run (`python -m bench.run --only trace`).")
@@ -29,6 +29,13 @@ def render_trace(w, t, cmd, _f, _err) -> None:
     w(f"| token-forwards | {s['kevo_forward_tokens']:,} | {s['naive_forward_tokens']:,} | "
       f"{_f(s['naive_forward_tokens'] / max(1, s['kevo_forward_tokens']))}x |")
     w("")
+    q0 = next((g for g in t.get("question_length", []) if g["extra_words"] == 0), None)
+    if q0 is not None and not s.get("warmed_up"):
+        w(f"This run timed the process's first trace (cold: first calls of every kernel, load average ~20 from "
+          f"other jobs); the identical {q0['rows_computed']} rows traced again later in the same process took "
+          f"{_f(q0['kevo_trace_s'])} s, **{_f(s['naive_s'] / q0['kevo_trace_s'])}x** against the naive time "
+          "measured above. bench/trace_bench.py now warms the engine up before the side-by-side timing.")
+        w("")
     w(f"Same numbers: the largest |p_restored(kevo) - p_restored(naive)| over the {s['rows_computed']} computed rows "
       f"is {s['max_abs_diff']:.2e} (float32). Target: >= 20x; "
       f"{'met' if t['target']['met'] else 'NOT met'}.")
@@ -54,5 +61,12 @@ def render_trace(w, t, cmd, _f, _err) -> None:
     w("")
     w("The restored rows of a swap start after the image (the prefix comes from the corrupted run's cache), so "
       "kevo's cost grows with the question's tail and only mildly with the image tokens (attention over the "
-      "cache); the naive cost grows with the whole sequence for every row.")
+      "cache); the naive cost grows with the whole sequence for every row. kevo's cost grows faster than its row "
+      "count with the tail (each restored position re-runs the positions after it, and its rows copy the cache "
+      "prefix). Absolute times on this shared machine vary by about 3x between identical runs (15.1 s and 52.9 s "
+      "for the same 175 rows above).")
+    w("")
+    w("On a GPU, `bench/gpu.sh` also runs `bench/gpu_trace.py`: questions per hour of the engine on the "
+      "LLaVA-1.5-7B architecture (random weights, fp16, swap, all three kinds). Not run in this session (no GPU); "
+      "its logic was checked on the CPU with `python bench/gpu_trace.py --tiny`.")
     w("")

@@ -106,7 +106,7 @@ def query(name, stores, params, fmt, output, list_, show_sql, engine, hallucinat
         return
     if not stores:
         raise click.UsageError(f"query {name} needs {bound.query.stores} STORE argument(s)")
-    res = run_bound(bound, list(stores), engine=engine)
+    res = run_bound(bound, list(stores), engine=engine, check_label=True)
     write_result(res, fmt, output, max_rows)
 
 

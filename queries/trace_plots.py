@@ -142,6 +142,8 @@ def fig_attention_patches(store, sample_id: int | None = None, layers: str | Non
     n = int(d["n"].max())
     fig, ax = plt.subplots(figsize=(5, 4.3))
     im = ax.imshow(m, cmap="magma", interpolation="nearest")
+    ax.set_xticks(range(0, w, max(1, w // 12)))
+    ax.set_yticks(range(0, h, max(1, h // 12)))
     ax.set_xlabel("patch column")
     ax.set_ylabel("patch row")
     who = f"sample {sample_id}" if sample_id is not None else f"mean over {n} samples"

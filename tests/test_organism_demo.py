@@ -17,6 +17,9 @@ from ingest.organism import world
 
 README = Path(__file__).resolve().parents[1] / "ingest" / "organism" / "README.md"
 
+# the demo runs in about two minutes on an idle 2-core machine; a shared, loaded one needs far longer
+pytestmark = pytest.mark.timeout(2400)
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):

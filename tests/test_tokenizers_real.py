@@ -15,7 +15,7 @@ import pytest
 
 from ingest.labels.align import label_columns, word_columns
 from ingest.labels.words import split_words
-from ingest.runner import token_char_spans
+from ingest.spans import token_char_spans
 from tests.real_tokenizer_helpers import load_real, real_tokenizer
 from tests.test_labels_align import _reference, _token_bytes
 from tests.tokenizers_fetch import TOKENIZERS, FetchError, fetch, problems, tokenizer_dir
@@ -277,3 +277,28 @@ def test_teacher_forced_responses_round_trip_with_the_real_tokenizer(tmp_path):
                 "AND object IS NOT NULL ORDER BY step").to_dicts()
     assert [(t["piece"], t["is_word_start"], t["object"]) for t in one][:3] == \
         [("▁tooth", True, "toothbrush"), ("br", False, "toothbrush"), ("ush", False, "toothbrush")]
+
+
+def test_labels_reach_the_token_that_carries_a_word_s_first_bytes_with_its_space():
+    """Byte-level BPE: 'ĠæĿ' is a space plus two of 東's three bytes; its span is the space, yet it is the
+    word's decision token and carries the word's label (the byte-range reference says so)."""
+    from types import SimpleNamespace
+
+    tok = load_real("qwen2")
+    text = "a 東京 b"
+    ids = tok.encode(text, add_special_tokens=False)
+    pieces = tok.convert_ids_to_tokens(ids)
+    assert "ĠæĿ" in pieces
+    starts, ends = token_char_spans(tok, ids, text)
+    lead = pieces.index("ĠæĿ")
+    assert text[starts[lead]:ends[lead]] == " "
+    mention = SimpleNamespace(start=2, end=4, object="tower", label="hallucinated")
+    cols = label_columns(text, {"char_start": starts, "char_end": ends, "piece": pieces}, [mention])
+    expected = _reference(tok, ids, text)
+    assert cols["word_index"] == expected
+    rows = [r for r, w in enumerate(expected) if w == 1]
+    assert rows[0] == lead and cols["is_word_start"][lead] is True
+    assert [r for r, o in enumerate(cols["object"]) if o] == rows
+    from ingest.labels.align import tokens_of_words
+
+    assert tokens_of_words(split_words(text), starts, ends, pieces)[1] == rows

@@ -175,3 +175,36 @@ def test_image_noise_needs_images(tmp_path):
     p = kevo("trace", out, "--model", lm, "--corrupt", "image-noise:3", "--device", "cpu", check=False)
     assert p.returncode == 1 and "no images" in p.stderr, p.stderr
     assert _manifest_bytes(out) == before
+
+
+def test_trace_queries_and_figures(store, tmp_path):
+    import polars as pl
+
+    import queries
+    from kevo_store import open_store
+    from queries import plots
+
+    out = str(store["out"])
+    s = open_store(out)
+    tr = s.sql("SELECT t.*, r.name FROM traces t JOIN trace_runs r USING (trace_id)")
+    for engine in ("duckdb",):  # trace-* use DuckDB functions (ARG_MAX) Polars' SQL lacks
+        e = queries.run(out, "trace-effects", engine=engine, trace_run="swap:cat/w3")
+        before = e.filter(e["token_group"] == "before")
+        assert before.height and (before["aie"] == 0).all()  # exactly: rows before the constraint are p_corrupt
+        # ROME's average: per sample over the group's positions, then over samples
+        sub = tr.filter((tr["name"] == "swap:cat/w3") & (tr["kind"] == "mlp") & (tr["layer"] == 2)
+                        & (tr["token_group"] == "further"))
+        want = sub.group_by("sample_id").agg(pl.col("effect").mean().alias("m"))["m"].mean()
+        got = e.filter((e["kind"] == "mlp") & (e["layer"] == 2) & (e["token_group"] == "further"))["aie"][0]
+        assert abs(got - want) < 1e-6
+    p = queries.run(out, "trace-peaks", trace_run="swap:cat/w3")
+    for row in p.iter_rows(named=True):
+        cells = tr.filter((tr["name"] == "swap:cat/w3") & (tr["sample_id"] == row["sample_id"])
+                          & (tr["kind"] == row["kind"]))
+        assert abs(row["peak_effect"] - cells["effect"].max()) < 1e-7
+    c = queries.run([out, out], "trace-compare", name_a="swap:cat/w3", name_b="swap:cat/w3")
+    assert c.height and (c["aie_diff"].abs() < 1e-12).all()
+    for kind, kw in (("trace", {"trace_run": "swap:cat/w3"}), ("trace", {"trace_run": "swap:cat/w3", "sample_id": 0}),
+                     ("attention-patches", {})):
+        files = plots.plot(kind, out, tmp_path / f"{kind}-{len(kw)}.png", **kw)
+        assert files and all((tmp_path / f).stat().st_size > 1000 for f in files)

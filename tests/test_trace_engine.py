@@ -151,13 +151,13 @@ def test_contributions_equal_direct_recomputation(family):
         hs.append(layer.self_attn.register_forward_pre_hook(
             lambda m, a, k, i=i: xs.__setitem__(i, (a[0] if a else k["hidden_states"])[0]), with_kwargs=True))
         hs.append(layer.self_attn.register_forward_hook(lambda m, a, o, i=i: outs.__setitem__(i, o[0][0])))
-    prev = ad.model.config._attn_implementation
-    ad.model.set_attn_implementation("eager")
+    prev = ad.decoder.config._attn_implementation
+    ad.decoder.set_attn_implementation("eager")
     try:
         with torch.no_grad():
             att = ad.model(**inputs, output_attentions=True, use_cache=False).attentions
     finally:
-        ad.model.set_attn_implementation(prev)
+        ad.decoder.set_attn_implementation(prev)
         for h in hs:
             h.remove()
     H = att[0].shape[1]

@@ -36,14 +36,15 @@ def test_plot_pdf_is_a_pdf_and_other_suffixes_are_refused(store, tmp_path):
 
 
 def test_label_param_is_checked_against_the_store(store):
-    import queries
+    from queries.engine import run_bound
+    from queries.library import bind
 
     with pytest.raises(KevoError, match=r"label='halucinated'.*labels present: correct, hallucinated"):
-        queries.run(str(store), "critical-layer-distribution", label="halucinated")
-    ok = queries.run(str(store), "critical-layer-distribution", label="hallucinated")
-    assert ok.height >= 0
+        run_bound(bind("critical-layer-distribution", label="halucinated"), [str(store)], check_label=True)
     p = _kevo("query", "critical-layer-distribution", store, "-p", "label=halucinated")
-    assert p.returncode != 0 and "labels present" in p.stderr
+    assert p.returncode != 0 and "labels present: correct, hallucinated" in p.stderr
+    p = _kevo("query", "critical-layer-distribution", store, "-p", "label=hallucinated")
+    assert p.returncode == 0, p.stderr
 
 
 def test_push_and_pull_rerun_after_they_finished(store, tmp_path):

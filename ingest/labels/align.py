@@ -105,6 +105,9 @@ def tokens_of_words(words: Sequence[Word], char_start: Sequence[int | None],
                     char_end: Sequence[int | None], pieces: Sequence[str | None] | None = None) -> dict[int, list[int]]:
     """word index -> rows of every token that overlaps the word (a token may overlap several words)."""
     rows = _rows_overlapping(words, char_start, char_end, pieces)
+    for i, at in _leading_rows(words, align_tokens(words, char_start, char_end, pieces), char_start).items():
+        k = next(k for k, w in enumerate(words) if w.start == at)
+        rows[k] = sorted(set(rows[k]) | {i})
     return {w.index: r for w, r in zip(words, rows) if r}
 
 
@@ -133,12 +136,15 @@ def label_columns(response: str, tokens, mentions: Sequence = (), answer_span: t
     lab: list[str | None] = [None] * n
     hal: list[bool | None] = [None] * n
     spans = [Word(-1, "", m.start, m.end) for m in mentions]
+    leading = _leading_rows(words, cols["word_index"], cs)
     for m, rows in zip(mentions, _rows_overlapping(spans, cs, ce, pieces)):
+        rows = sorted(set(rows) | {r for r, at in leading.items() if m.start <= at < m.end})
         for r in rows:
             obj[r], lab[r], hal[r] = m.object, m.label, m.label == "hallucinated"
     cols.update({"object": obj, "label": lab, "hallucinated": hal})
     if answer_span is not None:
         rows = _rows_overlapping([Word(-1, "", *answer_span)], cs, ce, pieces)[0]
+        rows = sorted(set(rows) | {r for r, at in leading.items() if answer_span[0] <= at < answer_span[1]})
         cols["is_answer"] = [i == rows[0] if rows else False for i in range(n)]
     return cols
 
@@ -148,14 +154,13 @@ def _rows_overlapping(spans: Sequence[Word], cs: Sequence, ce: Sequence, pieces=
     for i, (s, e) in enumerate(zip(cs, ce)):
         if s is None or e is None or (e == s and pieces is not None and _blank(pieces[i])):
             continue
-        hit = False
         for k, w in enumerate(spans):
             if (e > s and w.start < e and s < w.end) or (e == s and w.start <= s < w.end):
                 out[k].append(i)
-                hit = True
-        if not hit and e > s and pieces is not None and not _blank(pieces[i]):
-            # whitespace and the first bytes of the span that starts at e (see the module docstring)
-            for k, w in enumerate(spans):
-                if w.start == e:
-                    out[k].append(i)
     return out
+
+
+def _leading_rows(words: Sequence[Word], word_index: Sequence[int | None], cs: Sequence) -> dict[int, int]:
+    """token row -> the position of the word it leads from outside its span (whitespace + first bytes)."""
+    return {i: words[j].start for i, j in enumerate(word_index)
+            if j is not None and cs[i] is not None and cs[i] < words[j].start}

@@ -63,8 +63,10 @@ def attention_contributions(ad, inputs: dict, targets: dict[str, tuple[int, list
             probs[i] = out[1][0].detach()
         hs.append(mod.register_forward_pre_hook(pre, with_kwargs=True))
         hs.append(mod.register_forward_hook(post))
-    previous = ad.model.config._attn_implementation
-    ad.model.set_attn_implementation("eager")
+    # the probabilities are the eager attention's output; only the text decoder is switched (a vision
+    # tower may not support every implementation) and switched back
+    previous = ad.decoder.config._attn_implementation
+    ad.decoder.set_attn_implementation("eager")
     try:
         call = {k: v for k, v in kw.items() if k not in ("past_key_values", "use_cache", "return_dict")}
         with torch.no_grad():
@@ -79,7 +81,7 @@ def attention_contributions(ad, inputs: dict, targets: dict[str, tuple[int, list
                         rows.append((vec.sum(0, keepdim=True) if grouped else vec).norm(dim=-1).cpu())
                     out[name] = torch.stack(rows).numpy()
     finally:
-        ad.model.set_attn_implementation(previous)
+        ad.decoder.set_attn_implementation(previous)
         for h in hs:
             h.remove()
     return out

@@ -12,7 +12,7 @@ WITH t AS (
 ),
 per_sample AS (
     SELECT name, sample_id, kind, layer, token_group, AVG(effect) AS effect, AVG(p_restored) AS p_restored,
-           ANY_VALUE(p_corrupt) AS p_corrupt, ANY_VALUE(p_clean) AS p_clean
+           MAX(p_corrupt) AS p_corrupt, MAX(p_clean) AS p_clean  -- one value per sample
     FROM t GROUP BY name, sample_id, kind, layer, token_group
 )
 SELECT name, kind, layer, token_group, COUNT(*) AS n_samples, AVG(effect) AS aie, AVG(p_restored) AS p_restored,
