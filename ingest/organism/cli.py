@@ -36,8 +36,8 @@ def world_cmd(out: Path, n_images: int, seed: int, split: str) -> None:
 @click.option("--out", "-o", default="organism", show_default=True, type=click.Path(path_type=Path),
               help="Model directory to write (the shipped model is ingest/organism/weights; pass that to regenerate it).")
 @click.option("--llm-out", default=None, type=click.Path(path_type=Path),
-              help="Where to write the text-only language model of stage (i), a causal-LM directory "
-                   "[default: OUT-llm; the shipped one is ingest/organism/llm].")
+              help="Where to write the text-only language model of stage (i), a causal-LM directory, for "
+                   "a recipe with that stage [default: OUT-llm].")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seeds world, initialisation and batches.")
 @click.option("--steps", default=None, type=click.IntRange(min=1), help="Optimizer steps [default: the recipe's].")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(min=1),
@@ -51,10 +51,10 @@ def train_cmd(out: Path, llm_out: Path | None, seed: int, steps: int | None, thr
     cfg = train.TrainConfig(seed=seed, threads=threads)
     if steps is not None:
         cfg.steps = steps
-    llm_out = llm_out or out.with_name(out.name + "-llm")
-    click.echo(f"training the organism: {cfg.steps} steps, seed {seed}, {threads} threads -> {out}, its LLM -> {llm_out}")
+    llm_out = (llm_out or out.with_name(out.name + "-llm")) if cfg.lm_steps else None
+    click.echo(f"training the organism: {cfg.steps} steps, seed {seed}, {threads} threads -> {out}")
     model, proc, _ = train.train(cfg, out, log=click.echo, llm_out=llm_out)
-    click.echo(f"saved to {out} and {llm_out}")
+    click.echo(f"saved to {out}" + (f"; its text-only LLM (stage (i)) to {llm_out}" if llm_out else ""))
     if check:
         r = probe.caption_report(model, proc)
         click.echo(f"test captions: cover {r.cover:.1%}, CHAIR {r.chair:.1%}, Hal {r.hal:.1%}, "

@@ -347,7 +347,8 @@ def _stage(name: str, model, opt, sample, steps: int, peak: float, warmup: int, 
 def train(cfg: TrainConfig, out: Path | str | None = None, log=print, on_step=None,
           llm_out: Path | str | None = None) -> tuple[object, object, list[float]]:
     """Train an organism; save a Hugging Face model directory to ``out`` when given, and the
-    text-only language model of stage (i) to ``llm_out`` (an ordinary causal-LM directory).
+    text-only language model of stage (i) to ``llm_out`` (an ordinary causal-LM directory) when
+    the recipe has one (``lm_steps``).
 
     ``on_step(step, model, processor, losses)``, if given, is called after every step of the
     instruction tuning (checkpoints, probes). Returns (model, processor, per-step losses of the
@@ -384,8 +385,8 @@ def train(cfg: TrainConfig, out: Path | str | None = None, log=print, on_step=No
 
         opt = _optimizer([(decoder, 1.0)], cfg, embed)
         stages["lm"] = _stage("lm", model, opt, text_batch, cfg.lm_steps, cfg.lm_lr, cfg.warmup, cfg, pixels, pad, log)
-    if llm_out is not None:
-        save_llm(model, proc, cfg, llm_out, stages.get("lm", []))
+    if llm_out is not None and cfg.lm_steps:  # without stage (i) there is no language model to ship
+        save_llm(model, proc, cfg, llm_out, stages["lm"])
 
     if cfg.align_steps:  # (ii) the projector alone, on captions, the decoder frozen
         for p in decoder:
