@@ -177,12 +177,18 @@ def test_remote_verify_finds_a_tampered_object(s3, local_store):
     assert p.returncode == 1 and "hidden/c/0/3/0" in p.stderr
 
 
-def test_push_refuses_to_overwrite_without_force(s3, local_store):
+def test_push_refuses_to_overwrite_without_force(s3, local_store, tmp_path):
     url = s3.url("o/amber.kevo")
     s3.run_kevo("store", "push", local_store, url, check=True)
+    # the same store again: nothing to do, said so
     p = s3.run_kevo("store", "push", local_store, url)
+    assert p.returncode == 0 and "nothing to push" in (p.stdout + p.stderr)
+    # another store onto it: refused without --force
+    other = tmp_path / "other.kevo"
+    write_sample_range(other, synth(n_samples=2, n_tokens=4), 0, 2, batch_samples=2)
+    p = s3.run_kevo("store", "push", other, url)
     assert p.returncode == 1 and "already holds a kevo store" in p.stderr and "--force" in p.stderr
-    s3.run_kevo("store", "push", local_store, url, "--force", check=True)
+    s3.run_kevo("store", "push", other, url, "--force", check=True)
     assert s3.run_kevo("store", "verify", url).returncode == 0
 
 
