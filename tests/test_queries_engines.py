@@ -138,8 +138,12 @@ def test_params_defaults_types_and_errors(planted):  # noqa: F811
     evil = "x' OR '1'='1"
     assert "'x'' OR ''1''=''1'" in queries.bind("mutation-events", label=evil).sql
     assert open_store(path).sql(queries.bind("mutation-events", label=evil).sql).height == 0
+    # the library binds any label as a literal (it selects nothing); the CLI's check refuses it by name
+    assert queries.run(path, "mutation-events", label=evil).height == 0
+    from queries.engine import run_bound
+
     with pytest.raises(KevoError, match="no token of .* has that label; labels present: correct, hallucinated"):
-        queries.run(path, "mutation-events", label=evil)
+        run_bound(queries.bind("mutation-events", label=evil), path, check_label=True)
 
 
 def test_header_choices_grammar(tmp_path):
