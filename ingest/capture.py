@@ -179,6 +179,21 @@ def _generation_config(adapter: Adapter, max_new_tokens: int):
     )
 
 
+def prompt_row_columns(adapter: Adapter, batch, i: int, input_ids: torch.Tensor, image_ids) -> tuple:
+    """(step, position, role, token_id, patch_row, patch_col) of sample ``i``'s prompt/image rows, in
+    sequence order (``input_ids``: its unpadded input tokens)."""
+    in_np = input_ids.cpu().numpy().astype(np.int32)
+    n_prompt = len(in_np)
+    is_img = np.isin(in_np, list(image_ids)) if image_ids else np.zeros(n_prompt, bool)
+    r = np.full(n_prompt, -1, np.int16)
+    c = np.full(n_prompt, -1, np.int16)
+    grid = adapter.patch_grid(batch, i) if is_img.any() else None
+    if grid is not None and len(grid) == is_img.sum():
+        r[is_img], c[is_img] = grid[:, 0], grid[:, 1]
+    return (np.full(n_prompt, -1, np.int32), np.arange(n_prompt, dtype=np.int32),
+            np.where(is_img, ROLE_IMAGE, ROLE_PROMPT).astype(object), in_np, r, c)
+
+
 def stored_hidden(H: torch.Tensor, hidden_layers: list[int], dtype: str
                   ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """The stored hidden states of rows ``H`` (n, L+1, D) and, for float16 storage, per row and stored
@@ -251,20 +266,10 @@ def capture(adapter: Adapter, prompt_texts: list[str], images: list | None, sett
         input_ids = batch.input_ids[i].to(dev)[valid]
         if settings.capture_prompt:
             ph = prefill[:, i, valid].transpose(0, 1)  # (n_prompt, L+1, D)
-            in_np = input_ids.cpu().numpy().astype(np.int32)
-            is_img = np.isin(in_np, list(image_ids)) if image_ids else np.zeros(n_prompt, bool)
-            r = np.full(n_prompt, -1, np.int16)
-            c = np.full(n_prompt, -1, np.int16)
-            grid = adapter.patch_grid(batch, i) if is_img.any() else None
-            if grid is not None and len(grid) == is_img.sum():
-                r[is_img], c[is_img] = grid[:, 0], grid[:, 1]
             rows_h.insert(0, ph)
-            step.insert(0, np.full(n_prompt, -1, np.int32))
-            position.insert(0, np.arange(n_prompt, dtype=np.int32))
-            role.insert(0, np.where(is_img, ROLE_IMAGE, ROLE_PROMPT).astype(object))
-            tok.insert(0, in_np)
-            prow.insert(0, r)
-            pcol.insert(0, c)
+            for col, val in zip((step, position, role, tok, prow, pcol),
+                                prompt_row_columns(adapter, batch, i, input_ids, image_ids)):
+                col.insert(0, val)
             out_ids.insert(0, None)
         per_sample_h.append(rows_h)
         meta.append(dict(n_gen=n_gen, stop=stop, n_prompt=n_prompt, step=step, position=position, role=role,

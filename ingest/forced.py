@@ -34,11 +34,10 @@ from kevo_store.errors import KevoError
 
 from .capture import (
     ROLE_GENERATED,
-    ROLE_IMAGE,
-    ROLE_PROMPT,
     CaptureSettings,
     SampleCapture,
     _generation_config,
+    prompt_row_columns,
     stored_hidden,
 )
 from .lens import Unembedding, compute_lens
@@ -217,20 +216,10 @@ def capture_forced(adapter: Adapter, prompt_texts: list[str], images: list | Non
         bvalid = torch.nonzero(batch.inputs["attention_mask"][i]).squeeze(1)
         input_ids = batch.input_ids[i][bvalid]
         if settings.capture_prompt:
-            in_np = input_ids.cpu().numpy().astype(np.int32)
-            is_img = np.isin(in_np, list(image_ids)) if image_ids else np.zeros(n_prompt, bool)
-            r = np.full(n_prompt, -1, np.int16)
-            c = np.full(n_prompt, -1, np.int16)
-            grid = adapter.patch_grid(batch, i) if is_img.any() else None
-            if grid is not None and len(grid) == is_img.sum():
-                r[is_img], c[is_img] = grid[:, 0], grid[:, 1]
             h.insert(0, full[:, i, valid[:n_prompt]].transpose(0, 1))
-            step.insert(0, np.full(n_prompt, -1, np.int32))
-            position.insert(0, np.arange(n_prompt, dtype=np.int32))
-            role.insert(0, np.where(is_img, ROLE_IMAGE, ROLE_PROMPT).astype(object))
-            tok.insert(0, in_np)
-            prow.insert(0, r)
-            pcol.insert(0, c)
+            for col, val in zip((step, position, role, tok, prow, pcol),
+                                prompt_row_columns(adapter, batch, i, input_ids, image_ids)):
+                col.insert(0, val)
             known.insert(0, torch.full((n_prompt,), -1, dtype=torch.long, device=dev))
         rows_h.append(torch.cat(h, 0))
         meta.append(dict(n_gen=n_gen, n_prompt=n_prompt, step=step, position=position, role=role, tok=tok,

@@ -70,22 +70,6 @@ def read_source_manifest(fs, root: str, where: str) -> tuple[dict, bytes]:
     return Manifest.parse(raw, where), raw
 
 
-def is_local_fs(fs) -> bool:
-    proto = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return proto in ("file", "local")
-
-
-def can_list(fs) -> bool:
-    protos = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
-    return not protos & {"http", "https"}
-
-
-def object_store(fs) -> bool:
-    """Object stores have no directories to create (and creating one on S3 would create a bucket)."""
-    protos = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
-    return bool(protos & {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss", "memory", "r2"})
-
-
 def store_layout(rel: str) -> bool:
     """A path a store (or an interrupted push of one) may hold: leftovers a new push replaces."""
     return rel.startswith(("tables/", "hidden/", "derived/", f"{MANIFEST}.tmp-"))
