@@ -169,3 +169,14 @@ def test_a_token_spanning_two_words_belongs_to_both_in_tokens_of_words():
     assert tokens_of_words(words, starts, ends) == {0: [0], 1: [1, 2], 2: [2], 3: [2], 4: [3]}
     cols = word_columns(words, starts, ends)
     assert cols["word_index"] == [0, 1, 1, 4]   # the merged token is the first word's (cat); '.', 'A' get none
+
+
+@pytest.mark.parametrize("piece,char", [("č", "\r"), ("Ċ", "\n"), ("ĉ", "\t"), ("Č", "\x0c"), ("Ġ", " "), ("<0x0D>", "\r")])
+def test_a_bare_whitespace_piece_before_a_word_is_not_its_decision_token(piece, char):
+    """Byte-level BPE spells bytes 0..32 as U+0100..U+0120: a lone carriage return ('č') before a word is a
+    separator, not the first bytes of the word (it was the VQA answer token of a random model's reply)."""
+    text = char + "rt questio"
+    tokens = {"char_start": [0, 1, 3], "char_end": [1, 3, 11], "piece": [piece, "rt", "Ġquestio"]}
+    cols = label_columns(text, tokens, (), answer_span=(1, 3))
+    assert cols["word_index"] == [None, 0, 1]
+    assert cols["is_answer"] == [False, True, False]

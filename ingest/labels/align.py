@@ -29,7 +29,9 @@ def _blank(piece: str | None) -> bool:
         return False
     for b in _WHITESPACE_BYTES:
         piece = piece.replace(b, " ")
-    return piece.replace("▁", " ").replace("Ġ", " ").replace("Ċ", "\n").replace("ĉ", "\t").strip() == ""
+    # byte-level BPE spells the bytes 0..32 as U+0100..U+0120 ('Ġ' space, 'Ċ' \n, 'ĉ' \t, 'č' \r, ...)
+    piece = "".join(chr(ord(c) - 0x100) if 0x100 <= ord(c) <= 0x120 else c for c in piece)
+    return piece.replace("▁", " ").strip() == ""
 
 
 def _leads_next_word(words: Sequence[Word], starts: list[int], s: int, e: int, piece: str | None) -> int | None:
