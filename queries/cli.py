@@ -63,6 +63,25 @@ def write_result(res, fmt: str, output: str | None, max_rows: int = 40) -> None:
         click.echo(text, nl=False)
 
 
+def _echo_params(q, fmt: str) -> None:
+    """A query's parameters as declared in its file and the fragments it includes (the one place they are written)."""
+    import json
+
+    rows = [{"name": p.name, "type": p.type, "default": p.default, "choices": list(p.choices),
+             "description": p.description} for p in q.params]
+    if fmt == "json":
+        click.echo(json.dumps({r["name"]: r for r in rows}, indent=1))
+        return
+    if not rows:
+        click.echo(f"{q.name} takes no parameters")
+        return
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        default = "(required)" if r["default"] is None else f"= {r['default']!r}"
+        choices = f" in ({', '.join(r['choices'])})" if r["choices"] else ""
+        click.echo(f"{r['name']:<{width}}  {r['type']} {default}{choices}  {r['description']}".rstrip())
+
+
 @click.command("query")
 @click.argument("name", required=False)
 @click.argument("stores", nargs=-1, metavar="STORE...")
@@ -71,11 +90,13 @@ def write_result(res, fmt: str, output: str | None, max_rows: int = 40) -> None:
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write the result to this file.")
 @click.option("--list", "list_", is_flag=True, help="List the named queries, one per line.")
 @click.option("--show-sql", is_flag=True, help="Print the bound SQL (copyable into duckdb) and exit.")
+@click.option("--params", "show_params", is_flag=True,
+              help="List the query's parameters (type, default, choices, meaning) and exit; --format json for tools.")
 @click.option("--engine", type=click.Choice(["duckdb", "polars"]), default="duckdb", show_default=True,
               help="Run the SQL through DuckDB or Polars' SQL engine (the same text).")
 @click.option("--hallucinated", is_flag=True, help="Shorthand for --param label=hallucinated.")
 @click.option("--max-rows", type=int, default=40, show_default=True, help="Rows shown by --format table (-1: all).")
-def query(name, stores, params, fmt, output, list_, show_sql, engine, hallucinated, max_rows):
+def query(name, stores, params, fmt, output, list_, show_sql, show_params, engine, hallucinated, max_rows):
     """Run a named analysis query (the paper's analyses as SQL files in queries/sql/).
 
     \b
@@ -85,6 +106,7 @@ def query(name, stores, params, fmt, output, list_, show_sql, engine, hallucinat
     kevo query top-candidates amber.kevo --param token_uid=1234
     kevo query compare-stores base.kevo skip.kevo
     kevo query stages --show-sql
+    kevo query mutation-events --params
     """
     from . import library
     from .engine import run_bound
@@ -97,6 +119,9 @@ def query(name, stores, params, fmt, output, list_, show_sql, engine, hallucinat
         return
     if not name:
         raise click.UsageError("give a query NAME and STORE(s), or --list")
+    if show_params:
+        _echo_params(library.load(name), fmt)
+        return
     kv = _parse_params(params)
     if hallucinated:
         kv["label"] = "hallucinated"

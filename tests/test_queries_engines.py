@@ -167,6 +167,20 @@ def test_cli_list_and_show_sql():
     assert "0.55" in r.stdout and "$tau" not in r.stdout and r.stdout.startswith("-- name: stages")
 
 
+def test_cli_params_lists_what_the_query_file_and_its_fragments_declare():
+    """`kevo query NAME --params`: every parameter with the default the SQL declares, as a tool reads it
+    (the experiments take tau and lens from here instead of restating them)."""
+    for name in ("mutation-events", "critical-layer-distribution", "top-candidates"):
+        q = queries.load(name)
+        doc = json.loads(_kevo("query", name, "--params", "--format", "json").stdout)
+        assert list(doc) == [p.name for p in q.params]
+        assert {k: v["default"] for k, v in doc.items()} == {p.name: p.default for p in q.params}
+    doc = json.loads(_kevo("query", "mutation-events", "--params", "--format", "json").stdout)
+    assert doc["tau"]["default"] == definition_defaults()["tau"] and doc["definition"]["choices"][0] == "top1"
+    text = _kevo("query", "top-candidates", "--params").stdout
+    assert re.search(r"^token_uid\s+int \(required\)", text, re.M)
+
+
 def test_cli_formats_record_params(planted, tmp_path):  # noqa: F811
     path, truth = planted
     r = _kevo("query", "mutation-events", path, "--hallucinated", "--format", "json")

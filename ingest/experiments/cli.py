@@ -18,9 +18,10 @@ def experiment() -> None:
               help="Directory for the variant stores, the comparison and the report.")
 @click.option("--keep-last", default=2, show_default=True, type=click.IntRange(min=0),
               help="skip.3 skips [c, L - k): k = the last layers kept.")
-@click.option("--tau", default=0.5, show_default=True, type=float,
-              help="Top-1 probability that defines the critical layer (the named queries' tau).")
-@click.option("--lens", default="final_norm", show_default=True, type=click.Choice(["final_norm", "raw"]))
+@click.option("--tau", default=None, type=float,
+              help="Top-1 probability that defines the critical layer [default: the named queries' tau].")
+@click.option("--lens", default=None, type=click.Choice(["final_norm", "raw"]),
+              help="Logit-lens mode [default: the named queries' lens].")
 @click.option("--variant", "variants", multiple=True, metavar="NAME=RANGE",
               help="An explicit variant, e.g. mid=10-20 (decoder layers, 0-based; repeatable).")
 @click.option("--derive/--no-derive", default=True, show_default=True,
@@ -53,8 +54,10 @@ def skip_cmd(base, out, keep_last, tau, lens, variants, derive, model, dataset_a
 @click.option("--llm", "llm", required=True, help="The text-only LLM (hub id in the local cache or a directory).")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
               help="The LLM store to write; tables and figure go to <out>.comparison/.")
-@click.option("--tau", default=0.5, show_default=True, type=float, help="Top-1 probability of the critical layer.")
-@click.option("--lens", default="final_norm", show_default=True, type=click.Choice(["final_norm", "raw"]))
+@click.option("--tau", default=None, type=float,
+              help="Top-1 probability of the critical layer [default: the named queries' tau].")
+@click.option("--lens", default=None, type=click.Choice(["final_norm", "raw"]),
+              help="Logit-lens mode [default: the named queries' lens].")
 @click.option("--device", default=None, help="Device for the LLM.")
 @click.option("--batch-size", "-b", default=None, type=click.IntRange(min=1),
               help="Batch size [default: the LVLM store's].")

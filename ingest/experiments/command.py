@@ -55,6 +55,14 @@ class Kevo:
     def json(self, *args):
         return json.loads(self(*args))
 
+    def defaults(self, query: str, given: dict) -> dict:
+        """``given`` with every None filled in by the named query's declared default (its SQL file and the
+        fragments it includes are the one place a definition's defaults are written)."""
+        if all(v is not None for v in given.values()):
+            return dict(given)
+        declared = json.loads(self("query", query, "--params", "--format", "json"))
+        return {k: declared[k]["default"] if v is None else v for k, v in given.items()}
+
 
 def _quote(a: str) -> str:
     return a if a and all(c.isalnum() or c in "-_=./,:" for c in a) else "'" + a.replace("'", "'\\''") + "'"

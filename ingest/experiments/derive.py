@@ -72,9 +72,11 @@ def _run(kevo: Kevo, store: str, sql: str, path: Path) -> list[dict]:
     return kevo.json("sql", store, path, "--format", "json")
 
 
-def derive_ranges(kevo: Kevo, store: str, n_layers: int, out: Path, *, tau: float = 0.5, lens: str = "final_norm",
+def derive_ranges(kevo: Kevo, store: str, n_layers: int, out: Path, *, tau: float | None = None, lens: str | None = None,
                   min_tokens: int = 20, min_mutation_tokens: int = 5, echo=print) -> Derivation:
-    """c, m1, m2 from the store's own data; refuses (saying what it needed and had) a store too small."""
+    """c, m1, m2 from the store's own data; refuses (saying what it needed and had) a store too small.
+    ``tau`` and ``lens`` default to the named queries' own defaults."""
+    tau, lens = kevo.defaults("critical-layer-distribution", {"tau": tau, "lens": lens}).values()
     d = Path(out) / "derivation"
     n_gen = int(_run(kevo, store, TOKENS_SQL, d / "generated_tokens.sql")[0]["n_tokens"])
     crit_sql = CRITICAL_SQL.format(inner=_bound(kevo, "critical-layer-distribution", {"tau": tau, "lens": lens}))

@@ -100,13 +100,16 @@ def summarise(tokens: list[dict]) -> list[dict]:
     return rows
 
 
-def run_llm(lvlm: str, llm: str, out: Path, *, tau: float = 0.5, lens: str = "final_norm", device: str | None = None,
+def run_llm(lvlm: str, llm: str, out: Path, *, tau: float | None = None, lens: str | None = None,
+            device: str | None = None,
             batch_size: int | None = None, echo: Callable[[str], None] = print) -> dict:
     t0 = time.time()
     out = Path(out)
     art = artifacts_dir(out)
     art.mkdir(parents=True, exist_ok=True)
     kevo = Kevo(art / "experiment.log", echo)
+    d = kevo.defaults("critical-layer-distribution", {"tau": tau, "lens": lens})
+    tau, lens = d["tau"], d["lens"]
     s = open_store(lvlm)
     meta = s.manifest
     samples = list(s.sql(SAMPLES_SQL).iter_rows())

@@ -51,7 +51,7 @@ def parse_variant(text: str, n_layers: int) -> tuple[str, list[int]]:
     return name, parse_layer_list(spec, n=n_layers, option=f"--variant {name}", error=ExperimentError)
 
 
-def run_skip(base: str, out: Path, *, keep_last: int = 2, tau: float = 0.5, lens: str = "final_norm",
+def run_skip(base: str, out: Path, *, keep_last: int = 2, tau: float | None = None, lens: str | None = None,
              variants: tuple[str, ...] = (), derived: bool = True, model: str | None = None,
              dataset: list[str] | None = None, device: str | None = None, batch_size: int | None = None,
              min_tokens: int = 20, min_mutation_tokens: int = 5, echo: Callable[[str], None] = print) -> dict:
@@ -65,6 +65,8 @@ def run_skip(base: str, out: Path, *, keep_last: int = 2, tau: float = 0.5, lens
         raise ExperimentError(f"baseline {base} already skips layers {meta['capture']['skip_layers']}: "
                               "use a store of the whole model as the baseline")
     kevo = Kevo(out / "experiment.log", echo)
+    d = kevo.defaults("critical-layer-distribution", {"tau": tau, "lens": lens})
+    tau, lens = d["tau"], d["lens"]
     plan: dict[str, dict] = {}
     derivation = None
     if derived:
