@@ -96,4 +96,28 @@ def run(path: Path, reps: int) -> dict:
                        pandas_agrees=ok, compared=what)
         rows.append(row)
     store.close()
-    return {"queries": rows, "target_s": TARGET_S, "all_under_1s": all(r["under_1s"] for r in rows)}
+    return {"queries": rows, "target_s": TARGET_S, "all_under_1s": all(r["under_1s"] for r in rows),
+            "read_check": read_check_cost(path)}
+
+
+def read_check_cost(path: Path, reps: int = 3) -> dict:
+    """What integrity on read (kevo_store/readcheck.py) adds: the sha256 of every table's files against the
+    manifest, as the first query of a process pays it (cold: nothing verified yet), and as every later
+    query pays it (warm: one stat per file)."""
+    from kevo_store import open_store, readcheck
+
+    store = open_store(str(path))
+    every = " ".join(store.tables)
+    n_bytes = sum(int(e["size"]) for rel, e in store.manifest["files"].items() if rel.endswith(".parquet"))
+    cold, warm = [], []
+    for _ in range(reps):
+        readcheck._VERIFIED.clear()
+        t0 = time.perf_counter()
+        store._check.before(every)
+        cold.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        store._check.before(every)
+        warm.append(time.perf_counter() - t0)
+    store.close()
+    return {"parquet_bytes": n_bytes, "cold_s": r3(best(cold), 4), "warm_s": r3(best(warm), 5),
+            "cold_runs_s": [r3(x, 4) for x in cold], "mib_per_s": r3(n_bytes / 2**20 / best(cold), 1)}

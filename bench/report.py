@@ -413,6 +413,14 @@ def _queries(w, qs, ing, cmd):
         w("- Every named query answered in under 1 s: **met**.")
     w("- What pandas compares: " + "; ".join(f"{x['query']}: {x['compared']}" for x in qs["queries"]
                                              if "compared" in x) + ".")
+    rc = qs.get("read_check")
+    if rc:
+        w(f"- Integrity on read (kevo_store/readcheck.py: every Parquet file a statement reads is hashed against the "
+          f"manifest once per process): all tables of this store ({rc['parquet_bytes'] / 2**20:,.1f} MiB of Parquet) "
+          f"cost **{_f(rc['cold_s'])} s** cold ({_f(rc['mib_per_s'])} MiB/s, the first query of a process that reads "
+          f"every table pays it; a query pays only for the tables it names) and {_f(rc['warm_s'])} s warm (one stat "
+          "per file, every later query). The 'first' column above includes the cold hash of the tables each "
+          "query reads when no earlier query had read them; the 'best' column, the warm check.")
     w("")
     s = qs["storage"]
     w(f"**Storage** (5). Lens tables of the synthetic AMBER-scale store: layers {_f(s['bytes_per_token_layer']['layers'])} "

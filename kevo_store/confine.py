@@ -21,7 +21,7 @@ own exports or other files next to a store.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import duckdb
@@ -87,21 +87,27 @@ class ReadOnlyConnection:
 
     Everything else (``fetchall``, ``list_filesystems``, ...) is the DuckDB connection's own."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection):
+    def __init__(self, con: duckdb.DuckDBPyConnection, before: Callable[[str], None] | None = None):
         object.__setattr__(self, "_con", con)
+        object.__setattr__(self, "_before", before)  # e.g. the checksums of the files a statement reads
+
+    def _check(self, query: str) -> None:
+        check_read_only(self._con, query)
+        if self._before is not None:
+            self._before(query)
 
     def execute(self, query: str, parameters: Any = None):
-        check_read_only(self._con, query)
+        self._check(query)
         return self._con.execute(query, parameters) if parameters is not None else self._con.execute(query)
 
     def sql(self, query: str, *args: Any, **kw: Any):
-        check_read_only(self._con, query)
+        self._check(query)
         return self._con.sql(query, *args, **kw)
 
     query = sql
 
     def executemany(self, query: str, parameters: Any = None):
-        check_read_only(self._con, query)
+        self._check(query)
         return self._con.executemany(query, parameters)
 
     def __getattr__(self, name: str) -> Any:

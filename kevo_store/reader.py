@@ -19,7 +19,9 @@ from .errors import CorruptStoreError, KevoError, QueryError, StoreError
 from .fs import LocalFS, StoreFS
 from .hidden import CHUNK_TOKENS, HIDDEN_DIR, HiddenReader
 from .localcheck import check_chunks, check_named_files
+from . import readcheck
 from .manifest import Manifest
+from .readcheck import ReadCheck
 from .schema import DERIVED_TABLES, TABLES
 from .share.remote import store_fs
 
@@ -71,13 +73,22 @@ def _view_files(fs: StoreFS, m: dict) -> list[str]:
     return [fs.full(f) for _n, files, _s in _table_entries(m) for f in files]
 
 
-def _confine(con: duckdb.DuckDBPyConnection, files: list[str], confined: bool):
+def _confine(con: duckdb.DuckDBPyConnection, files: list[str], confined: bool, check: ReadCheck | None = None):
     from .confine import ReadOnlyConnection, lock
 
     if not confined:
         return con
     lock(con, files)
-    return ReadOnlyConnection(con)
+    return ReadOnlyConnection(con, check.before if check is not None else None)
+
+
+def _read_check(enabled: bool | None, stores: list[tuple[StoreFS, dict]]) -> ReadCheck | None:
+    if not (readcheck.enabled_by_default() if enabled is None else enabled):
+        return None
+    check = ReadCheck()
+    for fs, m in stores:
+        check.add(fs, m, [(name, files) for name, files, _s in _table_entries(m)])
+    return check
 
 
 def _attach(con: duckdb.DuckDBPyConnection, fs: StoreFS, m: dict, schema_name: str | None) -> None:
@@ -98,7 +109,11 @@ def _attach(con: duckdb.DuckDBPyConnection, fs: StoreFS, m: dict, schema_name: s
 
 
 def _run(con: duckdb.DuckDBPyConnection, query: str, roots: list[str] | None = None,
-         manifests: list[dict] | None = None):
+         manifests: list[dict] | None = None, check: ReadCheck | None = None):
+    from .confine import ReadOnlyConnection
+
+    if check is not None and not isinstance(con, ReadOnlyConnection):
+        check.before(query)  # a confined connection checks the files itself, after refusing writes
     try:
         return con.sql(query)  # a confined connection refuses statements that write first
     except duckdb.Error as e:
@@ -176,24 +191,26 @@ class Store:
     """A read-only view of one store. Create it with :func:`open_store`."""
 
     def __init__(self, path: str | os.PathLike | StoreFS, con: duckdb.DuckDBPyConnection | None = None,
-                 confined: bool = True, allow_paths: list[str] = ()):
+                 confined: bool = True, allow_paths: list[str] = (), check_reads: bool | None = None):
         self.fs = store_fs(path)
         self.path = self.fs.root
         self.manifest = Manifest.load(self.fs)
         self.manifest = check_local_store(self.fs, self.manifest)
+        self._check = _read_check(check_reads, [(self.fs, self.manifest)])
         if con is not None:  # the caller's own connection: left as it is
             self.con = con
             _attach(self.con, self.fs, self.manifest, None)
         else:
             raw = _connect(confined)
             _attach(raw, self.fs, self.manifest, None)
-            self.con = _confine(raw, _view_files(self.fs, self.manifest) + list(allow_paths), confined)
+            self.con = _confine(raw, _view_files(self.fs, self.manifest) + list(allow_paths), confined, self._check)
         self._hidden: HiddenReader | None = None
 
     # --- queries
     def sql(self, query: str):
-        """Run SQL over the views; returns a polars.DataFrame."""
-        rel = _run(self.con, query, [self.path], [self.manifest])
+        """Run SQL over the views; returns a polars.DataFrame. The files of the tables it names are
+        checked against the manifest's checksums first (kevo_store/readcheck.py)."""
+        rel = _run(self.con, query, [self.path], [self.manifest], self._check)
         if rel is None:
             return None
         try:
@@ -202,7 +219,7 @@ class Store:
             raise query_error(e, [self.path], [self.manifest]) from None
 
     def arrow(self, query: str) -> pa.Table:
-        rel = _run(self.con, query, [self.path], [self.manifest])
+        rel = _run(self.con, query, [self.path], [self.manifest], self._check)
         try:
             return rel.to_arrow_table() if rel is not None else pa.table({})
         except duckdb.Error as e:
@@ -259,6 +276,8 @@ class Store:
             files = m["derived"][name].get("files", [])
         else:
             raise KevoError(f"{self.path} has no table {name!r}; tables: {', '.join(self.tables)}")
+        if self._check is not None:  # the caller reads them (e.g. Polars' engine): checked as for SQL
+            self._check.before(name)
         return [self.fs.full(f) for f in files]
 
     def rows(self, table: str) -> int:
@@ -305,10 +324,12 @@ class Store:
         return f"Store({self.path!r}, samples={self.rows('samples')}, tokens={self.rows('tokens')})"
 
 
-def open_store(path: str | os.PathLike, confined: bool = True) -> Store:
+def open_store(path: str | os.PathLike, confined: bool = True, check_reads: bool | None = None) -> Store:
     """Open a store (a directory or an fsspec URL) for reading. Its connection can read the store's
-    files only and runs read-only SQL (kevo_store/confine.py); ``confined=False`` lifts both."""
-    return Store(path, confined=confined)
+    files only and runs read-only SQL (kevo_store/confine.py); ``confined=False`` lifts both. The
+    Parquet files a statement reads are checked against the manifest's sha256 first, once per process
+    (kevo_store/readcheck.py; ``check_reads=False`` or ``KEVO_CHECK_READS=0`` turns it off)."""
+    return Store(path, confined=confined, check_reads=check_reads)
 
 
 _ALIAS = re.compile(r"[^0-9A-Za-z_]")
@@ -326,9 +347,10 @@ def alias_for(path: str) -> str:
 class Stores:
     """Several stores in one DuckDB connection: ``<alias>.<table>`` views."""
 
-    def __init__(self, stores: dict[str, Store], con: duckdb.DuckDBPyConnection):
+    def __init__(self, stores: dict[str, Store], con: duckdb.DuckDBPyConnection, check: ReadCheck | None = None):
         self.stores = stores
         self.con = con
+        self.check = check
 
     def __getitem__(self, alias: str) -> Store:
         return self.stores[alias]
@@ -342,14 +364,14 @@ class Stores:
         return [s.manifest for s in self.stores.values()]
 
     def sql(self, query: str):
-        rel = _run(self.con, query, self.roots, self.manifests)
+        rel = _run(self.con, query, self.roots, self.manifests, self.check)
         try:
             return rel.pl() if rel is not None else None
         except duckdb.Error as e:
             raise query_error(e, self.roots, self.manifests) from None
 
     def arrow(self, query: str) -> pa.Table:
-        rel = _run(self.con, query, self.roots, self.manifests)
+        rel = _run(self.con, query, self.roots, self.manifests, self.check)
         try:
             return rel.to_arrow_table() if rel is not None else pa.table({})
         except duckdb.Error as e:
@@ -366,7 +388,7 @@ class Stores:
 
 
 def open_stores(stores: dict[str, str | os.PathLike] | list[str], unqualified: str | None = None,
-                confined: bool = True, allow_paths: list[str] = ()) -> Stores:
+                confined: bool = True, allow_paths: list[str] = (), check_reads: bool | None = None) -> Stores:
     """Attach several stores to one connection, each as a schema named by its alias.
 
     ``stores`` maps alias -> path (or is a list of paths, aliased by directory name). The views of
@@ -394,10 +416,12 @@ def open_stores(stores: dict[str, str | os.PathLike] | list[str], unqualified: s
         files += _view_files(fs, m)
         s = Store.__new__(Store)
         s.fs, s.path, s.manifest, s.con, s._hidden = fs, fs.root, m, con, None
+        s._check = _read_check(check_reads, [(fs, m)])
         out[alias] = s
         if unqualified == alias:
             _attach(con, fs, m, None)
-    con = _confine(con, files, confined)
+    check = _read_check(check_reads, [(s.fs, s.manifest) for s in out.values()])
+    con = _confine(con, files, confined, check)
     for s in out.values():
         s.con = con
-    return Stores(out, con)
+    return Stores(out, con, check)
