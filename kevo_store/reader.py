@@ -15,11 +15,11 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from . import readcheck
 from .errors import CorruptStoreError, KevoError, QueryError, StoreError
 from .fs import LocalFS, StoreFS
 from .hidden import CHUNK_TOKENS, HIDDEN_DIR, HiddenReader
 from .localcheck import check_chunks, check_named_files
-from . import readcheck
 from .manifest import Manifest
 from .readcheck import ReadCheck
 from .schema import DERIVED_TABLES, TABLES
