@@ -140,7 +140,7 @@ def join_ranks(ctx: RankContext, out: str | os.PathLike, keys: Sequence[str], al
         pdir = Path(parts_dir(out))
         parts = sorted((str(d) for d in pdir.iterdir() if (d / "manifest.json").is_file()),
                        key=lambda d: int(d.rsplit("-", 1)[1]) if d.rsplit("-", 1)[1].isdigit() else 1 << 30)
-        stats = join_parts(parts, out, list(keys))
+        stats = join_parts(parts, out, list(keys), progress="join the ranks' parts")
         echo(f"joined {len(parts)} parts into {out}: {stats}")
         shutil.rmtree(pdir)  # everything is in the store now; a crash before this line re-joins nothing twice
     ctx.barrier()

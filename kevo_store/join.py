@@ -91,7 +91,7 @@ class _Part:
 
 def join_parts(parts: Sequence[str | os.PathLike], out: str | os.PathLike, keys: Sequence[str] | None = None, *,
                samples_per_commit: int = 64, tokens_per_commit: int = 1 << 16, check: bool = True,
-               meta: dict[str, Any] | None = None) -> JoinStats:
+               meta: dict[str, Any] | None = None, progress: str | None = None) -> JoinStats:
     """Copy every sample and error of ``parts`` into the store ``out``, ordered by ``keys``.
 
     Keys of ``keys`` that no part holds are ignored; keys the parts hold that ``keys`` lacks come
@@ -101,6 +101,7 @@ def join_parts(parts: Sequence[str | os.PathLike], out: str | os.PathLike, keys:
     This is also the implementation of ``kevo store merge``: merge applies the same policy
     (``Manifest.identity_diff``) itself, naming every difference and honouring ``--force``, then
     calls this with ``check=False`` and ``meta`` (the merged manifest sections, e.g. several datasets).
+    ``progress``: the description of a bar on stderr over the samples copied (None: silent).
     """
     ps = [_Part(str(p)) for p in parts]
     if not ps:
@@ -140,16 +141,26 @@ def join_parts(parts: Sequence[str | os.PathLike], out: str | os.PathLike, keys:
             w.write_vocab(vocab)
         group: list[str] = []
         n_tok = 0
-        for k in todo:
-            group.append(k)
-            i, kind = where[k]
-            if kind == "sample":
-                n_tok += ps[i].n_tokens(k)
-            if len(group) >= samples_per_commit or n_tok >= tokens_per_commit:
+        from tqdm import tqdm
+
+        with tqdm(total=len(order), initial=stats.skipped, unit="sample", desc=progress,
+                  disable=progress is None, leave=True) as bar:
+            for k in todo:
+                group.append(k)
+                i, kind = where[k]
+                if kind == "sample":
+                    n_tok += ps[i].n_tokens(k)
+                if len(group) >= samples_per_commit or n_tok >= tokens_per_commit:
+                    _copy_group(w, ps, where, group, stats)
+                    bar.update(len(group))
+                    group, n_tok = [], 0
+            if group:
                 _copy_group(w, ps, where, group, stats)
-                group, n_tok = [], 0
-        if group:
-            _copy_group(w, ps, where, group, stats)
+                bar.update(len(group))
+        if progress is not None:
+            import sys
+
+            print(f"{progress}: compacting the parts into {w.path}", file=sys.stderr, flush=True)
     return stats
 
 

@@ -159,7 +159,8 @@ def embed(store, where, layers, method, perplexity, seed, n_jobs, embedding_id, 
     from .embed import embed_store, parse_layers
 
     out = embed_store(store, where=where, layers=parse_layers(layers), method=method, perplexity=perplexity,
-                      seed=seed, n_jobs=n_jobs, embedding_id=embedding_id, max_points=max_points)
+                      seed=seed, n_jobs=n_jobs, embedding_id=embedding_id, max_points=max_points,
+                      echo=lambda m: click.echo(m, err=True))
     click.echo(f"embeddings: {out.embedding_id} ({out.n_points} points, {out.n_tokens} tokens x "
                f"{len(out.layers)} layers, {out.seconds:.1f} s) written to {store}")
     import polars as pl

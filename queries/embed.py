@@ -110,8 +110,10 @@ def _randomized_pca(x: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def embed_points(x: np.ndarray, method: str = "tsne", perplexity: float = 30.0, seed: int = 0,
-                 n_jobs: int | None = None) -> tuple[np.ndarray, dict]:
-    """(n, D) -> (n, 2) and the effective parameters (perplexity is capped at (n - 1) / 3)."""
+                 n_jobs: int | None = None, progress: bool = False) -> tuple[np.ndarray, dict]:
+    """(n, D) -> (n, 2) and the effective parameters (perplexity is capped at (n - 1) / 3).
+
+    ``progress``: a bar on stderr over openTSNE's iterations (its callbacks never change the result)."""
     n = x.shape[0]
     if n < 4:
         raise KevoError(f"only {n} points to embed; choose more tokens or layers")
@@ -130,9 +132,27 @@ def embed_points(x: np.ndarray, method: str = "tsne", perplexity: float = 30.0, 
 
     eff = float(min(perplexity, (n - 1) / 3.0))
     jobs = n_jobs or os.cpu_count() or 1
+    kw: dict = {}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        every = 10
+        total = 250 + 500  # openTSNE's defaults: early exaggeration, then the optimisation
+        bar = tqdm(total=total, unit="iter", desc=f"t-SNE ({n:,} points)", leave=True)
+
+        def tick(iteration, error, embedding):  # noqa: ARG001 - openTSNE's callback signature
+            bar.update(every)
+            return False  # never stop early
+
+        kw = {"callbacks": tick, "callbacks_every_iters": every}
     tsne = TSNE(n_components=2, perplexity=eff, random_state=seed, n_jobs=jobs, initialization="pca",
-                verbose=False)
-    y = np.asarray(tsne.fit(reduced), dtype=np.float32)
+                verbose=False, **kw)
+    try:
+        y = np.asarray(tsne.fit(reduced), dtype=np.float32)
+    finally:
+        if bar is not None:
+            bar.close()
     info.update({"perplexity_effective": eff, "n_jobs": jobs})
     return y, info
 
@@ -196,8 +216,10 @@ def _layers(store, layers: list[int] | None) -> list[int]:
 
 def embed_store(path, where: str = "is_answer", layers: list[int] | None = None, method: str = "tsne",
                 perplexity: float = 30.0, seed: int = 0, n_jobs: int | None = None, embedding_id: str | None = None,
-                max_points: int = 20000, write: bool = True) -> EmbedOutput:
+                max_points: int = 20000, write: bool = True, echo=None) -> EmbedOutput:
+    """``echo`` (e.g. click.echo): say each stage as it starts and show t-SNE's progress bar."""
     t0 = time.perf_counter()
+    say = echo or (lambda _msg: None)
     store = open_store(path)
     uids = select_tokens(store, where)
     layers = _layers(store, layers)
@@ -205,9 +227,11 @@ def embed_store(path, where: str = "is_answer", layers: list[int] | None = None,
     if n_points > max_points:
         raise KevoError(f"{len(uids)} tokens x {len(layers)} layers = {n_points} points > --max-points {max_points}; "
                         "narrow --tokens or --layers")
+    say(f"reading hidden states: {len(uids):,} tokens x {len(layers)} layers = {n_points:,} points")
     h = store.hidden(uids, layers)  # (n, n_layers, D)
     x = np.asarray(h, dtype=np.float32).reshape(n_points, -1)
-    y, info = embed_points(x, method, perplexity, seed, n_jobs)
+    say(f"PCA to {PCA_DIMS} dims ({pca_method(n_points, x.shape[1], PCA_DIMS)}), then {method}")
+    y, info = embed_points(x, method, perplexity, seed, n_jobs, progress=echo is not None)
     params = {"tokens": where, "layers": layers, "method": method, "perplexity": perplexity, "seed": seed,
               "n_tokens": int(len(uids)), **info}
     if embedding_id is None:
@@ -223,6 +247,7 @@ def embed_store(path, where: str = "is_answer", layers: list[int] | None = None,
     disp = dispersion(h, layers)
     store.close()
     if write:
+        say(f"writing the embeddings table ({n_points:,} rows) into {path}")
         _write(path, embedding_id, frame, params, disp)
     return EmbedOutput(embedding_id, n_points, int(len(uids)), layers, time.perf_counter() - t0, params, frame, disp)
 

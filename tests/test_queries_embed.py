@@ -127,3 +127,24 @@ def test_cli_embed_and_errors(with_hidden, planted, tmp_path):  # noqa: F811
                            timeout=120)
         assert r.returncode != 0 and msg in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
+
+
+def test_cli_embed_shows_its_stages_and_tsne_progress(with_hidden, tmp_path):  # noqa: F811
+    """t-SNE of 20,000 points takes about a minute: `kevo embed` says what it does and shows a bar over
+    openTSNE's iterations (its callbacks do not change the result)."""
+    import shutil
+
+    from queries.embed import embed_points
+
+    path = tmp_path / "copy.kevo"
+    shutil.copytree(with_hidden[0], path)
+    r = subprocess.run([KEVO, "embed", str(path), "--tokens", GUITAR, "--layers", "0-3", "--n-jobs", "1"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    for msg in ("reading hidden states: 24 tokens x 4 layers = 96 points", "PCA to 50 dims", "t-SNE (96 points)",
+                "750/750", "writing the embeddings table (96 rows)"):
+        assert msg in r.stderr, (msg, r.stderr[-2000:])
+    x = np.random.default_rng(3).normal(size=(60, 16)).astype(np.float32)
+    a, _ = embed_points(x, n_jobs=1)
+    b, _ = embed_points(x, n_jobs=1, progress=True)
+    assert np.array_equal(a, b)

@@ -88,7 +88,7 @@ def merge(stores: tuple[str, ...], out: str, force: bool) -> None:
     """
     from .merge import merge_stores
 
-    stats = merge_stores(list(stores), out, force=force)
+    stats = merge_stores(list(stores), out, force=force, progress=True)
     click.echo(f"merged into {out}: {stats}")
 
 

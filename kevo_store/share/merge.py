@@ -93,7 +93,7 @@ def merged_meta(paths: Sequence[str | os.PathLike], manifests: list[dict], force
 
 
 def merge_stores(stores: Sequence[str | os.PathLike], out: str | os.PathLike, *, force: bool = False,
-                 samples_per_commit: int = 64):
+                 samples_per_commit: int = 64, progress: bool = False):
     """Merge ``stores`` (local paths) into the new or resumed store ``out``; returns JoinStats."""
     from kevo_store.fs import is_url
     from kevo_store.join import join_parts
@@ -141,7 +141,7 @@ def merge_stores(stores: Sequence[str | os.PathLike], out: str | os.PathLike, *,
                          "overlap. Pass --force to keep the first store's copy")
     meta = merged_meta(stores, manifests, soft)
     stats = join_parts([os.fspath(p) for p in stores], out, keys=order, check=False, meta=meta,
-                       samples_per_commit=samples_per_commit)
+                       samples_per_commit=samples_per_commit, progress=f"merge -> {Path(out).name}" if progress else None)
     carry_derived(stores, out, keys_seen)
     return stats
 
