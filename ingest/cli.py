@@ -16,8 +16,8 @@ options and hands the dataset to :func:`ingest.runner.run_ingest`. Adding a data
         run_ingest_command(make_dataset, options)
 
 ``make_dataset`` may raise :class:`ingest.datasets.DatasetError` (a ``KevoError``); like every
-``KevoError`` it becomes one ``kevo: error: …`` line and exit 1. Torch and transformers are imported only inside the commands,
-so importing this module is cheap.
+``KevoError`` it becomes one ``kevo: error: …`` line and exit 1. Torch and transformers are imported
+only inside the commands, so importing this module is cheap.
 """
 
 from __future__ import annotations
@@ -72,8 +72,9 @@ def ingest_options(f: Callable) -> Callable:
         click.option("--capture-prompt", is_flag=True,
                      help="Also capture prompt and image positions (role, patch grid position)."),
         click.option("--responses", default=None, type=click.Path(exists=True, dir_okay=False),
-                     help="Teacher forcing: score these responses (JSON list or JSONL of {\"id\", \"response\"}, as "
-                          "`kevo eval amber --responses` reads) instead of generating; items without one are left out."),
+                     help="Teacher forcing: score these responses (JSON list or JSONL of {\"id\", \"response\"}, "
+                          "as `kevo eval amber --responses` reads) instead of generating; items without one are "
+                          "left out."),
         click.option("--skip-layers", default=None,
                      help="Decoder layers to remove for a skip experiment, e.g. 20-26,30 (0-based)."),
         click.option("--limit", default=None, type=click.IntRange(min=0),
@@ -202,7 +203,8 @@ def coco_cmd(data: Path, image_ids: Path | None, prompt: str | None, **options) 
 @ingest.command("vqa")
 @click.option("--questions", required=True, type=click.Path(path_type=Path),
               help="JSON list or JSONL of {\"image\", \"question\"[, \"answer\"][, \"id\"]}.")
-@click.option("--images", required=True, type=click.Path(path_type=Path), help="Directory the image paths are relative to.")
+@click.option("--images", required=True, type=click.Path(path_type=Path),
+              help="Directory the image paths are relative to.")
 @ingest_options
 def vqa_cmd(questions: Path, images: Path, **options) -> None:
     """Single-word-answer VQA (the cross-image experiment); the answer token is marked in tokens.is_answer."""

@@ -179,7 +179,8 @@ def format_amber(result: dict) -> str:
         for name in names:
             o, m = d["official"][name], d["normalised"][name]
             lines.append(f"  {name:<10}{o['n']:>6}  {o['accuracy']:>6.1f}{o['precision']:>7.1f}{o['recall']:>7.1f}"
-                         f"{o['f1']:>7.1f} | {m['accuracy']:>6.1f}{m['precision']:>7.1f}{m['recall']:>7.1f}{m['f1']:>7.1f}")
+                         f"{o['f1']:>7.1f} | {m['accuracy']:>6.1f}{m['precision']:>7.1f}{m['recall']:>7.1f}"
+                         f"{m['f1']:>7.1f}")
     if not g and not d:
         lines.append("  (no AMBER samples)")
     return "\n".join(lines)

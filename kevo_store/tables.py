@@ -61,7 +61,8 @@ def to_table(data: Any, what: str) -> pa.Table:
             raise SchemaError(f"{what}: cannot make an Arrow table from the given columns ({e})") from None
     if hasattr(data, "to_arrow"):  # polars
         return data.to_arrow()
-    raise SchemaError(f"{what}: expected a pyarrow.Table, a RecordBatch or a dict of columns, got {type(data).__name__}")
+    raise SchemaError(f"{what}: expected a pyarrow.Table, a RecordBatch or a dict of columns, "
+                      f"got {type(data).__name__}")
 
 
 def conform(data: Any, schema: pa.Schema, what: str) -> pa.Table:
@@ -70,7 +71,8 @@ def conform(data: Any, schema: pa.Schema, what: str) -> pa.Table:
     names = set(schema.names)
     extra = [c for c in t.column_names if c not in names]
     if extra:
-        raise SchemaError(f"{what}: unknown column(s) {extra}; the columns are {schema.names} (see kevo_store/schema.py)")
+        raise SchemaError(f"{what}: unknown column(s) {extra}; the columns are {schema.names} "
+                          "(see kevo_store/schema.py)")
     cols = []
     n = t.num_rows
     for f in schema:

@@ -332,7 +332,8 @@ class _Expansion:
 
 def _body_sql(text: str) -> str:
     """The text without comment lines and blank lines (what is left of SQL)."""
-    return "\n".join(ln for ln in text.replace(_END, "").splitlines() if ln.strip() and not ln.lstrip().startswith("--"))
+    lines = text.replace(_END, "").splitlines()
+    return "\n".join(ln for ln in lines if ln.strip() and not ln.lstrip().startswith("--"))
 
 
 def expand(text: str, path: Path) -> tuple[str, list[Param], list[str]]:

@@ -113,7 +113,8 @@ h2{font-size:17px;margin:0 0 6px}p.q{color:#666;font-size:12px;margin:0 0 8px;fo
 img{max-width:100%;height:auto}table{border-collapse:collapse;font-size:12px;margin:6px 0}
 th,td{border:1px solid #ddd;padding:3px 7px;text-align:right}th{background:#f0f3f6}
 td:first-child,th:first-child{text-align:left}.null{color:#aaa}.more{color:#777;font-size:12px}
-.tw{overflow-x:auto}.grid{display:grid;grid-template-columns:1fr 1fr;gap:12px}@media(max-width:900px){.grid{grid-template-columns:1fr}}
+.tw{overflow-x:auto}.grid{display:grid;grid-template-columns:1fr 1fr;gap:12px}
+@media(max-width:900px){.grid{grid-template-columns:1fr}}
 """
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "paligemma", "gemma3", "instructblip",
-            "causal_lm")
+FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "paligemma", "gemma3",
+            "instructblip", "causal_lm")
 
 CORPUS = [
     "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "

@@ -70,7 +70,8 @@ def test_ids_out_of_range_or_not_in_the_task(tmp_path):
         list(amber.items(data, ids=[20000]))
     with pytest.raises(DatasetError, match=r"id 0 is out of range"):
         list(amber.items(data, ids=[0]))
-    with pytest.raises(DatasetError, match=r"id 1005 \(discriminative-attribute-state\) is not in query_generative.json"):
+    with pytest.raises(DatasetError,
+                       match=r"id 1005 \(discriminative-attribute-state\) is not in query_generative.json"):
         list(amber.items(data, ids=[1005]))
     with pytest.raises(DatasetError, match=r"--ids '1,x': 'x' is not an id"):
         amber.parse_ids("1,x")
@@ -82,7 +83,8 @@ def test_malformed_json_names_the_file_and_the_record(tmp_path):
     lines = q.read_text().splitlines()
     lines[3] = lines[3].replace('"query": "Describe', '"query" "Describe')  # record 3 (id 3)
     q.write_text("\n".join(lines))
-    with pytest.raises(DatasetError, match=r"query_generative.json: malformed JSON at line 4 column \d+ \(in record 3\)"):
+    with pytest.raises(DatasetError,
+                       match=r"query_generative.json: malformed JSON at line 4 column \d+ \(in record 3\)"):
         amber.load(root, "generative")
 
 

@@ -84,7 +84,8 @@ def test_llm_with_another_vocabulary_aligns_by_characters(tmp_path):
     a, b = _spans(lvlm), _spans(out)
     expect = []
     for t in a:
-        holder = [u for u in b if u["item_id"] == t["sample_key"] and u["char_start"] <= t["char_start"] < u["char_end"]]
+        holder = [u for u in b
+                  if u["item_id"] == t["sample_key"] and u["char_start"] <= t["char_start"] < u["char_end"]]
         if holder:
             assert len(holder) == 1
             h = holder[0]

@@ -162,6 +162,7 @@ def test_comparison_equals_hand_worked_numbers(tmp_path):
     assert (row["Cover_baseline"], row["Cover"], row["Cover_delta"]) == (77.8, 66.7, -11.1)
     assert (row["Hal_baseline"], row["Hal"], row["Hal_delta"]) == (33.4, 33.4, 0)
     assert (row["Cog_baseline"], row["Cog"]) == (6.7, 6.7)
-    assert row["words_changed"] == [{"word": "car and a tree -> ball", "count": 1}, {"word": "house -> car", "count": 1}]
+    assert row["words_changed"] == [{"word": "car and a tree -> ball", "count": 1},
+                                    {"word": "house -> car", "count": 1}]
     assert row["hallucinated_disappeared"] == [{"word": "house", "count": 1}]
     assert row["hallucinated_appeared"] == [{"word": "ball", "count": 1}]

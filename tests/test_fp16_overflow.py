@@ -31,7 +31,8 @@ def loud_model(tmp_path_factory):
 
 def _prompts(tmp):
     p = tmp / "p.jsonl"
-    p.write_text("".join(json.dumps({"id": f"q{i}", "prompt": t}) + "\n" for i, t in enumerate(["A cat.", "A red car."])))
+    prompts = ["A cat.", "A red car."]
+    p.write_text("".join(json.dumps({"id": f"q{i}", "prompt": t}) + "\n" for i, t in enumerate(prompts)))
     return p
 
 

@@ -34,8 +34,8 @@ def _one_line(p, *needles):
 
 def test_out_under_a_file(tmp_path, model):
     (tmp_path / "afile").write_text("x")
-    p = kevo("ingest", "text", "--prompts", _prompts(tmp_path), "--model", model, "--out", tmp_path / "afile" / "s.kevo",
-             check=False)
+    p = kevo("ingest", "text", "--prompts", _prompts(tmp_path), "--model", model,
+             "--out", tmp_path / "afile" / "s.kevo", check=False)
     _one_line(p, "is a file, not a directory")
 
 

@@ -50,7 +50,7 @@ def _byte_fallback():
 
 def _gpt2_byte_alphabet() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character map (what ByteLevel pieces are spelled in)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     chars, n = {}, 0
     for b in range(256):
         if b in keep:
@@ -154,7 +154,8 @@ def test_split_words_follows_the_treebank_tokenizer():
     assert [w.text for w in split_words("A dog's toy, the e-books; it's 3.5 m.")] == \
         ["A", "dog", "'s", "toy", ",", "the", "e-books", ";", "it", "'s", "3.5", "m", "."]
     words = split_words("  Dogs run.")
-    assert [(w.index, w.text, w.start, w.end) for w in words] == [(0, "Dogs", 2, 6), (1, "run", 7, 10), (2, ".", 10, 11)]
+    assert [(w.index, w.text, w.start, w.end) for w in words] == [(0, "Dogs", 2, 6), (1, "run", 7, 10),
+                                                                  (2, ".", 10, 11)]
     assert split_words("") == []
 
 
@@ -171,7 +172,8 @@ def test_a_token_spanning_two_words_belongs_to_both_in_tokens_of_words():
     assert cols["word_index"] == [0, 1, 1, 4]   # the merged token is the first word's (cat); '.', 'A' get none
 
 
-@pytest.mark.parametrize("piece,char", [("č", "\r"), ("Ċ", "\n"), ("ĉ", "\t"), ("Č", "\x0c"), ("Ġ", " "), ("<0x0D>", "\r")])
+@pytest.mark.parametrize("piece,char", [("č", "\r"), ("Ċ", "\n"), ("ĉ", "\t"), ("Č", "\x0c"), ("Ġ", " "),
+                                        ("<0x0D>", "\r")])
 def test_a_bare_whitespace_piece_before_a_word_is_not_its_decision_token(piece, char):
     """Byte-level BPE spells bytes 0..32 as U+0100..U+0120: a lone carriage return ('č') before a word is a
     separator, not the first bytes of the word (it was the VQA answer token of a random model's reply)."""

@@ -34,7 +34,8 @@ def test_synonym_table_has_exactly_the_80_coco_categories():
 
 
 @pytest.mark.parametrize("caption,expected", [
-    ("Two women sit at the table with a laptop.", [("women", "person"), ("table", "dining table"), ("laptop", "laptop")]),
+    ("Two women sit at the table with a laptop.",
+     [("women", "person"), ("table", "dining table"), ("laptop", "laptop")]),
     ("A baby elephant next to an adult giraffe.", [("baby elephant", "elephant"), ("adult giraffe", "giraffe")]),
     ("A passenger jet above hot dogs and a Teddy Bear.", [("passenger jet", "airplane"), ("hot dogs", "hot dog"),
                                                            ("Teddy Bear", "teddy bear")]),

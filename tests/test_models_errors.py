@@ -92,7 +92,8 @@ def test_hub_id_resolved_from_local_cache(tmp_path, monkeypatch):
 def test_original_llava_checkpoint_hint(tmp_path):
     d = tmp_path / "llava-v1.5-7b"
     d.mkdir()
-    (d / "config.json").write_text(json.dumps({"model_type": "llava_llama", "architectures": ["LlavaLlamaForCausalLM"]}))
+    cfg = {"model_type": "llava_llama", "architectures": ["LlavaLlamaForCausalLM"]}
+    (d / "config.json").write_text(json.dumps(cfg))
     (d / "model.safetensors").write_bytes(b"")
     with pytest.raises(ModelError, match="llava-hf/llava-1.5-7b-hf"):
         load_adapter(str(d))

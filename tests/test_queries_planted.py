@@ -235,7 +235,8 @@ def test_compare_two_different_stores(planted, other_seed):  # noqa: F811
     assert r["token_agreement"] == pytest.approx(j["same"].mean())
     first = j.group_by("sample_key").agg(pl.when(~pl.col("same")).then(pl.col("step")).min().alias("f"))
     assert r["first_diff_step_mean"] == pytest.approx(first["f"].mean())
-    prefix = j.join(first, on="sample_key").filter(pl.col("same") & (pl.col("f").is_null() | (pl.col("step") < pl.col("f"))))
+    before_first_diff = pl.col("f").is_null() | (pl.col("step") < pl.col("f"))
+    prefix = j.join(first, on="sample_key").filter(pl.col("same") & before_first_diff)
     assert r["n_prefix_tokens"] == prefix.height
     cl = queries.run([pa_, pb], "compare-layers")
     assert (cl["n_tokens"] == prefix.height).all() if prefix.height else cl.height == 0

@@ -27,7 +27,8 @@ def real(tmp_path_factory):
     return str(out)
 
 
-@pytest.mark.parametrize("name", [q.name for q in queries.list_queries() if not q.tables])  # trace-*: test_trace_queries
+# trace-* read derived tables this store lacks: tests/test_trace_queries.py
+@pytest.mark.parametrize("name", [q.name for q in queries.list_queries() if not q.tables])
 def test_every_query_runs_on_an_ingested_store(real, name):
     q = queries.load(name)
     s = open_store(real)

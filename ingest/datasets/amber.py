@@ -300,8 +300,9 @@ def dataset(data_dir: str | Path, task: str = "generative", ids: str | Sequence[
     """The AMBER :class:`Dataset` for the runner.
 
     ``nouns``: 'auto' (the official NLTK pipeline where NLTK and its data are found, else 'offline'
-    with a warning), 'nltk' or 'offline'; the settings record the one that ran. ``similarity``: a similarity table (JSON, see
-    :class:`ingest.labels.amber.TableSimilarity`) for the official similarity rule, else exact match.
+    with a warning), 'nltk' or 'offline'; the settings record the one that ran. ``similarity``: a
+    similarity table (JSON, see :class:`ingest.labels.amber.TableSimilarity`) for the official
+    similarity rule, else exact match.
     ``warn(msg)`` receives the non-fatal invariant violations.
     """
     from ingest.labels.amber import AmberVocabulary, TableSimilarity
@@ -327,7 +328,8 @@ def dataset(data_dir: str | Path, task: str = "generative", ids: str | Sequence[
         fingerprint={"root": str(Path(data_dir).resolve()), "files": files, "images": str(data.image_dir)},
         n_items=len(chosen),
         settings={"task": task, "prompt": prompt or "AMBER query", "ids": ids if isinstance(ids, str) else id_list,
-                  "nouns": labeler.nouns, "nouns_requested": nouns, "similarity": str(similarity) if similarity else "exact",
+                  "nouns": labeler.nouns, "nouns_requested": nouns,
+                  "similarity": str(similarity) if similarity else "exact",
                   "warnings": data.warnings},
     )
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from .command import ExperimentError, Kevo
 
 # (the comment goes after SELECT: a text starting with '--' would read as an option to `kevo sql`)
-CRITICAL_SQL = """SELECT  -- the paper's critical layer c: the mode of the critical-layer distribution (ties: the lower layer)
+CRITICAL_SQL = """SELECT  -- the paper's critical layer c: the mode of the critical-layer distribution (ties: lower)
        layer AS critical_layer, n_critical, n_tokens
 FROM (
 {inner}
@@ -72,7 +72,8 @@ def _run(kevo: Kevo, store: str, sql: str, path: Path) -> list[dict]:
     return kevo.json("sql", store, path, "--format", "json")
 
 
-def derive_ranges(kevo: Kevo, store: str, n_layers: int, out: Path, *, tau: float | None = None, lens: str | None = None,
+def derive_ranges(kevo: Kevo, store: str, n_layers: int, out: Path, *, tau: float | None = None,
+                  lens: str | None = None,
                   min_tokens: int = 20, min_mutation_tokens: int = 5, echo=print) -> Derivation:
     """c, m1, m2 from the store's own data; refuses (saying what it needed and had) a store too small.
     ``tau`` and ``lens`` default to the named queries' own defaults."""

@@ -218,7 +218,8 @@ def _figure(path: Path, dist: list[dict], js: list[dict], result: dict) -> None:
     a2.set_xlabel("layer")
     a2.set_ylabel("mean js_prev (nats), aligned tokens")
     a2.legend(fontsize=8)
-    fig.suptitle(f"{Path(result['lvlm']).name} vs {Path(result['llm']).name}: {result['n_aligned_tokens']} aligned tokens"
+    fig.suptitle(f"{Path(result['lvlm']).name} vs {Path(result['llm']).name}: "
+                 f"{result['n_aligned_tokens']} aligned tokens"
                  + ("" if result["same_vocabulary"] else " (aligned by characters)"), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

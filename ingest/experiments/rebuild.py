@@ -58,7 +58,8 @@ def settings_args(meta: dict, n_layers: int | None = None, model: str | None = N
         args += ["--revision", mo["revision"]]
     if mo.get("dtype") and not model:
         args += ["--dtype", mo["dtype"]]
-    args += ["--max-new-tokens", str(gen.get("max_new_tokens", 256)), "--lens", ",".join(lens.get("modes", ["final_norm"])),
+    args += ["--max-new-tokens", str(gen.get("max_new_tokens", 256)),
+             "--lens", ",".join(lens.get("modes", ["final_norm"])),
              "--top-k", str(lens.get("top_k", 10)), "--batch-size", str(batch_size or cap.get("batch_size", 1))]
     hidden = cap.get("hidden_layers")
     base_l = mo.get("n_layers")

@@ -136,7 +136,8 @@ class SpacySimilarity:
         try:
             import spacy
         except ImportError as e:  # pragma: no cover - depends on the user's environment
-            raise RuntimeError("--spacy-model needs spaCy (pip install spacy) and the model, e.g. en_core_web_lg") from e
+            raise RuntimeError("--spacy-model needs spaCy (pip install spacy) and the model, "
+                               "e.g. en_core_web_lg") from e
         self.nlp = spacy.load(model)
         self._docs: dict[str, object] = {}
         self.source = model
@@ -249,7 +250,8 @@ def score_generative(record: dict, nouns: Sequence[Noun], vocab: AmberVocabulary
         if hit is not None:
             idx = truth_list[hit][1]
             truth_cov[idx] = True
-            m.label, m.match, m.truth_word = "correct", ("truth" if hit >= len(truth_list) - len(truth) else "association"), truth[idx]
+            match = "truth" if hit >= len(truth_list) - len(truth) else "association"
+            m.label, m.match, m.truth_word = "correct", match, truth[idx]
             continue
         # Cog: the first exact entry, then (separately, as the official code does) the first similar entry
         for hit in (next((k for k, (word, _) in enumerate(hallu_list) if word == lemma), None),

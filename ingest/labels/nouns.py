@@ -120,7 +120,8 @@ class OfflineNouns:
         low = w.lower()
         # context stops at a line break: a bullet line's "- A ..." is not the previous sentence's next word
         p1 = words[i - 1].text.lower() if i >= 1 and "\n" not in text[words[i - 1].end:words[i].start] else ""
-        p2 = words[i - 2].text.lower() if p1 and i >= 2 and "\n" not in text[words[i - 2].end:words[i - 1].start] else ""
+        p2 = (words[i - 2].text.lower()
+              if p1 and i >= 2 and "\n" not in text[words[i - 2].end:words[i - 1].start] else "")
         nxt = i + 1 < len(words) and "\n" not in text[words[i].end:words[i + 1].start]
         n1 = words[i + 1].text if nxt else ""
         if p1 in _MODALS_PRONOUNS and not (p1 == "to" and p2 in _TO_NOT_VERB):
@@ -179,7 +180,8 @@ def offline_warning(reason: str) -> str:
 
 
 def nltk_missing_message(err: BaseException) -> str:
-    """NLTK's LookupError (a banner of asterisks, the name sometimes in colour codes) as one line naming the resource."""
+    """NLTK's LookupError (a banner of asterisks, the name sometimes in colour codes) as one line naming the
+    resource."""
     text = _ANSI.sub("", str(err))
     name = re.search(r"Resource (?:entry )?['\"]?([\w./-]+?)['\"]? not found", text)
     loaded = re.search(r"Attempted to load ['\"]?([\w./-]+?)['\"]?\s*$", text, re.M)

@@ -57,7 +57,8 @@ class LlavaAdapter(Adapter):
         n_img = []
         if real_images:
             out.update(self.processor.image_processor(real_images, return_tensors="pt"))
-            n_img = [self.processor.replace_image_token(out, k).count(self.image_token) for k in range(len(real_images))]
+            n_img = [self.processor.replace_image_token(out, k).count(self.image_token)
+                     for k in range(len(real_images))]
         image_id = self.processor.image_token_id
         seqs, k = [], 0
         for text, im in zip(prompt_texts, images):

@@ -38,7 +38,8 @@ class Qwen2VLAdapter(Adapter):
     @property
     def prompt_template(self) -> str:  # type: ignore[override]
         return "processor chat template" if getattr(self.processor, "chat_template", None) else \
-            "qwen chat: system 'You are a helpful assistant.', user turn with <|vision_start|><|image_pad|><|vision_end|>"
+            ("qwen chat: system 'You are a helpful assistant.', user turn with "
+             "<|vision_start|><|image_pad|><|vision_end|>")
 
     @classmethod
     def load_processor(cls, path: str):

@@ -34,7 +34,8 @@ def world_cmd(out: Path, n_images: int, seed: int, split: str) -> None:
 
 @organism.command("train")
 @click.option("--out", "-o", default="organism", show_default=True, type=click.Path(path_type=Path),
-              help="Model directory to write (the shipped model is ingest/organism/weights; pass that to regenerate it).")
+              help="Model directory to write (the shipped model is ingest/organism/weights; pass that to "
+                   "regenerate it).")
 @click.option("--llm-out", default=None, type=click.Path(path_type=Path),
               help="Where to write the text-only language model of stage (i), a causal-LM directory, for "
                    "a recipe with that stage [default: OUT-llm].")

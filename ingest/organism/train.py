@@ -415,7 +415,8 @@ def train(cfg: TrainConfig, out: Path | str | None = None, log=print, on_step=No
     opt = _optimizer(groups, cfg, embed)
     rng = random.Random(f"kevo-organism-batches/{cfg.seed}")
     n_cap = round(cfg.batch_size * cfg.caption_share)
-    losses = _stage("tune", model, opt, lambda step: rng.sample(captions, n_cap) + rng.sample(qas, cfg.batch_size - n_cap),
+    losses = _stage("tune", model, opt,
+                    lambda step: rng.sample(captions, n_cap) + rng.sample(qas, cfg.batch_size - n_cap),
                     cfg.steps, cfg.lr, cfg.warmup, cfg, pixels, pad, log, on_step, proc)
     for p in top:
         p.requires_grad_(True)

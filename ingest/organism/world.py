@@ -115,6 +115,11 @@ def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
+def _existence(o: str) -> str:
+    """The existence question of AMBER's discriminative-hallucination split."""
+    return f"Is there {article(o)} {o} in this image?"
+
+
 @dataclass
 class Scene:
     """One image of the world: which objects, where, in which colour, on which background."""
@@ -287,10 +292,10 @@ def questions(scene: Scene, hallu: list[str], *, train: bool = False, relation: 
         out.append(QA(scene.image_id, f"Is the {o} {c} in this image?", "yes", "discriminative-attribute-state"))
         out.append(QA(scene.image_id, f"Is the {o} {other} in this image?", "no", "discriminative-attribute-state"))
     for o in hallu:
-        out.append(QA(scene.image_id, f"Is there {article(o)} {o} in this image?", "no", "discriminative-hallucination"))
+        out.append(QA(scene.image_id, _existence(o), "no", "discriminative-hallucination"))
     if train:
         for o in scene.present:
-            out.append(QA(scene.image_id, f"Is there {article(o)} {o} in this image?", "yes", "discriminative-hallucination"))
+            out.append(QA(scene.image_id, _existence(o), "yes", "discriminative-hallucination"))
     return out + (relation_questions(scene) if relation else [])
 
 
