@@ -121,3 +121,49 @@ def read_check_cost(path: Path, reps: int = 3) -> dict:
     store.close()
     return {"parquet_bytes": n_bytes, "cold_s": r3(best(cold), 4), "warm_s": r3(best(warm), 5),
             "cold_runs_s": [r3(x, 4) for x in cold], "mib_per_s": r3(n_bytes / 2**20 / best(cold), 1)}
+
+
+def scaling(root: Path, scales: tuple[int, ...] = (1, 4, 16), reps: int = 2, base_samples: int = 1004) -> dict:
+    """Every single-store named query at 1x, 4x and 16x AMBER scale (synthetic stores of
+    ``base_samples`` x scale samples x 100 tokens x 33 layers): the best of ``reps`` warm runs at each
+    scale, and the exponent b of a least-squares fit t ~ scale^b (1: linear in the store). Targets:
+    under 1 s at 1x and under 4 s at 4x; 16x is reported without a target. A scale whose store cannot
+    be built (memory, disk) is reported with its error and the others still run."""
+    import math
+    import shutil
+
+    import queries
+    from kevo_store import open_store
+
+    out: dict = {"scales": list(scales), "stores": {}, "queries": {}, "targets_s": {"1": 1.0, "4": 4.0}}
+    for k in scales:
+        path = root / f"amber-x{k}.kevo"
+        shutil.rmtree(path, ignore_errors=True)
+        try:
+            out["stores"][str(k)] = build_store(path, base_samples * k, 100)
+        except Exception as e:  # noqa: BLE001 - reported; the other scales still run
+            out["stores"][str(k)] = {"error": f"{type(e).__name__}: {e}"}
+            shutil.rmtree(path, ignore_errors=True)
+            continue
+        store = open_store(str(path))
+        store.con.execute("SET enable_progress_bar = false")
+        token = int(store.sql("SELECT token_uid FROM tokens ORDER BY token_uid DESC LIMIT 1").item())
+        for q in queries.list_queries():
+            if q.tables or q.stores != 1:
+                continue
+            params = {"token_uid": token} if q.name == "top-candidates" else {}
+            queries.run(store, q.name, **params)  # warm: metadata and the read check
+            t = best([timed(queries.run, store, q.name, **params)[0] for _ in range(reps)])
+            out["queries"].setdefault(q.name, {})[str(k)] = r3(t, 4)
+        store.close()
+        shutil.rmtree(path, ignore_errors=True)  # 16x is several GB
+    for ts in out["queries"].values():
+        xs = [(math.log(int(k)), math.log(v)) for k, v in ts.items() if v > 0]
+        if len(xs) >= 2:
+            mx = sum(x for x, _ in xs) / len(xs)
+            my = sum(y for _, y in xs) / len(xs)
+            b = sum((x - mx) * (y - my) for x, y in xs) / sum((x - mx) ** 2 for x, _ in xs)
+            ts["exponent"] = r3(b, 3)
+        ts["met"] = all(ts.get(k, 0) < lim for k, lim in out["targets_s"].items() if k in ts)
+    out["all_met"] = all(v["met"] for v in out["queries"].values())
+    return out

@@ -94,6 +94,7 @@ def render(r: dict) -> str:
     _organism(w, S.get("organism"), cmd)
     _hidden(w, S.get("hidden_write"), cmd)
     _queries(w, S.get("queries"), S.get("ingest"), cmd)
+    _query_scaling(w, S.get("query_scaling"), cmd)
     _tsne(w, S.get("tsne"), cmd)
     from bench.trace_report import render_trace
 
@@ -376,6 +377,36 @@ def _hidden(w, h, cmd):
       "them and is the largest stage), larger chunks along the token axis or Zarr sharding (fewer directories "
       "and files), or a writer thread overlapping the next batch's generation "
       "(hides the cost inside ingest without making the writer itself faster).")
+    w("")
+
+
+def _query_scaling(w, sc, cmd):
+    w("### Query latency as the store grows (" + ", ".join(f"{k}x" for k in (sc or {}).get("scales", [])) + " AMBER scale)")
+    w("")
+    e = _err(sc)
+    if e:
+        w(e)
+        w("")
+        return
+    scales = [str(k) for k in sc["scales"]]
+    built = {k: v for k, v in sc["stores"].items() if "error" not in v}
+    w(f"Command: `{sc.get('command', cmd)}` (section `query_scaling`: bench/query_latency.py `scaling`). Synthetic "
+      "stores as above at " + ", ".join(f"{k}x ({v['samples']:,} samples, built in {_f(v['build_s'])} s)"
+                                        for k, v in built.items())
+      + "; every single-store named query with its defaults, warm (after one run), best of the runs. b is the "
+      "exponent of a least-squares fit t ~ scale^b (1 = linear in the store's size). Targets: < 1 s at 1x, "
+      "< 4 s at 4x; 16x has none.")
+    for k, v in sc["stores"].items():
+        if "error" in v:
+            w(f"- {k}x could not be built here: {v['error']}")
+    w("")
+    w("| query | " + " | ".join(f"{k}x (s)" for k in scales) + " | b | targets |")
+    w("|---|" + "---|" * len(scales) + "---|---|")
+    for name, ts in sc["queries"].items():
+        w(f"| {name} | " + " | ".join(_f(ts.get(k)) for k in scales)
+          + f" | {_f(ts.get('exponent'))} | {_status(ts['met'])} |")
+    w("")
+    w(f"- Every query under its targets: {_status(sc['all_met'])}.")
     w("")
 
 

@@ -28,7 +28,7 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("ingest", "organism", "hidden_write", "queries", "tsne", "trace")
+SECTIONS = ("ingest", "organism", "hidden_write", "queries", "query_scaling", "tsne", "trace")
 
 
 def _args(argv=None):
@@ -103,6 +103,7 @@ def main(argv=None) -> int:
     section("organism", lambda: _organism(q))
     section("hidden_write", lambda: _hidden_write(q))
     section("queries", lambda: _queries(q))
+    section("query_scaling", lambda: _query_scaling(q))
     section("tsne", lambda: _tsne(q, a.threads))
     section("trace", lambda: __import__("bench.trace_bench", fromlist=["run"]).run(q))
     gpu = OUT / "gpu-results.json"
@@ -224,6 +225,15 @@ def _queries(q: bool) -> dict:
     res["storage"] = query_latency.storage(path)
     res.update(query_latency.run(path, reps=1 if q else 3))
     return res
+
+
+def _query_scaling(q: bool) -> dict:
+    from bench import query_latency
+    from bench.common import OUT
+
+    if q:
+        return query_latency.scaling(OUT, scales=(1, 4), reps=1, base_samples=50)
+    return query_latency.scaling(OUT, scales=(1, 4, 16), reps=2)
 
 
 def _tsne(q: bool, threads: int) -> dict:
