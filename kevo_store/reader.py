@@ -17,8 +17,8 @@ import pyarrow as pa
 
 from .errors import CorruptStoreError, KevoError, QueryError, StoreError
 from .fs import LocalFS, StoreFS
-from .hidden import CHUNK_TOKENS, HIDDEN_DIR, HiddenReader
-from .localcheck import check_chunks, check_named_files
+from .hidden import HiddenReader
+from .localcheck import check_named_files
 from .manifest import Manifest
 from .schema import DERIVED_TABLES, TABLES
 from .share.remote import store_fs
@@ -279,17 +279,8 @@ class Store:
         if self.manifest.partial:  # a partial pull: Zarr would fill missing layers with zeros
             layers = self.hidden_layers if layers is None else layers
             self.manifest.check_hidden_layers_present([layers] if np.isscalar(layers) else layers, self.path)
-        if self._hidden is None:
-            self._hidden = HiddenReader(self.fs, h)
-        if isinstance(self.fs, LocalFS):  # no link or FIFO among the chunks this read opens
-            uids = np.asarray(token_uids, dtype=np.int64).reshape(-1)
-            uids = uids[(uids >= 0) & (uids < h["zarr_rows"])]
-            cks = np.unique(uids // CHUNK_TOKENS)
-            pos = {layer: i for i, layer in enumerate(h["layers"])}
-            want = h["layers"] if layers is None else ([layers] if np.isscalar(layers) else list(layers))
-            lidx = sorted({pos[int(x)] for x in want if int(x) in pos})
-            check_chunks(self.fs.root, HIDDEN_DIR,
-                         (f"c/{c}/{j}/0" for c in cks.tolist() for j in lidx))
+        if self._hidden is None:  # checks every shard it reads (kevo_store/hidden.py)
+            self._hidden = HiddenReader(self.fs, h, self.manifest.get("files"))
         return self._hidden.read(token_uids, layers)
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 LENS_MODES = ("final_norm", "raw")
 ROLES = ("image", "prompt", "generated")

@@ -17,10 +17,10 @@ from kevo_store.errors import CorruptStoreError
 from kevo_store.manifest import Manifest
 from kevo_store.share.safety import (
     MANIFEST,
-    ZARR_META,
     HashingSizeCap,
     UnsafeStoreError,
     declared_files,
+    is_zarr_meta,
 )
 from kevo_store.share.transfer import (
     BLOCK,
@@ -87,7 +87,7 @@ def _push(store: str | os.PathLike, url: str, *, force: bool = False, jobs: int 
         if strangers:
             raise ShareError(f"{url} is not empty and is not a kevo store (it holds {strangers[0]!r}); "
                              "push to an empty prefix")
-        items = sorted(declared, key=lambda r: (r == ZARR_META, r))  # array metadata after its chunks
+        items = sorted(declared, key=lambda r: (is_zarr_meta(r), r))  # array metadata after its chunks
         sizes = {rel: (declared[rel]["size"] if declared[rel]["size"] is not None else src.size(rel))
                  for rel in items}
         # skip what an interrupted push already uploaded whole: same size, and (checked below) same bytes
