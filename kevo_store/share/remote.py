@@ -450,7 +450,8 @@ class RemoteFS(StoreFS):
             raise RemoteStoreError(f"{self.root}: cannot read {rel!r}: {e}") from None
 
     def _check_declared(self, rel: str) -> dict:
-        entry = (self.declared() if rel.startswith("hidden/c/") else self.named()).get(rel)
+        hidden_data = rel.startswith("hidden/") and "/c/" in rel[len("hidden"):]  # v1 chunks, v2 shards/coordinates
+        entry = (self.declared() if hidden_data else self.named()).get(rel)
         if entry is None:
             raise UnsafeStoreError(f"{self.root}: refused: {rel!r} is not named by the store's manifest")
         return entry
