@@ -456,6 +456,12 @@ class HiddenReader:
                                                   dtype=np.dtype(self.sec["dtype"])))
             elif self.sec.get("tail"):
                 self._tail = np.load(io.BytesIO(self._read_named(self.sec["tail"])), allow_pickle=False)
+            want = (self.sec["rows"] - self.sec["zarr_rows"], len(self.layers), self.sec["hidden_size"])
+            if self._tail is None or self._tail.shape != want:
+                got = None if self._tail is None else self._tail.shape
+                self._tail = None
+                raise CorruptStoreError(f"{self.fs.root}: the hidden tail holds {got}, the manifest says {want}; "
+                                        f"run `kevo store verify {self.fs.root}`")
         return self._tail
 
     def _keys(self, units: np.ndarray, lidx: list[int]) -> list[str]:
@@ -537,8 +543,9 @@ class HiddenReader:
             uniq, inv = np.unique(sel[order], return_inverse=True)
             keys = self._keys(np.unique(uniq // self.unit), lidx)
             self._check_files(keys)
+            arr = self.arr
             try:
-                block = self.arr.get_orthogonal_selection((uniq, lidx, slice(None)))
+                block = arr.get_orthogonal_selection((uniq, lidx, slice(None)))
             except Exception as e:  # a damaged shard surfaces as a checksum, codec or shape error
                 raise self._name_damage(keys, e) from None
             tmp = np.empty((sel.size, len(lidx), d), dtype=out.dtype)

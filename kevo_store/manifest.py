@@ -183,8 +183,9 @@ class Manifest(dict):
         if isinstance(fs, LocalFS):
             check_local_links(fs.root, m, fs.root)
             from .localcheck import refuse_kind
+            from .share.safety import ZARR_METAS_V2
 
-            for rel in [*m["files"], "hidden/zarr.json"]:  # no FIFO, device or directory where a file belongs
+            for rel in [*m["files"], *ZARR_METAS_V2]:  # no FIFO, device or directory where a file belongs
                 refuse_kind(fs.root, rel)
         return m
 

@@ -196,6 +196,14 @@ def _verify_structure_v2(fs: StoreFS, m: dict, h: dict, P) -> bool:
             P(f"{rel}: data type {meta.get('data_type')}, expected {dtype}")
         if codecs is not None and meta.get("codecs") != codecs:
             P(f"{rel}: codecs {meta.get('codecs')}, expected {codecs}")
+    from .errors import KevoError
+    from .hidden import open_v2_array
+
+    for name in (*want, sh.LAYER):  # and Zarr itself accepts each one (no unknown keys, valid values)
+        try:
+            open_v2_array(fs, name)
+        except KevoError as e:
+            P(str(e))
     return True
 
 
