@@ -327,7 +327,7 @@ class HiddenWriter:
             self._write_index(commit, idx, sec, files)
             obsolete.extend(sec.get("tails") or [])
             sec["tails"] = []
-            sec["zarr_rows"] = self.rows
+            sec["zarr_rows"] = sec["rows"] = self.rows
         sh.set_rows(self.fs, sec["zarr_rows"])
         if len(sec["index"]) > 1:
             merged: dict[str, Any] = {}

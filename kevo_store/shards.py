@@ -89,9 +89,10 @@ def _array_meta(shape: list[int], dtype: str, chunks: list[int], codecs: list[di
             "storage_transformers": []}
 
 
-def create_group(fs: LocalFS, sec: dict) -> dict[str, list]:
+def create_group(fs: LocalFS, sec: dict, group_meta: bool = True) -> dict[str, list]:
     """Write the group and its (empty) arrays; the layer coordinate is written whole, here (its index
-    entry is returned)."""
+    entry is returned). ``group_meta=False``: all but the group's own zarr.json (``kevo store upgrade``
+    writes that last, over format v1's array metadata)."""
     nl, d, st = len(sec["layers"]), sec["hidden_size"], sec["shard_tokens"]
     attrs = {"logical_dtype": sec["logical_dtype"], "layers": sec["layers"], "coordinates": "token_uid sample_id",
              "about": "kevo hidden states; bfloat16 is kept as its uint16 bit pattern (logical_dtype)"}
@@ -108,7 +109,8 @@ def create_group(fs: LocalFS, sec: dict) -> dict[str, list]:
         fs.write_atomic(f"{GROUP}/{name}/zarr.json", json.dumps(meta, indent=1).encode())
     layer = np.asarray(sec["layers"], dtype="<i8")
     ent = write_file(fs, f"{GROUP}/{coord_key(LAYER, 0)}", [layer.tobytes(), crc32c(layer.tobytes())])
-    write_group_meta(fs)
+    if group_meta:
+        write_group_meta(fs)
     return {coord_key(LAYER, 0): ent}
 
 
