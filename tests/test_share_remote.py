@@ -281,7 +281,7 @@ def test_a_store_on_a_plain_https_host_reads_in_place_and_pulls(local_store, tmp
         pl = kevo("store", "pull", url, tmp_path / "p.kevo", "--layers", "7")
         assert pl.returncode == 0, pl.stderr
         assert kevo("store", "verify", tmp_path / "p.kevo").returncode == 0
-        assert {p.name for p in (tmp_path / "p.kevo" / "hidden" / "c" / "0").iterdir()} == {"7"}
+        assert {p.name for p in (tmp_path / "p.kevo" / "hidden" / "hidden" / "c" / "0").iterdir()} == {"7"}
 
 
 def test_endpoint_and_options_come_from_the_environment(monkeypatch):
