@@ -32,12 +32,12 @@ STORE/
   derived/<name>/<name>-<commit>.parquet   results written back (e.g. embeddings), manifest "derived"
   hidden/                            Zarr v3 group of hidden states (absent if none were captured)
     zarr.json                        group metadata
-    hidden/zarr.json                 the array hidden(token, layer, hidden); attributes: logical_dtype, layers
+    hidden/zarr.json                 the array hidden(token, layer, hidden_dim); attributes: logical_dtype, layers
     hidden/c/<shard>/<layer>/0       one shard = {SHARD_TOKENS} tokens x 1 layer x D (inner chunks of {CHUNK_TOKENS} tokens)
+    hidden/index/shards-<commit>.json  sha256 + size of the files each commit wrote (index-<commit>.json after close)
+    hidden/tail-<commit>.npz         each commit's rows that do not complete a shard, while the store is open
     token_uid/, sample_id/           coordinates along token: zarr.json + c/<shard> (one chunk per shard)
     layer/                           coordinate along layer: the model's layer numbers (zarr.json + c/0)
-    index/shards-<commit>.json       sha256 + size of the files each commit wrote (index-<commit>.json after close)
-    tail-<commit>.npz                each commit's rows that do not complete a shard, while the store is open
   .lock                              present while a writer holds the store: {{"pid", "host", "since"}}
 ```
 
@@ -91,9 +91,10 @@ failure leaves a committed store pointing at data that is not on disk.
 
 ## Hidden states
 
-`hidden` is a Zarr v3 group, readable by any Zarr v3 reader (`xarray.open_zarr(STORE/hidden)` gives a Dataset;
+`hidden` is a Zarr v3 group, readable by any Zarr v3 reader (`xarray.open_zarr("STORE/hidden", consolidated=False)` gives a Dataset;
 `Store.hidden_xarray()` a lazy dask-backed DataArray). Its array `hidden` has shape (tokens, len(hidden.layers), D)
-and dimension names (token, layer, hidden); row i is token_uid i; axis 1 follows `hidden.layers`. Coordinates:
+and dimension names (token, layer, hidden_dim: a dimension named like the variable would make xarray
+take the variable for a coordinate); row i is token_uid i; axis 1 follows `hidden.layers`. Coordinates:
 `token_uid` and `sample_id` (int64, along token; named in the array's `coordinates` attribute) and `layer`
 (int64, the model's layer numbers). float16 is stored as float16; bfloat16 as its uint16 bit pattern with
 attribute `logical_dtype: "bfloat16"` (`Store.hidden` and `hidden_xarray` return float32 for it, exactly; a
@@ -109,7 +110,7 @@ Every read by `Store.hidden` also checks that each shard it touches exists as a 
 index gives, and fails naming the shard otherwise.
 
 While a writer has the store open, only whole shards are in the arrays: each commit's rows that do not complete
-a shard are kept in its `tail-<commit>.npz` (arrays `hidden` and `sample_id`), and the commit that completes the
+a shard are kept in its `hidden/hidden/tail-<commit>.npz` (arrays `hidden` and `sample_id`), and the commit that completes the
 shard drops the tails. The arrays' `zarr.json` shapes may run ahead of the manifest after a crash (readers trust
 the manifest's `zarr_rows`; a plain Zarr reader sees the shard-aligned rows of an open store, every row of a closed one).
 

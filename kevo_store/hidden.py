@@ -10,12 +10,13 @@ only; ``kevo store upgrade`` rewrites it as v2): a bare Zarr array ``hidden``, o
 Commit protocol (crash safety without ever rewriting a committed file):
 
 - Only whole shards are written during ingest. Each commit's rows that do not complete a shard are
-  saved as ``tail-<commit>.npz`` (its hidden rows and their sample ids), named by the manifest's
+  saved as ``hidden/tail-<commit>.npz`` (its hidden rows and their sample ids), named by the manifest's
   ``hidden.tails``; the tails are dropped in the commit that writes their rows' shard. So a row is
   written at most twice (tail, then shard) and never rewritten. ``zarr_rows`` (a multiple of
   ``shard_tokens`` while the store is open) is how many rows live in the arrays, ``rows`` how many
   the store has.
-- Each commit that writes shards writes an index part ``index/shards-<commit>.json`` with the sha256
+- Each commit that writes shards writes an index part ``hidden/index/shards-<commit>.json`` (inside the
+  array's directory, where Zarr readers do not look) with the sha256
   and size of every file it wrote (hashed from memory); the manifest names the index parts (with their
   own checksums). Closing merges them into one index.
 - Shards, tails, index parts and the manifest are fsynced before the commit point (the manifest's
@@ -43,6 +44,9 @@ from .errors import CorruptStoreError, KevoError, SchemaError, StoreError
 from .fs import LocalFS, StoreFS
 
 HIDDEN_DIR = "hidden"
+# v2's own files beside the shards (chunk index parts, tails): in the array's directory, which Zarr
+# readers never list (a stray directory in the group would be reported by xarray.open_zarr)
+META_DIR = f"{HIDDEN_DIR}/{sh.ARRAY}"
 V1_CHUNK_TOKENS = 64
 LOGICAL_DTYPES = {"float16": "float16", "bfloat16": "uint16"}
 # Threads gathering, hashing and writing shards: one per core (more only queue on the same cores).
@@ -182,13 +186,14 @@ class HiddenWriter:
                 if name.isdigit() and int(name) >= first_orphan:
                     (fs.rmtree if arr == sh.ARRAY else fs.remove)(f"{HIDDEN_DIR}/{arr}/c/{name}")
         committed = set(self.sec["index"]) | set(self.sec.get("tails") or [])
-        for name in fs.listdir(f"{HIDDEN_DIR}/index"):
-            if f"{HIDDEN_DIR}/index/{name}" not in committed:
-                fs.remove(f"{HIDDEN_DIR}/index/{name}")
-        for name in fs.listdir(HIDDEN_DIR):
-            stray_tail = name.startswith("tail-") and f"{HIDDEN_DIR}/{name}" not in committed
-            if stray_tail or ".tmp-" in name:
-                fs.remove(f"{HIDDEN_DIR}/{name}")
+        for name in fs.listdir(f"{META_DIR}/index"):
+            if f"{META_DIR}/index/{name}" not in committed:
+                fs.remove(f"{META_DIR}/index/{name}")
+        for d in (HIDDEN_DIR, *(f"{HIDDEN_DIR}/{a}" for a in (sh.ARRAY, *sh.COORDS, sh.LAYER))):
+            for name in fs.listdir(d):
+                stray_tail = name.startswith("tail-") and f"{d}/{name}" not in committed
+                if stray_tail or ".tmp-" in name:
+                    fs.remove(f"{d}/{name}")
 
     def reopen_partial(self) -> bool:
         """A closed store ends in a partial shard; its rows become a tail again, so that the shard is
@@ -265,8 +270,8 @@ class HiddenWriter:
 
     @staticmethod
     def _write_index_to(fs: LocalFS, commit: int, index: dict, sec: dict, files: dict) -> None:
-        fs.makedirs(f"{HIDDEN_DIR}/index")
-        rel = f"{HIDDEN_DIR}/index/shards-{commit:06d}.json"
+        fs.makedirs(f"{META_DIR}/index")
+        rel = f"{META_DIR}/index/shards-{commit:06d}.json"
         fs.write_atomic(rel, json.dumps({"chunks": index}, separators=(",", ":")).encode())
         sha, size = fs.sha256(rel)
         files[rel] = {"sha256": sha, "size": size}
@@ -296,7 +301,7 @@ class HiddenWriter:
             new_from = max(new_from, n_full - self._base)
         keep_from = sec["zarr_rows"] - self._base  # buffered rows still pending after this commit
         if total - self._base > new_from:
-            rel = f"{HIDDEN_DIR}/tail-{commit:06d}.npz"
+            rel = f"{META_DIR}/tail-{commit:06d}.npz"
             self.fs.write_atomic(rel, _tail_bytes(h[new_from:], sid[new_from:]))
             sha, size = self.fs.sha256(rel)
             files[rel] = {"sha256": sha, "size": size}
@@ -335,7 +340,7 @@ class HiddenWriter:
                 merged.update(json.loads(self.fs.read_bytes(rel))["chunks"])
             valid = set(expected_keys(sec))
             merged = {k: v for k, v in merged.items() if k in valid}
-            rel = f"{HIDDEN_DIR}/index/index-{commit:06d}.json"
+            rel = f"{META_DIR}/index/index-{commit:06d}.json"
             self.fs.write_atomic(rel, json.dumps({"chunks": merged}, separators=(",", ":")).encode())
             sha, size = self.fs.sha256(rel)
             files[rel] = {"sha256": sha, "size": size}

@@ -283,6 +283,34 @@ class Store:
             self._hidden = HiddenReader(self.fs, h, self.manifest.get("files"))
         return self._hidden.read(token_uids, layers)
 
+    def hidden_xarray(self):
+        """All hidden states as a lazy, dask-backed ``xarray.DataArray`` hidden(token, layer, hidden_dim)
+        with coordinates ``token_uid`` and ``sample_id`` (along token) and ``layer`` (the layer numbers):
+        hand it to dask (or compute a slice) without converting the store. Blocks are one shard of tokens x
+        one layer, each read through ``Store.hidden`` (so every read is checked; tails and partial pulls
+        included); bfloat16 stores give float32. Needs the ``array`` extra: ``pip install 'kevo[array]'``."""
+        try:
+            import dask.array as da
+            import xarray as xr
+        except ImportError:
+            raise KevoError("hidden_xarray needs xarray and dask: pip install 'kevo[array]'") from None
+        h = self.manifest.get("hidden")
+        if not h:
+            raise KevoError(f"{self.path} holds no hidden states (captured without them)")
+        layers = self.hidden_layers
+        n = int(h["rows"])
+        dtype = np.dtype(np.float32 if h["logical_dtype"] == "bfloat16" else h["dtype"])
+        src = _HiddenBlocks(self, layers, (n, len(layers), int(h["hidden_size"])), dtype)
+        unit = int(h.get("shard_tokens") or 64)
+        data = da.from_array(src, chunks=(unit, 1, src.shape[2]), meta=np.empty((0, 0, 0), dtype), asarray=False)
+        sid = self.con.execute("SELECT sample_id FROM tokens ORDER BY token_uid").fetchnumpy()["sample_id"] \
+            if "tokens" in self.tables else np.zeros(n, np.int64)
+        return xr.DataArray(data, dims=("token", "layer", "hidden_dim"), name="hidden",
+                            coords={"token_uid": ("token", np.arange(n, dtype=np.int64)),
+                                    "sample_id": ("token", np.asarray(sid, dtype=np.int64)),
+                                    "layer": ("layer", np.asarray(layers, dtype=np.int64))},
+                            attrs={"logical_dtype": h["logical_dtype"], "store": self.path})
+
     def close(self) -> None:
         self.con.close()
 
@@ -294,6 +322,22 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({self.path!r}, samples={self.rows('samples')}, tokens={self.rows('tokens')})"
+
+
+class _HiddenBlocks:
+    """An array-like over a store's hidden states for ``dask.array.from_array``: each block it is asked
+    for is one checked ``Store.hidden`` read."""
+
+    def __init__(self, store: Store, layers: list[int], shape: tuple[int, int, int], dtype: np.dtype):
+        self.store, self.layers, self.shape, self.dtype, self.ndim = store, layers, shape, dtype, 3
+
+    def __getitem__(self, key):
+        t, lay, d = key
+        uids = np.arange(self.shape[0])[t]
+        ls = np.asarray(self.layers)[lay]
+        if uids.size == 0 or ls.size == 0:
+            return np.empty((uids.size, ls.size, self.shape[2]), self.dtype)[:, :, d]
+        return self.store.hidden(uids, layers=ls.tolist())[:, :, d]
 
 
 def open_store(path: str | os.PathLike, confined: bool = True) -> Store:

@@ -2,7 +2,7 @@
 
 The group holds four arrays (paths relative to the store):
 
-- ``hidden/hidden`` (token, layer, hidden): the hidden states, Zarr's sharding codec; one shard file
+- ``hidden/hidden`` (token, layer, hidden_dim): the hidden states, Zarr's sharding codec; one shard file
   ``hidden/hidden/c/<s>/<j>/0`` = ``shard_tokens`` tokens x 1 layer x D, inner chunks of
   ``chunk_tokens`` tokens x 1 layer x D. Each inner chunk is its raw little-endian bytes (zstd-compressed
   with ``--hidden-codec zstd``) followed by its crc32c; the shard index (offset, length per inner chunk)
@@ -97,7 +97,7 @@ def create_group(fs: LocalFS, sec: dict, group_meta: bool = True) -> dict[str, l
     attrs = {"logical_dtype": sec["logical_dtype"], "layers": sec["layers"], "coordinates": "token_uid sample_id",
              "about": "kevo hidden states; bfloat16 is kept as its uint16 bit pattern (logical_dtype)"}
     metas = {
-        ARRAY: _array_meta([0, nl, d], sec["dtype"], [st, 1, d], array_codecs(sec), ["token", "layer", "hidden"],
+        ARRAY: _array_meta([0, nl, d], sec["dtype"], [st, 1, d], array_codecs(sec), ["token", "layer", "hidden_dim"],
                            attrs),
         "token_uid": _array_meta([0], "int64", [st], [_LE, _CRC], ["token"], {"about": "row = token_uid"}),
         "sample_id": _array_meta([0], "int64", [st], [_LE, _CRC], ["token"], {"about": "tokens.sample_id"}),

@@ -126,10 +126,8 @@ def _finish(fs: LocalFS, m: Manifest) -> None:
     if node != "group":
         sh.write_group_meta(fs)
     fs.rmtree(f"{HIDDEN_DIR}/c")  # v1 chunks
+    fs.rmtree(f"{HIDDEN_DIR}/index")  # v1 index parts (v2's live in hidden/hidden/index)
     named = set(m["files"])
-    for name in fs.listdir(f"{HIDDEN_DIR}/index"):
-        if f"{HIDDEN_DIR}/index/{name}" not in named:
-            fs.remove(f"{HIDDEN_DIR}/index/{name}")
     for name in fs.listdir(HIDDEN_DIR):
         if name.startswith("tail-") and f"{HIDDEN_DIR}/{name}" not in named:
             fs.remove(f"{HIDDEN_DIR}/{name}")
