@@ -332,12 +332,18 @@ class _HiddenBlocks:
         self.store, self.layers, self.shape, self.dtype, self.ndim = store, layers, shape, dtype, 3
 
     def __getitem__(self, key):
-        t, lay, d = key
-        uids = np.arange(self.shape[0])[t]
-        ls = np.asarray(self.layers)[lay]
+        t, lay, d = key  # dask asks with slices; integers drop their axis as in numpy
+        uids = np.atleast_1d(np.arange(self.shape[0])[t])
+        ls = np.atleast_1d(np.asarray(self.layers)[lay])
         if uids.size == 0 or ls.size == 0:
-            return np.empty((uids.size, ls.size, self.shape[2]), self.dtype)[:, :, d]
-        return self.store.hidden(uids, layers=ls.tolist())[:, :, d]
+            out = np.empty((uids.size, ls.size, self.shape[2]), self.dtype)[:, :, d]
+        else:
+            out = self.store.hidden(uids, layers=ls.tolist())[:, :, d]
+        if np.ndim(np.arange(len(self.layers))[lay]) == 0:
+            out = out[:, 0]
+        if np.ndim(np.arange(self.shape[0])[t]) == 0:
+            out = out[0]
+        return out
 
 
 def open_store(path: str | os.PathLike, confined: bool = True) -> Store:
