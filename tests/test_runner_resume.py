@@ -68,11 +68,12 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path):
 KILL_MID_COMMIT = """
 import os, signal, sys, threading
 import kevo_store.writer as W
+marker = sys.argv[1]
 orig = W.write_parquet
 def write_parquet(fs, rel, table, name):
     if name == "layers" and "part-000005" in rel:
         orig(fs, rel, table.slice(0, table.num_rows // 2), name)
-        with open(sys.argv[1], "w") as f:
+        with open(marker, "w") as f:
             f.write(threading.current_thread().name)
         os.kill(os.getpid(), signal.SIGKILL)
     return orig(fs, rel, table, name)
