@@ -168,6 +168,7 @@ class HiddenWriter:
             self._h.append(h)
             self._s.append(s)
         self._committed_rows = sum(len(b) for b in self._h)  # buffered rows already in committed tails
+        self._committed_parts = len(self._h)  # ... and the buffered parts that hold them
         self._pending_rows = self._committed_rows
         if self._base + self._pending_rows != sec["rows"]:
             raise StoreError(f"{fs.root}: hidden rows {self._base}+{self._pending_rows} do not match the "
@@ -209,7 +210,7 @@ class HiddenWriter:
         self._h = [r.read_stored(uids)]
         self._s = [r.sample_ids(start, zr)]
         self._base = start
-        self._committed_rows = 0
+        self._committed_rows = self._committed_parts = 0
         self._pending_rows = zr - start
         return True
 
@@ -287,38 +288,42 @@ class HiddenWriter:
         sec["zarr_rows"] = self._base
         files: dict[str, dict] = {}
         obsolete: list[str] = []
-        h = _cat(self._h, self._empty)
-        sid = _cat(self._s, np.empty(0, np.int64))
         total = self.rows
         n_full = (total // self.st) * self.st
-        new_from = self._committed_rows  # buffered rows not yet in any committed file
-        if n_full > self._base:
+        if n_full > self._base:  # shards complete: the whole buffer, once per shard
+            h = _cat(self._h, self._empty)
+            sid = _cat(self._s, np.empty(0, np.int64))
             idx = self._write_shards(self._base // self.st, n_full // self.st, h[: n_full - self._base],
                                      sid[: n_full - self._base], n_full)
             self._write_index(commit, idx, sec, files)
             obsolete.extend(sec["tails"])
             sec["tails"] = []
             sec["zarr_rows"] = n_full
-            new_from = max(new_from, n_full - self._base)
-        keep_from = sec["zarr_rows"] - self._base  # buffered rows still pending after this commit
-        if total - self._base > new_from:
+            # the rows past the shards all came with this commit (the old tails held less than a shard)
+            new_h, new_s = h[n_full - self._base:], sid[n_full - self._base:]
+            keep_h, keep_s = ([new_h], [new_s]) if len(new_h) else ([], [])
+        else:  # only this commit's rows are new: no copy of the rows already in committed tails
+            new_h = _cat(self._h[self._committed_parts:], self._empty)
+            new_s = _cat(self._s[self._committed_parts:], np.empty(0, np.int64))
+            keep_h, keep_s = list(self._h), list(self._s)
+        if len(new_h):
             rel = f"{META_DIR}/tail-{commit:06d}.npz"
-            data = _tail_bytes(h[new_from:], sid[new_from:])
+            data = _tail_bytes(new_h, new_s)
             self.fs.write_atomic(rel, data)
             files[rel] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}  # hashed from memory
             sec["tails"].append(rel)
         sec["rows"] = total
-        self._staged = (sec["zarr_rows"], h[keep_from:], sid[keep_from:])
+        self._staged = (sec["zarr_rows"], keep_h, keep_s)
         return sec, files, obsolete
 
     def committed(self, sec: dict[str, Any]) -> None:
         """The manifest naming ``sec`` is on disk: move the buffer forward."""
-        zr, h, sid = self._staged
+        zr, hs, ss = self._staged
         self.sec = sec
         self._base = zr
-        self._h = [h] if len(h) else []
-        self._s = [sid] if len(sid) else []
-        self._pending_rows = self._committed_rows = len(h)
+        self._h, self._s = hs, ss
+        self._committed_parts = len(hs)  # every buffered part is in a committed tail now
+        self._pending_rows = self._committed_rows = sum(len(x) for x in hs)
 
     def stage_close(self, commit: int) -> tuple[dict[str, Any], dict[str, dict], list[str]]:
         """Write the final partial shard, set the exact shapes, merge the index into one file."""
@@ -349,7 +354,7 @@ class HiddenWriter:
             for r in obsolete:  # an index part written by this very close is merged too
                 files.pop(r, None)
             sec["index"] = [rel]
-        self._staged = (sec["zarr_rows"], self._empty, np.empty(0, np.int64))
+        self._staged = (sec["zarr_rows"], [], [])
         return sec, files, obsolete
 
 
