@@ -1,19 +1,21 @@
-"""Benchmark 3: hidden-state write throughput of StoreWriter against the raw sequential write speed of
-the same disk, measured in the same run (interleaved).
+"""Benchmark 3: hidden-state write and read throughput of the store against the raw sequential write
+and read speed of the same disk, measured in the same run (interleaved).
 
 Both sides write the same bytes (random fp16 activations of LLaVA-1.5-7B's shape: 33 layers x 4,096)
 into bench/out, and both are timed until the data is on the disk:
 
 - ``raw``: one file, 8 MiB ``write`` calls, then ``fsync`` (what ``dd conv=fsync`` measures);
-- ``store``: ``StoreWriter.write_batch`` per batch of tokens (Zarr chunks of 64 tokens x 1 layer,
-  zstd level 1, sha256 of every chunk, one atomic commit per batch), ``close`` (final chunk, index
-  merge, compaction of the small tables), then ``syncfs`` of the file system (the writer itself
-  fsyncs its Parquet files and manifest, not the Zarr chunks). ``syncfs`` also flushes whatever
-  other processes left dirty on the same file system, so on a shared machine this side is
-  pessimistic; fsyncing each chunk file instead costs one disk flush per 64 tokens x 1 layer.
+- ``store``: ``StoreWriter.write_batch`` per batch of tokens (format v2: shards of 2,048 tokens x 1
+  layer, no compressor, crc32c per inner chunk, sha256 per shard, one atomic commit per batch; rows
+  that do not complete a shard go to the commit's tail file first), ``close`` (final shard, index
+  merge, compaction of the small tables), then ``syncfs`` of the file system. The writer fsyncs
+  every file it commits itself; ``syncfs`` also flushes whatever other processes left dirty on the
+  same file system, so on a shared machine this side is pessimistic.
 
-Also reported: the store as its own commit protocol leaves it (no final flush), and both sides
-without any flush (page-cache speed).
+Also reported: the store as its own commit protocol leaves it (no final flush), both sides without
+any flush (page-cache speed), and reads: one layer across every token through ``Store.hidden`` (every
+shard checked) against a raw sequential read of the same number of bytes, and 1,000 random tokens
+at one layer. Reads run on a warm page cache (dropping it needs root on a shared machine), both sides alike.
 """
 
 from __future__ import annotations
@@ -79,49 +81,87 @@ def _store(path: Path, blocks: list[np.ndarray], layers: int, d: int, fsync: boo
     return time.perf_counter() - t
 
 
-def stages(blocks: list[np.ndarray], work: Path, reps: int = 2) -> dict:
-    """What each chunk costs, stage by stage, on one core (no threads): the passes the store's format asks
-    of every 64-token x 1-layer chunk, as kevo_store.hidden's writer does them. Best of ``reps``."""
+def stages(blocks: list[np.ndarray], work: Path, reps: int = 2, shard_tokens: int = 2048,
+           chunk_tokens: int = 256) -> dict:
+    """What each shard costs, stage by stage, on one core (no threads): the passes format v2 asks of
+    every shard-tokens x 1-layer shard, as kevo_store/shards.py does them. Best of ``reps``."""
     import hashlib
 
-    from numcodecs import Zstd
+    from kevo_store import shards as sh
 
-    from kevo_store.hidden import CHUNK_TOKENS
-
-    codec = Zstd(level=1, checksum=False)
+    h = np.concatenate(blocks)
+    n = len(h) - len(h) % shard_tokens
     best: dict[str, float] = {}
     for r in range(reps):
         root = work / f"stages-{r}"
-        acc = dict.fromkeys(("gather", "zstd", "sha256", "mkdir", "open_write_close"), 0.0)
-        ci = 0
-        for h in blocks:
-            for lo in range(0, len(h) - CHUNK_TOKENS + 1, CHUNK_TOKENS):
-                os.makedirs(root / str(ci), exist_ok=True)
-                for j in range(h.shape[1]):
-                    t0 = time.perf_counter()
-                    c = np.ascontiguousarray(h[lo: lo + CHUNK_TOKENS, j])
-                    t1 = time.perf_counter()
-                    e = codec.encode(c)
-                    t2 = time.perf_counter()
-                    hashlib.sha256(e).hexdigest()
-                    t3 = time.perf_counter()
-                    d = root / str(ci) / str(j)
-                    os.mkdir(d)
-                    t4 = time.perf_counter()
-                    with open(d / "0", "wb", buffering=0) as f:
-                        f.write(e)
-                    t5 = time.perf_counter()
-                    for k, a, b in (("gather", t0, t1), ("zstd", t1, t2), ("sha256", t2, t3), ("mkdir", t3, t4),
-                                    ("open_write_close", t4, t5)):
-                        acc[k] += b - a
-                ci += 1
+        root.mkdir(parents=True, exist_ok=True)
+        acc = dict.fromkeys(("gather", "crc32c", "sha256", "write_fsync"), 0.0)
+        for lo in range(0, n, shard_tokens):
+            for j in range(h.shape[1]):
+                t0 = time.perf_counter()
+                block = np.ascontiguousarray(h[lo: lo + shard_tokens, j])
+                t1 = time.perf_counter()
+                pieces = sh.shard_pieces(block, shard_tokens, chunk_tokens)
+                t2 = time.perf_counter()
+                d = hashlib.sha256()
+                for p in pieces:
+                    d.update(p)
+                t3 = time.perf_counter()
+                fd = os.open(root / f"{lo}-{j}", os.O_WRONLY | os.O_CREAT, 0o644)
+                os.writev(fd, pieces)
+                os.fsync(fd)
+                os.close(fd)
+                t4 = time.perf_counter()
+                for k, a, b in (("gather", t0, t1), ("crc32c", t1, t2), ("sha256", t2, t3), ("write_fsync", t3, t4)):
+                    acc[k] += b - a
         for k, v in acc.items():
             best[k] = min(best.get(k, float("inf")), v)
         shutil.rmtree(root, ignore_errors=True)
-    nbytes = sum(b.nbytes for b in blocks)
+    nbytes = n * h.shape[1] * h.shape[2] * h.itemsize
     total = sum(best.values())
-    return {"seconds": {k: r3(v, 4) for k, v in best.items()}, "total_s": r3(total, 4),
+    return {"seconds": {k: r3(v, 4) for k, v in best.items()}, "total_s": r3(total, 4), "bytes": nbytes,
             "mib_per_s_one_core": r3(nbytes / total / MIB)}
+
+
+def reads(path: Path, work: Path, reps: int, layer: int = 16, n_random: int = 1000) -> dict:
+    """One layer across every token (Store.hidden, checked) vs a raw sequential read of as many bytes;
+    ``n_random`` random tokens at one layer."""
+    from kevo_store import open_store
+
+    rng = np.random.default_rng(1)
+    with open_store(path) as s:
+        n = s.rows("tokens")
+        layer_bytes = n * s.manifest["hidden"]["hidden_size"] * 2
+        raw = work / "raw-read"
+        with open(raw, "wb") as f:
+            f.write(rng.bytes(layer_bytes))
+        times: dict[str, list[float]] = {"store_one_layer": [], "raw_read": [], "store_random_1000": []}
+        for _ in range(reps):
+            s2 = open_store(path)  # a fresh reader: nothing cached in kevo
+            t = time.perf_counter()
+            x = s2.hidden(np.arange(n), layers=[layer])
+            times["store_one_layer"].append(time.perf_counter() - t)
+            assert x.nbytes == layer_bytes
+            s2.close()
+            t = time.perf_counter()
+            with open(raw, "rb", buffering=0) as f:
+                while f.read(8 * MIB):
+                    pass
+            times["raw_read"].append(time.perf_counter() - t)
+            s3 = open_store(path)
+            uids = rng.choice(n, n_random, replace=False)
+            t = time.perf_counter()
+            s3.hidden(uids, layers=[layer])
+            times["store_random_1000"].append(time.perf_counter() - t)
+            s3.close()
+        raw.unlink()
+    best = {k: min(v) for k, v in times.items()}
+    return {"tokens": n, "layer_bytes": layer_bytes, "times_s": {k: [r3(x, 4) for x in v] for k, v in times.items()},
+            "mib_per_s": {"store_one_layer": r3(layer_bytes / best["store_one_layer"] / MIB),
+                          "raw_read": r3(layer_bytes / best["raw_read"] / MIB)},
+            "ratio_store_vs_raw": r3(best["raw_read"] / best["store_one_layer"]),
+            "random_1000_best_s": r3(best["store_random_1000"], 4), "target_ratio": 0.5,
+            "met_target": best["raw_read"] / best["store_one_layer"] >= 0.5}
 
 
 def run(tokens: int, batch_tokens: int, layers: int = 33, d: int = 4096, reps: int = 2) -> dict:
@@ -143,7 +183,11 @@ def run(tokens: int, batch_tokens: int, layers: int = 33, d: int = 4096, reps: i
             stored = sum(p.stat().st_size for p in target.rglob("*") if p.is_file()) if target.is_dir() else None
             if stored is not None:
                 stored_bytes = stored
-            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink()
+            if name == "store_fsync" and r == reps - 1:
+                kept = target  # read below
+            else:
+                shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink()
+    read = reads(kept, work, reps)
     mbps = {k: r3(nbytes / min(v) / MIB) for k, v in times.items()}
     per_stage = stages(blocks, work)
     shutil.rmtree(work, ignore_errors=True)
@@ -156,5 +200,6 @@ def run(tokens: int, batch_tokens: int, layers: int = 33, d: int = 4096, reps: i
         "ratio_store_commit_vs_raw": r3(mbps["store_commit"] / mbps["raw_fsync"]),
         "target_ratio": 0.5,
         "met_target": mbps["store_fsync"] / mbps["raw_fsync"] >= 0.5,
-        "chunk_stages_one_core": per_stage,
+        "shard_stages_one_core": per_stage,
+        "read": read,
     }

@@ -210,7 +210,8 @@ def _organism(q: bool) -> dict:
 def _hidden_write(q: bool) -> dict:
     from bench import hidden_write
 
-    return hidden_write.run(tokens=256 if q else 1024, batch_tokens=128 if q else 256, reps=1 if q else 3)
+    # at least two shards of 2,048 tokens, in batches smaller than a shard (as ingest writes them)
+    return hidden_write.run(tokens=2048 if q else 4096, batch_tokens=256 if q else 512, reps=1 if q else 2)
 
 
 def _queries(q: bool) -> dict:

@@ -41,6 +41,8 @@ class IngestConfig:
     """Hidden-state layers to store: 'all', 'none' or a list like '0,8,16-32' (layers after skipping)."""
     hidden_dtype: str = "auto"
     """Hidden-state storage dtype: auto (bfloat16 for a bfloat16 model, else float16) | float16 | bfloat16."""
+    hidden_codec: str = "none"
+    """Compression of a new store's hidden-state shards: none (activations barely compress) | zstd."""
     dola: bool = False
     """Also compute the paper code's JS variant (layers.js_dola)."""
     capture_prompt: bool = False

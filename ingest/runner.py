@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ingest.background import BackgroundCommits
 from ingest.batch import process_batch
 from ingest.config import IngestConfig, IngestError
 from ingest.datasets.base import Dataset
@@ -258,13 +259,14 @@ def _resolve_device(config: IngestConfig, ctx: RankContext) -> str | None:
     return f"cuda:{ctx.local_rank}" if torch.cuda.is_available() else "cpu"
 
 
-def _open_writer(path: str, meta: dict, adapter, hidden_layers: list[int], hidden_dtype: str):
+def _open_writer(path: str, meta: dict, adapter, hidden_layers: list[int], hidden_dtype: str,
+                 hidden_codec: str = "none"):
     from kevo_store import StoreWriter
 
     # the writer applies the resume policy again, now with what only the loaded model says
     # (its family, template and dimensions); --hidden none: a store without the hidden array
     return StoreWriter(path, meta=meta, hidden_size=adapter.hidden_size if hidden_layers else None,
-                       hidden_layers=hidden_layers or None, hidden_dtype=hidden_dtype)
+                       hidden_layers=hidden_layers or None, hidden_dtype=hidden_dtype, hidden_codec=hidden_codec)
 
 
 def _run_rank(dataset, items, config, ctx, fingerprint, skip, hidden_layers, estimate, echo, adapter,
@@ -297,7 +299,7 @@ def _run_rank(dataset, items, config, ctx, fingerprint, skip, hidden_layers, est
     mine = [it for i, it in enumerate(items) if ctx.owns(i)]
     result = IngestResult(out=config.out, n_items=len(mine), estimate=estimate)
     t0 = time.perf_counter()
-    with _open_writer(out, meta, adapter, hidden_layers, hidden_dtype) as writer:
+    with _open_writer(out, meta, adapter, hidden_layers, hidden_dtype, config.hidden_codec) as writer:
         if config.retry_errors:
             retried = writer.retry_errors([it.key for it in mine])
             if retried:
@@ -316,6 +318,7 @@ def _run_rank(dataset, items, config, ctx, fingerprint, skip, hidden_layers, est
         held: list[dict] = []
         overflow: dict[int, int] = {}
         max_pos, long_warned = _max_positions(adapter), False
+        commits = BackgroundCommits(writer)  # batch k is committed while the model computes batch k+1
         try:
             for start in range(0, len(pending), config.batch_size):
                 batch = pending[start : start + config.batch_size]
@@ -333,7 +336,7 @@ def _run_rank(dataset, items, config, ctx, fingerprint, skip, hidden_layers, est
                         )
                 elif held:
                     rows.errors, held = held + rows.errors, []
-                write_rows(writer, rows)
+                commits.submit(rows)
                 _warn_fp16_overflow(rows.fp16_overflow, overflow, echo)
                 long_warned = long_warned or _warn_positions(rows, config.max_new_tokens, max_pos, echo)
                 result.n_samples += len(rows.samples)
@@ -344,10 +347,12 @@ def _run_rank(dataset, items, config, ctx, fingerprint, skip, hidden_layers, est
                     bar.update(len(batch))
                     el = max(time.perf_counter() - t0, 1e-9)
                     bar.set_postfix_str(f"{gen_tokens / el:.1f} tok/s, {result.n_errors} errors")
+            commits.wait()
             if held:  # fewer than ABORT_AFTER_GENERATE_FAILURES samples in the whole run, all failed
                 write_rows(writer, BatchRows(errors=held))
                 result.n_errors += len(held)
         finally:
+            commits.close()
             if bar is not None:
                 bar.close()
     result.seconds = time.perf_counter() - t0

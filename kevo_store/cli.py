@@ -326,6 +326,20 @@ def compact(store_path: str) -> None:
     click.echo(f"compacted {w.path}: {before} table files -> {after}; {w.n_samples:,} samples, {w.n_tokens:,} tokens")
 
 
+@store.command("upgrade")
+@click.argument("store_path", metavar="STORE")
+def upgrade(store_path: str) -> None:
+    """Rewrite a format v1 store as format v2 (sharded hidden states). kevo reads v1 stores as they are;
+    writers (resume, compact, embed write-back) need v2. Interrupted, run it again."""
+    from .upgrade import upgrade_store
+
+    r = upgrade_store(store_path)
+    if r.upgraded:
+        click.echo(f"upgraded {r.path}: format v{r.from_version} -> v2 ({r.rows:,} hidden-state rows rewritten)")
+    else:
+        click.echo(f"{r.path} is already format v2; nothing to do")
+
+
 @store.command("verify")
 @click.argument("store_path", metavar="STORE")
 @click.option("--quick", is_flag=True, help="Check sizes, footers and counts but skip the sha256 of every file.")

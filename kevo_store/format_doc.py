@@ -10,7 +10,8 @@ from __future__ import annotations
 import pyarrow as pa
 
 from . import schema
-from .hidden import CHUNK_TOKENS
+from .hidden import V1_CHUNK_TOKENS
+from .shards import CHUNK_TOKENS, SHARD_TOKENS
 
 _TYPE = {
     pa.int8(): "int8", pa.int16(): "int16", pa.int32(): "int32", pa.int64(): "int64", pa.float32(): "float32",
@@ -29,11 +30,14 @@ STORE/
   tables/<table>/part-<commit>.parquet   one part per committed batch (while a writer has the store open)
   tables/<table>/data-<commit>-<k>.parquet  compacted files (written when the writer closes)
   derived/<name>/<name>-<commit>.parquet   results written back (e.g. embeddings), manifest "derived"
-  hidden/                            Zarr v3 array of hidden states (absent if none were captured)
-    zarr.json                        array metadata; attributes: logical_dtype, layers
-    c/<token_chunk>/<layer>/0        one chunk = {CHUNK_TOKENS} tokens x 1 layer x D
-    index/idx-<commit>.json          sha256 + size of the chunks each commit wrote (index-<commit>.json after close)
-    tail-<commit>.npy                rows past the last whole chunk while the store is open (< {CHUNK_TOKENS} tokens)
+  hidden/                            Zarr v3 group of hidden states (absent if none were captured)
+    zarr.json                        group metadata
+    hidden/zarr.json                 the array hidden(token, layer, hidden_dim); attributes: logical_dtype, layers
+    hidden/c/<shard>/<layer>/0       one shard = {SHARD_TOKENS} tokens x 1 layer x D (inner chunks of {CHUNK_TOKENS} tokens)
+    hidden/index/shards-<commit>.json  sha256 + size of the files each commit wrote (index-<commit>.json after close)
+    hidden/tail-<commit>.npz         each commit's rows that do not complete a shard, while the store is open
+    token_uid/, sample_id/           coordinates along token: zarr.json + c/<shard> (one chunk per shard)
+    layer/                           coordinate along layer: the model's layer numbers (zarr.json + c/0)
   .lock                              present while a writer holds the store: {{"pid", "host", "since"}}
 ```
 
@@ -51,20 +55,20 @@ STORE/
 
 ## Committing, resuming, locking
 
-Each batch is one commit: its Parquet parts, hidden chunks, chunk index and tail are written under new
+Each batch is one commit: its Parquet parts, hidden shards, chunk index and tail are written under new
 names and hashed, then `manifest.json` is replaced atomically (temporary file + rename). A crash loses at
 most the batch in flight; the next writer deletes the files no manifest names (the crashed batch's) and
 resumes by `sample_key` (samples and errors already committed are skipped); `kevo store compact`
 finishes such a store without adding data. Committed files are never
 rewritten. One writer at a time: `.lock` is created with O_EXCL; a lock whose process is gone (same host)
 is broken with a message. Closing compacts each table's parts into files of up to 2^26 rows
-(row groups of 2^20), writes the last partial hidden chunk and merges the chunk index, in one more
+(row groups of 2^20), writes the last partial hidden shard and merges the chunk index, in one more
 commit; the replaced files are deleted after it. Readers see a snapshot: the files named by the
 manifest they opened. A reader opened before a writer closed may therefore find compacted-away parts
-gone; opening the store again picks up the new manifest. Durability: Parquet files, the chunk index,
-the tail and the manifest are fsynced before the commit; hidden chunk files are not (a flush per
-64 tokens x 1 layer would dominate the write time), so a process crash (even SIGKILL) is always
-safe, and after a power failure `kevo store verify` tells whether any chunk was lost.
+gone; opening the store again picks up the new manifest. Durability: every file a commit names
+(Parquet files, hidden shards, the chunk index, the tails) is fsynced before the manifest, and the
+manifest itself before the commit counts, so neither a process crash (even SIGKILL) nor a power
+failure leaves a committed store pointing at data that is not on disk.
 
 ## manifest.json
 
@@ -80,18 +84,41 @@ safe, and after a power failure `kevo store verify` tells whether any chunk was 
 | `capture` | which tokens/layers were captured, and other capture choices |
 | `tables.<t>` | `files` (store-relative paths) and `rows` of each table |
 | `derived.<name>` | `files`, `rows`, `params` (the parameters that produced it), `created` |
-| `hidden` | null, or `layers` (axis 1 of the array, as layer numbers), `hidden_size`, `dtype` (stored: float16 or uint16), `logical_dtype` (float16 or bfloat16), `chunk_tokens`, `rows` (= tokens), `zarr_rows` (rows in the array; the rest are in `tail`), `tail`, `index` |
-| `files.<path>` | `sha256`, `size` in bytes, `rows` (Parquet) of every file of the store except `hidden/zarr.json` (checked by structure) and the chunks (checksummed in the chunk index, which is itself in `files`) |
+| `hidden` | null, or `layers` (axis 1 of the array, as layer numbers), `hidden_size`, `dtype` (stored: float16 or uint16), `logical_dtype` (float16 or bfloat16), `shard_tokens`, `chunk_tokens`, `codec` (`none` or `zstd`), `rows` (= tokens), `zarr_rows` (rows in the arrays; the rest are in `tails`), `tails`, `index` |
+| `files.<path>` | `sha256`, `size` in bytes, `rows` (Parquet) of every file of the store except the group's `zarr.json` files (checked by structure) and the shards and coordinate chunks (checksummed in the chunk index, which is itself in `files`) |
 | `next_sample_id`, `next_token_uid` | the ids the next batch starts from |
 | `partial` | only in a partial pull (`kevo store pull --tables/--layers/--no-hidden`): `source` (the URL), `omitted_tables`, `hidden_layers` (the layers whose chunks were pulled; null = all, [] = none). Every other entry is the source's, so `verify` knows what is missing on purpose; readers make no view of an omitted table and refuse hidden states of an omitted layer; writers refuse the store |
 
 ## Hidden states
 
-`hidden` is a Zarr v3 array of shape (tokens, len(hidden.layers), D), chunks ({CHUNK_TOKENS}, 1, D), zstd level 1,
-dimension names (token, layer, hidden). Row i is token_uid i; axis 1 follows `hidden.layers`. float16 is stored
-as float16; bfloat16 as its uint16 bit pattern with attribute `logical_dtype: "bfloat16"` (`Store.hidden`
-returns float32 for it, exactly). While a writer has the store open, rows past the last whole chunk live in
-`tail-<commit>.npy` and `zarr.json`'s shape may run ahead of the manifest (readers trust the manifest).
+`hidden` is a Zarr v3 group, readable by any Zarr v3 reader (`xarray.open_zarr("STORE/hidden", consolidated=False)` gives a Dataset;
+`Store.hidden_xarray()` a lazy dask-backed DataArray). Its array `hidden` has shape (tokens, len(hidden.layers), D)
+and dimension names (token, layer, hidden_dim: a dimension named like the variable would make xarray
+take the variable for a coordinate); row i is token_uid i; axis 1 follows `hidden.layers`. Coordinates:
+`token_uid` and `sample_id` (int64, along token; named in the array's `coordinates` attribute) and `layer`
+(int64, the model's layer numbers). float16 is stored as float16; bfloat16 as its uint16 bit pattern with
+attribute `logical_dtype: "bfloat16"` (`Store.hidden` and `hidden_xarray` return float32 for it, exactly; a
+plain Zarr reader sees the uint16 bits: `(bits.astype(uint32) << 16).view(float32)`).
+
+The array uses Zarr's sharding codec: one shard file per `shard_tokens` tokens x 1 layer (default {SHARD_TOKENS}),
+inner chunks of `chunk_tokens` tokens x 1 layer (default {CHUNK_TOKENS}), so one file holds many chunks while the
+read unit stays one layer across many tokens. Inner chunk codecs: `bytes` (little endian), then `crc32c`;
+with `kevo ingest --hidden-codec zstd`, `bytes`, `zstd` (level 1), `crc32c`. The shard index (at the end of the
+file) carries its own crc32c. So every byte of a shard is covered by a crc32c that is checked whenever it is
+read, and each whole shard has a sha256 in the chunk index (checked by `kevo store verify` and by pull).
+Every read by `Store.hidden` also checks that each shard it touches exists as a regular file of the size the
+index gives, and fails naming the shard otherwise.
+
+While a writer has the store open, only whole shards are in the arrays: each commit's rows that do not complete
+a shard are kept in its `hidden/hidden/tail-<commit>.npz` (arrays `hidden` and `sample_id`), and the commit that completes the
+shard drops the tails. The arrays' `zarr.json` shapes may run ahead of the manifest after a crash (readers trust
+the manifest's `zarr_rows`; a plain Zarr reader sees the shard-aligned rows of an open store, every row of a closed one).
+
+Format v1 (`chunk_tokens` 64, no `shard_tokens`): `hidden` was a bare Zarr array, chunks ({V1_CHUNK_TOKENS}, 1, D),
+zstd level 1, files `hidden/c/<token_chunk>/<layer>/0`, a single `tail-<commit>.npy`, and index parts
+`index/idx-<commit>.json`. kevo reads v1 stores as they are (each chunk checked against its sha256 on read);
+writers refuse them: `kevo store upgrade STORE` rewrites one as v2 in place (one commit; run it again if
+it was interrupted).
 
 ## Tables
 """
@@ -119,7 +146,7 @@ def render() -> str:
                  "exposed as views like the tables above.\n")
     for name, sch in schema.DERIVED_TABLES.items():
         parts.append(_table(name, sch))
-    parts.append("## Format notes\n\nChanges within format v1, oldest first.\n\n"
+    parts.append("## Format notes\n\nChanges within a format version, oldest first.\n\n"
                  + "".join(f"- {n}\n" for n in schema.FORMAT_NOTES))
     return "\n".join(parts)
 

@@ -1,27 +1,38 @@
-"""The Zarr v3 array ``hidden``: hidden states, (token_uid, layer, hidden), chunks (64, 1, D).
+"""Hidden states: the commit protocol on top of format v2's sharded Zarr group (``shards``), and
+reading both formats.
 
-Chunks hold 64 tokens x 1 layer x the full hidden size, so reading one layer across many tokens
-(the clustering and embedding analyses) touches one chunk per 64 tokens. bfloat16 is kept as its
-uint16 bit pattern (zarr v3 has no bfloat16) with ``logical_dtype: bfloat16`` in the attributes;
-float16 is stored as float16.
+Format v2 (``shards`` holds the byte layout): a Zarr v3 group ``hidden`` whose array ``hidden``
+(token, layer, hidden) is sharded, one shard file = ``shard_tokens`` tokens x 1 layer. Format v1 (read
+only; ``kevo store upgrade`` rewrites it as v2): a bare Zarr array ``hidden``, one zstd chunk file per
+64 tokens x 1 layer. bfloat16 is kept as its uint16 bit pattern (zarr v3 has no bfloat16) with
+``logical_dtype: bfloat16`` in the attributes; float16 is stored as float16.
 
 Commit protocol (crash safety without ever rewriting a committed file):
 
-- Only whole chunks are written during ingest. The rows past the last whole chunk (the *tail*, fewer
-  than 64 tokens) are saved with each commit as a small ``tail-<commit>.npy`` that the manifest
-  names; the next commit replaces it. ``zarr_rows`` (a multiple of 64 while the store is open) is
-  how many rows live in the Zarr array, ``rows`` how many the store has.
-- Each commit writes an index part ``index/idx-<commit>.json`` with the sha256 and size of every
-  chunk it wrote, so only new chunks are hashed; the manifest names the index parts (with their
+- Only whole shards are written during ingest. Each commit's rows that do not complete a shard are
+  saved as ``hidden/tail-<commit>.npz`` (its hidden rows and their sample ids), named by the manifest's
+  ``hidden.tails``; the tails are dropped in the commit that writes their rows' shard. So a row is
+  written at most twice (tail, then shard) and never rewritten. ``zarr_rows`` (a multiple of
+  ``shard_tokens`` while the store is open) is how many rows live in the arrays, ``rows`` how many
+  the store has.
+- Each commit that writes shards writes an index part ``hidden/index/shards-<commit>.json`` (inside the
+  array's directory, where Zarr readers do not look) with the sha256
+  and size of every file it wrote (hashed from memory); the manifest names the index parts (with their
   own checksums). Closing merges them into one index.
-- ``zarr.json``'s shape may run ahead of the manifest after a crash (it is resized before the
-  chunks are written); readers trust the manifest's row counts, and the next writer shrinks it
-  back and deletes the orphan chunks. On close the last partial chunk is written and the shape
-  becomes exactly ``rows``.
+- Shards, tails, index parts and the manifest are fsynced before the commit point (the manifest's
+  atomic replacement): data first, then the commit record.
+- The arrays' ``zarr.json`` shapes may run ahead of the manifest after a crash; readers trust the
+  manifest's row counts, and the next writer shrinks them back and deletes the orphan files. On close
+  the last partial shard is written and the shapes become exactly ``rows``.
+- Every read checks what it reads: each shard it touches must exist as a regular file of the size
+  the index gives (else the read fails naming it), and Zarr checks the crc32c of every inner chunk
+  and shard index it decodes (a mismatch fails naming the shard). v1 chunks are checked against their
+  sha256 on read.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -29,17 +40,19 @@ from typing import Any
 
 import numpy as np
 
+from . import shards as sh
 from .errors import CorruptStoreError, KevoError, SchemaError, StoreError
 from .fs import LocalFS, StoreFS
 
 HIDDEN_DIR = "hidden"
-CHUNK_TOKENS = 64
+# v2's own files beside the shards (chunk index parts, tails): in the array's directory, which Zarr
+# readers never list (a stray directory in the group would be reported by xarray.open_zarr)
+META_DIR = f"{HIDDEN_DIR}/{sh.ARRAY}"
+V1_CHUNK_TOKENS = 64
 LOGICAL_DTYPES = {"float16": "float16", "bfloat16": "uint16"}
-# Threads encoding and writing chunks: one per core (more only queue on the same cores).
+# Threads gathering, hashing and writing shards: one per core (more only queue on the same cores).
 WRITE_THREADS = max(1, min(8, os.cpu_count() or 1))
-# The codecs create_array writes into zarr.json; the writer's own chunk encoder reproduces exactly these.
-DIRECT_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}},
-                 {"name": "zstd", "configuration": {"level": 1, "checksum": False}}]
+UPGRADE_HINT = "run `kevo store upgrade {root}` to rewrite it in format v2"
 
 
 def float32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
@@ -82,262 +95,258 @@ def to_storage(h: Any, logical_dtype: str, shape_tail: tuple[int, int]) -> np.nd
                       "(tensor.view(torch.uint16).numpy()) or float32")
 
 
-def chunk_keys(start_chunk: int, stop_chunk: int, n_layers: int) -> list[str]:
-    """Chunk files (relative to hidden/) of token chunks [start, stop), every layer."""
-    return [f"c/{i}/{j}/0" for i in range(start_chunk, stop_chunk) for j in range(n_layers)]
+def is_v2(sec: dict[str, Any]) -> bool:
+    return "shard_tokens" in sec
 
 
-def new_section(layers: list[int], hidden_size: int, logical_dtype: str) -> dict[str, Any]:
+def new_section(layers: list[int], hidden_size: int, logical_dtype: str, codec: str = "none",
+                shard_tokens: int | None = None, chunk_tokens: int | None = None) -> dict[str, Any]:
+    st = int(shard_tokens or sh.SHARD_TOKENS)
+    ct = int(chunk_tokens or min(sh.CHUNK_TOKENS, st))
+    if codec not in sh.CODECS:
+        raise StoreError(f"hidden codec must be one of {list(sh.CODECS)}, not {codec!r}")
+    if st <= 0 or ct <= 0 or st % ct:
+        raise StoreError(f"shard_tokens ({st}) must be a positive multiple of chunk_tokens ({ct})")
     return {
         "path": HIDDEN_DIR,
         "dtype": LOGICAL_DTYPES[logical_dtype],
         "logical_dtype": logical_dtype,
         "layers": [int(x) for x in layers],
         "hidden_size": int(hidden_size),
-        "chunk_tokens": CHUNK_TOKENS,
+        "shard_tokens": st,
+        "chunk_tokens": ct,
+        "codec": codec,
         "rows": 0,
         "zarr_rows": 0,
-        "tail": None,
+        "tails": [],
         "index": [],
     }
 
 
-def create_array(fs: LocalFS, sec: dict[str, Any]) -> None:
-    import zarr
-    from zarr.codecs import ZstdCodec
-
-    nl, d = len(sec["layers"]), sec["hidden_size"]
-    zarr.create_array(
-        store=fs.zarr_store(HIDDEN_DIR, read_only=False),
-        shape=(0, nl, d),
-        chunks=(CHUNK_TOKENS, 1, d),
-        dtype=sec["dtype"],
-        fill_value=0,
-        # level 1: activations barely compress; spend no CPU on trying harder
-        compressors=ZstdCodec(level=1),
-        chunk_key_encoding={"name": "default", "separator": "/"},
-        dimension_names=("token", "layer", "hidden"),
-        attributes={"logical_dtype": sec["logical_dtype"], "layers": sec["layers"],
-                    "about": "kevo hidden states: row = token_uid, axis 1 = the manifest's hidden.layers"},
-        config={"write_empty_chunks": True},
-        overwrite=True,
-    )
+def create(fs: LocalFS, sec: dict[str, Any]) -> dict[str, dict]:
+    """Write the empty group into ``fs`` and its first index part into ``sec``; returns the manifest
+    file entries to add."""
+    files: dict[str, dict] = {}
+    HiddenWriter._write_index_to(fs, 0, sh.create_group(fs, sec), sec, files)
+    return files
 
 
-def open_array(fs: StoreFS, read_only: bool = True):
-    import zarr
-
-    if read_only:  # a store may be someone else's; only plain numbers, standard codecs
-        from .share.safety import check_zarr_metadata, parse_manifest
-
-        rel = f"{HIDDEN_DIR}/zarr.json"
-        try:
-            meta = fs.read_bytes(rel)
-        except FileNotFoundError:
-            meta = None  # reported below by zarr, with the store's wording
-        if meta is not None:
-            check_zarr_metadata(parse_manifest(meta, fs.full(rel)), fs.full(rel))
-    try:
-        return zarr.open_array(store=fs.zarr_store(HIDDEN_DIR, read_only=read_only), mode="r" if read_only else "r+",
-                               zarr_format=3)
-    except Exception as e:  # zarr raises several types for a missing/damaged zarr.json
-        raise StoreError(f"{fs.full(HIDDEN_DIR)}: cannot open the Zarr array ({type(e).__name__}: {e})") from None
+def _load_npz(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        return z["hidden"], z["sample_id"]
 
 
-def load_tail(fs: StoreFS, rel: str) -> np.ndarray:
-    return np.load(io.BytesIO(fs.read_bytes(rel)), allow_pickle=False)
+def _tail_bytes(h: np.ndarray, sid: np.ndarray) -> bytes:
+    bio = io.BytesIO()
+    np.savez(bio, hidden=np.ascontiguousarray(h), sample_id=np.asarray(sid, dtype=np.int64))
+    return bio.getvalue()
+
+
+def _cat(parts: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
+    return np.concatenate(parts) if len(parts) > 1 else (parts[0] if parts else empty)
 
 
 class HiddenWriter:
-    """Buffers hidden rows and writes whole chunks; see the module docstring for the protocol."""
+    """Buffers hidden rows and writes whole shards; see the module docstring for the protocol."""
 
     def __init__(self, fs: LocalFS, sec: dict[str, Any]):
+        if not is_v2(sec):
+            raise StoreError(f"{fs.root} keeps its hidden states in store format v1, which this kevo reads but "
+                             f"does not extend: {UPGRADE_HINT.format(root=fs.root)}")
         self.fs = fs
         self.sec = sec  # the committed section; replaced by stage()'s result on commit
         self.nl = len(sec["layers"])
         self.d = sec["hidden_size"]
-        self.arr = open_array(fs, read_only=False)
-        base = sec["zarr_rows"]
-        self._base = base  # first buffered row
-        self._bufs: list[np.ndarray] = []
-        if sec.get("tail"):
-            self._bufs.append(load_tail(fs, sec["tail"]))
-        self._pending_rows = sum(len(b) for b in self._bufs)
-        if base + self._pending_rows != sec["rows"]:
-            raise StoreError(f"{fs.root}: hidden rows {base}+{self._pending_rows} do not match the manifest's "
-                             f"{sec['rows']}")
+        self.st = sec["shard_tokens"]
+        self.ct = sec["chunk_tokens"]
+        self._empty = np.empty((0, self.nl, self.d), dtype=np.dtype(sec["dtype"]))
+        self._base = sec["zarr_rows"]  # first buffered row
+        self._h: list[np.ndarray] = []
+        self._s: list[np.ndarray] = []
+        for rel in sec.get("tails") or []:
+            h, s = _load_npz(fs.read_bytes(rel))
+            self._h.append(h)
+            self._s.append(s)
+        self._committed_rows = sum(len(b) for b in self._h)  # buffered rows already in committed tails
+        self._committed_parts = len(self._h)  # ... and the buffered parts that hold them
+        self._pending_rows = self._committed_rows
+        if self._base + self._pending_rows != sec["rows"]:
+            raise StoreError(f"{fs.root}: hidden rows {self._base}+{self._pending_rows} do not match the "
+                             f"manifest's {sec['rows']}")
 
     @property
     def rows(self) -> int:
         return self._base + self._pending_rows
 
-    @property
-    def _direct(self) -> bool:
-        """Encode chunks here rather than through zarr's per-chunk async pipeline (about 5x faster),
-        when the array uses exactly the codecs written by create_array."""
-        if not hasattr(self, "_direct_ok"):
-            codecs = json.loads(self.fs.read_bytes(f"{HIDDEN_DIR}/zarr.json")).get("codecs")
-            self._direct_ok = codecs == DIRECT_CODECS
-        return self._direct_ok
-
-    def _write_chunks_direct(self, start: int, stop: int, data: np.ndarray) -> dict[str, list]:
-        """Write chunk files [start, stop) (start on a chunk boundary) as Zarr v3 would: C-order
-        little-endian bytes, zstd level 1, the edge chunk padded with the fill value 0. Returns the
-        chunk index (sha256 and size of every file), hashed from memory.
-
-        Each chunk is touched once per pass that the format needs: one gather of its 64 rows into a
-        contiguous block (the rows are strided across layers), zstd, sha256 of the compressed bytes, one
-        write. zstd and sha256 release the GIL, so the jobs run in WRITE_THREADS threads."""
-        import hashlib
-        from concurrent.futures import ThreadPoolExecutor
-
-        from numcodecs import Zstd
-
-        codec = Zstd(level=1, checksum=False)
-        dt = data.dtype.newbyteorder("<")
-        first, last = start // CHUNK_TOKENS, -(-stop // CHUNK_TOKENS)
-        root = self.fs.full(f"{HIDDEN_DIR}/c")
-        for ci in range(first, last):  # the directories once, not per chunk
-            os.makedirs(os.path.join(root, str(ci)), exist_ok=True)
-
-        def one(job: tuple[int, int]) -> tuple[str, list]:
-            ci, j = job
-            lo = ci * CHUNK_TOKENS - start
-            block = data[lo: lo + CHUNK_TOKENS, j, :]
-            if len(block) == CHUNK_TOKENS:  # same bytes as a (64, 1, D) chunk: one contiguous copy
-                chunk = np.ascontiguousarray(block, dtype=dt)
-            else:  # the edge chunk, padded with the fill value
-                chunk = np.zeros((CHUNK_TOKENS, self.d), dtype=dt)
-                chunk[: len(block)] = block
-            enc = bytes(codec.encode(chunk))  # numcodecs returns bytes already: no copy
-            d = os.path.join(root, str(ci), str(j))
-            try:
-                os.mkdir(d)
-            except FileExistsError:
-                pass
-            with open(os.path.join(d, "0"), "wb", buffering=0) as f:
-                f.write(enc)
-            return f"c/{ci}/{j}/0", [hashlib.sha256(enc).hexdigest(), len(enc)]
-
-        jobs = [(ci, j) for ci in range(first, last) for j in range(self.nl)]
-        if WRITE_THREADS <= 1 or len(jobs) == 1:
-            return dict(map(one, jobs))
-        with ThreadPoolExecutor(max_workers=WRITE_THREADS) as ex:
-            return dict(ex.map(one, jobs))
-
     def recover(self) -> None:
-        """Undo what a crashed commit left: shrink zarr.json to the committed rows, drop orphan chunks."""
-        zr = self.sec["zarr_rows"]
-        if self.arr.shape[0] != zr:
-            self.arr.resize((zr, self.nl, self.d))
-        first_orphan = -(-zr // CHUNK_TOKENS)
-        for name in self.fs.listdir(f"{HIDDEN_DIR}/c"):
-            if name.isdigit() and int(name) >= first_orphan:
-                self.fs.rmtree(f"{HIDDEN_DIR}/c/{name}")
-        committed = set(self.sec["index"]) | ({self.sec["tail"]} if self.sec.get("tail") else set())
-        for name in self.fs.listdir(f"{HIDDEN_DIR}/index"):
-            if f"{HIDDEN_DIR}/index/{name}" not in committed:
-                self.fs.remove(f"{HIDDEN_DIR}/index/{name}")
-        for name in self.fs.listdir(HIDDEN_DIR):
-            stray_tail = name.startswith("tail-") and f"{HIDDEN_DIR}/{name}" not in committed
-            if stray_tail or name.endswith(".partial"):  # .partial: zarr's own temporary zarr.json
-                self.fs.remove(f"{HIDDEN_DIR}/{name}")
+        """Undo what a crashed commit left: shapes back to the committed rows, orphan files removed."""
+        fs, zr = self.fs, self.sec["zarr_rows"]
+        sh.set_rows(fs, zr)
+        first_orphan = -(-zr // self.st)
+        for arr in (sh.ARRAY, *sh.COORDS):
+            for name in fs.listdir(f"{HIDDEN_DIR}/{arr}/c"):
+                if name.isdigit() and int(name) >= first_orphan:
+                    (fs.rmtree if arr == sh.ARRAY else fs.remove)(f"{HIDDEN_DIR}/{arr}/c/{name}")
+        committed = set(self.sec["index"]) | set(self.sec.get("tails") or [])
+        for name in fs.listdir(f"{META_DIR}/index"):
+            if f"{META_DIR}/index/{name}" not in committed:
+                fs.remove(f"{META_DIR}/index/{name}")
+        for d in (HIDDEN_DIR, *(f"{HIDDEN_DIR}/{a}" for a in (sh.ARRAY, *sh.COORDS, sh.LAYER))):
+            for name in fs.listdir(d):
+                stray_tail = name.startswith("tail-") and f"{d}/{name}" not in committed
+                if stray_tail or ".tmp-" in name:
+                    fs.remove(f"{d}/{name}")
 
     def reopen_partial(self) -> bool:
-        """A closed store ends in a partial chunk; turn it back into a tail so no chunk is rewritten.
-
-        Returns True if the caller must commit (the section changed)."""
+        """A closed store ends in a partial shard; its rows become a tail again, so that the shard is
+        written whole later (the partial shard's files are no longer named then). Returns True if the
+        caller must commit (the section changed)."""
         zr = self.sec["zarr_rows"]
-        if zr % CHUNK_TOKENS == 0 or self._pending_rows:
+        if zr % self.st == 0 or self._pending_rows:
             return False
-        start = zr - zr % CHUNK_TOKENS
-        self._bufs = [np.asarray(self.arr[start:zr])]
+        start = zr - zr % self.st
+        r = HiddenReader(self.fs, self.sec)
+        uids = np.arange(start, zr)
+        self._h = [r.read_stored(uids)]
+        self._s = [r.sample_ids(start, zr)]
         self._base = start
+        self._committed_rows = self._committed_parts = 0
         self._pending_rows = zr - start
         return True
 
-    def append(self, h: np.ndarray) -> None:
-        self._bufs.append(h)
+    def append(self, h: np.ndarray, sample_ids: np.ndarray) -> None:
+        if len(sample_ids) != len(h):
+            raise SchemaError(f"hidden has {len(h)} rows but {len(sample_ids)} sample ids")
+        self._h.append(h)
+        self._s.append(np.asarray(sample_ids, dtype=np.int64))
         self._pending_rows += len(h)
 
-    def stage(self, commit: int) -> tuple[dict[str, Any], dict[str, dict], list[str]]:
-        """Write whole chunks, the chunk index part and the tail for ``commit``.
+    def _write_shards(self, first: int, last: int, h: np.ndarray, sid: np.ndarray, stop: int) -> dict[str, list]:
+        """Write shards [first, last) from rows ``h`` (starting at shard ``first``'s first row), ``stop``
+        the array's row count after them. Returns the index entries of every file written."""
+        from concurrent.futures import ThreadPoolExecutor
 
-        Returns (new hidden section, files to add to the manifest, files made obsolete by it)."""
-        sec = dict(self.sec)
-        files: dict[str, dict] = {}
-        obsolete: list[str] = []
-        buf = np.concatenate(self._bufs) if len(self._bufs) > 1 else (self._bufs[0] if self._bufs else None)
-        total = self.rows
-        n_full = (total // CHUNK_TOKENS) * CHUNK_TOKENS
-        if n_full > self._base:
-            self._write_rows(self._base, n_full, buf[: n_full - self._base], commit, sec, files)
-        sec["zarr_rows"] = max(n_full, self._base)
-        rest = buf[sec["zarr_rows"] - self._base:] if buf is not None else None
-        if self.sec.get("tail"):
-            obsolete.append(self.sec["tail"])
-        if rest is not None and len(rest):
-            rel = f"{HIDDEN_DIR}/tail-{commit:06d}.npy"
-            bio = io.BytesIO()
-            np.save(bio, np.ascontiguousarray(rest), allow_pickle=False)
-            self.fs.write_atomic(rel, bio.getvalue())
-            sha, size = self.fs.sha256(rel)
-            files[rel] = {"sha256": sha, "size": size}
-            sec["tail"] = rel
-        else:
-            sec["tail"] = None
-        sec["rows"] = total
-        self._staged = (sec["zarr_rows"], rest)
-        return sec, files, obsolete
+        st, fs, g = self.st, self.fs, HIDDEN_DIR
+        sh.set_rows(fs, max(stop, self.sec["zarr_rows"]))
+        if self.sec.get("codec", "none") != "none":  # compressed: Zarr's own codec pipeline
+            import zarr
 
-    def _write_rows(self, start: int, stop: int, data: np.ndarray, commit: int, sec: dict, files: dict) -> None:
-        if self.arr.shape[0] < stop:
-            self.arr.resize((stop, self.nl, self.d))
-        if self._direct:
-            index = self._write_chunks_direct(start, stop, data)
-        else:
-            self.arr[start:stop] = data
+            with zarr.config.set({"array.write_empty_chunks": True}):  # every shard a file, as indexed
+                arr = zarr.open_array(store=fs.zarr_store(f"{g}/{sh.ARRAY}", read_only=False), mode="r+",
+                                      zarr_format=3)
+                arr[first * st: first * st + len(h)] = h
             index = {}
-            for k in chunk_keys(start // CHUNK_TOKENS, -(-stop // CHUNK_TOKENS), self.nl):
-                sha, size = self.fs.sha256(f"{HIDDEN_DIR}/{k}")
-                index[k] = [sha, size]
-        self.fs.makedirs(f"{HIDDEN_DIR}/index")
-        rel = f"{HIDDEN_DIR}/index/idx-{commit:06d}.json"
-        self.fs.write_atomic(rel, json.dumps({"chunks": index}, separators=(",", ":")).encode())
-        sha, size = self.fs.sha256(rel)
+            for s in range(first, last):
+                for j in range(self.nl):
+                    k = sh.shard_key(s, j)
+                    index[k] = list(fs.sha256(f"{g}/{k}"))
+                    fs.fsync_file(f"{g}/{k}")
+        else:
+            dt = h.dtype.newbyteorder("<")
+
+            def one(job: tuple[int, int]) -> tuple[str, list]:
+                s, j = job
+                lo = (s - first) * st
+                rows = h[lo: lo + st, j, :]
+                block = np.zeros((st, self.d), dtype=dt)  # one gather of the strided rows, padded with 0
+                block[: len(rows)] = rows
+                k = sh.shard_key(s, j)
+                return k, sh.write_file(fs, f"{g}/{k}", sh.shard_pieces(block, len(rows), self.ct))
+
+            jobs = [(s, j) for s in range(first, last) for j in range(self.nl)]
+            if WRITE_THREADS <= 1 or len(jobs) == 1:
+                index = dict(map(one, jobs))
+            else:
+                with ThreadPoolExecutor(max_workers=WRITE_THREADS) as ex:
+                    index = dict(ex.map(one, jobs))
+        for s in range(first, last):
+            lo = (s - first) * st
+            uids = np.arange(s * st, min(s * st + st, first * st + len(h)), dtype=np.int64)
+            for name, vals in (("token_uid", uids), ("sample_id", sid[lo: lo + st])):
+                k = sh.coord_key(name, s)
+                index[k] = sh.write_file(fs, f"{g}/{k}", sh.coord_pieces(vals, st))
+        return index
+
+    def _write_index(self, commit: int, index: dict, sec: dict, files: dict) -> None:
+        self._write_index_to(self.fs, commit, index, sec, files)
+
+    @staticmethod
+    def _write_index_to(fs: LocalFS, commit: int, index: dict, sec: dict, files: dict) -> None:
+        fs.makedirs(f"{META_DIR}/index")
+        rel = f"{META_DIR}/index/shards-{commit:06d}.json"
+        fs.write_atomic(rel, json.dumps({"chunks": index}, separators=(",", ":")).encode())
+        sha, size = fs.sha256(rel)
         files[rel] = {"sha256": sha, "size": size}
         sec["index"] = list(sec["index"]) + [rel]
 
+    def stage(self, commit: int) -> tuple[dict[str, Any], dict[str, dict], list[str]]:
+        """Write the shards this commit completes, their index part and a tail of this commit's other rows.
+
+        Returns (new hidden section, files to add to the manifest, files made obsolete by it)."""
+        sec = dict(self.sec)
+        sec["tails"] = list(sec.get("tails") or [])
+        sec["zarr_rows"] = self._base
+        files: dict[str, dict] = {}
+        obsolete: list[str] = []
+        total = self.rows
+        n_full = (total // self.st) * self.st
+        if n_full > self._base:  # shards complete: the whole buffer, once per shard
+            h = _cat(self._h, self._empty)
+            sid = _cat(self._s, np.empty(0, np.int64))
+            idx = self._write_shards(self._base // self.st, n_full // self.st, h[: n_full - self._base],
+                                     sid[: n_full - self._base], n_full)
+            self._write_index(commit, idx, sec, files)
+            obsolete.extend(sec["tails"])
+            sec["tails"] = []
+            sec["zarr_rows"] = n_full
+            # the rows past the shards all came with this commit (the old tails held less than a shard)
+            new_h, new_s = h[n_full - self._base:], sid[n_full - self._base:]
+            keep_h, keep_s = ([new_h], [new_s]) if len(new_h) else ([], [])
+        else:  # only this commit's rows are new: no copy of the rows already in committed tails
+            new_h = _cat(self._h[self._committed_parts:], self._empty)
+            new_s = _cat(self._s[self._committed_parts:], np.empty(0, np.int64))
+            keep_h, keep_s = list(self._h), list(self._s)
+        if len(new_h):
+            rel = f"{META_DIR}/tail-{commit:06d}.npz"
+            data = _tail_bytes(new_h, new_s)
+            self.fs.write_atomic(rel, data)
+            files[rel] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}  # hashed from memory
+            sec["tails"].append(rel)
+        sec["rows"] = total
+        self._staged = (sec["zarr_rows"], keep_h, keep_s)
+        return sec, files, obsolete
+
     def committed(self, sec: dict[str, Any]) -> None:
         """The manifest naming ``sec`` is on disk: move the buffer forward."""
-        zr, rest = self._staged
+        zr, hs, ss = self._staged
         self.sec = sec
         self._base = zr
-        self._bufs = [rest] if rest is not None and len(rest) else []
-        self._pending_rows = len(rest) if rest is not None else 0
+        self._h, self._s = hs, ss
+        self._committed_parts = len(hs)  # every buffered part is in a committed tail now
+        self._pending_rows = self._committed_rows = sum(len(x) for x in hs)
 
     def stage_close(self, commit: int) -> tuple[dict[str, Any], dict[str, dict], list[str]]:
-        """Write the final partial chunk, set the exact shape, merge the chunk index into one file."""
+        """Write the final partial shard, set the exact shapes, merge the index into one file."""
         sec = dict(self.sec)
         files: dict[str, dict] = {}
         obsolete: list[str] = []
         if self._pending_rows:
-            buf = np.concatenate(self._bufs)
-            self._write_rows(self._base, self.rows, buf, commit, sec, files)
-            if sec.get("tail"):
-                obsolete.append(sec["tail"])
-            sec["tail"] = None
-            sec["zarr_rows"] = self.rows
-        if self.arr.shape[0] != sec["zarr_rows"]:
-            self.arr.resize((sec["zarr_rows"], self.nl, self.d))
+            h = _cat(self._h, self._empty)
+            sid = _cat(self._s, np.empty(0, np.int64))
+            first, last = self._base // self.st, -(-self.rows // self.st)
+            idx = self._write_shards(first, last, h, sid, self.rows)
+            self._write_index(commit, idx, sec, files)
+            obsolete.extend(sec.get("tails") or [])
+            sec["tails"] = []
+            sec["zarr_rows"] = sec["rows"] = self.rows
+        sh.set_rows(self.fs, sec["zarr_rows"])
         if len(sec["index"]) > 1:
             merged: dict[str, Any] = {}
             for rel in sec["index"]:
                 merged.update(json.loads(self.fs.read_bytes(rel))["chunks"])
-            n_chunks = -(-sec["zarr_rows"] // CHUNK_TOKENS)
-            valid = set(chunk_keys(0, n_chunks, self.nl))
+            valid = set(expected_keys(sec))
             merged = {k: v for k, v in merged.items() if k in valid}
-            rel = f"{HIDDEN_DIR}/index/index-{commit:06d}.json"
+            rel = f"{META_DIR}/index/index-{commit:06d}.json"
             self.fs.write_atomic(rel, json.dumps({"chunks": merged}, separators=(",", ":")).encode())
             sha, size = self.fs.sha256(rel)
             files[rel] = {"sha256": sha, "size": size}
@@ -345,48 +354,196 @@ class HiddenWriter:
             for r in obsolete:  # an index part written by this very close is merged too
                 files.pop(r, None)
             sec["index"] = [rel]
-        self._staged = (sec["zarr_rows"], None)
+        self._staged = (sec["zarr_rows"], [], [])
         return sec, files, obsolete
 
 
-class HiddenReader:
-    """Reads rows of ``hidden`` by token_uid, from the Zarr array and the committed tail."""
+def expected_keys(sec: dict[str, Any]) -> list[str]:
+    """Every file (relative to hidden/) that the chunk index must name for the section's array rows."""
+    nl, zr = len(sec["layers"]), sec["zarr_rows"]
+    if is_v2(sec):
+        return sh.keys_for(range(-(-zr // sec["shard_tokens"])), nl) + [sh.coord_key(sh.LAYER, 0)]
+    return [f"c/{i}/{j}/0" for i in range(-(-zr // V1_CHUNK_TOKENS)) for j in range(nl)]
 
-    def __init__(self, fs: StoreFS, sec: dict[str, Any]):
+
+def layer_of_key(sec: dict[str, Any], key: str) -> int | None:
+    """Axis-1 position of the layer a chunk-index key (relative to hidden/) belongs to; None for files
+    every layer needs (the coordinates)."""
+    parts = key.split("/")
+    if is_v2(sec):
+        return int(parts[3]) if parts[0] == sh.ARRAY and len(parts) == 5 else None
+    return int(parts[2]) if parts[0] == "c" and len(parts) == 4 else None
+
+
+def _v1_array(fs: StoreFS):
+    import zarr
+
+    from .share.safety import check_zarr_metadata, parse_manifest
+
+    rel = f"{HIDDEN_DIR}/zarr.json"
+    try:
+        meta = fs.read_bytes(rel)
+    except FileNotFoundError:
+        meta = None  # reported below by zarr, with the store's wording
+    if meta is not None:
+        check_zarr_metadata(parse_manifest(meta, fs.full(rel)), fs.full(rel))
+    try:
+        return zarr.open_array(store=fs.zarr_store(HIDDEN_DIR, read_only=True), mode="r", zarr_format=3)
+    except Exception as e:  # zarr raises several types for a missing/damaged zarr.json
+        raise StoreError(f"{fs.full(HIDDEN_DIR)}: cannot open the Zarr array ({type(e).__name__}: {e})") from None
+
+
+def open_v2_array(fs: StoreFS, name: str = sh.ARRAY):
+    """One array of the v2 group, read-only, after the metadata check a store from elsewhere needs."""
+    import zarr
+
+    from .share.safety import check_zarr_metadata, parse_manifest
+
+    rel = f"{HIDDEN_DIR}/{name}/zarr.json"
+    try:
+        check_zarr_metadata(parse_manifest(fs.read_bytes(rel), fs.full(rel)), fs.full(rel))
+        return zarr.open_array(store=fs.zarr_store(f"{HIDDEN_DIR}/{name}", read_only=True), mode="r",
+                               zarr_format=3)
+    except FileNotFoundError:
+        raise CorruptStoreError(f"{fs.full(rel)} is missing; run `kevo store verify {fs.root}`") from None
+    except KevoError:
+        raise
+    except Exception as e:  # zarr raises several types for a damaged zarr.json
+        raise StoreError(f"{fs.full(rel)}: cannot open the Zarr array ({type(e).__name__}: {e})") from None
+
+
+class HiddenReader:
+    """Reads rows of ``hidden`` by token_uid (either format), checking every file it reads."""
+
+    def __init__(self, fs: StoreFS, sec: dict[str, Any], files: dict[str, dict] | None = None):
         self.fs = fs
         self.sec = sec
+        self.files = files  # the manifest's files: checksums of the index parts and tails
         self.layers = list(sec["layers"])
+        self.v2 = is_v2(sec)
+        self.unit = sec["shard_tokens"] if self.v2 else V1_CHUNK_TOKENS
         self._arr = None
-        self._tail = None
+        self._tail: np.ndarray | None = None
+        self._index: dict[str, list] | None = None
+        self._checked: set[str] = set()
 
     @property
     def arr(self):
         if self._arr is None:
-            self._arr = open_array(self.fs, read_only=True)
+            self._arr = open_v2_array(self.fs) if self.v2 else _v1_array(self.fs)
         return self._arr
 
+    def _read_named(self, rel: str) -> bytes:
+        """A file the manifest names, checked against its sha256 there (when the manifest is given)."""
+        from .share.safety import HashingSizeCap
+
+        try:
+            data = self.fs.read_bytes(rel)
+        except FileNotFoundError:
+            raise CorruptStoreError(f"{self.fs.root}: {rel} (named by the manifest) is missing; "
+                                    f"run `kevo store verify {self.fs.root}`") from None
+        ent = (self.files or {}).get(rel)
+        if ent is not None:
+            cap = HashingSizeCap(rel, ent["size"], self.fs.root)
+            cap.update(data)
+            cap.check(ent["sha256"])
+        return data
+
     @property
-    def tail(self) -> np.ndarray | None:
-        if self._tail is None and self.sec.get("tail"):
-            self._tail = load_tail(self.fs, self.sec["tail"])
+    def index(self) -> dict[str, list]:
+        if self._index is None:
+            idx: dict[str, list] = {}
+            for rel in self.sec.get("index") or []:
+                idx.update(json.loads(self._read_named(rel))["chunks"])
+            self._index = idx
+        return self._index
+
+    @property
+    def tail(self) -> np.ndarray:
+        if self._tail is None:
+            if self.v2:
+                parts = [_load_npz(self._read_named(rel))[0] for rel in self.sec.get("tails") or []]
+                self._tail = _cat(parts, np.empty((0, len(self.layers), self.sec["hidden_size"]),
+                                                  dtype=np.dtype(self.sec["dtype"])))
+            elif self.sec.get("tail"):
+                self._tail = np.load(io.BytesIO(self._read_named(self.sec["tail"])), allow_pickle=False)
+            want = (self.sec["rows"] - self.sec["zarr_rows"], len(self.layers), self.sec["hidden_size"])
+            if self._tail is None or self._tail.shape != want:
+                got = None if self._tail is None else self._tail.shape
+                self._tail = None
+                raise CorruptStoreError(f"{self.fs.root}: the hidden tail holds {got}, the manifest says {want}; "
+                                        f"run `kevo store verify {self.fs.root}`")
         return self._tail
 
-    def read(self, token_uids: Any, layers: Any = None) -> np.ndarray:
+    def _keys(self, units: np.ndarray, lidx: list[int]) -> list[str]:
+        if self.v2:
+            return [sh.shard_key(int(u), j) for u in units for j in lidx]
+        return [f"c/{int(u)}/{j}/0" for u in units for j in lidx]
+
+    def _check_files(self, keys: list[str]) -> None:
+        """Each file a read is about to open: named by the index, present, a regular file (local), of
+        the indexed size; v1 chunks also hashed (they carry no checksum of their own)."""
+        from .localcheck import kind_problem
+
+        root = self.fs.root
+        for key in keys:
+            if key in self._checked:
+                continue
+            rel = f"{HIDDEN_DIR}/{key}"
+            ent = self.index.get(key)
+            if ent is None:
+                raise CorruptStoreError(f"{root}: {rel} has no entry in the chunk index; "
+                                        f"run `kevo store verify {root}`")
+            if isinstance(self.fs, LocalFS):
+                p = kind_problem(self.fs.full(rel), rel)
+                if p:
+                    from .share.safety import UnsafeStoreError
+
+                    raise UnsafeStoreError(f"{root}: refused: {p}")
+            try:
+                size = self.fs.size(rel)
+            except FileNotFoundError:
+                raise CorruptStoreError(f"{root}: hidden shard {rel} is missing (the chunk index names it); "
+                                        f"run `kevo store verify {root}`") from None
+            if size != ent[1]:
+                raise CorruptStoreError(f"{root}: hidden shard {rel} is {size} bytes, the index says {ent[1]} "
+                                        f"(truncated or overwritten); run `kevo store verify {root}`")
+            if not self.v2 and self.fs.sha256(rel)[0] != ent[0]:
+                raise CorruptStoreError(f"{root}: hidden chunk {rel} does not match its sha256 (corrupted); "
+                                        f"run `kevo store verify {root}`")
+            self._checked.add(key)
+
+    def _name_damage(self, keys: list[str], e: Exception) -> CorruptStoreError:
+        """The read failed inside Zarr (a crc32c mismatch, a damaged shard index): name the shard."""
+        root = self.fs.root
+        for key in keys:
+            rel = f"{HIDDEN_DIR}/{key}"
+            if self.fs.sha256(rel)[0] != self.index[key][0]:
+                self._checked.discard(key)
+                return CorruptStoreError(f"{root}: hidden shard {rel} does not match its checksum (corrupted); "
+                                         f"run `kevo store verify {root}`")
+        return CorruptStoreError(f"{root}: hidden states unreadable ({type(e).__name__}: {e}); "
+                                 f"run `kevo store verify {root}`")
+
+    def _lidx(self, layers: Any) -> list[int]:
+        if layers is None:
+            return list(range(len(self.layers)))
+        if np.isscalar(layers):
+            layers = [layers]
+        pos = {layer: i for i, layer in enumerate(self.layers)}
+        missing = [int(x) for x in layers if int(x) not in pos]
+        if missing:
+            raise KevoError(f"layer(s) {missing} were not captured; hidden states exist for layers {self.layers}")
+        return [pos[int(x)] for x in layers]
+
+    def read_stored(self, token_uids: Any, layers: Any = None) -> np.ndarray:
+        """As stored (float16, or bfloat16's uint16 bits)."""
         uids = np.asarray(token_uids, dtype=np.int64).reshape(-1)
         n = self.sec["rows"]
         if uids.size and (uids.min() < 0 or uids.max() >= n):
             bad = uids[(uids < 0) | (uids >= n)][0]
             raise KevoError(f"token_uid {int(bad)} has no hidden state (the store has rows 0..{n - 1})")
-        if layers is None:
-            lidx = list(range(len(self.layers)))
-        else:
-            if np.isscalar(layers):
-                layers = [layers]
-            pos = {layer: i for i, layer in enumerate(self.layers)}
-            missing = [int(x) for x in layers if int(x) not in pos]
-            if missing:
-                raise KevoError(f"layer(s) {missing} were not captured; hidden states exist for layers {self.layers}")
-            lidx = [pos[int(x)] for x in layers]
+        lidx = self._lidx(layers)
         d = self.sec["hidden_size"]
         out = np.empty((uids.size, len(lidx), d), dtype=np.dtype(self.sec["dtype"]))
         zr = self.sec["zarr_rows"]
@@ -395,16 +552,53 @@ class HiddenReader:
             sel = uids[in_zarr]
             order = np.argsort(sel, kind="stable")
             uniq, inv = np.unique(sel[order], return_inverse=True)
+            keys = self._keys(np.unique(uniq // self.unit), lidx)
+            self._check_files(keys)
+            arr = self.arr
             try:
-                block = self.arr.get_orthogonal_selection((uniq, lidx, slice(None)))
-            except Exception as e:  # a damaged chunk surfaces as a codec or shape error
-                raise CorruptStoreError(f"{self.fs.root}: hidden states unreadable ({type(e).__name__}: {e}); "
-                                        f"run `kevo store verify {self.fs.root}`") from None
+                block = self._select(arr, uniq, lidx)
+            except Exception as e:  # a damaged shard surfaces as a checksum, codec or shape error
+                raise self._name_damage(keys, e) from None
             tmp = np.empty((sel.size, len(lidx), d), dtype=out.dtype)
             tmp[order] = block[inv]
             out[in_zarr] = tmp
         if (~in_zarr).any():
             out[~in_zarr] = self.tail[uids[~in_zarr] - zr][:, lidx]
+        return out
+
+    @staticmethod
+    def _select(arr, uniq: np.ndarray, lidx: list[int]) -> np.ndarray:
+        """Rows ``uniq`` (sorted, distinct) at layers ``lidx``: one plain slice per run of consecutive
+        touched inner chunks and layer (Zarr's orthogonal integer indexing is far slower than slices)."""
+        c = arr.chunks[0]
+        out = np.empty((uniq.size, len(lidx), arr.shape[2]), dtype=arr.dtype)
+        chunk_ids = np.unique(uniq // c)
+        runs = np.split(chunk_ids, np.flatnonzero(np.diff(chunk_ids) != 1) + 1)
+        for run in runs:
+            a = int(np.searchsorted(uniq, run[0] * c))
+            b = int(np.searchsorted(uniq, (run[-1] + 1) * c))
+            lo, hi = int(uniq[a]), int(uniq[b - 1]) + 1
+            rel = uniq[a:b] - lo
+            for k, j in enumerate(lidx):
+                blk = np.asarray(arr[lo:hi, j, :])
+                out[a:b, k] = blk if len(rel) == hi - lo else blk[rel]
+        return out
+
+    def read(self, token_uids: Any, layers: Any = None) -> np.ndarray:
+        """float16 for float16 stores, float32 (exact) for bfloat16 ones."""
+        out = self.read_stored(token_uids, layers)
         if self.sec["logical_dtype"] == "bfloat16":
             return bf16_bits_to_float32(out)
         return out
+
+    def sample_ids(self, start: int, stop: int) -> np.ndarray:
+        """The sample_id coordinate of array rows [start, stop) (v2), checked like the shards."""
+        if stop <= start:
+            return np.empty(0, np.int64)
+        keys = [sh.coord_key("sample_id", s) for s in range(start // self.unit, -(-stop // self.unit))]
+        self._check_files(keys)
+        arr = open_v2_array(self.fs, "sample_id")
+        try:
+            return np.asarray(arr[start:stop], dtype=np.int64)
+        except Exception as e:  # noqa: BLE001
+            raise self._name_damage(keys, e) from None

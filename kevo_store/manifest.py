@@ -35,7 +35,6 @@ change the numbers and are provenance too (docs/analyses.md, "Store guarantees")
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -72,7 +71,6 @@ _MODEL_NAME_KEYS = ("model.id", "model.revision")
 _WHOLE = frozenset({"dataset.fingerprint.files"})
 # The hidden array's shape: no flag can put two shapes in one array.
 HIDDEN_SHAPE_KEYS = ("layers", "hidden_size", "logical_dtype")
-_CHUNK_LAYER = re.compile(r"^hidden/c/[0-9]+/([0-9]+)/[0-9]+$")
 
 
 def now_iso() -> str:
@@ -185,8 +183,9 @@ class Manifest(dict):
         if isinstance(fs, LocalFS):
             check_local_links(fs.root, m, fs.root)
             from .localcheck import refuse_kind
+            from .share.safety import ZARR_METAS_V2
 
-            for rel in [*m["files"], "hidden/zarr.json"]:  # no FIFO, device or directory where a file belongs
+            for rel in [*m["files"], *ZARR_METAS_V2]:  # no FIFO, device or directory where a file belongs
                 refuse_kind(fs.root, rel)
         return m
 
@@ -260,11 +259,14 @@ class Manifest(dict):
             if not keep:
                 out.update(r for r in declared if r.startswith("hidden/"))
             else:
+                from .hidden import layer_of_key
+
                 pos_keep = {hidden["layers"].index(x) for x in keep}
                 for r in declared:
-                    m = _CHUNK_LAYER.match(r)
-                    if m and int(m.group(1)) not in pos_keep:
-                        out.add(r)
+                    if r.startswith("hidden/") and r.count("/") >= 4:
+                        li = layer_of_key(hidden, r[len("hidden/"):])
+                        if li is not None and li not in pos_keep:
+                            out.add(r)
         return out
 
     def partial_summary(self) -> str:

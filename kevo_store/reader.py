@@ -18,8 +18,8 @@ import pyarrow as pa
 from . import readcheck
 from .errors import CorruptStoreError, KevoError, QueryError, StoreError
 from .fs import LocalFS, StoreFS
-from .hidden import CHUNK_TOKENS, HIDDEN_DIR, HiddenReader
-from .localcheck import check_chunks, check_named_files
+from .hidden import HiddenReader
+from .localcheck import check_named_files
 from .manifest import Manifest
 from .readcheck import ReadCheck
 from .schema import DERIVED_TABLES, TABLES
@@ -298,18 +298,37 @@ class Store:
         if self.manifest.partial:  # a partial pull: Zarr would fill missing layers with zeros
             layers = self.hidden_layers if layers is None else layers
             self.manifest.check_hidden_layers_present([layers] if np.isscalar(layers) else layers, self.path)
-        if self._hidden is None:
-            self._hidden = HiddenReader(self.fs, h)
-        if isinstance(self.fs, LocalFS):  # no link or FIFO among the chunks this read opens
-            uids = np.asarray(token_uids, dtype=np.int64).reshape(-1)
-            uids = uids[(uids >= 0) & (uids < h["zarr_rows"])]
-            cks = np.unique(uids // CHUNK_TOKENS)
-            pos = {layer: i for i, layer in enumerate(h["layers"])}
-            want = h["layers"] if layers is None else ([layers] if np.isscalar(layers) else list(layers))
-            lidx = sorted({pos[int(x)] for x in want if int(x) in pos})
-            check_chunks(self.fs.root, HIDDEN_DIR,
-                         (f"c/{c}/{j}/0" for c in cks.tolist() for j in lidx))
+        if self._hidden is None:  # checks every shard it reads (kevo_store/hidden.py)
+            self._hidden = HiddenReader(self.fs, h, self.manifest.get("files"))
         return self._hidden.read(token_uids, layers)
+
+    def hidden_xarray(self):
+        """All hidden states as a lazy, dask-backed ``xarray.DataArray`` hidden(token, layer, hidden_dim)
+        with coordinates ``token_uid`` and ``sample_id`` (along token) and ``layer`` (the layer numbers):
+        hand it to dask (or compute a slice) without converting the store. Blocks are one shard of tokens x
+        one layer, each read through ``Store.hidden`` (so every read is checked; tails and partial pulls
+        included); bfloat16 stores give float32. Needs the ``array`` extra: ``pip install 'kevo[array]'``."""
+        try:
+            import dask.array as da
+            import xarray as xr
+        except ImportError:
+            raise KevoError("hidden_xarray needs xarray and dask: pip install 'kevo[array]'") from None
+        h = self.manifest.get("hidden")
+        if not h:
+            raise KevoError(f"{self.path} holds no hidden states (captured without them)")
+        layers = self.hidden_layers
+        n = int(h["rows"])
+        dtype = np.dtype(np.float32 if h["logical_dtype"] == "bfloat16" else h["dtype"])
+        src = _HiddenBlocks(self, layers, (n, len(layers), int(h["hidden_size"])), dtype)
+        unit = int(h.get("shard_tokens") or 64)
+        data = da.from_array(src, chunks=(unit, 1, src.shape[2]), meta=np.empty((0, 0, 0), dtype), asarray=False)
+        sid = self.con.execute("SELECT sample_id FROM tokens ORDER BY token_uid").fetchnumpy()["sample_id"] \
+            if "tokens" in self.tables else np.zeros(n, np.int64)
+        return xr.DataArray(data, dims=("token", "layer", "hidden_dim"), name="hidden",
+                            coords={"token_uid": ("token", np.arange(n, dtype=np.int64)),
+                                    "sample_id": ("token", np.asarray(sid, dtype=np.int64)),
+                                    "layer": ("layer", np.asarray(layers, dtype=np.int64))},
+                            attrs={"logical_dtype": h["logical_dtype"], "store": self.path})
 
     def close(self) -> None:
         self.con.close()
@@ -322,6 +341,28 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({self.path!r}, samples={self.rows('samples')}, tokens={self.rows('tokens')})"
+
+
+class _HiddenBlocks:
+    """An array-like over a store's hidden states for ``dask.array.from_array``: each block it is asked
+    for is one checked ``Store.hidden`` read."""
+
+    def __init__(self, store: Store, layers: list[int], shape: tuple[int, int, int], dtype: np.dtype):
+        self.store, self.layers, self.shape, self.dtype, self.ndim = store, layers, shape, dtype, 3
+
+    def __getitem__(self, key):
+        t, lay, d = key  # dask asks with slices; integers drop their axis as in numpy
+        uids = np.atleast_1d(np.arange(self.shape[0])[t])
+        ls = np.atleast_1d(np.asarray(self.layers)[lay])
+        if uids.size == 0 or ls.size == 0:
+            out = np.empty((uids.size, ls.size, self.shape[2]), self.dtype)[:, :, d]
+        else:
+            out = self.store.hidden(uids, layers=ls.tolist())[:, :, d]
+        if np.ndim(np.arange(len(self.layers))[lay]) == 0:
+            out = out[:, 0]
+        if np.ndim(np.arange(self.shape[0])[t]) == 0:
+            out = out[0]
+        return out
 
 
 def open_store(path: str | os.PathLike, confined: bool = True, check_reads: bool | None = None) -> Store:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 LENS_MODES = ("final_norm", "raw")
 ROLES = ("image", "prompt", "generated")
@@ -254,4 +254,7 @@ FORMAT_NOTES: tuple[str, ...] = (
     "hold the same values as int32).",
     "`tokens.is_constraint` (questions with a constraint) and the derived tables `trace_runs`, `traces` and "
     "`attention_contributions` (written by `kevo trace`) are additions; stores without them stay valid.",
+    "Format v2: the hidden states became a sharded Zarr v3 group with coordinates and per-shard checksums "
+    "(see Hidden states); the tables and the notes above are the same in v1 and v2. v1 stores are read as "
+    "they are; `kevo store upgrade` rewrites one as v2.",
 )

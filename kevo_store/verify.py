@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import shards as sh
 from .fs import LocalFS, StoreFS
-from .hidden import CHUNK_TOKENS, HIDDEN_DIR, chunk_keys, load_tail
+from .hidden import HIDDEN_DIR, V1_CHUNK_TOKENS, expected_keys, is_v2
 from .localcheck import kind_problem
 from .lock import LOCK
 from .manifest import Manifest
@@ -140,12 +143,8 @@ def verify_store(path: str | os.PathLike | StoreFS, checksums: bool = True) -> V
     return rep
 
 
-def _verify_hidden(fs: StoreFS, m: dict, h: dict, n_tokens: int, checksums: bool, damaged: set, rep) -> None:
-    P = rep.problems.append
-    nl, d = len(h["layers"]), h["hidden_size"]
-    if h["rows"] != n_tokens:
-        P(f"hidden: {h['rows']} rows, but the store has {n_tokens} tokens")
-    zr = h["zarr_rows"]
+def _verify_structure_v1(fs: StoreFS, m: dict, h: dict, P) -> bool:
+    nl, d, zr = len(h["layers"]), h["hidden_size"], h["zarr_rows"]
     try:
         meta = json.loads(fs.read_bytes(f"{HIDDEN_DIR}/zarr.json"))
         shape = meta["shape"]
@@ -153,25 +152,93 @@ def _verify_hidden(fs: StoreFS, m: dict, h: dict, n_tokens: int, checksums: bool
         dtype = meta["data_type"]
     except Exception as e:  # noqa: BLE001
         P(f"{HIDDEN_DIR}/zarr.json: unreadable Zarr metadata ({type(e).__name__}: {e})")
-        return
+        return False
     if list(shape[1:]) != [nl, d]:
         P(f"{HIDDEN_DIR}/zarr.json: shape {shape}, expected (rows, {nl}, {d})")
     if shape[0] < zr or (m.get("state") == "closed" and shape[0] != h["rows"]):
         P(f"{HIDDEN_DIR}/zarr.json: {shape[0]} rows, but the manifest commits {zr} rows to the array"
           f"{' (closed store: must equal the token count)' if m.get('state') == 'closed' else ''}")
-    if list(chunks) != [CHUNK_TOKENS, 1, d]:
-        P(f"{HIDDEN_DIR}/zarr.json: chunks {chunks}, expected [{CHUNK_TOKENS}, 1, {d}]")
+    if list(chunks) != [V1_CHUNK_TOKENS, 1, d]:
+        P(f"{HIDDEN_DIR}/zarr.json: chunks {chunks}, expected [{V1_CHUNK_TOKENS}, 1, {d}]")
     if dtype != h["dtype"]:
         P(f"{HIDDEN_DIR}/zarr.json: data type {dtype}, manifest says {h['dtype']}")
+    return True
+
+
+def _verify_structure_v2(fs: StoreFS, m: dict, h: dict, P) -> bool:
+    nl, d, zr, st = len(h["layers"]), h["hidden_size"], h["zarr_rows"], h["shard_tokens"]
+    closed = m.get("state") == "closed"
+    try:
+        metas = {rel: json.loads(fs.read_bytes(rel)) for rel in sh.meta_files()}
+    except Exception as e:  # noqa: BLE001
+        P(f"{HIDDEN_DIR}: unreadable Zarr metadata ({type(e).__name__}: {e})")
+        return False
+    if metas[f"{HIDDEN_DIR}/zarr.json"].get("node_type") != "group":
+        P(f"{HIDDEN_DIR}/zarr.json: not the group's metadata (an interrupted `kevo store upgrade`? run it again)")
+    want = {sh.ARRAY: ([nl, d], [st, 1, d], h["dtype"], sh.array_codecs(h)),
+            "token_uid": ([], [st], "int64", None), "sample_id": ([], [st], "int64", None)}
+    for name, (rest, chunks, dtype, codecs) in want.items():
+        rel = f"{HIDDEN_DIR}/{name}/zarr.json"
+        meta = metas[rel]
+        try:
+            shape, got_chunks = meta["shape"], meta["chunk_grid"]["configuration"]["chunk_shape"]
+        except (KeyError, TypeError):
+            P(f"{rel}: malformed Zarr metadata")
+            continue
+        if list(shape[1:]) != rest:
+            P(f"{rel}: shape {shape}, expected (rows{''.join(f', {x}' for x in rest)})")
+        if shape[0] < zr or (closed and shape[0] != h["rows"]):
+            P(f"{rel}: {shape[0]} rows, but the manifest commits {zr} rows to the array"
+              f"{' (closed store: must equal the token count)' if closed else ''}")
+        if list(got_chunks) != chunks:
+            P(f"{rel}: chunks {got_chunks}, expected {chunks}")
+        if meta.get("data_type") != dtype:
+            P(f"{rel}: data type {meta.get('data_type')}, expected {dtype}")
+        if codecs is not None and meta.get("codecs") != codecs:
+            P(f"{rel}: codecs {meta.get('codecs')}, expected {codecs}")
+    from .errors import KevoError
+    from .hidden import open_v2_array
+
+    for name in (*want, sh.LAYER):  # and Zarr itself accepts each one (no unknown keys, valid values)
+        try:
+            open_v2_array(fs, name)
+        except KevoError as e:
+            P(str(e))
+    return True
+
+
+def _verify_hidden(fs: StoreFS, m: dict, h: dict, n_tokens: int, checksums: bool, damaged: set, rep) -> None:
+    P = rep.problems.append
+    v2 = is_v2(h)
+    nl, d = len(h["layers"]), h["hidden_size"]
+    if h["rows"] != n_tokens:
+        P(f"hidden: {h['rows']} rows, but the store has {n_tokens} tokens")
+    zr = h["zarr_rows"]
+    if not (_verify_structure_v2 if v2 else _verify_structure_v1)(fs, m, h, P):
+        return
     tail_rows = h["rows"] - zr
-    if h.get("tail"):
-        if h["tail"] not in damaged:
+    tails = (h.get("tails") or []) if v2 else ([h["tail"]] if h.get("tail") else [])
+    if tails:
+        got = 0
+        for rel in tails:
+            if rel in damaged:
+                got = None
+                break
             try:
-                t = load_tail(fs, h["tail"])
-                if t.shape != (tail_rows, nl, d):
-                    P(f"{h['tail']}: shape {t.shape}, expected ({tail_rows}, {nl}, {d})")
+                t = np.load(io.BytesIO(fs.read_bytes(rel)), allow_pickle=False)
+                if v2:
+                    t, sid = t["hidden"], t["sample_id"]
+                    if sid.shape != (len(t),):
+                        P(f"{rel}: {len(sid)} sample ids for {len(t)} rows")
+                if t.shape[1:] != (nl, d):
+                    P(f"{rel}: shape {t.shape}, expected (rows, {nl}, {d})")
+                got += len(t)
             except Exception as e:  # noqa: BLE001
-                P(f"{h['tail']}: unreadable ({type(e).__name__}: {e})")
+                P(f"{rel}: unreadable ({type(e).__name__}: {e})")
+                got = None
+                break
+        if got is not None and got != tail_rows:
+            P(f"hidden: the tail files hold {got} rows, expected {tail_rows}")
     elif tail_rows:
         P(f"hidden: {tail_rows} rows are neither in the array nor in a tail file")
     index: dict[str, list] = {}
@@ -184,30 +251,32 @@ def _verify_hidden(fs: StoreFS, m: dict, h: dict, n_tokens: int, checksums: bool
             P(f"{rel}: unreadable chunk index ({type(e).__name__}: {e})")
     if any(rel in damaged for rel in h.get("index", [])):
         return
+    what = "hidden shard" if v2 else "hidden chunk"
+
     def check(key: str) -> tuple[str | None, int]:
-        """(problem or None, bytes checked) for one chunk; run in threads (hashing releases the GIL)."""
+        """(problem or None, bytes checked) for one file; run in threads (hashing releases the GIL)."""
         rel = f"{HIDDEN_DIR}/{key}"
         ent = index.get(key)
         if ent is None:
-            return f"{rel}: hidden chunk has no checksum in the chunk index", 0
+            return f"{rel}: {what} has no checksum in the chunk index", 0
         if isinstance(fs, LocalFS):  # a link reads outside the store, a FIFO would block the hash
             kind = kind_problem(fs.full(rel), rel)
             if kind:
-                return f"{rel}: hidden chunk refused: {kind}", 0
+                return f"{rel}: {what} refused: {kind}", 0
         if not fs.exists(rel):
-            return f"{rel}: hidden chunk missing", 0
+            return f"{rel}: {what} missing", 0
         size = fs.size(rel)
         if size != ent[1]:
-            return f"{rel}: hidden chunk is {size} bytes, index says {ent[1]} (truncated)", 0
+            return f"{rel}: {what} is {size} bytes, index says {ent[1]} (truncated)", 0
         if checksums and fs.sha256(rel)[0] != ent[0]:
-            return f"{rel}: hidden chunk sha256 mismatch (corrupted)", 0
+            return f"{rel}: {what} sha256 mismatch (corrupted)", 0
         return None, size
 
     from concurrent.futures import ThreadPoolExecutor
 
     bad = 0
-    keys = chunk_keys(0, -(-zr // CHUNK_TOKENS), nl)
-    if m.partial:  # only the chunks of the layers a partial pull kept
+    keys = expected_keys(h)
+    if m.partial:  # only the files of the layers a partial pull kept
         left_out = m.omitted_files([f"{HIDDEN_DIR}/{k}" for k in keys])
         keys = [k for k in keys if f"{HIDDEN_DIR}/{k}" not in left_out]
     with ThreadPoolExecutor(max_workers=min(8, 2 * (os.cpu_count() or 1))) as ex:
@@ -220,7 +289,38 @@ def _verify_hidden(fs: StoreFS, m: dict, h: dict, n_tokens: int, checksums: bool
                 rep.checked_files += 1
                 rep.checked_bytes += size
     if bad > 20:
-        P(f"hidden: {bad} damaged chunks in all (the first 20 are listed)")
+        P(f"hidden: {bad} damaged files in all (the first 20 are listed)")
+    if v2 and not bad and checksums and zr:
+        _verify_coords(fs, m, h, P)
+
+
+def _verify_coords(fs: StoreFS, m: dict, h: dict, P) -> None:
+    """The coordinates say what the store says: token_uid = the row, sample_id = tokens.sample_id."""
+    from .hidden import open_v2_array
+
+    zr = h["zarr_rows"]
+    try:
+        uid = np.asarray(open_v2_array(fs, "token_uid")[:zr])
+        sid = np.asarray(open_v2_array(fs, "sample_id")[:zr])
+        layer = np.asarray(open_v2_array(fs, sh.LAYER)[:])
+    except Exception as e:  # noqa: BLE001
+        P(f"{HIDDEN_DIR}: coordinates unreadable ({type(e).__name__}: {e})")
+        return
+    if not np.array_equal(uid, np.arange(zr)):
+        P(f"{HIDDEN_DIR}/token_uid: not the row numbers 0..{zr - 1}")
+    if layer.tolist() != list(h["layers"]):
+        P(f"{HIDDEN_DIR}/layer: {layer.tolist()}, the manifest says {h['layers']}")
+    files = m["tables"]["tokens"]["files"]
+    if "tokens" in m.omitted_tables or not files:
+        return
+    try:
+        t = pq.read_table([fs.open(f, "rb") for f in files], columns=["token_uid", "sample_id"]).sort_by("token_uid")
+    except Exception:  # noqa: BLE001 - reported with the table
+        return
+    want = t.column("sample_id").to_numpy()[:zr]
+    if len(want) == zr and not np.array_equal(sid, want):
+        first = int(np.flatnonzero(sid != want)[0])
+        P(f"{HIDDEN_DIR}/sample_id: row {first} says sample {int(sid[first])}, tokens says {int(want[first])}")
 
 
 def _verify_keys(fs: StoreFS, m: dict, rep) -> None:

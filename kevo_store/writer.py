@@ -1,7 +1,7 @@
 """StoreWriter: appends batches of samples to a store, one atomic commit per batch.
 
 Commit protocol: every data file of a batch is written under a new name (Parquet parts named by
-the commit number, whole Zarr chunks, the hidden tail), hashed, and only then is ``manifest.json``
+the commit number, whole hidden shards, the hidden tail), hashed, and only then is ``manifest.json``
 replaced atomically. The manifest is the commit record: a crash before the rename leaves files
 that no manifest names, which the next writer deletes before it resumes. Committed files are never
 rewritten in place.
@@ -113,11 +113,16 @@ class StoreWriter:
     hidden_layers: the layers whose hidden states are kept (axis 1 of ``hidden``); None = 0..L
         with L = ``meta["model"]["n_layers"]``.
     hidden_dtype: "float16" or "bfloat16" (kept as uint16 bits).
+    hidden_codec: "none" (the default: activations barely compress) or "zstd", for a new store.
+    hidden_shard_tokens, hidden_chunk_tokens: the shard and inner-chunk lengths (tokens) of a new
+        store's hidden array (kevo_store/shards.py's defaults when None).
     compact: on close, compact each table's per-batch parts into few files sorted by the key.
     """
 
     def __init__(self, path: str | os.PathLike, meta: dict[str, Any] | None = None, hidden_size: int | None = None,
-                 hidden_layers: list[int] | None = None, hidden_dtype: str = "float16", *, compact: bool = True):
+                 hidden_layers: list[int] | None = None, hidden_dtype: str = "float16", *, compact: bool = True,
+                 hidden_codec: str = "none", hidden_shard_tokens: int | None = None,
+                 hidden_chunk_tokens: int | None = None):
         if is_url(path):
             raise StoreError(f"{path}: the writer writes local stores only; write locally, then `kevo store push`")
         if hidden_layers is not None:
@@ -128,6 +133,8 @@ class StoreWriter:
         self.compact = compact
         self._broken: BaseException | None = None
         self._closed = False
+        self._layout = {"codec": hidden_codec, "shard_tokens": hidden_shard_tokens,
+                        "chunk_tokens": hidden_chunk_tokens}
         if os.path.exists(fs.root) and not os.path.isdir(fs.root):
             raise StoreError(f"{fs.root} exists and is not a directory")
         if os.path.isdir(fs.root) and not fs.exists(MANIFEST) and not self._only_our_layout():
@@ -167,7 +174,7 @@ class StoreWriter:
                 raise StoreError("hidden_layers not given and meta['model']['n_layers'] unknown: "
                                  "cannot tell which layers the hidden states cover")
             hidden_layers = list(range(int(n_layers) + 1))
-        want_hidden = (hid.new_section(hidden_layers, hidden_size, hidden_dtype)
+        want_hidden = (hid.new_section(hidden_layers, hidden_size, hidden_dtype, **self._layout)
                        if hidden_size is not None else None)
         if fs.exists(MANIFEST):
             m = Manifest.load(fs)
@@ -181,14 +188,14 @@ class StoreWriter:
             if self.hidden:
                 self.hidden.recover()
             if self.hidden and self.hidden.reopen_partial():
-                # the closed store ended in a partial chunk: keep it as a tail so no chunk is rewritten
+                # the closed store ended in a partial shard: its rows become a tail until the shard is whole
                 self._commit({}, reopen=True)
         else:
             m = Manifest.new(meta)
             self.manifest = m
             self.hidden = None
             if want_hidden:
-                hid.create_array(fs, want_hidden)
+                m["files"].update(hid.create(fs, want_hidden))
                 m["hidden"] = want_hidden
                 self.hidden = hid.HiddenWriter(fs, want_hidden)
             fs.write_atomic(MANIFEST, m.dump())
@@ -343,7 +350,7 @@ class StoreWriter:
                 x = x.set_column(0, TABLES[name].field("token_uid"), pc.add(u, base))
             tables[name] = sort_by_key(x, name)
         # --- hidden
-        h = None
+        h = h_sid = None
         if self.hidden is not None:
             if hidden is None:
                 if n_t:
@@ -354,9 +361,10 @@ class StoreWriter:
                 h = hid.to_storage(hidden, sec["logical_dtype"], (len(sec["layers"]), sec["hidden_size"]))
                 if len(h) != n_t:
                     raise SchemaError(f"hidden has {len(h)} rows but the batch has {n_t} tokens")
+                h_sid = tables["tokens"].column("sample_id").to_numpy() if n_t else np.empty(0, np.int64)
         elif hidden is not None:
             raise SchemaError("hidden given, but this store was created without hidden states (hidden_size=None)")
-        self._guarded(lambda: self._commit(tables, hidden=h, n_tokens=n_t, n_samples=n_s,
+        self._guarded(lambda: self._commit(tables, hidden=h, hidden_sids=h_sid, n_tokens=n_t, n_samples=n_s,
                                            replace_errors=replace_errors))
         if replace_errors is not None:
             self._retry -= gone
@@ -393,8 +401,9 @@ class StoreWriter:
             self._broken = e
             raise
 
-    def _commit(self, tables: dict[str, pa.Table], hidden: np.ndarray | None = None, n_tokens: int = 0,
-                n_samples: int = 0, reopen: bool = False, replace_errors: list[str] | None = None) -> None:
+    def _commit(self, tables: dict[str, pa.Table], hidden: np.ndarray | None = None,
+                hidden_sids: np.ndarray | None = None, n_tokens: int = 0, n_samples: int = 0,
+                reopen: bool = False, replace_errors: list[str] | None = None) -> None:
         fs = self.fs
         old = self.manifest
         m = copy.deepcopy(old)
@@ -419,7 +428,7 @@ class StoreWriter:
             staged = self.hidden is not None and ((hidden is not None and len(hidden)) or reopen)
             if staged:
                 if hidden is not None and len(hidden):
-                    self.hidden.append(hidden)
+                    self.hidden.append(hidden, hidden_sids)
                 sec, files, hid_obsolete = self.hidden.stage(commit)
                 written.extend(files)
                 m["files"].update(files)

@@ -91,10 +91,17 @@ def batch(b: int, n_samples: int = 3, hidden_dtype: str = "float16", seed: int =
     return out
 
 
-def write_store(path, n_batches: int, hidden_dtype: str = "float16", start: int = 0, seed: int = 0, close=True):
+# small shards, so that the test stores (tens of tokens a batch) cross shard and inner-chunk edges
+SHARD_TOKENS = 32
+CHUNK_TOKENS = 8
+LAYOUT = {"hidden_shard_tokens": SHARD_TOKENS, "hidden_chunk_tokens": CHUNK_TOKENS}
+
+
+def write_store(path, n_batches: int, hidden_dtype: str = "float16", start: int = 0, seed: int = 0, close=True,
+                **writer_kw):
     from kevo_store import StoreWriter
 
-    w = StoreWriter(path, meta=META, hidden_size=HIDDEN, hidden_dtype=hidden_dtype)
+    w = StoreWriter(path, meta=META, hidden_size=HIDDEN, hidden_dtype=hidden_dtype, **{**LAYOUT, **writer_kw})
     w.write_vocab(vocab_table())
     for b in range(start, n_batches):
         bt = batch(b, hidden_dtype=hidden_dtype, seed=seed)

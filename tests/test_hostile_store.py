@@ -50,7 +50,7 @@ def _manifest(s):
 
 
 def _chunk(s):
-    return next(str(p.relative_to(s)) for p in sorted((s / "hidden" / "c").rglob("0")) if p.is_file())
+    return next(str(p.relative_to(s)) for p in sorted((s / "hidden" / "hidden" / "c").rglob("0")) if p.is_file())
 
 
 def _hidden_read(s):

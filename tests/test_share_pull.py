@@ -72,13 +72,16 @@ def test_partial_pull_brings_only_the_named_tables_and_layers(s3, pushed, local_
     with open_store(local_store) as full:
         m = full.manifest
         want_tables = {f for t in ("samples", "tokens", "vocab") for f in m["tables"][t]["files"]}
-        n_token_chunks = -(-full.rows("tokens") // 64)
+        h = full.manifest["hidden"]
+        n_shards = -(-full.rows("tokens") // h["shard_tokens"])
     got = _files(dest)
     assert {f for f in got if f.startswith("tables/")} == want_tables
-    chunks = {f for f in got if f.startswith("hidden/c/")}
+    shards = {f for f in got if f.startswith("hidden/hidden/c/")}
     # layer axis position == layer number here (all 24 layers captured): positions 20, 21, 22
-    assert chunks == {f"hidden/c/{i}/{j}/0" for i in range(n_token_chunks) for j in (20, 21, 22)}
-    assert "hidden/zarr.json" in got
+    assert shards == {f"hidden/hidden/c/{i}/{j}/0" for i in range(n_shards) for j in (20, 21, 22)}
+    # the coordinates and every array's metadata come whole
+    assert {f"hidden/{c}/c/{i}" for c in ("token_uid", "sample_id") for i in range(n_shards)} <= got
+    assert {"hidden/zarr.json", "hidden/hidden/zarr.json", "hidden/layer/c/0", "hidden/layer/zarr.json"} <= got
     pm = json.loads((dest / "manifest.json").read_text())
     assert pm["partial"] == {"source": pushed, "omitted_tables": ["errors", "layers", "topk"],
                              "hidden_layers": [20, 21, 22]}

@@ -40,7 +40,7 @@ def test_push_then_query_in_place_through_the_cli(s3, local_store):
     p = s3.run_kevo("store", "push", local_store, url, check=True)
     assert "pushed" in p.stdout
     keys = s3.keys("stores/amber.kevo")
-    assert "manifest.json" in keys and any(k.startswith("hidden/c/") for k in keys)
+    assert "manifest.json" in keys and any(k.startswith("hidden/hidden/c/") for k in keys)
 
     # kevo sql on the URL: the same answer as on the local store
     q = "SELECT layer, round(avg(p_out), 6) AS p FROM layers GROUP BY layer ORDER BY layer"
@@ -114,9 +114,9 @@ def test_only_what_a_query_touches_is_downloaded(s3, local_store):
         footer = int.from_bytes(data[-8:-4], "little") + 8
         data[4:len(data) - footer] = b"\xff" * (len(data) - footer - 4)
         fs.pipe_file(path, bytes(data))
-    for k in s3.keys("t/amber.kevo/hidden/c"):
+    for k in s3.keys("t/amber.kevo/hidden/hidden/c"):
         if k.split("/")[1] != "5":
-            fs.pipe_file(f"{s3.bucket}/t/amber.kevo/hidden/c/{k}", b"garbage")
+            fs.pipe_file(f"{s3.bucket}/t/amber.kevo/hidden/hidden/c/{k}", b"garbage")
     with open_store(url) as s:
         assert s.arrow(_ordered("samples")).equals(want_samples)
         assert s.sql("SELECT count(*) AS n FROM layers")["n"][0] == 6 * 10 * 24  # from the footer alone
@@ -169,12 +169,12 @@ def test_remote_verify_finds_a_tampered_object(s3, local_store):
     assert victim in p.stderr and "sha256" in p.stderr
     # a hidden chunk, too
     s3.fs.pipe_file(path, s3.fs.cat_file(f"{s3.bucket}/v/amber.kevo/{victim}"))  # (still tampered)
-    chunk = f"{s3.bucket}/v/amber.kevo/hidden/c/0/3/0"
+    chunk = f"{s3.bucket}/v/amber.kevo/hidden/hidden/c/0/3/0"
     c = bytearray(s3.fs.cat_file(chunk))
     c[-1] ^= 0x01
     s3.fs.pipe_file(chunk, bytes(c))
     p = s3.run_kevo("store", "verify", url)
-    assert p.returncode == 1 and "hidden/c/0/3/0" in p.stderr
+    assert p.returncode == 1 and "hidden/hidden/c/0/3/0" in p.stderr
 
 
 def test_push_refuses_to_overwrite_without_force(s3, local_store, tmp_path):
@@ -281,7 +281,7 @@ def test_a_store_on_a_plain_https_host_reads_in_place_and_pulls(local_store, tmp
         pl = kevo("store", "pull", url, tmp_path / "p.kevo", "--layers", "7")
         assert pl.returncode == 0, pl.stderr
         assert kevo("store", "verify", tmp_path / "p.kevo").returncode == 0
-        assert {p.name for p in (tmp_path / "p.kevo" / "hidden" / "c" / "0").iterdir()} == {"7"}
+        assert {p.name for p in (tmp_path / "p.kevo" / "hidden" / "hidden" / "c" / "0").iterdir()} == {"7"}
 
 
 def test_endpoint_and_options_come_from_the_environment(monkeypatch):

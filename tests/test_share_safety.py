@@ -215,7 +215,7 @@ def test_link_in_a_local_store_is_refused(local_store, tmp_path):
 
 def test_pickle_codec_in_the_array_metadata_is_refused(s3, hostile, tmp_path):
     url, _edit = hostile
-    key = f"{s3.bucket}/x/amber.kevo/hidden/zarr.json"
+    key = f"{s3.bucket}/x/amber.kevo/hidden/hidden/zarr.json"
     meta = json.loads(s3.fs.cat_file(key))
     meta["codecs"] = [{"name": "numcodecs.pickle", "configuration": {}}]
     s3.fs.pipe_file(key, json.dumps(meta).encode())
@@ -235,14 +235,14 @@ def test_a_pickled_tail_file_is_never_unpickled(s3, hostile, tmp_path):
             return (open, (str(marker), "w"))
 
     bio = io.BytesIO()
-    np.save(bio, np.array([Payload()], dtype=object), allow_pickle=True)
+    np.savez(bio, hidden=np.array([Payload()], dtype=object), sample_id=np.array([Payload()], dtype=object))
     data = bio.getvalue()
-    rel = "hidden/tail-000099.npy"
+    rel = "hidden/tail-000099.npz"
     s3.fs.pipe_file(f"{s3.bucket}/x/amber.kevo/{rel}", data)
 
     def attack(m):
         m["files"][rel] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-        m["hidden"]["tail"] = rel
+        m["hidden"]["tails"] = [rel]
         m["hidden"]["zarr_rows"] = 0  # every row "lives" in the tail
 
     edit(attack)
@@ -260,9 +260,9 @@ def test_a_pickled_tail_file_is_never_unpickled(s3, hostile, tmp_path):
 def test_pickle_codec_in_a_local_store_is_refused_before_zarr_reads_it(local_store, tmp_path):
     copy = tmp_path / "copy.kevo"
     shutil.copytree(local_store, copy)
-    meta = json.loads((copy / "hidden" / "zarr.json").read_text())
+    meta = json.loads((copy / "hidden" / "hidden" / "zarr.json").read_text())
     meta["codecs"] = [{"name": "numcodecs.pickle", "configuration": {}}]
-    (copy / "hidden" / "zarr.json").write_text(json.dumps(meta))
+    (copy / "hidden" / "hidden" / "zarr.json").write_text(json.dumps(meta))
     with open_store(copy) as s:
         with pytest.raises(KevoError, match="refused: the hidden array uses codec 'numcodecs.pickle'"):
             s.hidden([0])

@@ -157,17 +157,27 @@ def test_verify_finds_corruption_and_truncation(stores, tmp_path):
     for extra in ([], ["--quick"]):
         r = kevo("store", "verify", *extra, bad)
         assert r.returncode == 1 and f"{topk_file}: size 100 bytes" in r.stderr and "truncated" in r.stderr
-    # a damaged hidden chunk and a missing one
+    # a damaged hidden shard and a missing one: verify names both, and so does every read
     bad = copy_store(stores / "amber.kevo", tmp_path / "chunk.kevo")
-    chunk = bad / "hidden" / "c" / "1" / "2" / "0"
-    data = bytearray(chunk.read_bytes())
-    data[-1] ^= 0x01
-    chunk.write_bytes(bytes(data))
-    os.remove(bad / "hidden" / "c" / "0" / "0" / "0")
+    shard = bad / "hidden" / "hidden" / "c" / "0" / "2" / "0"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    shard.write_bytes(bytes(data))
+    os.remove(bad / "hidden" / "hidden" / "c" / "0" / "0" / "0")
     r = kevo("store", "verify", bad)
     assert r.returncode == 1
-    assert "hidden/c/1/2/0: hidden chunk sha256 mismatch" in r.stderr
-    assert "hidden/c/0/0/0: hidden chunk missing" in r.stderr
+    assert "hidden/hidden/c/0/2/0: hidden shard sha256 mismatch" in r.stderr
+    assert "hidden/hidden/c/0/0/0: hidden shard missing" in r.stderr
+    from kevo_store import open_store
+    from kevo_store.errors import CorruptStoreError
+
+    with open_store(bad) as s:
+        layers = s.manifest["hidden"]["layers"]
+        with pytest.raises(CorruptStoreError, match=r"hidden shard hidden/hidden/c/0/0/0 is missing"):
+            s.hidden([0], layers=[layers[0]])
+        with pytest.raises(CorruptStoreError, match=r"hidden shard hidden/hidden/c/0/2/0 does not match its checksum"):
+            s.hidden(range(s.rows("tokens")), layers=[layers[2]])
+        s.hidden([0], layers=[layers[1]])  # an intact shard still reads
     # hidden shape against tokens: a manifest that claims more tokens than the array holds
     bad = copy_store(stores / "amber.kevo", tmp_path / "shape.kevo")
     mm = json.loads((bad / "manifest.json").read_text())
@@ -202,30 +212,30 @@ def test_sql_on_a_damaged_store_says_one_line_and_points_to_verify(stores, tmp_p
     r = kevo("sql", bad, "SELECT sum(p_out), sum(entropy), sum(kl_final) FROM layers")
     line = one_error_line(r)
     assert f"kevo store verify {bad}" in line
-    # a damaged hidden chunk: a clear error from the reader, not a codec traceback
+    # a damaged hidden shard: a clear error from the reader naming it, not a codec traceback
     bad = copy_store(stores / "amber.kevo", tmp_path / "chunk.kevo")
-    chunk = bad / "hidden" / "c" / "1" / "2" / "0"
-    data = bytearray(chunk.read_bytes())
+    shard = bad / "hidden" / "hidden" / "c" / "0" / "2" / "0"
+    data = bytearray(shard.read_bytes())
     data[10:30] = bytes(20)
-    chunk.write_bytes(bytes(data))
-    with pytest.raises(CorruptStoreError, match="hidden states unreadable.*kevo store verify"):
-        open_store(bad).hidden(range(64, 128))
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CorruptStoreError, match="hidden/hidden/c/0/2/0 does not match its checksum.*kevo store verify"):
+        open_store(bad).hidden(range(0, 8))
 
 
 def test_format_version_check(stores, tmp_path):
     bad = copy_store(stores / "amber.kevo", tmp_path / "future.kevo")
     mm = json.loads((bad / "manifest.json").read_text())
-    mm["format_version"] = 2
+    mm["format_version"] = 3
     (bad / "manifest.json").write_text(json.dumps(mm))
     for args in (["sql", bad, "SELECT 1"], ["store", "info", bad], ["store", "verify", bad]):
         line = one_error_line(kevo(*args))
-        assert "format version 2" in line and "upgrade kevo" in line and "future.kevo" in line
+        assert "format version 3" in line and "upgrade kevo" in line and "future.kevo" in line
     with pytest.raises(FormatVersionError):
         open_store(bad)
     with pytest.raises(FormatVersionError):
         StoreWriter(bad, meta=H.META, hidden_size=H.HIDDEN)
     assert not (bad / ".lock").exists()
-    assert json.loads((bad / "manifest.json").read_text())["format_version"] == 2  # nothing touched
+    assert json.loads((bad / "manifest.json").read_text())["format_version"] == 3  # nothing touched
 
 
 def test_lock_second_writer_and_stale_lock(tmp_path, capfd):

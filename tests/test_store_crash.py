@@ -51,15 +51,21 @@ CHILD = textwrap.dedent("""
                 die()
             return orig(fs, rel, table, name)
         W.write_parquet = write_parquet
-    elif mode == "mid-hidden":      # dies after some hidden chunks of the batch are on disk
-        orig = HID.HiddenWriter._write_rows
-        def _write_rows(self, start, stop, data, commit, sec, files):
-            if commit >= 5:  # the first batch from commit 5 on that fills a chunk
-                self.arr.resize((stop, self.nl, self.d))
-                self.arr[start:start + 64] = data[:64]
-                die()
-            return orig(self, start, stop, data, commit, sec, files)
-        HID.HiddenWriter._write_rows = _write_rows
+    elif mode == "mid-hidden":      # dies after some hidden shards of the batch are on disk
+        import kevo_store.shards as SH
+        orig = SH.write_file
+        def write_file(fs, rel, pieces):
+            if state.get("armed") and "/c/" in rel and "hidden/hidden/" in rel:
+                state["shards"] = state.get("shards", 0) + 1
+                if state["shards"] == 3:  # a few shards of the batch written, the rest not
+                    die()
+            return orig(fs, rel, pieces)
+        SH.write_file = write_file
+        orig_stage = HID.HiddenWriter.stage
+        def stage(self, commit):
+            state["armed"] = commit >= 5  # the first batch from commit 5 on that fills a shard
+            return orig_stage(self, commit)
+        HID.HiddenWriter.stage = stage
     elif mode == "at-create":       # dies before the very first manifest exists
         orig = F.LocalFS.write_atomic
         def write_atomic(self, rel, data):

@@ -134,8 +134,8 @@ def test_round_trip_every_table_and_hidden(tmp_path, hidden_dtype, close):
     np.testing.assert_array_equal(sub.view(np.uint16 if hidden_dtype == "float16" else np.uint32),
                                   full[uids][:, [3, 1]].view(np.uint16 if hidden_dtype == "float16" else np.uint32))
     # the Zarr array is readable as plain Zarr v3, with its logical dtype recorded
-    z = zarr.open_array(str(path / "hidden"), mode="r")
-    assert z.chunks == (64, 1, H.HIDDEN)
+    z = zarr.open_array(str(path / "hidden" / "hidden"), mode="r")
+    assert z.shards == (H.SHARD_TOKENS, 1, H.HIDDEN) and z.chunks == (H.CHUNK_TOKENS, 1, H.HIDDEN)
     assert z.attrs["logical_dtype"] == hidden_dtype
     assert z.dtype == (np.float16 if hidden_dtype == "float16" else np.uint16)
     if close:
@@ -276,31 +276,32 @@ def test_open_stores_two_runs(tmp_path):
     assert m["b"].rows("samples") == 9
 
 
-@pytest.mark.parametrize("hidden_dtype,n_batches", [("float16", 5), ("bfloat16", 5), ("float16", 6)])
-def test_writer_chunks_are_byte_identical_to_zarr_own(tmp_path, hidden_dtype, n_batches):
-    """The writer encodes chunks itself (speed); the files must be exactly what zarr would write.
-    5 batches = 256 tokens (whole chunks only); 6 batches = 301 tokens (a padded edge chunk on close)."""
+@pytest.mark.parametrize("hidden_dtype,n_batches", [("float16", 5), ("bfloat16", 6), ("float16", 6)])
+def test_writer_shards_are_byte_identical_to_zarr_own(tmp_path, hidden_dtype, n_batches):
+    """The writer encodes shards itself (speed); the files must be exactly what zarr would write,
+    partial final shard and partial inner chunk included."""
+    from zarr.codecs import Crc32cCodec
+
     path = tmp_path / "z.kevo"
     H.write_store(path, n_batches, hidden_dtype=hidden_dtype)
     s = open_store(path)
     n = s.rows("tokens")
-    raw = np.asarray(zarr.open_array(str(path / "hidden"), mode="r")[:])
-    from kevo_store.fs import LocalFS
-    from kevo_store.hidden import create_array, new_section
-
-    sec = new_section(list(range(H.N_LAYERS + 1)), H.HIDDEN, hidden_dtype)
-    ref_fs = LocalFS(tmp_path / "ref")
-    ref_fs.makedirs("")
-    create_array(ref_fs, sec)
-    z = zarr.open_array(str(tmp_path / "ref" / "hidden"), mode="r+")
-    z.resize((n, H.N_LAYERS + 1, H.HIDDEN))
+    # 5 batches = 256 tokens (whole shards only); 6 = 301 (a partial final shard and inner chunk)
+    assert n == 256 or (n % H.SHARD_TOKENS and n % H.CHUNK_TOKENS)
+    raw = np.asarray(zarr.open_array(str(path / "hidden" / "hidden"), mode="r")[:])
+    ref = tmp_path / "ref"
+    z = zarr.create_array(str(ref), shape=raw.shape, shards=(H.SHARD_TOKENS, 1, H.HIDDEN),
+                          chunks=(H.CHUNK_TOKENS, 1, H.HIDDEN), dtype=raw.dtype, fill_value=0,
+                          compressors=[Crc32cCodec()], chunk_key_encoding={"name": "default", "separator": "/"},
+                          config={"write_empty_chunks": True})
     z[:] = raw
-    mine = sorted(p.relative_to(path / "hidden") for p in (path / "hidden" / "c").rglob("*") if p.is_file())
-    theirs = sorted(p.relative_to(tmp_path / "ref" / "hidden") for p in (tmp_path / "ref" / "hidden" / "c").rglob("*")
-                    if p.is_file())
-    assert mine == theirs and len(mine) == -(-n // 64) * (H.N_LAYERS + 1)
+    mine = sorted(p.relative_to(path / "hidden" / "hidden") for p in (path / "hidden" / "hidden" / "c").rglob("*")
+                  if p.is_file())
+    theirs = sorted(p.relative_to(ref) for p in (ref / "c").rglob("*") if p.is_file())
+    assert mine == theirs and len(mine) == -(-n // H.SHARD_TOKENS) * (H.N_LAYERS + 1)
     for rel in mine:
-        assert (path / "hidden" / rel).read_bytes() == (tmp_path / "ref" / "hidden" / rel).read_bytes(), rel
+        assert (path / "hidden" / "hidden" / rel).read_bytes() == (ref / rel).read_bytes(), rel
+    s.close()
 
 
 def test_bad_writer_arguments_touch_nothing(tmp_path):

@@ -24,11 +24,12 @@ from kevo_store.layerspec import parse_layers
 from kevo_store.manifest import Manifest, layer_ranges
 from kevo_store.share.safety import (
     MANIFEST,
-    ZARR_META,
     check_listing,
     check_zarr_metadata,
+    is_zarr_meta,
     parse_manifest,
     safe_join,
+    zarr_metas,
 )
 from kevo_store.share.transfer import (
     ShareError,
@@ -80,8 +81,9 @@ def _pull(url: str, dest: str | os.PathLike, *, tables: Iterable[str] | None = N
     check_listing(declared, listing, where)
     sized = {k: v for k, v in declared.items() if v["size"] is not None}
     lost = [rel for rel in sized if rel not in listing]
-    if manifest.get("hidden") and ZARR_META in declared and ZARR_META not in listing:
-        lost.insert(0, ZARR_META)  # named by structure, not by size: a store without it fails verify
+    for rel in zarr_metas(manifest.get("hidden")):  # named by structure, not by size: needed all the same
+        if rel in declared and rel not in listing:
+            lost.insert(0, rel)
     if lost:
         raise CorruptStoreError(f"{where}: {len(lost)} file(s) named by the manifest are missing, e.g. {lost[0]!r}")
 
@@ -116,7 +118,7 @@ def _pull(url: str, dest: str | os.PathLike, *, tables: Iterable[str] | None = N
                                    "hidden_layers": keep_layers if hsec else None}
     skip = new_manifest.omitted_files(declared)
     take = sorted((rel for rel in declared if rel not in skip and (rel in listing)),
-                  key=lambda r: (r == ZARR_META, r))
+                  key=lambda r: (is_zarr_meta(r), r))
 
     # where to put it
     dest = Path(dest)
@@ -225,7 +227,7 @@ def _pull_files(src, dest: Path, take: list[str], declared: Mapping, listing: Ma
             entry = declared[rel]
             try:
                 copy_checked(lambda: src.open(rel, "rb"), lambda: open(tmp, "wb"), rel, entry, where, bar)
-                if rel == ZARR_META:
+                if is_zarr_meta(rel):
                     check_zarr_metadata(parse_manifest(tmp.read_bytes(), f"{where}/{rel}"), f"{where}/{rel}")
             except BaseException:
                 tmp.unlink(missing_ok=True)

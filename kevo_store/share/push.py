@@ -17,10 +17,10 @@ from kevo_store.errors import CorruptStoreError
 from kevo_store.manifest import Manifest
 from kevo_store.share.safety import (
     MANIFEST,
-    ZARR_META,
     HashingSizeCap,
     UnsafeStoreError,
     declared_files,
+    is_zarr_meta,
 )
 from kevo_store.share.transfer import (
     BLOCK,
@@ -87,12 +87,18 @@ def _push(store: str | os.PathLike, url: str, *, force: bool = False, jobs: int 
         if strangers:
             raise ShareError(f"{url} is not empty and is not a kevo store (it holds {strangers[0]!r}); "
                              "push to an empty prefix")
-        items = sorted(declared, key=lambda r: (r == ZARR_META, r))  # array metadata after its chunks
+        items = sorted(declared, key=lambda r: (is_zarr_meta(r), r))  # array metadata after its chunks
         sizes = {rel: (declared[rel]["size"] if declared[rel]["size"] is not None else src.size(rel))
                  for rel in items}
         # skip what an interrupted push already uploaded whole: same size, and (checked below) same bytes
         todo = [rel for rel in items if existing.get(rel) != sizes[rel] or declared[rel]["sha256"] is None]
         resumed = [rel for rel in items if rel not in set(todo)]
+        if resumed:  # same size is not same bytes (uncompressed shards of one shape all have one size)
+            stale = _stale_remote(dst, {r: declared[r] for r in resumed}, jobs)
+            if stale and not force:
+                raise ShareError(f"{url}: {stale[0]!r} fails its checksum: a stale object from an earlier push: "
+                                 "push with --force")
+            todo += stale
         total = sum(sizes[r] for r in todo)
         with progress_bar(total, f"push {Path(src.root).name}", progress) as bar:
 
@@ -101,8 +107,6 @@ def _push(store: str | os.PathLike, url: str, *, force: bool = False, jobs: int 
                              src.root, bar)
 
             run_parallel(up, todo, jobs)
-        if resumed:
-            _check_remote_sums(dst, {r: declared[r] for r in resumed}, url, jobs)
         # the upload is complete and of the declared sizes before the manifest makes it a store
         dst.invalidate()
         now = dst.listing()
@@ -119,18 +123,22 @@ def _push(store: str | os.PathLike, url: str, *, force: bool = False, jobs: int 
     return PushResult(url=url, files=len(items), bytes=sum(sizes.values()) + len(manifest_bytes))
 
 
-def _check_remote_sums(dst, entries: Mapping[str, Mapping], where: str, jobs: int) -> None:
-    def check(rel: str) -> None:
-        cap = HashingSizeCap(rel, entries[rel]["size"], where)
-        with dst.open(rel, "rb") as f:
-            while block := f.read(BLOCK):
-                cap.update(block)
-        cap.check(entries[rel]["sha256"])
+def _stale_remote(dst, entries: Mapping[str, Mapping], jobs: int) -> list[str]:
+    """The objects among ``entries`` whose bytes are not the declared ones (sorted)."""
+    bad: list[str] = []
 
-    try:
-        run_parallel(check, sorted(entries), jobs)
-    except UnsafeStoreError as e:
-        raise ShareError(f"{e}; a stale object from an earlier push: push with --force") from None
+    def check(rel: str) -> None:
+        cap = HashingSizeCap(rel, entries[rel]["size"], "")
+        try:
+            with dst.open(rel, "rb") as f:
+                while block := f.read(BLOCK):
+                    cap.update(block)
+            cap.check(entries[rel]["sha256"])
+        except UnsafeStoreError:
+            bad.append(rel)
+
+    run_parallel(check, sorted(entries), jobs)
+    return sorted(bad)
 
 
 def push(store: str | os.PathLike, url: str, *, force: bool = False, jobs: int = 8,

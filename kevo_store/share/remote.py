@@ -41,10 +41,11 @@ from kevo_store.fs import LocalFS, StoreFS, is_url, write_atomic_local
 from kevo_store.share.safety import (
     MANIFEST,
     MAX_MANIFEST_BYTES,
-    ZARR_META,
     UnsafeStoreError,
     check_zarr_metadata,
+    is_zarr_meta,
     parse_manifest,
+    zarr_metas,
 )
 
 
@@ -396,8 +397,8 @@ class RemoteFS(StoreFS):
             check_manifest_paths(manifest, self.root)
             self._manifest, self._manifest_bytes = manifest, raw
             self._files = dict(manifest.get("files", {}))
-            if manifest.get("hidden"):
-                self._files.setdefault(ZARR_META, {"sha256": None, "size": None})
+            for rel in zarr_metas(manifest.get("hidden")):
+                self._files.setdefault(rel, {"sha256": None, "size": None})
         return self._files
 
     def manifest(self):
@@ -449,7 +450,8 @@ class RemoteFS(StoreFS):
             raise RemoteStoreError(f"{self.root}: cannot read {rel!r}: {e}") from None
 
     def _check_declared(self, rel: str) -> dict:
-        entry = (self.declared() if rel.startswith("hidden/c/") else self.named()).get(rel)
+        hidden_data = rel.startswith("hidden/") and "/c/" in rel[len("hidden"):]  # v1 chunks, v2 shards/coordinates
+        entry = (self.declared() if hidden_data else self.named()).get(rel)
         if entry is None:
             raise UnsafeStoreError(f"{self.root}: refused: {rel!r} is not named by the store's manifest")
         return entry
@@ -463,7 +465,7 @@ class RemoteFS(StoreFS):
         data = self._read_raw(rel, entry["size"] if entry["size"] is not None else MAX_MANIFEST_BYTES)
         if entry["size"] is not None and len(data) != entry["size"]:
             raise UnsafeStoreError(f"{self.root}: refused: {rel!r} is {len(data)} bytes, the manifest declares {entry['size']}")
-        if rel == ZARR_META:
+        if is_zarr_meta(rel):
             check_zarr_metadata(parse_manifest(data, f"{self.root}/{rel}"), f"{self.root}/{rel}")
         return data
 

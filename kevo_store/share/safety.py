@@ -227,7 +227,10 @@ ZARR_CODECS = {"bytes", "transpose", "zstd", "blosc", "gzip", "crc32c", "shardin
 
 
 def check_zarr_metadata(meta: Mapping, where: str) -> None:
-    """Refuse a Zarr array whose metadata could decode to anything but plain numbers."""
+    """Refuse a Zarr array whose metadata could decode to anything but plain numbers (the format v2
+    group's own metadata, which decodes to nothing, passes)."""
+    if meta.get("zarr_format") == 3 and meta.get("node_type") == "group":
+        return
     if meta.get("zarr_format") != 3 or meta.get("node_type") != "array":
         raise _refuse(where, "not a Zarr v3 array")
     dtype = meta.get("data_type")
@@ -254,8 +257,22 @@ def check_zarr_metadata(meta: Mapping, where: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # every file a store declares: the manifest's own list plus the hidden array's chunk index
 
-_CHUNK_KEY = re.compile(r"^c(/[0-9]{1,9}){3}$")
-ZARR_META = "hidden/zarr.json"
+# chunk-index keys (relative to hidden/): v1 chunks c/<t>/<l>/0; v2 shards hidden/c/<s>/<l>/0 and coordinate chunks
+_CHUNK_KEY = re.compile(r"^((hidden/)?c(/[0-9]{1,9}){3}|(token_uid|sample_id|layer)/c/[0-9]{1,9})$")
+ZARR_META = "hidden/zarr.json"  # v1: the array's metadata; v2: the group's
+ZARR_METAS_V2 = (ZARR_META, "hidden/hidden/zarr.json", "hidden/token_uid/zarr.json", "hidden/sample_id/zarr.json",
+                 "hidden/layer/zarr.json")
+
+
+def zarr_metas(hidden: Mapping | None) -> tuple[str, ...]:
+    """The Zarr metadata files of a hidden section (named by structure, not by checksum)."""
+    if not hidden:
+        return ()
+    return ZARR_METAS_V2 if "shard_tokens" in hidden else (ZARR_META,)
+
+
+def is_zarr_meta(rel: str) -> bool:
+    return rel in ZARR_METAS_V2
 
 
 def declared_files(manifest: Mapping, read_bytes, where: str) -> dict[str, dict]:
@@ -296,7 +313,8 @@ def declared_files(manifest: Mapping, read_bytes, where: str) -> dict[str, dict]
                         or val[1] < 0):
                     raise _refuse(where, f"hidden index part {rel!r} has an invalid entry for chunk {key!r}")
                 out[f"hidden/{key}"] = {"sha256": val[0], "size": val[1]}
-        out.setdefault(ZARR_META, {"sha256": None, "size": None})
+        for rel in zarr_metas(hidden):
+            out.setdefault(rel, {"sha256": None, "size": None})
     return out
 
 
@@ -317,7 +335,10 @@ def check_manifest_paths(manifest: Mapping, where: str) -> None:
     if hidden:
         if not isinstance(hidden, Mapping) or hidden.get("path", "hidden") != "hidden":
             raise _refuse(where, "the manifest's hidden section is malformed (hidden.path must be 'hidden')")
-        for rel in list(hidden.get("index") or []) + ([hidden["tail"]] if hidden.get("tail") else []):
+        tails = hidden.get("tails") or []
+        if not isinstance(tails, list):
+            raise _refuse(where, "the manifest's hidden.tails is not a list")
+        for rel in list(hidden.get("index") or []) + ([hidden["tail"]] if hidden.get("tail") else []) + tails:
             check_relpath(rel, where)
             if rel not in files:
                 raise _refuse(where, f"hidden names {rel!r}, which has no checksum entry")
@@ -331,7 +352,8 @@ def check_local_links(root: str | os.PathLike, manifest: Mapping, where: str) ->
     """
     root = Path(root)
     seen: set[str] = set()
-    rels = list(manifest.get("files", {})) + ["hidden", "hidden/c", "hidden/zarr.json"]
+    rels = list(manifest.get("files", {})) + ["hidden", "hidden/c", *ZARR_METAS_V2] + [
+        f"hidden/{a}/c" for a in ("hidden", "token_uid", "sample_id", "layer")]
     for rel in rels:
         parts = rel.split("/")
         for i in range(1, len(parts) + 1):

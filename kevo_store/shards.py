@@ -1,0 +1,180 @@
+"""Format v2's hidden-state files: the Zarr v3 group ``hidden`` and the shards of its arrays.
+
+The group holds four arrays (paths relative to the store):
+
+- ``hidden/hidden`` (token, layer, hidden_dim): the hidden states, Zarr's sharding codec; one shard file
+  ``hidden/hidden/c/<s>/<j>/0`` = ``shard_tokens`` tokens x 1 layer x D, inner chunks of
+  ``chunk_tokens`` tokens x 1 layer x D. Each inner chunk is its raw little-endian bytes (zstd-compressed
+  with ``--hidden-codec zstd``) followed by its crc32c; the shard index (offset, length per inner chunk)
+  is at the end of the file with its own crc32c. So every byte of a shard is covered by a crc32c that
+  Zarr checks when it reads it; the sha256 of every whole shard is in the chunk index (verify, pull).
+- ``hidden/token_uid`` and ``hidden/sample_id`` (token): coordinates, one chunk per shard of tokens.
+- ``hidden/layer`` (layer): the model's layer numbers of axis 1.
+
+Only this module knows the byte layout; ``hidden`` runs the commit protocol on top of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+import numpy as np
+
+from .fs import LocalFS
+
+GROUP = "hidden"
+ARRAY = "hidden"  # the hidden-state array's name inside the group
+COORDS = ("token_uid", "sample_id")
+LAYER = "layer"
+SHARD_TOKENS = 2048
+CHUNK_TOKENS = 256
+CODECS = ("none", "zstd")
+MAX_U64 = 2**64 - 1
+_LE = {"name": "bytes", "configuration": {"endian": "little"}}
+_CRC = {"name": "crc32c"}
+_ZSTD = {"name": "zstd", "configuration": {"level": 1, "checksum": False}}
+
+
+def crc32c(buf: Any) -> bytes:
+    import google_crc32c
+
+    if isinstance(buf, memoryview):  # google_crc32c takes bytes or numpy arrays
+        buf = np.frombuffer(buf, dtype=np.uint8)
+    return np.uint32(google_crc32c.value(buf)).tobytes()
+
+
+def shard_key(s: int, j: int) -> str:
+    """A hidden-state shard, relative to the group (as the chunk index names it)."""
+    return f"{ARRAY}/c/{s}/{j}/0"
+
+
+def coord_key(name: str, s: int) -> str:
+    return f"{name}/c/{s}"
+
+
+def keys_for(shards: range, n_layers: int) -> list[str]:
+    """Every file (relative to the group) that shards ``shards`` consist of: hidden shards and coordinate chunks."""
+    out = [shard_key(s, j) for s in shards for j in range(n_layers)]
+    out += [coord_key(c, s) for c in COORDS for s in shards]
+    return out
+
+
+def meta_files() -> list[str]:
+    """The group's metadata files, relative to the store (checked by structure, not by checksum)."""
+    return [f"{GROUP}/zarr.json"] + [f"{GROUP}/{a}/zarr.json" for a in (ARRAY, *COORDS, LAYER)]
+
+
+def inner_codecs(codec: str) -> list[dict]:
+    return [_LE, _ZSTD, _CRC] if codec == "zstd" else [_LE, _CRC]
+
+
+def array_codecs(sec: dict) -> list[dict]:
+    """The exact codec list of ``hidden/hidden``'s zarr.json for a section."""
+    return [{"name": "sharding_indexed", "configuration": {
+        "chunk_shape": [sec["chunk_tokens"], 1, sec["hidden_size"]],
+        "codecs": inner_codecs(sec.get("codec", "none")),
+        "index_codecs": [_LE, _CRC],
+        "index_location": "end"}}]
+
+
+def _array_meta(shape: list[int], dtype: str, chunks: list[int], codecs: list[dict], dims: list[str],
+                attrs: dict) -> dict:
+    return {"zarr_format": 3, "node_type": "array", "shape": shape, "data_type": dtype,
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunks}},
+            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+            "fill_value": 0, "codecs": codecs, "attributes": attrs, "dimension_names": dims,
+            "storage_transformers": []}
+
+
+def create_group(fs: LocalFS, sec: dict, group_meta: bool = True) -> dict[str, list]:
+    """Write the group and its (empty) arrays; the layer coordinate is written whole, here (its index
+    entry is returned). ``group_meta=False``: all but the group's own zarr.json (``kevo store upgrade``
+    writes that last, over format v1's array metadata)."""
+    nl, d, st = len(sec["layers"]), sec["hidden_size"], sec["shard_tokens"]
+    attrs = {"logical_dtype": sec["logical_dtype"], "layers": sec["layers"], "coordinates": "token_uid sample_id",
+             "about": "kevo hidden states; bfloat16 is kept as its uint16 bit pattern (logical_dtype)"}
+    metas = {
+        ARRAY: _array_meta([0, nl, d], sec["dtype"], [st, 1, d], array_codecs(sec), ["token", "layer", "hidden_dim"],
+                           attrs),
+        "token_uid": _array_meta([0], "int64", [st], [_LE, _CRC], ["token"], {"about": "row = token_uid"}),
+        "sample_id": _array_meta([0], "int64", [st], [_LE, _CRC], ["token"], {"about": "tokens.sample_id"}),
+        LAYER: _array_meta([nl], "int64", [max(1, nl)], [_LE, _CRC], ["layer"],
+                           {"about": "layer numbers (0 = embeddings)"}),
+    }
+    for name, meta in metas.items():
+        fs.makedirs(f"{GROUP}/{name}")
+        fs.write_atomic(f"{GROUP}/{name}/zarr.json", json.dumps(meta, indent=1).encode())
+    layer = np.asarray(sec["layers"], dtype="<i8")
+    ent = write_file(fs, f"{GROUP}/{coord_key(LAYER, 0)}", [layer.tobytes(), crc32c(layer.tobytes())])
+    if group_meta:
+        write_group_meta(fs)
+    return {coord_key(LAYER, 0): ent}
+
+
+def write_group_meta(fs: LocalFS) -> None:
+    fs.write_atomic(f"{GROUP}/zarr.json", json.dumps(
+        {"zarr_format": 3, "node_type": "group", "attributes": {"kevo": "hidden states (store format v2)"}},
+        indent=1).encode())
+
+
+def set_rows(fs: LocalFS, rows: int) -> None:
+    """Set the token-axis length of the three token-indexed arrays (their zarr.json shapes)."""
+    for name in (ARRAY, *COORDS):
+        rel = f"{GROUP}/{name}/zarr.json"
+        meta = json.loads(fs.read_bytes(rel))
+        if meta["shape"][0] != rows:
+            meta["shape"][0] = rows
+            fs.write_atomic(rel, json.dumps(meta, indent=1).encode())
+
+
+def write_file(fs: LocalFS, rel: str, pieces: list) -> list:
+    """Write ``pieces`` (buffers) to ``rel`` with one writev, fsync it; returns [sha256, size] of the bytes."""
+    h = hashlib.sha256()
+    size = 0
+    for p in pieces:
+        h.update(p)
+        size += memoryview(p).nbytes
+    path = fs.full(rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        done = os.writev(fd, pieces)
+        if done != size:  # a short writev (rare): the rest in one go
+            os.write(fd, b"".join(bytes(p) for p in pieces)[done:])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return [h.hexdigest(), size]
+
+
+def shard_pieces(block: np.ndarray, valid: int, chunk_tokens: int) -> list:
+    """The byte pieces of one uncompressed shard: ``block`` is (shard_tokens, D) little-endian, of which
+    the first ``valid`` rows are data (the rest already the fill value 0). Inner chunks wholly past
+    ``valid`` are left out (index entry = 2^64-1, as Zarr writes a chunk outside the array)."""
+    n_inner = len(block) // chunk_tokens
+    pieces: list = []
+    index = np.full((n_inner, 2), MAX_U64, dtype="<u8")
+    off = 0
+    raw = block.reshape(-1).view(np.uint8)
+    step = chunk_tokens * block.shape[1] * block.itemsize
+    for k in range(n_inner):
+        if k * chunk_tokens >= valid:
+            break
+        piece = raw[k * step: (k + 1) * step]
+        pieces += [piece, crc32c(piece)]
+        index[k] = (off, step + 4)
+        off += step + 4
+    ib = index.tobytes()
+    pieces += [ib, crc32c(ib)]
+    return pieces
+
+
+def coord_pieces(values: np.ndarray, shard_tokens: int) -> list:
+    """One coordinate chunk: ``values`` padded with 0 to ``shard_tokens``, little-endian int64, crc32c."""
+    buf = np.zeros(shard_tokens, dtype="<i8")
+    buf[: len(values)] = values
+    b = buf.tobytes()
+    return [b, crc32c(b)]
