@@ -225,3 +225,51 @@ def test_a_prefix_request_reads_its_key_at_the_constraint_in_the_prefix(image_fi
     assert key_position(ad, ids, "Describe this image.", "There is a cat and a cat", "cat", "prefix") == len(ids) - 1
     with pytest.raises(ModelError, match="not in the prefix"):
         key_position(ad, ids, "Describe this image.", "There is a dog", "cat", "prefix")
+
+
+UNRELATED = ["What colour is the sky?", "How many dogs are there?", "Describe the picture."]
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_unrelated_inputs_are_untouched_before_the_edited_block(family, image_file):
+    """After an edit of block l, questions that do not mention the request's constraint: the hidden
+    states before the block are bit for bit those of the original (the edit cannot reach them), the
+    block's output moves, and the request's own target rises (efficacy). Exact greedy tokens on
+    unrelated inputs are checked on the trained organism (tests/test_edit_organism.py): a random tiny
+    model's logits are so flat that any change of a block flips its greedy answers (measured: every
+    unrelated answer here changes, for lambda 1e-6 to 1e-3)."""
+    ad = load_adapter(str(tiny_model_dir(family)), dtype="float32")
+    image = load_image(image_file)
+    batches = [ad.encode([ad.build_prompt(q, True)], [image]) for q in UNRELATED]
+
+    def hidden():
+        with torch.no_grad():
+            return [ad.model(**ad.generate_inputs(b), output_hidden_states=True).hidden_states for b in batches]
+    hs0 = hidden()
+    res = multedit(ad, [EditRequest("0", image_file, "Is there a cat on the table?", "a cat", "guitar")], STRONG)
+    assert res.delta_norm > 0
+    hs1 = hidden()
+    for a, b in zip(hs0, hs1):
+        for layer in range(STRONG.layer):  # hidden states 0..l-1: before block l's output
+            assert torch.equal(a[layer], b[layer]), layer
+        assert not torch.equal(a[STRONG.layer], b[STRONG.layer])  # the block's output did move
+    t = res.targets[0]
+    p_after, _ = answer_probability(ad, t.prompt_text, image, t.target_id)
+    assert p_after > t.p_before
+
+
+def test_a_target_that_tokenizes_to_nothing_is_refused():
+    """A target the tokenizer drops entirely (here: a tokenizer that knows only some words) is refused
+    by name before anything is optimised."""
+    from types import SimpleNamespace
+
+    from ingest.edit.multedit import target_token
+
+    vocab = {w: i for i, w in enumerate("USER: Is there a cat ? ASSISTANT: guitar".split())}
+
+    def tokenize(text, add_special_tokens=False):
+        return {"input_ids": [vocab[w] for w in text.split() if w in vocab]}
+    ad = SimpleNamespace(tokenizer=tokenize)
+    assert target_token(ad, "USER: Is there a cat ? ASSISTANT:", "guitar") == vocab["guitar"]
+    with pytest.raises(ModelError, match="target '§§' tokenizes to nothing after the prompt"):
+        target_token(ad, "USER: Is there a cat ? ASSISTANT:", "§§")
