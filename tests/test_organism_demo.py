@@ -52,14 +52,14 @@ def test_demo_runs_the_whole_pipeline(demo):
                        "attention-patches.png"}
     # the causal trace of the colour questions: every sample traced, its peaks per kind, its report
     tr = summary["trace"]
-    assert tr["name"] == "swap:dog/w1" and tr["n_samples"] == 12
+    assert tr["name"] == "swap:house/w1" and tr["n_samples"] == 12
     assert {p["kind"] for p in tr["peaks"]} == {"hidden", "mlp", "attn"}
     assert (out / "report-trace.html").is_file() and "trace-peaks" in (out / "report-trace.html").read_text()
     # the paper's Fig. 3 is drawn when a hallucinated token has a top-1 mutation event to show
     assert ("candidates-hallucination.png" in figures) == (summary["displaced_in_image"]["n_events"] > 0)
     assert "t-SNE" in (out / "report-vqa.html").read_text()
     for line in ("AMBER generative", "critical layers", "paper's (any top-1)", "correct objects, emitted token top-1",
-                 "object tokens", "mutation contrast", "cross-image VQA", "causal trace swap:dog/w1",
+                 "object tokens", "mutation contrast", "cross-image VQA", "causal trace swap:house/w1",
                  "peak AIE (layer)", str(out)):
         assert line in stdout
     # the displaced candidates are listed when hallucinated tokens have top-1 mutation events

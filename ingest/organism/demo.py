@@ -16,7 +16,7 @@ import click
 
 from ingest.organism import world
 from ingest.organism.train import WEIGHTS_DIR
-from ingest.trace.demo_step import TRACE_RUN, trace_demo
+from ingest.trace.demo_step import SWAP_WORD, TRACE_RUN, trace_demo
 
 QUERIES = (
     # (name, extra args, output file)
@@ -300,7 +300,7 @@ def _format_summary(s: dict, out: Path, seconds: float) -> str:
     tr = s.get("trace")
     if tr:
         lines.append(f"  causal trace {tr['name']}: {tr['n_samples']} colour questions, the object word swapped for "
-                     f"\"dog\"; mean p(answer) clean {tr['p_clean']:.4f}, corrupted {tr['p_corrupt']:.4f}")
+                     f"\"{SWAP_WORD}\"; mean p(answer) clean {tr['p_clean']:.4f}, corrupted {tr['p_corrupt']:.4f}")
         order = {"hidden": 0, "mlp": 1, "attn": 2}
         peaks = sorted(tr["peaks"], key=lambda p: order.get(p["kind"], 9))
         lines.append("    peak AIE (layer)   " + "   ".join(f"{p['kind']} {p['peak_effect']:.4f} (L{p['peak_layer']})"

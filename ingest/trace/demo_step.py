@@ -3,7 +3,7 @@
 ``trace_demo(step, out, world, weights)`` takes the demo's step runner (``ingest.organism.demo._Step``:
 runs ``kevo ARGS...``, prints the command) and the world the demo generated; it writes the
 organism's colour questions with their object word as the constraint, ingests them with the prompt
-captured, traces them (swap of the object word for "dog", every kind, window 1), writes the
+captured, traces them (the object word swapped for "house", every kind, window 1), writes the
 dataset peaks (``trace-peaks``) as a table, draws the heatmaps and the patch grid, and reports the
 trace store. Each step may fail without stopping the demo (the demo lists the steps that did not run).
 """
@@ -14,8 +14,11 @@ from pathlib import Path
 
 from .questions import constraint_questions
 
-TRACE_RUN = "swap:dog/w1"
-"""The demo's run: the object word swapped for "dog", window 1 (the run name ``kevo trace`` gives it)."""
+SWAP_WORD = "house"
+"""An object of the organism's world that none of its colour questions asks about (a word outside its
+vocabulary, e.g. "dog", would be swapped for ``<unk>``)."""
+TRACE_RUN = f"swap:{SWAP_WORD}/w1"
+"""The demo's run (the name ``kevo trace`` gives it): the object word swapped, window 1."""
 
 
 def trace_demo(step, out: Path, world: Path, weights: Path | str, n_questions: int = 12) -> Path:
@@ -33,7 +36,7 @@ def trace_demo(step, out: Path, world: Path, weights: Path | str, n_questions: i
             "--out", str(store), "--max-new-tokens", "2", "--capture-prompt", "--hidden", "none",
             required=False) is None:
         return store
-    if step("trace", str(store), "--model", str(weights), "--corrupt", "swap:dog", "--kinds", "hidden,mlp,attn",
+    if step("trace", str(store), "--model", str(weights), "--corrupt", f"swap:{SWAP_WORD}", "--kinds", "hidden,mlp,attn",
             "--window", "1", required=False) is None:
         return store
     step("query", "trace-peaks", str(store), "-p", "per=dataset", "--format", "json", "-o",
