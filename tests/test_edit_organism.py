@@ -114,3 +114,21 @@ def test_captions_before_and_after(edited):
     resp = open_store(str(d / "eval" / "edited-captions.kevo")).sql(
         "SELECT response FROM samples WHERE sample_key = 'amber:3'")["response"][0]
     assert resp == changed["after"]
+
+
+def test_the_edited_directory_ingests_like_any_model(edited):
+    """`kevo ingest vqa --model EDITED_DIR`: an ordinary model directory; the store records it with its
+    own weights fingerprint, and its answers are those kevo edit eval stored for the edited model."""
+    from kevo_store import open_store
+
+    d, _ = edited
+    out = d / "by-cli.kevo"
+    _kevo("ingest", "vqa", "--questions", d / "unrelated.jsonl", "--images", d / "world" / "image",
+          "--model", d / "edited", "--out", out, "--hidden", "none", "--max-new-tokens", 32)
+    mine, theirs = open_store(str(out)), open_store(str(d / "eval" / "edited-unrelated.kevo"))
+    orig = open_store(str(d / "eval" / "original-unrelated.kevo"))
+    assert Path(mine.model["path"]).resolve() == (d / "edited").resolve()
+    assert mine.model["fingerprint"]["sha256"] == theirs.model["fingerprint"]["sha256"]
+    assert mine.model["fingerprint"]["sha256"] != orig.model["fingerprint"]["sha256"]
+    q = "SELECT sample_key, response FROM samples ORDER BY sample_key"
+    assert mine.sql(q).equals(theirs.sql(q))
