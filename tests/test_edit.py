@@ -273,3 +273,15 @@ def test_a_target_that_tokenizes_to_nothing_is_refused():
     assert target_token(ad, "USER: Is there a cat ? ASSISTANT:", "guitar") == vocab["guitar"]
     with pytest.raises(ModelError, match="target '§§' tokenizes to nothing after the prompt"):
         target_token(ad, "USER: Is there a cat ? ASSISTANT:", "§§")
+
+
+def test_a_very_large_lambda_leaves_the_model_unchanged(image_file):
+    """MultEdit end to end with lambda -> large: the block's weight and the answer stay as they were."""
+    ad = load_adapter(str(tiny_model_dir("llava")), dtype="float32")
+    req = EditRequest("0", image_file, "Is there a cat on the table?", "a cat", "guitar")
+    W = output_projection(ad, 2).weight.detach().clone()
+    res = multedit(ad, [req], EditSettings(layer=2, lam=1e12, steps=5, clamp=50.0))
+    assert (output_projection(ad, 2).weight.detach() - W).abs().max() < 1e-9 and res.delta_norm < 1e-9
+    t = res.targets[0]
+    p, _ = answer_probability(ad, t.prompt_text, load_image(image_file), t.target_id)
+    assert p == pytest.approx(t.p_before, rel=1e-5)
