@@ -285,3 +285,23 @@ def test_a_very_large_lambda_leaves_the_model_unchanged(image_file):
     t = res.targets[0]
     p, _ = answer_probability(ad, t.prompt_text, load_image(image_file), t.target_id)
     assert p == pytest.approx(t.p_before, rel=1e-5)
+
+
+def test_templated_paraphrases_keep_the_constraint():
+    from ingest.edit.evaluate import paraphrases_of
+    from ingest.edit.paraphrase import templated_paraphrases
+
+    got = templated_paraphrases("Is the car red in this image?", "car")
+    assert got == [("image-word", "Is the car red in this picture?"), ("image-word", "Is the car red in this photo?"),
+                   ("image-word", "Is the car red in the scene?"),
+                   ("lead-in", "Please answer: Is the car red in this image?")]
+    # a constraint that is the image itself is never rewritten: only the lead-in remains
+    assert templated_paraphrases("What is in this image?", "this image") == [
+        ("lead-in", "Please answer: What is in this image?")]
+    # a constraint read in the answer prefix: the whole question may be rewritten
+    assert [p for _, p in templated_paraphrases("Describe this image.", "car", "prefix")][:1] == ["Describe this picture."]
+    # a request's own paraphrases win; without them, the templates (or none)
+    own = EditRequest("0", None, "Is the car red in this image?", "car", "Yes", ("Is the car red?",))
+    assert paraphrases_of(own) == [("given", "Is the car red?")]
+    bare = EditRequest("1", None, "Is the car red in this image?", "car", "Yes")
+    assert len(paraphrases_of(bare)) == 4 and paraphrases_of(bare, templated=False) == []
