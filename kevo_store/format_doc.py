@@ -142,8 +142,9 @@ def render() -> str:
     parts = [HEAD]
     for name, sch in schema.TABLES.items():
         parts.append(_table(name, sch))
-    parts.append("## Derived tables\n\nWritten back with `kevo_store.write_derived_table(path, name, table, params)` and "
-                 "exposed as views like the tables above.\n")
+    parts.append("## Derived tables\n\nWritten back with `kevo_store.write_derived_table(path, name, table, params)` "
+                 "(several in one commit: `write_derived_tables(path, {name: (table, params)})`, e.g. `kevo trace`'s "
+                 "three) and exposed as views like the tables above.\n")
     for name, sch in schema.DERIVED_TABLES.items():
         parts.append(_table(name, sch))
     parts.append("## Format notes\n\nChanges within a format version, oldest first.\n\n"

@@ -618,41 +618,61 @@ def write_derived_table(path: str | os.PathLike, name: str, table: Any, params: 
     Known names (schema.DERIVED_TABLES) are checked against their schema; other names keep the
     table's own schema. ``params`` (the parameters that produced it) go to the manifest's "derived".
     """
+    write_derived_tables(path, {name: (table, params)})
+
+
+def write_derived_tables(path: str | os.PathLike, tables: dict[str, tuple[Any, dict[str, Any] | None]]) -> None:
+    """Store several derived tables ``{name: (table, params)}`` in one commit: every file is written
+    and fsynced first, then one manifest replacement names them all, so a crash or an error leaves
+    either all of them (each replacing its earlier version) or none (the store as it was)."""
     from .tables import to_table
 
-    if not name.isidentifier() or name in TABLES:
-        raise StoreError(f"derived table name {name!r} must be an identifier other than {list(TABLES)}")
+    for name in tables:
+        if not name.isidentifier() or name in TABLES:
+            raise StoreError(f"derived table name {name!r} must be an identifier other than {list(TABLES)}")
     if is_url(path):  # stores at a URL are read-only
         raise StoreError(f"{path} is a remote store, read-only: `kevo store pull` it and write the "
-                         f"'{name}' table into the local copy")
+                         f"{', '.join(repr(n) for n in tables)} table(s) into the local copy")
     fs = LocalFS(path)
     m = Manifest.load(fs)
-    lock = StoreLock(fs, purpose=f"write_derived_table {name}")
+    lock = StoreLock(fs, purpose=f"write_derived_table {', '.join(tables)}")
     lock.acquire()
+    written: list[str] = []
     try:
         m = Manifest.load(fs)
-        t = conform(table, DERIVED_TABLES[name], name) if name in DERIVED_TABLES else to_table(table, name)
-        if name in KEYS:
-            t = sort_by_key(t, name)
+        named = set(m["files"])  # files of an earlier derived write that died before its commit
+        for rel in fs.walk_files("derived"):
+            if rel not in named:
+                fs.remove(rel)
         commit = m["commits"] + 1
-        rel = f"derived/{name}/{name}-{commit:06d}.parquet"
-        fs.makedirs(f"derived/{name}")
-        pq.write_table(t, fs.full(rel), row_group_size=ROW_GROUP_ROWS, **parquet_options(t.schema, name))
-        fs.fsync_file(rel)
-        sha, size = fs.sha256(rel)
-        old = m.setdefault("derived", {}).get(name)
-        m["derived"][name] = {"files": [rel], "rows": t.num_rows, "params": params or {}, "created": now_iso()}
-        m["files"][rel] = {"sha256": sha, "size": size, "rows": t.num_rows}
-        for f in (old or {}).get("files", []):
-            m["files"].pop(f, None)
-        m["commits"] = commit
-        m["updated"] = now_iso()
+        obsolete: list[str] = []
         try:
+            for name, (table, params) in tables.items():
+                t = conform(table, DERIVED_TABLES[name], name) if name in DERIVED_TABLES else to_table(table, name)
+                if name in KEYS:
+                    t = sort_by_key(t, name)
+                rel = f"derived/{name}/{name}-{commit:06d}.parquet"
+                fs.makedirs(f"derived/{name}")
+                written.append(rel)
+                pq.write_table(t, fs.full(rel), row_group_size=ROW_GROUP_ROWS, **parquet_options(t.schema, name))
+                fs.fsync_file(rel)
+                sha, size = fs.sha256(rel)
+                old = m.setdefault("derived", {}).get(name)
+                m["derived"][name] = {"files": [rel], "rows": t.num_rows, "params": params or {}, "created": now_iso()}
+                m["files"][rel] = {"sha256": sha, "size": size, "rows": t.num_rows}
+                for f in (old or {}).get("files", []):
+                    if f != rel:
+                        m["files"].pop(f, None)
+                        obsolete.append(f)
+            m["commits"] = commit
+            m["updated"] = now_iso()
             fs.write_atomic(MANIFEST, m.dump())
         except BaseException:
-            fs.remove(rel)
+            for rel in written:
+                if fs.exists(rel):
+                    fs.remove(rel)
             raise
-        for f in (old or {}).get("files", []):
+        for f in obsolete:
             fs.remove(f)
     finally:
         lock.release()

@@ -225,3 +225,83 @@ def test_a_prefix_request_reads_its_key_at_the_constraint_in_the_prefix(image_fi
     assert key_position(ad, ids, "Describe this image.", "There is a cat and a cat", "cat", "prefix") == len(ids) - 1
     with pytest.raises(ModelError, match="not in the prefix"):
         key_position(ad, ids, "Describe this image.", "There is a dog", "cat", "prefix")
+
+
+UNRELATED = ["What colour is the sky?", "How many dogs are there?", "Describe the picture."]
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_unrelated_inputs_are_untouched_before_the_edited_block(family, image_file):
+    """After an edit of block l, questions that do not mention the request's constraint: the hidden
+    states before the block are bit for bit those of the original (the edit cannot reach them), the
+    block's output moves, and the request's own target rises (efficacy). Exact greedy tokens on
+    unrelated inputs are checked on the trained organism (tests/test_edit_organism.py): a random tiny
+    model's logits are so flat that any change of a block flips its greedy answers (measured: every
+    unrelated answer here changes, for lambda 1e-6 to 1e-3)."""
+    ad = load_adapter(str(tiny_model_dir(family)), dtype="float32")
+    image = load_image(image_file)
+    batches = [ad.encode([ad.build_prompt(q, True)], [image]) for q in UNRELATED]
+
+    def hidden():
+        with torch.no_grad():
+            return [ad.model(**ad.generate_inputs(b), output_hidden_states=True).hidden_states for b in batches]
+    hs0 = hidden()
+    res = multedit(ad, [EditRequest("0", image_file, "Is there a cat on the table?", "a cat", "guitar")], STRONG)
+    assert res.delta_norm > 0
+    hs1 = hidden()
+    for a, b in zip(hs0, hs1):
+        for layer in range(STRONG.layer):  # hidden states 0..l-1: before block l's output
+            assert torch.equal(a[layer], b[layer]), layer
+        assert not torch.equal(a[STRONG.layer], b[STRONG.layer])  # the block's output did move
+    t = res.targets[0]
+    p_after, _ = answer_probability(ad, t.prompt_text, image, t.target_id)
+    assert p_after > t.p_before
+
+
+def test_a_target_that_tokenizes_to_nothing_is_refused():
+    """A target the tokenizer drops entirely (here: a tokenizer that knows only some words) is refused
+    by name before anything is optimised."""
+    from types import SimpleNamespace
+
+    from ingest.edit.multedit import target_token
+
+    vocab = {w: i for i, w in enumerate("USER: Is there a cat ? ASSISTANT: guitar".split())}
+
+    def tokenize(text, add_special_tokens=False):
+        return {"input_ids": [vocab[w] for w in text.split() if w in vocab]}
+    ad = SimpleNamespace(tokenizer=tokenize)
+    assert target_token(ad, "USER: Is there a cat ? ASSISTANT:", "guitar") == vocab["guitar"]
+    with pytest.raises(ModelError, match="target '§§' tokenizes to nothing after the prompt"):
+        target_token(ad, "USER: Is there a cat ? ASSISTANT:", "§§")
+
+
+def test_a_very_large_lambda_leaves_the_model_unchanged(image_file):
+    """MultEdit end to end with lambda -> large: the block's weight and the answer stay as they were."""
+    ad = load_adapter(str(tiny_model_dir("llava")), dtype="float32")
+    req = EditRequest("0", image_file, "Is there a cat on the table?", "a cat", "guitar")
+    W = output_projection(ad, 2).weight.detach().clone()
+    res = multedit(ad, [req], EditSettings(layer=2, lam=1e12, steps=5, clamp=50.0))
+    assert (output_projection(ad, 2).weight.detach() - W).abs().max() < 1e-9 and res.delta_norm < 1e-9
+    t = res.targets[0]
+    p, _ = answer_probability(ad, t.prompt_text, load_image(image_file), t.target_id)
+    assert p == pytest.approx(t.p_before, rel=1e-5)
+
+
+def test_templated_paraphrases_keep_the_constraint():
+    from ingest.edit.evaluate import paraphrases_of
+    from ingest.edit.paraphrase import templated_paraphrases
+
+    got = templated_paraphrases("Is the car red in this image?", "car")
+    assert got == [("image-word", "Is the car red in this picture?"), ("image-word", "Is the car red in this photo?"),
+                   ("image-word", "Is the car red in the scene?"),
+                   ("lead-in", "Please answer: Is the car red in this image?")]
+    # a constraint that is the image itself is never rewritten: only the lead-in remains
+    assert templated_paraphrases("What is in this image?", "this image") == [
+        ("lead-in", "Please answer: What is in this image?")]
+    # a constraint read in the answer prefix: the whole question may be rewritten
+    assert [p for _, p in templated_paraphrases("Describe this image.", "car", "prefix")][:1] == ["Describe this picture."]
+    # a request's own paraphrases win; without them, the templates (or none)
+    own = EditRequest("0", None, "Is the car red in this image?", "car", "Yes", ("Is the car red?",))
+    assert paraphrases_of(own) == [("given", "Is the car red?")]
+    bare = EditRequest("1", None, "Is the car red in this image?", "car", "Yes")
+    assert len(paraphrases_of(bare)) == 4 and paraphrases_of(bare, templated=False) == []

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.timeout(2400)
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """The default demo (40 images, captions and yes/no questions, 16 VQA images) on the shipped weights."""
+    """The default demo (40 images, captions and yes/no questions, 16 VQA images, 12 traced colour
+    questions) on the shipped weights."""
     kevo = Path(sys.executable).parent / "kevo"
     out = tmp_path_factory.mktemp("demo") / "demo-out"
     r = subprocess.run([str(kevo), "demo", "--out", str(out)], capture_output=True, text=True, timeout=1800)
@@ -47,12 +48,19 @@ def test_demo_runs_the_whole_pipeline(demo):
     for name in ("report.html", "report-vqa.html"):
         assert (out / name).is_file() and (out / name).stat().st_size > 10_000
     figures = {Path(f).name for f in summary["figures"]}
-    assert figures >= {"critical-layers.png", "stages.png", "hallucination.png", "tsne-vqa.png"}
+    assert figures >= {"critical-layers.png", "stages.png", "hallucination.png", "tsne-vqa.png", "trace.png",
+                       "attention-patches.png"}
+    # the causal trace of the colour questions: every sample traced, its peaks per kind, its report
+    tr = summary["trace"]
+    assert tr["name"] == "swap:house/w1" and tr["n_samples"] == 12
+    assert {p["kind"] for p in tr["peaks"]} == {"hidden", "mlp", "attn"}
+    assert (out / "report-trace.html").is_file() and "trace-peaks" in (out / "report-trace.html").read_text()
     # the paper's Fig. 3 is drawn when a hallucinated token has a top-1 mutation event to show
     assert ("candidates-hallucination.png" in figures) == (summary["displaced_in_image"]["n_events"] > 0)
     assert "t-SNE" in (out / "report-vqa.html").read_text()
     for line in ("AMBER generative", "critical layers", "paper's (any top-1)", "correct objects, emitted token top-1",
-                 "object tokens", "mutation contrast", "cross-image VQA", str(out)):
+                 "object tokens", "mutation contrast", "cross-image VQA", "causal trace swap:house/w1",
+                 "peak AIE (layer)", str(out)):
         assert line in stdout
     # the displaced candidates are listed when hallucinated tokens have top-1 mutation events
     assert ("displaced candidates" in stdout) == (summary["displaced_in_image"]["n_events"] > 0)

@@ -208,3 +208,93 @@ def test_trace_queries_and_figures(store, tmp_path):
                      ("attention-patches", {})):
         files = plots.plot(kind, out, tmp_path / f"{kind}-{len(kw)}.png", **kw)
         assert files and all((tmp_path / f).stat().st_size > 1000 for f in files)
+
+
+CRASH_BETWEEN_TABLES = """
+import os, sys
+import pyarrow.parquet as pq
+import kevo_store.writer as w
+from ingest.trace.cli import trace
+real, n = pq.write_table, [0]
+def write_table(table, where, **kw):
+    n[0] += 1
+    real(table, where, **kw)
+    if n[0] == 2:  # the first two tables' files are on disk, fsynced or not: the process dies here
+        os._exit(9)
+w.pq.write_table = write_table
+trace.main(sys.argv[1:], standalone_mode=True)
+"""
+
+
+def _derived_files(out):
+    return sorted(str(p.relative_to(out)) for p in (out / "derived").rglob("*") if p.is_file())
+
+
+def test_a_crash_between_tables_leaves_no_partial_run_and_a_rerun_completes(store, model, tmp_path):
+    """kevo trace writes trace_runs, traces and attention_contributions in one commit: a process killed
+    after two of the three files leaves the store as it was (no table of the run is visible, the
+    earlier runs intact); an error in between does too, and removes its files; a rerun completes."""
+    import shutil
+    import subprocess
+    import sys
+
+    from kevo_store import open_store, verify_store
+
+    out = tmp_path / "copy.kevo"
+    shutil.copytree(store["out"], out)
+    runs_before = sorted(_table(out, "trace_runs")["trace_id"].to_list())
+    n_samples = len(set(_table(out, "trace_runs")["sample_id"].to_list()))
+    n_traces, n_contrib = _table(out, "traces").height, _table(out, "attention_contributions").height
+    before, files_before = _manifest_bytes(out), _derived_files(out)
+    args = [str(out), "--model", str(model), "--where", HAS_CONSTRAINT, "--corrupt", "swap:dog", "--window", "1",
+            "--kinds", "hidden", "--name", "crash", "--dtype", "float32", "--device", "cpu"]
+    p = subprocess.run([sys.executable, "-c", CRASH_BETWEEN_TABLES, *args], capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 9, p.stderr
+    assert _manifest_bytes(out) == before
+    assert len(_derived_files(out)) == len(files_before) + 2  # the dead process's files, named by no manifest
+    s = open_store(str(out))
+    assert sorted(s.sql("SELECT trace_id FROM trace_runs")["trace_id"].to_list()) == runs_before
+    assert s.sql("SELECT count(*) AS n FROM traces")["n"][0] == n_traces
+    assert s.sql("SELECT count(*) AS n FROM attention_contributions")["n"][0] == n_contrib
+    assert verify_store(str(out)).ok
+
+    # an error while the second table is written: nothing committed, and its own files are gone
+    import pyarrow.parquet as pq
+
+    import kevo_store.writer as w
+    from ingest.trace.corrupt import parse_corruption
+    from ingest.trace.engine import TraceSettings
+    from ingest.trace.run import TraceRequest, trace_store
+
+    real, calls = pq.write_table, []
+
+    def failing(table, where, **kw):
+        calls.append(where)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        real(table, where, **kw)
+    req = TraceRequest(store=str(out), model=str(model), where=HAS_CONSTRAINT, name="crash", dtype="float32",
+                       device="cpu", settings=TraceSettings(parse_corruption("swap:dog"), kinds=("hidden",)))
+    w.pq.write_table = failing
+    try:
+        with pytest.raises(OSError, match="disk full"):
+            trace_store(req, echo=lambda m: None, progress=False)
+    finally:
+        w.pq.write_table = real
+    assert _manifest_bytes(out) == before and _derived_files(out) == files_before  # the orphans went too
+
+    trace_store(req, echo=lambda m: None, progress=False)
+    s = open_store(str(out))
+    runs = s.sql("SELECT name, trace_id FROM trace_runs").to_dicts()
+    assert sorted(r["trace_id"] for r in runs if r["name"] != "crash") == runs_before
+    crash = [r["trace_id"] for r in runs if r["name"] == "crash"]
+    assert len(crash) == n_samples
+    traced = s.sql("SELECT DISTINCT trace_id FROM traces")["trace_id"].to_list()
+    assert set(crash) | set(runs_before) == set(traced)
+    assert s.sql("SELECT count(*) AS n FROM attention_contributions")["n"][0] == n_contrib  # same samples replaced
+    m = json.loads((out / "manifest.json").read_text())
+    commits = {m["derived"][t]["files"][0].rsplit("-", 1)[1] for t in ("traces", "trace_runs", "attention_contributions")}
+    assert len(commits) == 1  # the three tables name one commit
+    assert verify_store(str(out)).ok and _derived_files(out) == sorted(
+        f for t in ("traces", "trace_runs", "attention_contributions") for f in m["derived"][t]["files"])

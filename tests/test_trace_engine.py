@@ -1,5 +1,5 @@
-"""The causal-tracing engine (ingest/trace) on tiny models of every family: the identities of the
-method, every row against the naive reference (tests/trace_reference.py: one full hooked forward per
+"""The causal-tracing engine (ingest/trace) on tiny models of every family and on the embedded
+organism's shipped weights: the identities of the method, every row against the naive reference (tests/trace_reference.py: one full hooked forward per
 restored run, no cache), and attention contributions against a direct recomputation."""
 
 from __future__ import annotations
@@ -21,8 +21,17 @@ CONSTRAINT = "red car"
 TOL = 2e-6  # fp32 rounding of a different batch shape / cached attention
 
 
+def _model_dir(family):
+    """A tiny model of ``family``, or the embedded organism's shipped weights (``"organism"``)."""
+    if family == "organism":
+        from ingest.organism.train import WEIGHTS_DIR
+
+        return WEIGHTS_DIR
+    return tiny_model_dir(family)
+
+
 def _sample(family):
-    ad = load_adapter(str(tiny_model_dir(family)), dtype="float32")
+    ad = load_adapter(str(_model_dir(family)), dtype="float32")
     img = tiny_image() if ad.multimodal else None
     b = ad.encode([ad.build_prompt(QUESTION, img is not None)], [img] if img is not None else None)
     inputs = ad.generate_inputs(b)
@@ -46,7 +55,7 @@ def _naive(ad, inputs, pos, corrupt, n_samples=1, seed=0, sample_id=0):
                                          noise_draws((len(pos), ad.hidden_size), n_samples, seed, sample_id)))
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", [*FAMILIES, "organism"])
 def test_identities_and_rows_match_naive(family):
     ad, b, inputs, ids, pos, img_pos = _sample(family)
     assert [ad.tokenizer.decode([ids[p]]).strip() for p in pos][-1] == "car"
@@ -137,7 +146,7 @@ def test_image_noise_with_patch_groups(group):
     assert checked > 0
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "paligemma"])
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "paligemma", "organism"])
 def test_contributions_equal_direct_recomputation(family):
     ad, b, inputs, ids, pos, img_pos = _sample(family)
     T = len(ids)

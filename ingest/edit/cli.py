@@ -88,16 +88,18 @@ def edit(ctx, model, requests_file, images, out, layer, from_trace, method, lam,
 @click.option("--captions", type=click.Path(path_type=Path), default=None,
               help="An AMBER-format folder: captions compared by CHAIR/Cover/Hal/Cog before and after.")
 @click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--templated-paraphrases/--no-templated-paraphrases", "templated", default=True, show_default=True,
+              help="Generalisation on a request without its own paraphrases: templated rewrites of its question.")
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
               help="Folder for the stores and comparison.json/.csv.")
 def eval_cmd(original, edited_dirs, requests_file, images, unrelated, unrelated_images, captions, max_new_tokens,
-             out):
+             templated, out):
     """Efficacy, generalisation and specificity of edits, as store comparisons."""
     from .evaluate import evaluate
 
     table = evaluate(original, list(edited_dirs), requests_file, images=images, unrelated=unrelated,
                      unrelated_images=unrelated_images, captions=captions, out=out,
-                     max_new_tokens=max_new_tokens, echo=lambda m: click.echo(m, err=True))
+                     max_new_tokens=max_new_tokens, templated=templated, echo=lambda m: click.echo(m, err=True))
     click.echo(json.dumps(table, indent=2))
 
 

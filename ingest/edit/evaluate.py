@@ -2,7 +2,8 @@
 
 - efficacy: on the edit requests themselves, the target answer's first-token probability and rank at
   the answer position, before (original model) and after (each edited model);
-- generalisation: the same on each request's paraphrases;
+- generalisation: the same on each request's paraphrases (its own, or templated rewrites of its
+  question: :mod:`ingest.edit.paraphrase`), also per kind of rewrite;
 - specificity: unrelated inputs ingested by both models into ordinary stores (``kevo ingest vqa`` for
   unrelated questions, ``kevo ingest amber`` for a caption set) and compared: the share of responses
   that stayed exactly the same, and CHAIR / Cover / Hal / Cog of the captions before and after.
@@ -22,20 +23,30 @@ from ingest.models import load_adapter
 
 from .locate import continue_text
 from .multedit import answer_probability, load_image, target_token
+from .paraphrase import templated_paraphrases
 from .requests import EditRequest, read_requests
 
 
-def _answer_scores(ad, reqs: list[EditRequest], paraphrases: bool) -> list[dict]:
+def paraphrases_of(r: EditRequest, templated: bool = True) -> list[tuple[str, str]]:
+    """``(rewrite, question)`` of a request's paraphrases: its own (``"given"``) if it lists any, else
+    (with ``templated``) the templated rewrites of :mod:`ingest.edit.paraphrase`."""
+    if r.paraphrases:
+        return [("given", q) for q in r.paraphrases]
+    return templated_paraphrases(r.question, r.constraint, r.constraint_in) if templated else []
+
+
+def _answer_scores(ad, reqs: list[EditRequest], paraphrases: bool, templated: bool = True) -> list[dict]:
     rows = []
     for r in reqs:
-        questions = list(r.paraphrases) if paraphrases else [r.question]
+        questions = paraphrases_of(r, templated) if paraphrases else [("request", r.question)]
         image = load_image(r.image)
-        for q in questions:
+        for rewrite, q in questions:
             text = ad.build_prompt(q, image is not None)
             text = continue_text(text, r.prefix) if r.prefix else text
             tid = target_token(ad, text, r.target)
             p, rank = answer_probability(ad, text, image, tid)
-            rows.append({"id": r.id, "question": q, "target": r.target, "p_target": p, "rank_target": rank})
+            rows.append({"id": r.id, "question": q, "rewrite": rewrite, "target": r.target, "p_target": p,
+                         "rank_target": rank})
     return rows
 
 
@@ -72,20 +83,22 @@ def _unchanged(base: dict[str, str], other: dict[str, str]) -> dict:
 
 def evaluate(original: str, edited: list[str], requests_file: Path, *, images=None, unrelated=None,
              unrelated_images=None, captions=None, out: Path, max_new_tokens: int = 32,
-             echo: Callable[[str], None] = print) -> dict:
+             templated: bool = True, echo: Callable[[str], None] = print) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     reqs = read_requests(requests_file, images)
     models = {"original": original, **{Path(e).name: e for e in edited}}
     result: dict = {"requests": str(requests_file), "models": models, "efficacy": {}, "generalisation": {},
-                    "specificity": {}, "captions": {}, "per_request": {}}
+                    "generalisation_by_rewrite": {}, "specificity": {}, "captions": {}, "per_request": {}}
     for name, path in models.items():
         echo(f"scoring the requests with {name} ({path})")
         ad = load_adapter(path, dtype="float32")
         eff = _answer_scores(ad, reqs, paraphrases=False)
-        gen = _answer_scores(ad, reqs, paraphrases=True)
+        gen = _answer_scores(ad, reqs, paraphrases=True, templated=templated)
         result["efficacy"][name] = _summary(eff)
         result["generalisation"][name] = _summary(gen)
+        result["generalisation_by_rewrite"][name] = {
+            k: _summary([g for g in gen if g["rewrite"] == k]) for k in sorted({g["rewrite"] for g in gen})}
         result["per_request"][name] = eff + [dict(r, paraphrase=True) for r in gen]
         del ad
     stores: dict[str, dict[str, Path]] = {}
@@ -118,16 +131,19 @@ def evaluate(original: str, edited: list[str], requests_file: Path, *, images=No
     result["stores"] = {n: {k: str(v) for k, v in d.items()} for n, d in stores.items()}
     (out / "comparison.json").write_text(json.dumps(result, indent=2) + "\n")
     _write_csv(result, out / "comparison.csv")
-    return {k: result[k] for k in ("efficacy", "generalisation", "specificity", "captions")}
+    return {k: result[k] for k in ("efficacy", "generalisation", "generalisation_by_rewrite", "specificity",
+                                   "captions")}
 
 
 def _write_csv(result: dict, path: Path) -> None:
     rows = []
+    scores = ("n", "mean_p_target", "top1_rate", "mean_rank_target")
     for measure in ("efficacy", "generalisation"):
         for model, s in result[measure].items():
-            rows.append({"model": model, "measure": measure, **{k: s.get(k) for k in
-                                                                  ("n", "mean_p_target", "top1_rate",
-                                                                   "mean_rank_target")}})
+            rows.append({"model": model, "measure": measure, **{k: s.get(k) for k in scores}})
+    for model, by in result["generalisation_by_rewrite"].items():
+        for rewrite, s in by.items():
+            rows.append({"model": model, "measure": f"generalisation:{rewrite}", **{k: s.get(k) for k in scores}})
     for model, s in result["specificity"].items():
         rows.append({"model": model, "measure": "specificity", "n": s["n"], "unchanged_rate": s["unchanged_rate"]})
     for model, s in result["captions"].items():

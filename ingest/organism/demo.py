@@ -16,6 +16,7 @@ import click
 
 from ingest.organism import world
 from ingest.organism.train import WEIGHTS_DIR
+from ingest.trace.demo_step import SWAP_WORD, TRACE_RUN, trace_demo
 
 QUERIES = (
     # (name, extra args, output file)
@@ -90,21 +91,21 @@ def run_demo(out: Path, *, n_images: int, task: str, model: str | None, seed: in
 
     vqa = out / "vqa"
     vqa_store = out / "vqa.kevo"
-    echo(f"1/7 world: {n_images} images in AMBER format -> {data}; {vqa_images} images of the VQA split -> {vqa}")
+    echo(f"1/8 world: {n_images} images in AMBER format -> {data}; {vqa_images} images of the VQA split -> {vqa}")
     world.write_world(data, n_images=n_images, seed=seed, split="test")
     world.write_vqa(vqa, n_images=vqa_images, seed=seed)
 
-    echo("2/7 ingest: greedy captions + logit lens at every layer + hidden states")
+    echo("2/8 ingest: greedy captions + logit lens at every layer + hidden states")
     step("ingest", "amber", "--data", str(data), "--task", task, "--model", model, "--out", str(store),
          "--batch-size", "16", "--max-new-tokens", "40", "--top-k", "5")
 
-    echo("3/7 eval: AMBER metrics (CHAIR, Cover, Hal, Cog; Yes/No accuracy)")
+    echo("3/8 eval: AMBER metrics (CHAIR, Cover, Hal, Cog; Yes/No accuracy)")
     raw = step("eval", "amber", str(store), "--data", str(data), "--json", required=False)
     metrics = json.loads(raw) if raw else None
     if metrics is not None:
         (out / "eval_amber.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
 
-    echo("4/7 named queries")
+    echo("4/8 named queries")
     for name, extra, fname in QUERIES:
         step("query", name, str(store), *extra, "--format", "csv", "-o", str(tables / fname), required=False)
         step("query", name, str(store), *extra, "--format", "json", "-o",
@@ -115,12 +116,17 @@ def run_demo(out: Path, *, n_images: int, task: str, model: str | None, seed: in
             step("query", "critical-layer-distribution", str(store), "--param", "definition=emitted",
                  "--param", f"label={label}", "--format", fmt, "-o", str(tables / f"{stem}.{fmt}"), required=False)
 
-    echo("5/7 cross-image VQA: one question over many images; the answer token's hidden states per layer")
+    echo("5/8 cross-image VQA: one question over many images; the answer token's hidden states per layer")
     step("ingest", "vqa", "--questions", str(vqa / "questions.json"), "--images", str(vqa / "images"),
          "--model", model, "--out", str(vqa_store), "--batch-size", "16", "--max-new-tokens", "4", "--top-k", "5")
     step("embed", str(vqa_store), "--tokens", "is_answer", "--n-jobs", "2", "--name", "vqa-answer", required=False)
 
-    echo("6/7 figures")
+    echo("6/8 causal tracing: the colour questions, their object word swapped for another (kevo trace)")
+    t_trace = time.time()
+    trace_store = trace_demo(step, out, data, model)
+    trace_seconds = time.time() - t_trace
+
+    echo("7/8 figures")
     for fig in FIGURES:
         step("plot", fig, str(store), "-o", str(figures / f"{fig}.png"), required=False)
     token = _hallucination_token(tables / "mutation_events_hallucinated.json")
@@ -131,12 +137,13 @@ def run_demo(out: Path, *, n_images: int, task: str, model: str | None, seed: in
         echo("  (no hallucinated token has a top-1 mutation event: no candidates figure of a hallucination)")
     step("plot", "tsne", str(vqa_store), "-o", str(figures / "tsne-vqa.png"), required=False)
 
-    echo("7/7 report")
+    echo("8/8 report")
     step("report", str(store), "-o", str(out / "report.html"), required=False)
     step("report", str(vqa_store), "-o", str(out / "report-vqa.html"), required=False)
 
     summary = _summary(out, store, metrics, tables)
     summary.update(_vqa_summary(vqa_store, vqa))
+    summary["trace"] = _trace_summary(trace_store, tables / "trace_peaks.json", trace_seconds)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     echo("")
     echo(_format_summary(summary, out, time.time() - t_start))
@@ -166,6 +173,22 @@ def _vqa_summary(store: Path, vqa: Path) -> dict:
         s["dispersion"] = list(runs.values())[-1].get("dispersion")
     s["vqa"] = {"question": records[0]["question"] if records else None, "n_images": len(records)}
     return s
+
+
+def _trace_summary(store: Path, peaks: Path, seconds: float) -> dict | None:
+    """The demo's causal trace: the run's mean p(answer) clean and corrupted, and per kind the layer of
+    the largest average indirect effect (``trace-peaks``, per=dataset)."""
+    rows = [r for r in _rows(_read_json(peaks)) if r.get("name") == TRACE_RUN]
+    if not rows or not (store / "manifest.json").is_file():
+        return None
+    from kevo_store import open_store
+
+    r = open_store(store).sql("SELECT count(*) AS n, avg(p_clean) AS p_clean, avg(p_corrupt) AS p_corrupt "
+                              f"FROM trace_runs WHERE name = '{TRACE_RUN}'").to_dicts()[0]
+    report = store.parent / "report-trace.html"
+    return {"store": str(store), "report": str(report) if report.is_file() else None, "name": TRACE_RUN, "n_samples": int(r["n"]), "p_clean": r["p_clean"],
+            "p_corrupt": r["p_corrupt"], "seconds": seconds,
+            "peaks": [{k: p.get(k) for k in ("kind", "peak_layer", "peak_effect")} for p in rows]}
 
 
 def _summary(out: Path, store: Path, metrics: dict | None, tables: Path) -> dict:
@@ -214,10 +237,12 @@ def _rows(table) -> list[dict]:
 
 
 def _format_summary(s: dict, out: Path, seconds: float) -> str:
-    lines = [f"demo finished in {seconds:.0f}s; everything is under {out}/"]
+    tr = s.get("trace") or {}
+    lines = [f"demo finished in {seconds:.0f}s" + (f" (causal tracing {tr['seconds']:.0f}s)" if tr else "")
+             + f"; everything is under {out}/"]
     lines.append(f"  store    {s['store']}   (try: kevo sql {s['store']} \"SELECT * FROM tokens LIMIT 5\")")
     if s.get("report"):
-        lines.append(f"  report   {s['report']}")
+        lines.append(f"  report   {s['report']}" + (f", {Path(tr['report']).name}" if tr.get("report") else ""))
     if s.get("figures"):
         lines.append(f"  figures  {', '.join(Path(f).name for f in s['figures'])} in {out / 'figures'}")
     lines.append(f"  tables   {out / 'tables'}")
@@ -272,6 +297,14 @@ def _format_summary(s: dict, out: Path, seconds: float) -> str:
         last = sum(r["rel_dispersion"] for r in disp[-q:]) / q
         if first > 0:
             lines.append(f"    last quarter / first quarter of the layers = {last / first:.1f}x")
+    tr = s.get("trace")
+    if tr:
+        lines.append(f"  causal trace {tr['name']}: {tr['n_samples']} colour questions, the object word swapped for "
+                     f"\"{SWAP_WORD}\"; mean p(answer) clean {tr['p_clean']:.4f}, corrupted {tr['p_corrupt']:.4f}")
+        order = {"hidden": 0, "mlp": 1, "attn": 2}
+        peaks = sorted(tr["peaks"], key=lambda p: order.get(p["kind"], 9))
+        lines.append("    peak AIE (layer)   " + "   ".join(f"{p['kind']} {p['peak_effect']:.4f} (L{p['peak_layer']})"
+                                                       for p in peaks))
     return "\n".join(lines)
 
 

@@ -15,9 +15,10 @@ PATTERNS = (
 
 
 def constraint_questions(data: str | Path, out: str | Path, per_kind: int | None = None,
-                         kinds: tuple[str, ...] = ("existence", "attribute")) -> Path:
+                         kinds: tuple[str, ...] = ("existence", "attribute"), exclude: tuple[str, ...] = ()) -> Path:
     """Write ``out`` (JSONL: id, image, question, answer, constraint, kind) from ``data`` (an AMBER-format
-    directory: ``query/`` and ``annotations.json``); ``per_kind`` questions of each kind at most."""
+    directory: ``query/`` and ``annotations.json``); ``per_kind`` questions of each kind at most, none
+    whose object is in ``exclude`` (e.g. the unrelated questions of an edit about the car)."""
     data = Path(data)
     truth = {int(a["id"]): a.get("truth") for a in json.loads((data / "annotations.json").read_text())}
     rows = []
@@ -28,7 +29,7 @@ def constraint_questions(data: str | Path, out: str | Path, per_kind: int | None
         n = 0
         for r in recs:
             m = pat.match(r["query"])
-            if not m:
+            if not m or m.group(1) in exclude:
                 continue
             rows.append({"id": f"{kind}-{r['id']}", "image": r["image"], "question": r["query"],
                          "constraint": m.group(1), "answer": (truth.get(int(r["id"])) or "").capitalize() or None,
@@ -42,7 +43,8 @@ def constraint_questions(data: str | Path, out: str | Path, per_kind: int | None
 
 
 def main(argv=None) -> int:
-    """``python -m ingest.trace.questions WORLD_DATA OUT.jsonl [--per-kind N] [--kinds attribute,existence]``"""
+    """``python -m ingest.trace.questions WORLD_DATA OUT.jsonl [--per-kind N] [--kinds attribute,existence]
+    [--exclude car]``"""
     import argparse
 
     ap = argparse.ArgumentParser(description="questions with constraints from an AMBER-format world")
@@ -50,8 +52,10 @@ def main(argv=None) -> int:
     ap.add_argument("out")
     ap.add_argument("--per-kind", type=int, default=None)
     ap.add_argument("--kinds", default="existence,attribute")
+    ap.add_argument("--exclude", default="", help="objects whose questions are left out, comma-separated")
     a = ap.parse_args(argv)
-    p = constraint_questions(a.data, a.out, a.per_kind, tuple(k.strip() for k in a.kinds.split(",") if k.strip()))
+    p = constraint_questions(a.data, a.out, a.per_kind, tuple(k.strip() for k in a.kinds.split(",") if k.strip()),
+                             tuple(x.strip() for x in a.exclude.split(",") if x.strip()))
     print(p)
     return 0
 

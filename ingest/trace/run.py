@@ -7,7 +7,8 @@
 Everything that can be refused is checked before the first forward (kinds, window, the store's
 model, images for image-noise, each sample's constraint), and the clean run of every sample is
 checked against the store (same answer token, same probability) before anything is written; the
-three tables are written only at the end, so a refused or interrupted run leaves the store as it was.
+three tables are written only at the end, in one commit (kevo_store.write_derived_tables), so a refused
+or interrupted run leaves the store as it was, with all three tables or none of the new rows.
 """
 
 from __future__ import annotations

@@ -122,12 +122,12 @@ def _existing(store_path: str, name: str) -> pa.Table | None:
 
 
 def merge_and_write(store_path, run_name, runs, traces, contribs, params, sample_ids) -> None:
-    """Replace this run's rows (and the traced samples' contributions), keep the rest; traces and
-    contributions first, trace_runs last (the run index is written once its rows are in)."""
+    """Replace this run's rows (and the traced samples' contributions), keep the rest; the three
+    tables go into the store in one commit (a crash leaves all of them or none)."""
     import pyarrow.compute as pc
 
     from kevo_store import open_store
-    from kevo_store.writer import write_derived_table
+    from kevo_store.writer import write_derived_tables
 
     s = open_store(store_path)
     derived = (s.manifest.get("derived") or {})
@@ -141,13 +141,15 @@ def merge_and_write(store_path, run_name, runs, traces, contribs, params, sample
         ids = pa.array(sample_ids, pa.int64())
         tables.insert(1, ("attention_contributions", pa.concat_tables(contribs),
                           lambda t: pc.invert(pc.is_in(t["sample_id"], value_set=ids))))
+    out = {}
+    p = {"runs": {**old_params, run_name: params}}
     for name, new, keep in tables:
         old = _existing(store_path, name)
         if old is not None and old.num_rows:
             old = old.cast(new.schema) if old.schema != new.schema else old
             new = pa.concat_tables([old.filter(keep(old)), new])
-        p = {"runs": {**old_params, run_name: params}}
-        write_derived_table(store_path, name, new, p)
+        out[name] = (new, p)
+    write_derived_tables(store_path, out)
 
 
 def effects_matrix(res, kind: str) -> tuple[list[int], list[int], np.ndarray]:
