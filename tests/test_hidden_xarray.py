@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import store_helpers as H
+
 from kevo_store import open_store
 from tests.runner_helpers import REPRODUCIBLE_ENV, kevo, tiny_model_dir
 
