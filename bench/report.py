@@ -394,7 +394,7 @@ def _hidden(w, h, cmd):
           f"{_status(r['met_target'])}); runs {r['times_s']}. 1,000 random tokens at one layer: "
           f"**{_f(r['random_1000_best_s'])} s** (best). At this size a layer is only "
           f"{_f(r['layer_bytes'] / 2**20)} MiB, so kevo's fixed costs per read (opening the array, the chunk index, "
-          "one Zarr call per run of chunks) weigh heavily against a 6 ms raw read; the AMBER-scale case "
+          "one Zarr call per run of chunks) weigh heavily against a raw read of a few milliseconds; the AMBER-scale case "
           "(100,400 tokens, 785 MiB a layer) was not run on this shared machine.")
     w("")
 

@@ -25,7 +25,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
-from kevo_store import open_store, write_derived_table
+from kevo_store import open_store, write_derived_tables
 
 from .command import ExperimentError, Kevo
 from .rebuild import settings_args
@@ -182,11 +182,12 @@ def run_llm(lvlm: str, llm: str, out: Path, *, tau: float | None = None, lens: s
 
     params = {"experiment": "llm", "lvlm": str(lvlm), "llm": llm, "tau": tau, "lens": lens,
               "alignment": alignment_note, "same_vocabulary": same_vocab}
-    write_derived_table(str(out), "comparison", pa.Table.from_pylist(
-        [{k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v) for k, v in r.items()}
-         for r in summary]), params)
-    write_derived_table(str(out), "comparison_distribution", pa.Table.from_pylist(dist), params)
-    write_derived_table(str(out), "comparison_js_prev", pa.Table.from_pylist(js), params)
+    rows = [{k: (float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v) for k, v in r.items()}
+            for r in summary]
+    write_derived_tables(str(out), {  # one commit: the three tables of a comparison appear together or not at all
+        "comparison": (pa.Table.from_pylist(rows), params),
+        "comparison_distribution": (pa.Table.from_pylist(dist), params),
+        "comparison_js_prev": (pa.Table.from_pylist(js), params)})
     echo(format_llm(result, art))
     return result
 
