@@ -1,6 +1,7 @@
 """Shared pieces of the benchmarks: the machine description, timing, and where scratch files go.
 
-Timing rule (speed is a ratio measured side by side, never an absolute time): the two sides of every ratio run in the same process, interleaved
+Timing rule (speed is a ratio measured side by side, never an absolute time): \
+the two sides of every ratio run in the same process, interleaved
 (A, B, A, B, ...), and the ratio is taken between the fastest run of each side. On a shared,
 noisy machine the minimum is the best estimate of the unloaded time; every run is kept in
 results.json so the spread can be read there.

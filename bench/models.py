@@ -92,7 +92,8 @@ def llava_config(size: LlavaSize):
 
     ids = {t: i for i, t in enumerate(SPECIAL)}
     vision = CLIPVisionConfig(hidden_size=size.vision_hidden, intermediate_size=size.vision_hidden * 4,
-                              num_hidden_layers=size.vision_layers, num_attention_heads=max(1, size.vision_hidden // 64),
+                              num_hidden_layers=size.vision_layers,
+                              num_attention_heads=max(1, size.vision_hidden // 64),
                               image_size=size.image_size, patch_size=size.patch, projection_dim=size.vision_hidden)
     text = LlamaConfig(vocab_size=size.vocab, hidden_size=size.hidden, intermediate_size=size.intermediate,
                        num_hidden_layers=size.layers, num_attention_heads=size.heads,

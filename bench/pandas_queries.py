@@ -1,5 +1,7 @@
 """The baseline of benchmark 4: named queries written the way an analyst would write them in pandas
-(read the Parquet files, merge, groupby, shift), with the same definitions (docs/analyses.md) and the defaults the SQL fragments declare. Each function reads what it needs from the store's files itself, so its time is
+(read the Parquet files, merge, groupby, shift), with the same definitions (docs/analyses.md) \
+and the defaults the SQL fragments declare. Each function reads what it needs from the store's files itself, \
+so its time is
 comparable to a DuckDB query over the same files. Each returns a DataFrame that
 :func:`check` compares with the DuckDB answer (the benchmark's correctness guard).
 """

@@ -81,7 +81,8 @@ def render(r: dict) -> str:
     if len(hist) > 1:
         names = [k for k in hist[-1] if k not in ("date_utc", "load_avg_start")]
         w("**Run-to-run spread.** The same `make bench` on the same machine at other times (the last row is this "
-          "run; the load came from other jobs): the spread is the honest error bar of the figures above; — = not measured that way in that run.")
+          "run; the load came from other jobs): the spread is the honest error bar of the figures above; "
+          "— = not measured that way in that run.")
         w("")
         w("| run (UTC) | load avg | " + " | ".join(names) + " |")
         w("|---|---|" + "---|" * len(names))
@@ -148,7 +149,8 @@ def _summary(r: dict) -> list[list[str]]:
                     f"{_f(h['mib_per_s']['raw_fsync'])} MiB/s)", "≥ 0.5", _status(h["met_target"])])
         rd = h.get("read")
         if rd:
-            out.append(["3", f"hidden-state reads: one layer across all {rd['tokens']:,} tokens (Store.hidden, checked) / "
+            out.append(["3", f"hidden-state reads: one layer across all {rd['tokens']:,} tokens "
+                        "(Store.hidden, checked) / "
                         "raw sequential read of the same bytes, warm cache", f"{_f(rd['ratio_store_vs_raw'])}; 1,000 "
                         f"random tokens at one layer {_f(rd['random_1000_best_s'])} s", "≥ 0.5",
                         _status(rd["met_target"])])
@@ -287,11 +289,13 @@ def _ingest(w, sec, cmd):
             bound = min(e2e) / g
             w(f"- What limits the end-to-end ratio: both sides run the same generation with hidden states "
               f"({_f(g)} s at best in the paper arm's runs), which neither can avoid: a kevo that spent no time at "
-              f"all on the analysis would be at most {_f(bound)}x faster than the paper's code as released here. The ratio grows with the analysis's "
+              f"all on the analysis would be at most {_f(bound)}x faster than the paper's code as released here. "
+              "The ratio grows with the analysis's "
               "share: longer answers, more layers, and more positions (the as-released code unembeds every prompt "
               "position at step 0, 576 image tokens for LLaVA-1.5).")
         if not p["met_target_analysis"]:
-            w(f"- What limits the analysis ratio: on a CPU the paper's per-call cost is small next to its work (each lm_head call is a "
+            w(f"- What limits the analysis ratio: on a CPU the paper's per-call cost is small next to its work "
+              "(each lm_head call is a "
               f"{_f(o['model']['hidden'])} x {_f(o['model']['vocab'])} matrix-vector product that streams the whole "
               "head from memory), while kevo's lens computes more per distribution than the paper's loop "
               "(entropy, rank, JS and KL to the final layer as well: see the breakdown above), so the batched "
@@ -394,13 +398,15 @@ def _hidden(w, h, cmd):
           f"{_status(r['met_target'])}); runs {r['times_s']}. 1,000 random tokens at one layer: "
           f"**{_f(r['random_1000_best_s'])} s** (best). At this size a layer is only "
           f"{_f(r['layer_bytes'] / 2**20)} MiB, so kevo's fixed costs per read (opening the array, the chunk index, "
-          "one Zarr call per run of chunks) weigh heavily against a raw read of a few milliseconds; the AMBER-scale case "
+          "one Zarr call per run of chunks) weigh heavily against a raw read of a few milliseconds; "
+          "the AMBER-scale case "
           "(100,400 tokens, 785 MiB a layer) was not run on this shared machine.")
     w("")
 
 
 def _query_scaling(w, sc, cmd):
-    w("### Query latency as the store grows (" + ", ".join(f"{k}x" for k in (sc or {}).get("scales", [])) + " AMBER scale)")
+    scale_names = ", ".join(f"{k}x" for k in (sc or {}).get("scales", []))
+    w("### Query latency as the store grows (" + scale_names + " AMBER scale)")
     w("")
     e = _err(sc)
     if e:
@@ -456,7 +462,8 @@ def _queries(w, qs, ing, cmd):
     slow = [x["query"] for x in qs["queries"] if not x["under_1s"]]
     if slow:
         w(f"- Over 1 s: {', '.join(slow)}: **missed**. Every query scans "
-          f"{qs['storage']['token_layers']:,} `layers` rows; the window functions (LAG, ROW_NUMBER over (token_uid, layer)) and the "
+          f"{qs['storage']['token_layers']:,} `layers` rows; "
+          "the window functions (LAG, ROW_NUMBER over (token_uid, layer)) and the "
           "median per token dominate, on 2 cores shared with other jobs. Compare with the run-to-run spread: the "
           "same queries varied by up to about 2x between runs here.")
     else:
@@ -473,7 +480,8 @@ def _queries(w, qs, ing, cmd):
           "query reads when no earlier query had read them; the 'best' column, the warm check.")
     w("")
     s = qs["storage"]
-    w(f"**Storage** (5). Lens tables of the synthetic AMBER-scale store: layers {_f(s['bytes_per_token_layer']['layers'])} "
+    w(f"**Storage** (5). Lens tables of the synthetic AMBER-scale store: "
+      f"layers {_f(s['bytes_per_token_layer']['layers'])} "
       f"B + topk {_f(s['bytes_per_token_layer']['topk'])} B = **{_f(s['bytes_per_token_layer']['layers+topk'])} B per "
       f"token-layer** (target ≤ 100 B: {_status(s['met_target'])}; {_f(s['token_layers'])} token-layers). ")
     sr = (ing or {}).get("storage_real_store") if isinstance(ing, dict) else None

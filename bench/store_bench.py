@@ -87,7 +87,8 @@ def main() -> int:
     for name, q in [("count_layers", "SELECT count(*) FROM layers"),
                     ("p_out_by_layer", "SELECT layer, avg(p_out) FROM layers GROUP BY layer"),
                     ("one_token_topk", "SELECT * FROM topk WHERE token_uid = 51234"),
-                    ("top1_at_layer_20", "SELECT vocab_id, count(*) FROM topk WHERE layer = 20 AND rank = 1 GROUP BY 1")]:
+                    ("top1_at_layer_20",
+                     "SELECT vocab_id, count(*) FROM topk WHERE layer = 20 AND rank = 1 GROUP BY 1")]:
         t = time.perf_counter()
         s.sql(q)
         res[f"query_{name}_s"] = time.perf_counter() - t

@@ -108,7 +108,8 @@ def _parse_store_args(args: tuple[str, ...]) -> dict[str, str]:
 
     stores: dict[str, str] = {}
     for a in args:
-        if "=" in a and not a.startswith(("s3://", "gs://", "file://", "memory://")) and a.split("=", 1)[0].isidentifier():
+        if ("=" in a and not a.startswith(("s3://", "gs://", "file://", "memory://"))
+                and a.split("=", 1)[0].isidentifier()):
             alias, path = a.split("=", 1)
         else:
             alias, path = alias_for(a), a
@@ -153,7 +154,8 @@ def sql(args: tuple[str, ...], fmt: str, output: str | None, max_rows: int, allo
     \b
     kevo sql amber.kevo "SELECT count(*) FROM tokens"
     kevo sql base=amber.kevo skip=amber_skip.kevo \\
-        "SELECT a.layer, avg(a.p_out - b.p_out) FROM base.layers a JOIN skip.layers b USING (token_uid, lens, layer) GROUP BY 1"
+        "SELECT a.layer, avg(a.p_out - b.p_out) FROM base.layers a JOIN skip.layers b \
+USING (token_uid, lens, layer) GROUP BY 1"
     """
     if len(args) < 2:
         raise click.UsageError("give at least one STORE and the SQL query (the last argument)")
@@ -277,7 +279,8 @@ def info(store_path: str, as_json: bool) -> None:
     lines = [f"store      {s['path']}  (format v{s['format_version']}, kevo {s['kevo_version']}, {s['state']}, "
              f"{s['commits']} commits, updated {s['updated']})"]
     if md:
-        extra = ", ".join(f"{k} {md[k]}" for k in ("family", "dtype", "n_layers", "hidden_size", "vocab_size") if k in md)
+        extra = ", ".join(f"{k} {md[k]}" for k in ("family", "dtype", "n_layers", "hidden_size", "vocab_size")
+                          if k in md)
         lines.append(f"model      {md.get('id', '?')}{' @ ' + str(md['revision']) if md.get('revision') else ''}"
                      f"{'  (' + extra + ')' if extra else ''}")
     if ds:

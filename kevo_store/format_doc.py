@@ -33,7 +33,8 @@ STORE/
   hidden/                            Zarr v3 group of hidden states (absent if none were captured)
     zarr.json                        group metadata
     hidden/zarr.json                 the array hidden(token, layer, hidden_dim); attributes: logical_dtype, layers
-    hidden/c/<shard>/<layer>/0       one shard = {SHARD_TOKENS} tokens x 1 layer x D (inner chunks of {CHUNK_TOKENS} tokens)
+    hidden/c/<shard>/<layer>/0       one shard = {SHARD_TOKENS} tokens x 1 layer x D \
+(inner chunks of {CHUNK_TOKENS} tokens)
     hidden/index/shards-<commit>.json  sha256 + size of the files each commit wrote (index-<commit>.json after close)
     hidden/tail-<commit>.npz         each commit's rows that do not complete a shard, while the store is open
     token_uid/, sample_id/           coordinates along token: zarr.json + c/<shard> (one chunk per shard)
@@ -77,21 +78,32 @@ failure leaves a committed store pointing at data that is not on disk.
 | `format`, `format_version` | `"kevo-store"`, {schema.FORMAT_VERSION}. A reader refuses a newer format version. |
 | `kevo_version`, `created`, `updated` | the kevo that created the store; UTC ISO-8601 times |
 | `state`, `commits` | `"open"` while a writer has not closed it, `"closed"` after; number of commits |
-| `model` | `id`, `revision`, `dtype`, `family`, `n_layers` (L), `hidden_size`, `vocab_size`, `path`; `fingerprint` (`sha256` over the config, weights and tokenizer files and `files`: each one's sha256), what resume, join and merge compare instead of the name or the path |
+| `model` | `id`, `revision`, `dtype`, `family`, `n_layers` (L), `hidden_size`, `vocab_size`, `path`; \
+`fingerprint` (`sha256` over the config, weights and tokenizer files and `files`: each one's sha256), \
+what resume, join and merge compare instead of the name or the path |
 | `lens` | lens specification: `modes` (final_norm, raw), `top_k`, norm and dtype details |
 | `generation` | greedy, max_new_tokens, prompt template, ... |
 | `dataset` | name, source fingerprint, ... |
 | `capture` | which tokens/layers were captured, and other capture choices |
 | `tables.<t>` | `files` (store-relative paths) and `rows` of each table |
 | `derived.<name>` | `files`, `rows`, `params` (the parameters that produced it), `created` |
-| `hidden` | null, or `layers` (axis 1 of the array, as layer numbers), `hidden_size`, `dtype` (stored: float16 or uint16), `logical_dtype` (float16 or bfloat16), `shard_tokens`, `chunk_tokens`, `codec` (`none` or `zstd`), `rows` (= tokens), `zarr_rows` (rows in the arrays; the rest are in `tails`), `tails`, `index` |
-| `files.<path>` | `sha256`, `size` in bytes, `rows` (Parquet) of every file of the store except the group's `zarr.json` files (checked by structure) and the shards and coordinate chunks (checksummed in the chunk index, which is itself in `files`) |
+| `hidden` | null, or `layers` (axis 1 of the array, as layer numbers), `hidden_size`, \
+`dtype` (stored: float16 or uint16), `logical_dtype` (float16 or bfloat16), `shard_tokens`, `chunk_tokens`, \
+`codec` (`none` or `zstd`), `rows` (= tokens), `zarr_rows` (rows in the arrays; the rest are in `tails`), \
+`tails`, `index` |
+| `files.<path>` | `sha256`, `size` in bytes, `rows` (Parquet) of every file of the store \
+except the group's `zarr.json` files (checked by structure) and the shards and coordinate chunks \
+(checksummed in the chunk index, which is itself in `files`) |
 | `next_sample_id`, `next_token_uid` | the ids the next batch starts from |
-| `partial` | only in a partial pull (`kevo store pull --tables/--layers/--no-hidden`): `source` (the URL), `omitted_tables`, `hidden_layers` (the layers whose chunks were pulled; null = all, [] = none). Every other entry is the source's, so `verify` knows what is missing on purpose; readers make no view of an omitted table and refuse hidden states of an omitted layer; writers refuse the store |
+| `partial` | only in a partial pull (`kevo store pull --tables/--layers/--no-hidden`): `source` (the URL), \
+`omitted_tables`, `hidden_layers` (the layers whose chunks were pulled; null = all, [] = none). \
+Every other entry is the source's, so `verify` knows what is missing on purpose; \
+readers make no view of an omitted table and refuse hidden states of an omitted layer; writers refuse the store |
 
 ## Hidden states
 
-`hidden` is a Zarr v3 group, readable by any Zarr v3 reader (`xarray.open_zarr("STORE/hidden", consolidated=False)` gives a Dataset;
+`hidden` is a Zarr v3 group, readable by any Zarr v3 reader (`xarray.open_zarr("STORE/hidden", consolidated=False)` \
+gives a Dataset;
 `Store.hidden_xarray()` a lazy dask-backed DataArray). Its array `hidden` has shape (tokens, len(hidden.layers), D)
 and dimension names (token, layer, hidden_dim: a dimension named like the variable would make xarray
 take the variable for a coordinate); row i is token_uid i; axis 1 follows `hidden.layers`. Coordinates:
@@ -110,9 +122,11 @@ Every read by `Store.hidden` also checks that each shard it touches exists as a 
 index gives, and fails naming the shard otherwise.
 
 While a writer has the store open, only whole shards are in the arrays: each commit's rows that do not complete
-a shard are kept in its `hidden/hidden/tail-<commit>.npz` (arrays `hidden` and `sample_id`), and the commit that completes the
+a shard are kept in its `hidden/hidden/tail-<commit>.npz` (arrays `hidden` and `sample_id`), \
+and the commit that completes the
 shard drops the tails. The arrays' `zarr.json` shapes may run ahead of the manifest after a crash (readers trust
-the manifest's `zarr_rows`; a plain Zarr reader sees the shard-aligned rows of an open store, every row of a closed one).
+the manifest's `zarr_rows`; a plain Zarr reader sees the shard-aligned rows of an open store, \
+every row of a closed one).
 
 Format v1 (`chunk_tokens` 64, no `shard_tokens`): `hidden` was a bare Zarr array, chunks ({V1_CHUNK_TOKENS}, 1, D),
 zstd level 1, files `hidden/c/<token_chunk>/<layer>/0`, a single `tail-<commit>.npy`, and index parts

@@ -94,7 +94,8 @@ def _read_check(enabled: bool | None, stores: list[tuple[StoreFS, dict]]) -> Rea
 def _attach(con: duckdb.DuckDBPyConnection, fs: StoreFS, m: dict, schema_name: str | None) -> None:
     ffs = fs.fsspec()
     # one store may be attached twice (open_stores: under its alias and unqualified): register once
-    if ffs is not None and (ffs.protocol if isinstance(ffs.protocol, str) else ffs.protocol[0]) not in con.list_filesystems():
+    if ffs is not None and ((ffs.protocol if isinstance(ffs.protocol, str) else ffs.protocol[0])
+                            not in con.list_filesystems()):
         con.register_filesystem(ffs)
     prefix = ""
     if schema_name:
@@ -269,7 +270,8 @@ class Store:
         partial = m.partial or {}
         if name in m.omitted_tables:
             raise StoreError(f"{self.path}: table '{name}' is not in this store: a partial pull of "
-                             f"{partial.get('source', 'another store')} left it out (pull it with --tables to query it)")
+                             f"{partial.get('source', 'another store')} left it out "
+                             "(pull it with --tables to query it)")
         if name in m["tables"]:
             files = m["tables"][name].get("files", [])
         elif name in (m.get("derived") or {}):

@@ -55,7 +55,8 @@ TOKENS = pa.schema(
         _f("token_uid", pa.int64(), "Unique in the store; row in the Zarr array 'hidden'. Key.", False),
         _f("sample_id", pa.int64(), "The sample this token belongs to.", False),
         _f("step", pa.int32(), "Generation step (0 = first generated token); -1 for image/prompt positions.", False),
-        _f("position", pa.int32(), "Position in the unpadded sequence (prompt + generated) that PREDICTED this token for "
+        _f("position", pa.int32(), "Position in the unpadded sequence (prompt + generated) that PREDICTED "
+           "this token for "
            "generated tokens, i.e. the hidden state's position; the token's own position for image/prompt.", False),
         _f("role", pa.string(), "image | prompt | generated.", False),
         _f("token_id", pa.int32(), "Vocabulary id of the token (the emitted token for generated rows).", False),
@@ -81,7 +82,8 @@ TOKENS = pa.schema(
 LAYERS = pa.schema(
     [
         _f("token_uid", pa.int64(), "Token (key part 1).", False),
-        _f("lens", pa.string(), "Lens mode: 'final_norm' (lm_head(norm(h_l))) or 'raw' (lm_head(h_l), L normed). Key part 2.", False),
+        _f("lens", pa.string(), "Lens mode: 'final_norm' (lm_head(norm(h_l))) or 'raw' (lm_head(h_l), L normed). "
+           "Key part 2.", False),
         _f("layer", pa.int16(), "Layer 0..L (key part 3).", False),
         _f("p_out", pa.float32(), "Probability at this layer of the token the model finally emitted.", False),
         _f("logit_out", pa.float32(), "Logit of the emitted token at this layer (after soft-capping if any).", False),
@@ -92,7 +94,8 @@ LAYERS = pa.schema(
         _f("js_prev", pa.float32(), "Jensen-Shannon divergence to layer-1's distribution, nats; null at layer 0."),
         _f("js_final", pa.float32(), "Jensen-Shannon divergence to the last layer's distribution, nats.", False),
         _f("kl_final", pa.float32(), "KL(final || this layer), nats.", False),
-        _f("js_dola", pa.float32(), "Paper code's variant vs layer-1 (reverse KL to the mixture, vocab-mean); null unless captured."),
+        _f("js_dola", pa.float32(), "Paper code's variant vs layer-1 (reverse KL to the mixture, vocab-mean); "
+           "null unless captured."),
     ]
 )
 
@@ -145,21 +148,25 @@ TRACE_RUNS = pa.schema(
         _f("name", pa.string(), "The trace run's name (its parameters: manifest 'derived'.traces.params.runs).", False),
         _f("sample_id", pa.int64(), "The traced sample.", False),
         _f("corruption", pa.string(), "'swap:WORD', 'noise:K' or 'image-noise:K'.", False),
-        _f("corrupted_positions", pa.list_(pa.int32()), "Input positions corrupted (constraint or image tokens).", False),
-        _f("replacement_id", pa.int32(), "swap: the id of the replacement token (first piece of WORD); null for noise."),
+        _f("corrupted_positions", pa.list_(pa.int32()), "Input positions corrupted (constraint or image tokens).",
+           False),
+        _f("replacement_id", pa.int32(),
+           "swap: the id of the replacement token (first piece of WORD); null for noise."),
         _f("noise_scale", pa.float32(), "noise: K (the noise's standard deviation is K x sigma); null for swap."),
         _f("noise_sigma", pa.float32(), "noise: sigma, the standard deviation of the model's token embeddings."),
         _f("noise_samples", pa.int32(), "Noise draws averaged (1 for swap).", False),
         _f("seed", pa.int64(), "Seed of the noise draws (per sample: seeded by (seed, sample_id)).", False),
         _f("window", pa.int16(), "Layers restored together per row (W), centred on the row's layer, clipped.", False),
         _f("kinds", pa.list_(pa.string()), "Restored kinds: hidden, mlp, attn.", False),
-        _f("answer_id", pa.int32(), "The answer: the clean run's greedy first token (= the store's first generated token).", False),
+        _f("answer_id", pa.int32(),
+           "The answer: the clean run's greedy first token (= the store's first generated token).", False),
         _f("p_clean", pa.float32(), "p(answer) at the last position, clean run.", False),
         _f("p_corrupt", pa.float32(), "p(answer), corrupted run (mean over noise draws).", False),
         _f("n_positions", pa.int32(), "Length of the model input (positions 0..n-1).", False),
         _f("first_corrupted", pa.int32(), "The first corrupted position.", False),
-        _f("causal_prefix", pa.bool_(), "Every site before first_corrupted was bitwise equal in the clean and the corrupted "
-           "run (so those rows are exactly p_corrupt and not computed); false for bidirectional prefixes.", False),
+        _f("causal_prefix", pa.bool_(), "Every site before first_corrupted was bitwise equal in the clean "
+           "and the corrupted run (so those rows are exactly p_corrupt and not computed); "
+           "false for bidirectional prefixes.", False),
         _f("kv_cache", pa.bool_(), "The corrupted run's key/value cache was re-used for the unaffected prefix.", False),
         _f("params", pa.string(), "Every parameter of the run, as JSON.", False),
     ]
@@ -169,12 +176,13 @@ TRACES = pa.schema(
     [
         _f("trace_id", pa.string(), "The trace run and sample (trace_runs.trace_id). Key part 1.", False),
         _f("sample_id", pa.int64(), "The traced sample.", False),
-        _f("kind", pa.string(), "hidden (residual stream after layer l; 0 = embeddings), mlp or attn (block l's output). "
-           "Key part 2.", False),
+        _f("kind", pa.string(), "hidden (residual stream after layer l; 0 = embeddings), "
+           "mlp or attn (block l's output). Key part 2.", False),
         _f("layer", pa.int16(), "The row's layer (hidden 0..L, mlp/attn 1..L). Key part 3.", False),
         _f("position", pa.int32(), "First restored position in the model's input sequence (as tokens.position). "
            "Key part 4.", False),
-        _f("positions", pa.list_(pa.int32()), "Every restored position (one, or a patch group of image tokens).", False),
+        _f("positions", pa.list_(pa.int32()), "Every restored position (one, or a patch group of image tokens).",
+           False),
         _f("window_layers", pa.list_(pa.int16()), "The layers actually restored (the window, clipped).", False),
         _f("token_uid", pa.int64(), "tokens.token_uid of the position where the prompt was captured, else null."),
         _f("token_id", pa.int32(), "Input token id at the position.", False),
@@ -186,7 +194,8 @@ TRACES = pa.schema(
         _f("computed", pa.bool_(), "False where the effect is exactly 0 by the causal mask (position before the first "
            "corrupted one, prefix checked bitwise equal): no forward ran, p_restored = p_corrupt.", False),
         _f("p_restored", pa.float32(), "p(answer) with the clean values restored (mean over noise draws).", False),
-        _f("effect", pa.float32(), "p_restored - p_corrupt: the indirect effect (its mean over samples is ROME's AIE).", False),
+        _f("effect", pa.float32(), "p_restored - p_corrupt: the indirect effect (its mean over samples is ROME's AIE).",
+           False),
     ]
 )
 
@@ -196,9 +205,11 @@ ATTENTION_CONTRIBUTIONS = pa.schema(
         _f("target", pa.string(), "'last_constraint' (sources: image tokens) or 'last' (sources: text tokens, and the "
            "image as one group). Key part 2.", False),
         _f("layer", pa.int16(), "Decoder layer 1..L. Key part 3.", False),
-        _f("source_position", pa.int32(), "Source position (the first image position for the image group). Key part 4.", False),
+        _f("source_position", pa.int32(), "Source position (the first image position for the image group). "
+           "Key part 4.", False),
         _f("target_position", pa.int32(), "The target's position.", False),
-        _f("source_role", pa.string(), "image | constraint | prompt | image_all (every image token as one group).", False),
+        _f("source_role", pa.string(), "image | constraint | prompt | image_all (every image token as one group).",
+           False),
         _f("patch_row", pa.int16(), "Image sources: vision-grid row."),
         _f("patch_col", pa.int16(), "Image sources: vision-grid column."),
         _f("token_uid", pa.int64(), "tokens.token_uid of the source where the prompt was captured, else null."),

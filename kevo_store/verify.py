@@ -135,7 +135,8 @@ def verify_store(path: str | os.PathLike | StoreFS, checksums: bool = True) -> V
     if fs.exists(LOCK):
         try:
             who = json.loads(fs.read_bytes(LOCK))
-            rep.notes.append(f"a writer holds the lock: pid {who.get('pid')} on {who.get('host')} since {who.get('since')}")
+            rep.notes.append(f"a writer holds the lock: pid {who.get('pid')} on {who.get('host')} "
+                             f"since {who.get('since')}")
         except ValueError:
             rep.notes.append("a lock file is present")
     if m.get("state") != "closed":

@@ -346,7 +346,8 @@ class StoreWriter:
                 u = x.column("token_uid")
                 lo, hi = pc.min(u).as_py(), pc.max(u).as_py()
                 if lo < 0 or hi >= n_t:
-                    raise SchemaError(f"{name}.token_uid {lo if lo < 0 else hi} is outside the batch's tokens 0..{n_t - 1}")
+                    raise SchemaError(f"{name}.token_uid {lo if lo < 0 else hi} is outside the batch's tokens "
+                                      f"0..{n_t - 1}")
                 x = x.set_column(0, TABLES[name].field("token_uid"), pc.add(u, base))
             tables[name] = sort_by_key(x, name)
         # --- hidden

@@ -49,7 +49,8 @@ def test_qwen_grid_follows_image_grid_thw():
     m = cap.role == "image"
     assert m.sum() == t * h * w // 4 and (h, w) != (4, 4)
     assert list(zip(cap.patch_row[m].tolist(), cap.patch_col[m].tolist())) == _grid(h // 2, w // 2) * t
-    assert (batch.inputs["mm_token_type_ids"][0].bool().cpu().numpy() == (batch.input_ids[0] == ad.model.config.image_token_id).cpu().numpy()).all()
+    is_image = (batch.input_ids[0] == ad.model.config.image_token_id).cpu().numpy()
+    assert (batch.inputs["mm_token_type_ids"][0].bool().cpu().numpy() == is_image).all()
 
 
 def test_tiled_images_grid_only_on_global_image():

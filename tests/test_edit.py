@@ -299,7 +299,8 @@ def test_templated_paraphrases_keep_the_constraint():
     assert templated_paraphrases("What is in this image?", "this image") == [
         ("lead-in", "Please answer: What is in this image?")]
     # a constraint read in the answer prefix: the whole question may be rewritten
-    assert [p for _, p in templated_paraphrases("Describe this image.", "car", "prefix")][:1] == ["Describe this picture."]
+    assert ([p for _, p in templated_paraphrases("Describe this image.", "car", "prefix")][:1]
+            == ["Describe this picture."])
     # a request's own paraphrases win; without them, the templates (or none)
     own = EditRequest("0", None, "Is the car red in this image?", "car", "Yes", ("Is the car red?",))
     assert paraphrases_of(own) == [("given", "Is the car red?")]

@@ -44,7 +44,8 @@ def test_demo_runs_the_whole_pipeline(demo):
     assert disc["all"]["n"] > 40
     emitted = summary["critical_layer_distribution_emitted"]
     assert set(emitted) == {"correct", "hallucinated"}
-    assert emitted["correct"]["params"]["definition"] == "emitted" and emitted["correct"]["params"]["label"] == "correct"
+    assert (emitted["correct"]["params"]["definition"] == "emitted"
+            and emitted["correct"]["params"]["label"] == "correct")
     for name in ("report.html", "report-vqa.html"):
         assert (out / name).is_file() and (out / name).stat().st_size > 10_000
     figures = {Path(f).name for f in summary["figures"]}

@@ -35,7 +35,8 @@ def test_short_training_learns_and_is_reproducible(tmp_path):
     # (LLaVA checkpoints keep the original layout: language_model.model.*, language_model.lm_head)
     for k in ("lm_head.weight", "model.norm.weight", "model.layers.1.mlp.down_proj.weight"):
         assert torch.equal(lvlm[f"language_model.{k}"], llm[k]), k
-    assert not torch.equal(lvlm["language_model.model.layers.0.mlp.down_proj.weight"], llm["model.layers.0.mlp.down_proj.weight"])
+    assert not torch.equal(lvlm["language_model.model.layers.0.mlp.down_proj.weight"],
+                           llm["model.layers.0.mlp.down_proj.weight"])
     assert sum(a[-5:]) / 5 < 0.97 * sum(a[:5]) / 5  # instruction tuning learns (half the decoder is frozen here)
     # the saved directory is a standard HF model that reloads to the same logits
     model, proc = probe.load(tmp_path / "m")

@@ -98,7 +98,8 @@ def test_partial_pull_brings_only_the_named_tables_and_layers(s3, pushed, local_
         assert np.array_equal(a.hidden(uids, layers=[20, 22]).view(np.uint16),
                               b.hidden(uids, layers=[20, 22]).view(np.uint16))
         assert b.hidden_layers == [20, 21, 22]
-        assert np.array_equal(b.hidden(uids[:5]).view(np.uint16), a.hidden(uids[:5], layers=[20, 21, 22]).view(np.uint16))
+        assert np.array_equal(b.hidden(uids[:5]).view(np.uint16),
+                              a.hidden(uids[:5], layers=[20, 21, 22]).view(np.uint16))
         with pytest.raises(KevoError, match=r"partial pull.*layer\(s\) \[3\]"):
             b.hidden(uids, layers=[3])
         with pytest.raises(KevoError, match="layers"):

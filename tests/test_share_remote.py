@@ -277,7 +277,8 @@ def test_a_store_on_a_plain_https_host_reads_in_place_and_pulls(local_store, tmp
         assert json.loads(info.stdout)["tables"]["layers"]["rows"] == 6 * 10 * 24
         with open_store(local_store) as a, open_store(url) as b:
             uids = np.arange(a.rows("tokens"))
-            assert np.array_equal(a.hidden(uids, layers=[7]).view(np.uint16), b.hidden(uids, layers=[7]).view(np.uint16))
+            assert np.array_equal(a.hidden(uids, layers=[7]).view(np.uint16),
+                                  b.hidden(uids, layers=[7]).view(np.uint16))
         pl = kevo("store", "pull", url, tmp_path / "p.kevo", "--layers", "7")
         assert pl.returncode == 0, pl.stderr
         assert kevo("store", "verify", tmp_path / "p.kevo").returncode == 0

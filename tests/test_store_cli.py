@@ -281,7 +281,8 @@ def test_lock_second_writer_and_stale_lock(tmp_path, capfd):
 
 def test_cli_never_imports_torch(stores):
     code = ("import sys\nfrom kevo_store.cli import main\n"
-            "for args in (['--help'], ['sql', sys.argv[1], 'SELECT count(*) FROM tokens'], ['store', 'info', sys.argv[1]]):\n"
+            "for args in (['--help'], ['sql', sys.argv[1], 'SELECT count(*) FROM tokens'], "
+            "['store', 'info', sys.argv[1]]):\n"
             "    try:\n        main(args)\n    except SystemExit as e:\n        assert not e.code, (args, e.code)\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n"
             "assert 'transformers' not in sys.modules\nprint('clean')\n")

@@ -194,7 +194,8 @@ def test_store_compact_finishes_a_crashed_store(tmp_path, reference):
     assert "breaking the stale lock" in r.stderr and "compacted" in r.stdout
     s = open_store(path)
     assert s.manifest["state"] == "closed" and s.rows("samples") == 9
-    assert all("/part-" not in f for t in ("samples", "tokens", "layers", "topk") for f in s.manifest["tables"][t]["files"])
+    assert all("/part-" not in f for t in ("samples", "tokens", "layers", "topk")
+               for f in s.manifest["tables"][t]["files"])
     v = kevo("store", "verify", str(path))
     assert v.returncode == 0 and "not named" not in v.stderr, v.stderr
     n = s.rows("tokens")

@@ -179,7 +179,8 @@ def test_committed_keys_resume_and_no_duplicates(tmp_path):
     H.write_store(path, 2, close=False).abort()
     with StoreWriter(path, meta=H.META, hidden_size=H.HIDDEN) as w:
         keys = w.committed_keys
-        assert keys == {f"synthetic:{b}-{i}" for b in range(2) for i in range(3)} | {f"synthetic:{b}-err" for b in range(2)}
+        assert keys == ({f"synthetic:{b}-{i}" for b in range(2) for i in range(3)}
+                        | {f"synthetic:{b}-err" for b in range(2)})
         with pytest.raises(SchemaError, match="already committed"):
             w.write_batch(**H.batch(1))
     with StoreWriter(path, meta=H.META, hidden_size=H.HIDDEN) as w:  # a failed batch leaves nothing behind

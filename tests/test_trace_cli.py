@@ -294,7 +294,8 @@ def test_a_crash_between_tables_leaves_no_partial_run_and_a_rerun_completes(stor
     assert set(crash) | set(runs_before) == set(traced)
     assert s.sql("SELECT count(*) AS n FROM attention_contributions")["n"][0] == n_contrib  # same samples replaced
     m = json.loads((out / "manifest.json").read_text())
-    commits = {m["derived"][t]["files"][0].rsplit("-", 1)[1] for t in ("traces", "trace_runs", "attention_contributions")}
+    commits = {m["derived"][t]["files"][0].rsplit("-", 1)[1]
+               for t in ("traces", "trace_runs", "attention_contributions")}
     assert len(commits) == 1  # the three tables name one commit
     assert verify_store(str(out)).ok and _derived_files(out) == sorted(
         f for t in ("traces", "trace_runs", "attention_contributions") for f in m["derived"][t]["files"])

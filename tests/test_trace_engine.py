@@ -1,5 +1,6 @@
 """The causal-tracing engine (ingest/trace) on tiny models of every family and on the embedded
-organism's shipped weights: the identities of the method, every row against the naive reference (tests/trace_reference.py: one full hooked forward per
+organism's shipped weights: the identities of the method, \
+every row against the naive reference (tests/trace_reference.py: one full hooked forward per
 restored run, no cache), and attention contributions against a direct recomputation."""
 
 from __future__ import annotations

@@ -32,7 +32,8 @@ from kevo_store.errors import KevoError
 @click.option("--clamp", type=float, default=4.0, show_default=True, help="MultEdit: ||delta|| <= clamp * ||v0||.")
 @click.option("--eps", type=float, default=5e-4, show_default=True,
               help="ft-constrained: bound on each weight's change.")
-@click.option("--dtype", default="auto", show_default=True, type=click.Choice(["auto", "float32", "float16", "bfloat16"]))
+@click.option("--dtype", default="auto", show_default=True,
+              type=click.Choice(["auto", "float32", "float16", "bfloat16"]))
 @click.option("--device", default=None)
 @click.pass_context
 def edit(ctx, model, requests_file, images, out, layer, from_trace, method, lam, steps, lr, decay, clamp, eps,

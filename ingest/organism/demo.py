@@ -186,7 +186,8 @@ def _trace_summary(store: Path, peaks: Path, seconds: float) -> dict | None:
     r = open_store(store).sql("SELECT count(*) AS n, avg(p_clean) AS p_clean, avg(p_corrupt) AS p_corrupt "
                               f"FROM trace_runs WHERE name = '{TRACE_RUN}'").to_dicts()[0]
     report = store.parent / "report-trace.html"
-    return {"store": str(store), "report": str(report) if report.is_file() else None, "name": TRACE_RUN, "n_samples": int(r["n"]), "p_clean": r["p_clean"],
+    return {"store": str(store), "report": str(report) if report.is_file() else None, "name": TRACE_RUN,
+            "n_samples": int(r["n"]), "p_clean": r["p_clean"],
             "p_corrupt": r["p_corrupt"], "seconds": seconds,
             "peaks": [{k: p.get(k) for k in ("kind", "peak_layer", "peak_effect")} for p in rows]}
 
@@ -255,7 +256,8 @@ def _format_summary(s: dict, out: Path, seconds: float) -> str:
                          + f"   ({gen.get('n', '?')} captions)")
         disc = ((m.get("discriminative") or {}).get("official") or {}).get("all")
         if disc:
-            lines.append(f"  AMBER yes/no       accuracy {disc['accuracy']:.1f}  F1 {disc['f1']:.1f}   ({disc['n']} questions)")
+            lines.append(f"  AMBER yes/no       accuracy {disc['accuracy']:.1f}  F1 {disc['f1']:.1f}   "
+                         f"({disc['n']} questions)")
             by = (m.get("discriminative") or {}).get("official") or {}
             parts = [f"{k} {by[k]['accuracy']:.1f} ({by[k]['n']})" for k in ("existence", "attribute", "relation")
                      if k in by]
@@ -274,10 +276,12 @@ def _format_summary(s: dict, out: Path, seconds: float) -> str:
             r = contrast.get(cls)
             if r:
                 lines.append(f"    {cls:<16}{r.get('n_tokens', 0):>5}   {_num(r.get('critical_layer_median')):>22}"
-                             f"   {_num(r.get('mutation_rate'), pct=True):>13}   {_num(r.get('mutation_layer_median')):>23}")
+                             f"   {_num(r.get('mutation_rate'), pct=True):>13}"
+                             f"   {_num(r.get('mutation_layer_median')):>23}")
         h, c = contrast.get("hallucinated"), contrast.get("correct")
         if h and c and c.get("mutation_rate"):
-            lines.append(f"  mutation contrast  hallucinated / correct = {h['mutation_rate'] / c['mutation_rate']:.1f}x")
+            lines.append(f"  mutation contrast  hallucinated / correct = "
+                         f"{h['mutation_rate'] / c['mutation_rate']:.1f}x")
     displaced = [r for r in _rows(s.get("displaced_candidates")) if r.get("token_class") == "hallucinated"]
     if displaced:
         top = ", ".join(f"{(r.get('displaced_piece') or '?').lstrip('▁')} {r.get('n_events')}" for r in displaced[:6])

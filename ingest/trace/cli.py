@@ -7,7 +7,8 @@ import click
 
 @click.command("trace")
 @click.argument("store")
-@click.option("--model", "-m", required=True, help="The model the store was made with (hub id in the cache, or a directory).")
+@click.option("--model", "-m", required=True,
+              help="The model the store was made with (hub id in the cache, or a directory).")
 @click.option("--where", default=None, help="SQL predicate on samples, e.g. \"sample_id < 100\" (default: all).")
 @click.option("--corrupt", "corrupt", default="swap:Paris", show_default=True,
               help="swap:WORD (constraint tokens -> first piece of WORD), noise:K (K x sigma Gaussian noise on the "
@@ -26,7 +27,8 @@ import click
 @click.option("--images", default=None, help="Directory the samples' image_id are relative to (default: the "
                                              "store's dataset images directory).")
 @click.option("--no-contributions", is_flag=True, help="Skip the attention contributions.")
-@click.option("--dtype", default="auto", show_default=True, type=click.Choice(["auto", "float32", "float16", "bfloat16"]))
+@click.option("--dtype", default="auto", show_default=True,
+              type=click.Choice(["auto", "float32", "float16", "bfloat16"]))
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 … (default: cuda if available, else cpu).")
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="Only the first N selected samples.")
 def trace(store, model, where, corrupt, kinds, window, noise_samples, seed, patch_group, batch_rows, name, images,

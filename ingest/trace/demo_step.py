@@ -36,8 +36,8 @@ def trace_demo(step, out: Path, world: Path, weights: Path | str, n_questions: i
             "--out", str(store), "--max-new-tokens", "2", "--capture-prompt", "--hidden", "none",
             required=False) is None:
         return store
-    if step("trace", str(store), "--model", str(weights), "--corrupt", f"swap:{SWAP_WORD}", "--kinds", "hidden,mlp,attn",
-            "--window", "1", required=False) is None:
+    if step("trace", str(store), "--model", str(weights), "--corrupt", f"swap:{SWAP_WORD}",
+            "--kinds", "hidden,mlp,attn", "--window", "1", required=False) is None:
         return store
     step("query", "trace-peaks", str(store), "-p", "per=dataset", "--format", "json", "-o",
          str(tables / "trace_peaks.json"), required=False)

@@ -118,7 +118,8 @@ def prepare_sample(store, ad, row: dict, req: TraceRequest, images_dir: Path | N
     grid = ad.patch_grid(batch, 0) if img_pos else None
     toks = store.sql(f"SELECT token_uid, position, role, token_id, step FROM tokens WHERE sample_id = {sid}")
     cols = set(store.sql("SELECT * FROM tokens LIMIT 0").columns)
-    uid_by_pos = {int(p): int(u) for u, p, r in zip(toks["token_uid"], toks["position"], toks["role"]) if r != "generated"}
+    uid_by_pos = {int(p): int(u) for u, p, r in zip(toks["token_uid"], toks["position"], toks["role"])
+                  if r != "generated"}
     gen0 = toks.filter((toks["role"] == "generated") & (toks["step"] == 0))
     if gen0.height == 0:
         raise TraceError(f"sample {sid}: the store has no generated token for it (nothing to trace)")

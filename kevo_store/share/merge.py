@@ -141,7 +141,8 @@ def merge_stores(stores: Sequence[str | os.PathLike], out: str | os.PathLike, *,
                          "overlap. Pass --force to keep the first store's copy")
     meta = merged_meta(stores, manifests, soft)
     stats = join_parts([os.fspath(p) for p in stores], out, keys=order, check=False, meta=meta,
-                       samples_per_commit=samples_per_commit, progress=f"merge -> {Path(out).name}" if progress else None)
+                       samples_per_commit=samples_per_commit,
+                       progress=f"merge -> {Path(out).name}" if progress else None)
     carry_derived(stores, out, keys_seen)
     return stats
 

@@ -66,7 +66,8 @@ def _push(store: str | os.PathLike, url: str, *, force: bool = False, jobs: int 
             raise ShareError(f"{src.root} is a partial pull; push the whole store from its origin instead")
         if manifest.get("state") == "open" and not force:
             raise ShareError(f"{src.root} is open (its writer was interrupted, or is still running): finish it with "
-                             f"`kevo store compact {src.root}` (or re-run the ingest), or pass --force to push it as it is")
+                             f"`kevo store compact {src.root}` (or re-run the ingest), "
+                             "or pass --force to push it as it is")
         declared = declared_files(manifest, src.read_bytes, src.root)
         missing = [rel for rel in declared if not src.exists(rel)]
         if missing:
@@ -75,7 +76,8 @@ def _push(store: str | os.PathLike, url: str, *, force: bool = False, jobs: int 
         dst = TargetFS(url)
         dst.invalidate()
         if dst.exists(MANIFEST) and not force and dst.read_bytes(MANIFEST) == manifest_bytes and all(
-                dst.exists(rel) and dst.size(rel) == e["size"] for rel, e in declared.items() if e.get("size") is not None):
+                dst.exists(rel) and dst.size(rel) == e["size"]
+                for rel, e in declared.items() if e.get("size") is not None):
             # a re-run of a push that finished (e.g. interrupted after its manifest went up)
             return PushResult(url=url, files=0, bytes=0, up_to_date=True)
         if dst.exists(MANIFEST):

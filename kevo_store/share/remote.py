@@ -464,7 +464,8 @@ class RemoteFS(StoreFS):
         entry = self._check_declared(rel)
         data = self._read_raw(rel, entry["size"] if entry["size"] is not None else MAX_MANIFEST_BYTES)
         if entry["size"] is not None and len(data) != entry["size"]:
-            raise UnsafeStoreError(f"{self.root}: refused: {rel!r} is {len(data)} bytes, the manifest declares {entry['size']}")
+            raise UnsafeStoreError(f"{self.root}: refused: {rel!r} is {len(data)} bytes, "
+                                   f"the manifest declares {entry['size']}")
         if is_zarr_meta(rel):
             check_zarr_metadata(parse_manifest(data, f"{self.root}/{rel}"), f"{self.root}/{rel}")
         return data

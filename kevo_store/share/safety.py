@@ -214,7 +214,8 @@ class HashingSizeCap:
             raise _refuse(self.where, f"{self.rel!r} is {self.n} bytes, the manifest declares {self.declared}")
         got = self.h.hexdigest()
         if got != expected_sha256:
-            raise _refuse(self.where, f"{self.rel!r} fails its checksum (sha256 {got[:12]}…, manifest {expected_sha256[:12]}…)")
+            raise _refuse(self.where,
+                          f"{self.rel!r} fails its checksum (sha256 {got[:12]}…, manifest {expected_sha256[:12]}…)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,7 +223,8 @@ class HashingSizeCap:
 
 # Plain numeric types only: no object, string or structured dtypes, so nothing can decode into
 # Python objects. Codecs: the standard Zarr v3 set; anything else (a pickle codec) is refused.
-ZARR_DATA_TYPES = {"float16", "float32", "float64", "uint8", "uint16", "uint32", "int8", "int16", "int32", "int64", "bfloat16"}
+ZARR_DATA_TYPES = {"float16", "float32", "float64", "uint8", "uint16", "uint32", "int8", "int16", "int32", "int64",
+                   "bfloat16"}
 ZARR_CODECS = {"bytes", "transpose", "zstd", "blosc", "gzip", "crc32c", "sharding_indexed"}
 
 
