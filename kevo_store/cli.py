@@ -324,7 +324,7 @@ def compact(store_path: str) -> None:
 
     w = StoreWriter(store_path)
     before = sum(len(e["files"]) for e in w.manifest["tables"].values())
-    w.close()
+    w.close(progress=f"compact {w.path}")
     after = sum(len(e["files"]) for e in w.manifest["tables"].values())
     click.echo(f"compacted {w.path}: {before} table files -> {after}; {w.n_samples:,} samples, {w.n_tokens:,} tokens")
 

@@ -158,9 +158,7 @@ def join_parts(parts: Sequence[str | os.PathLike], out: str | os.PathLike, keys:
                 _copy_group(w, ps, where, group, stats)
                 bar.update(len(group))
         if progress is not None:
-            import sys
-
-            print(f"{progress}: compacting the parts into {w.path}", file=sys.stderr, flush=True)
+            w.close(progress=f"{progress}: compact")
     return stats
 
 

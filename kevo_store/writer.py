@@ -461,13 +461,14 @@ class StoreWriter:
                 self._committed_keys.update(tables[name].column("sample_key").to_pylist())
 
     # ------------------------------------------------------------------ close / compaction
-    def close(self) -> None:
-        """Compact the per-batch parts, write the last partial hidden chunk, release the lock."""
+    def close(self, progress: str | None = None) -> None:
+        """Compact the per-batch parts, write the last partial hidden chunk, release the lock.
+        ``progress``: the description of a bar on stderr over the parts compacted (None: silent)."""
         if self._closed:
             return
         try:
             if self._broken is None:
-                self._finalize()
+                self._finalize(progress)
         finally:
             self._closed = True
             self._lock.release()
@@ -478,7 +479,9 @@ class StoreWriter:
             self._closed = True
             self._lock.release()
 
-    def _finalize(self) -> None:
+    def _finalize(self, progress: str | None = None) -> None:
+        from tqdm import tqdm
+
         fs = self.fs
         old = self.manifest
         m = copy.deepcopy(old)
@@ -491,7 +494,10 @@ class StoreWriter:
                 # dominate). Each table touches only its own manifest keys.
                 from concurrent.futures import ThreadPoolExecutor
 
-                with ThreadPoolExecutor(max_workers=min(len(TABLES), os.cpu_count() or 1)) as ex:
+                n_parts = sum(len(self._parts_to_compact(name, m)) for name in TABLES)
+                self._bar = tqdm(total=n_parts, unit="part", desc=progress, disable=progress is None or not n_parts,
+                                 leave=True)
+                with self._bar, ThreadPoolExecutor(max_workers=min(len(TABLES), os.cpu_count() or 1)) as ex:
                     futures = [ex.submit(self._compact_table, name, m, commit) for name in TABLES]
                 errors = []
                 for f in futures:
@@ -525,20 +531,23 @@ class StoreWriter:
         for rel in obsolete:
             fs.remove(rel)
 
+    @staticmethod
+    def _parts_to_compact(name: str, m: dict) -> list[str]:
+        """The files compaction rewrites: the per-batch parts of an id-keyed table (its compacted data
+        files stay), every file of a small table; none where there is one file or fewer."""
+        files = m["tables"][name]["files"]
+        parts = [f for f in files if os.path.basename(f).startswith("part-")] if name in _MONOTONE else list(files)
+        return parts if len(parts) > 1 else []
+
     def _compact_table(self, name: str, m: dict, commit: int) -> tuple[list[str], list[str]]:
         """Replace the table's per-batch parts by files of up to FILE_ROWS rows, sorted by the key.
 
         Returns (new files, files they replace). Parts of the id-keyed tables are already in key
         order when taken in commit order, so they are streamed; small tables are re-sorted whole."""
         entry = m["tables"][name]
-        if name in _MONOTONE:
-            parts = [f for f in entry["files"] if os.path.basename(f).startswith("part-")]
-            if len(parts) <= 1:
-                return [], []
-        else:
-            parts = list(entry["files"])
-            if len(parts) <= 1:
-                return [], []
+        parts = self._parts_to_compact(name, m)
+        if not parts:
+            return [], []
         keep = [f for f in entry["files"] if f not in parts]
         schema = TABLES[name]
         opts = parquet_options(schema, name)
@@ -565,6 +574,7 @@ class StoreWriter:
                 n_pending = 0
                 for p in parts:
                     pending.append(self._read_part(p, m, schema))
+                    self._bar.update(1)
                     n_pending += pending[-1].num_rows
                     if n_pending >= ROW_GROUP_ROWS:
                         write(pa.concat_tables(pending).combine_chunks())
@@ -573,6 +583,7 @@ class StoreWriter:
                     write(pa.concat_tables(pending).combine_chunks())
             else:
                 write(sort_by_key(pa.concat_tables([self._read_part(p, m, schema) for p in parts]), name))
+                self._bar.update(len(parts))
         finally:
             if writer is not None:
                 writer.close()

@@ -4,6 +4,7 @@ resuming gives exactly the content of an uninterrupted run."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -192,6 +193,7 @@ def test_store_compact_finishes_a_crashed_store(tmp_path, reference):
     r = kevo("store", "compact", str(path))
     assert r.returncode == 0, r.stderr
     assert "breaking the stale lock" in r.stderr and "compacted" in r.stdout
+    assert re.search(r"compact .*left\.kevo: 100%\|.*\| (\d+)/\1 \[", r.stderr), r.stderr  # a bar over the parts
     s = open_store(path)
     assert s.manifest["state"] == "closed" and s.rows("samples") == 9
     assert all("/part-" not in f for t in ("samples", "tokens", "layers", "topk")
