@@ -39,7 +39,7 @@ N_BATCHES = 4
 # (command, fault kind) -> [tried, survived, wrong-data-but-verify-caught]
 FIG: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
 EXPECTED_ROWS = {  # what a full run of this module records (the docs table is compared only then)
-    "writer", "compact", "merge", "push", "pull", "embed", "byte flip", "replaced file"}
+    "writer", "compact", "merge", "push", "pull", "embed", "trace", "byte flip", "replaced file"}
 
 
 def _record(cmd: str, kind: str, survived: bool, wrong_caught: bool = False) -> None:
@@ -64,7 +64,7 @@ def content(path) -> dict:
                 t = s.arrow(f"SELECT * FROM {name} ORDER BY {order}")
                 out[name] = t.drop_columns(["time"]) if name == "errors" else t
         for name in (s.manifest.get("derived") or {}):
-            out[name] = s.arrow(f"SELECT * FROM {name} ORDER BY embedding_id, token_uid, layer")
+            out[name] = s.arrow(f"SELECT * FROM {name} ORDER BY ALL")
         n = s.rows("tokens")
         if s.manifest.get("hidden") and n:
             out["hidden"] = s.hidden(np.arange(n)).tobytes()
@@ -325,6 +325,42 @@ def test_embed_write_back_killed(refs, tmp_path):
         shutil.copytree(refs["closed"], t)
 
     _kill_and_rerun("embed", args, None, want, 3, prepare, tmp_path, approx=("embeddings",))
+
+
+TRACE_QUESTIONS = [
+    {"id": "q0", "image": "img00.png", "question": "Is there a red car in the picture?", "constraint": "red car"},
+    {"id": "q1", "image": "img01.png", "question": "What is on the table next to the guitar?",
+     "constraint": "the guitar"},
+]
+
+
+def test_trace_killed(tmp_path):
+    """`kevo trace` killed at seeded moments (model loading, the traced forwards, the one commit of its
+    three tables): the store verifies after each kill, and a rerun gives the tables an uninterrupted run gives."""
+    from tests.runner_helpers import make_images, tiny_model_dir
+
+    model = tiny_model_dir("llava")
+    images = make_images(tmp_path / "images", 2)
+    q = tmp_path / "q.jsonl"
+    q.write_text("".join(json.dumps(r) + "\n" for r in TRACE_QUESTIONS))
+    base = tmp_path / "base.kevo"
+    p = run("ingest", "vqa", "--questions", q, "--images", images, "--model", model, "--out", base,
+            "--max-new-tokens", 2, "--batch-size", 2, "--capture-prompt", timeout=300)
+    assert p.returncode == 0, p.stderr
+    args = ["trace", "{OUT}", "--model", model, "--corrupt", "swap:cat", "--window", "3", "--kinds", "hidden,mlp",
+            "--dtype", "float32", "--device", "cpu"]
+    want_dir = tmp_path / "want.kevo"
+    shutil.copytree(base, want_dir)
+    p = run(*[a if a != "{OUT}" else want_dir for a in args], timeout=300)
+    assert p.returncode == 0, p.stderr
+    want = content(want_dir)
+    assert {"trace_runs", "traces"} <= set(want)
+
+    def prepare(t):
+        shutil.rmtree(t, ignore_errors=True)
+        shutil.copytree(base, t)
+
+    _kill_and_rerun("trace", args, None, want, 3, prepare, tmp_path)
 
 
 # ----------------------------------------------------------------------------- full disk
