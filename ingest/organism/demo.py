@@ -267,7 +267,7 @@ def _format_summary(s: dict, out: Path, seconds: float) -> str:
     rows = [("generated tokens, paper's (any top-1)", _rows(dist))]
     for label, table in (s.get("critical_layer_distribution_emitted") or {}).items():
         rows.append((f"{label} objects, emitted token top-1", _rows(table)))
-    tau = (dist.get("params") or {}).get("tau", 0.5) if isinstance(dist, dict) else 0.5
+    tau = (dist.get("params") or {}).get("tau") if isinstance(dist, dict) else None  # the query's own record
     lines.extend(_distribution_table([r for r in rows if r[1]], tau))
     contrast = {r.get("token_class"): r for r in _rows(s.get("hallucination_contrast"))}
     if contrast:
@@ -312,13 +312,13 @@ def _format_summary(s: dict, out: Path, seconds: float) -> str:
     return "\n".join(lines)
 
 
-def _distribution_table(rows: list[tuple[str, list[dict]]], tau: float) -> list[str]:
+def _distribution_table(rows: list[tuple[str, list[dict]]], tau: float | None) -> list[str]:
     """Critical-layer counts per layer, one line per token group, columns aligned by layer."""
     if not rows:
         return []
     layers = sorted({r["layer"] for _, dist in rows for r in dist if r.get("layer") is not None})
     w = max(max(len(g) for g, _ in rows) + 2, 40)
-    head = f"critical layers (top-1 p >= {tau:g}), tokens"
+    head = f"critical layers (top-1 p >= {'tau' if tau is None else f'{tau:g}'}), tokens"
     out = [f"  {head:<{w}}" + "".join(f"{'L' + str(x):>5}" for x in layers) + "  never  median"]
     for group, dist in rows:
         n = {r.get("layer"): r.get("n_critical", 0) for r in dist}
