@@ -6,8 +6,8 @@ object alone). `lens_report` runs a plain logit lens (lm_head(final_norm(h_l)); 
 ``hidden_states`` is already normed) over the generated tokens and returns each token's
 critical layer. Used by the tests, by ``kevo organism train`` to print what it trained, and while
 tuning the recipe. It is deliberately a second, independent implementation (plain torch, no store,
-no SQL) of the lens and of the critical layer: the analyses' own definitions and defaults live in
-queries/sql/_critical_layer.sql, and a test that agrees with both checks each against the other.
+no SQL) of the lens and of the critical layer, for checking a model without a store; the analyses'
+own definitions and defaults live in queries/sql/_critical_layer.sql.
 """
 
 from __future__ import annotations
