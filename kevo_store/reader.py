@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import readcheck
+from .confine import ReadOnlyConnection, connect, lock
 from .errors import CorruptStoreError, KevoError, QueryError, StoreError
 from .fs import LocalFS, StoreFS
 from .hidden import HiddenReader
@@ -63,7 +64,6 @@ def _table_entries(m: dict) -> list[tuple[str, list[str], pa.Schema | None]]:
 
 
 def _connect(confined: bool = True) -> duckdb.DuckDBPyConnection:
-    from .confine import connect
 
     return connect(confined)
 
@@ -74,8 +74,6 @@ def _view_files(fs: StoreFS, m: dict) -> list[str]:
 
 
 def _confine(con: duckdb.DuckDBPyConnection, files: list[str], confined: bool, check: ReadCheck | None = None):
-    from .confine import ReadOnlyConnection, lock
-
     if not confined:
         return con
     lock(con, files)
@@ -111,8 +109,6 @@ def _attach(con: duckdb.DuckDBPyConnection, fs: StoreFS, m: dict, schema_name: s
 
 def _run(con: duckdb.DuckDBPyConnection, query: str, roots: list[str] | None = None,
          manifests: list[dict] | None = None, check: ReadCheck | None = None):
-    from .confine import ReadOnlyConnection
-
     if check is not None and not isinstance(con, ReadOnlyConnection):
         check.before(query)  # a confined connection checks the files itself, after refusing writes
     try:
