@@ -81,15 +81,15 @@ def evaluate_amber(pairs: Iterable[tuple[dict, str]], data_dir=None, nouns: str 
 
 
 def read_responses(path: Path) -> list[dict]:
-    """AMBER's response format: a JSON list of {"id": int, "response": str}."""
-    from ingest.datasets.base import DatasetError, read_json
+    """AMBER's response format: a JSON list (or JSONL) of {"id": int, "response": str}."""
+    from ingest.datasets.base import DatasetError, read_records
 
-    data = read_json(path)
-    if not isinstance(data, list):
-        raise DatasetError(f"{path}: expected a JSON list of {{\"id\", \"response\"}} records")
-    for i, r in enumerate(data, 1):
+    data = []
+    for rec in read_records(path, "--responses"):
+        r = rec.value
         if not isinstance(r, dict) or not isinstance(r.get("id"), int) or not isinstance(r.get("response"), str):
-            raise DatasetError(f"{path}, record {i}: expected {{\"id\": <int>, \"response\": <str>}}, got {r!r:.80}")
+            raise DatasetError(f"{path}, {rec.where}: expected {{\"id\": <int>, \"response\": <str>}}, got {r!r:.80}")
+        data.append(r)
     return data
 
 

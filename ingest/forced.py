@@ -24,7 +24,6 @@ generation would have been; otherwise the end-of-sequence token ends it (stop re
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -60,34 +59,17 @@ class ForcedResponseError(ValueError):
 def read_responses(path: str | Path) -> list[dict]:
     """``[{"id", "response"}, ...]`` from a JSON list or JSONL file (the format ``kevo eval amber
     --responses`` reads; ids may be ints or strings). Refuses an empty or duplicated response."""
+    from ingest.datasets.base import read_records
+
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ResponsesError(f"--responses {p}: cannot read it ({e})") from None
-    stripped = text.lstrip()
-    records: list = []
-    if stripped.startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ResponsesError(f"--responses {p}: not valid JSON ({e})") from None
-        where = "record {}"
-    else:
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ResponsesError(f"--responses {p}, line {n}: not valid JSON ({e})") from None
-        where = "record {}"
+    records = read_records(p, "--responses", ResponsesError)
     if not records:
         raise ResponsesError(f"--responses {p}: no records (expected [{{\"id\": ..., \"response\": \"...\"}}, ...])")
     seen: dict[str, int] = {}
     out = []
-    for i, r in enumerate(records, 1):
-        at = f"--responses {p}, {where.format(i)}"
+    for rec in records:
+        i, r = rec.index, rec.value
+        at = f"--responses {p}, {rec.where}"
         if not isinstance(r, dict) or not isinstance(r.get("id"), (int, str)) or isinstance(r.get("id"), bool) \
                 or not isinstance(r.get("response"), str):
             raise ResponsesError(f"{at}: expected {{\"id\": <int or str>, \"response\": <str>}}, got {r!r:.80}")

@@ -84,8 +84,8 @@ def test_text_dataset_lines_and_jsonl(tmp_path):
 
 
 @pytest.mark.parametrize("content,msg", [("", "contains no prompts"), ("\n  \n", "contains no prompts"),
-                                         ('{"prompt": "x"}\n{oops\n', "line 2: not valid JSON"),
-                                         ('{"id": 1}\n', "line 1: \"prompt\" is missing"),
+                                         ('{"prompt": "x"}\n{oops\n', "record 2 (line 2): malformed JSON"),
+                                         ('{"id": 1}\n', "record 1 (line 1): \"prompt\" is missing"),
                                          ('{"id": 1, "prompt": "a"}\n{"id": 1, "prompt": "b"}\n', "duplicate id")])
 def test_text_dataset_errors_name_file_and_line(tmp_path, content, msg):
     p = tmp_path / "bad.jsonl"
@@ -162,3 +162,18 @@ def test_token_char_spans_generation_cut_inside_a_character(sp_tok):
     assert response == "ok \ufffd\ufffd"
     starts, ends = token_char_spans(sp_tok, ids, response)
     assert [response[s:e] for s, e in zip(starts, ends)][-2:] == ["\ufffd", "\ufffd"]
+
+
+def test_read_records_json_list_and_jsonl_agree(tmp_path):
+    """One reader for every record file (questions, responses, prompts, edit requests)."""
+    from ingest.datasets.base import read_records
+
+    recs = [{"id": 1, "response": "A cat."}, {"id": 2, "response": "A dog."}]
+    (tmp_path / "r.json").write_text(json.dumps(recs, indent=2))
+    (tmp_path / "r.jsonl").write_text("\n".join(json.dumps(r) for r in recs) + "\n\n")
+    a, b = read_records(tmp_path / "r.json", "--responses"), read_records(tmp_path / "r.jsonl", "--responses")
+    assert [r.value for r in a] == [r.value for r in b] == recs
+    assert [r.where for r in a] == ["record 1", "record 2"] and [r.where for r in b] == ["record 1 (line 1)",
+                                                                                           "record 2 (line 2)"]
+    with pytest.raises(DatasetError, match=r"--responses .*nope.json: file not found"):
+        read_records(tmp_path / "nope.json", "--responses")

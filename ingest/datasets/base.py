@@ -15,7 +15,7 @@ options are those of its ``kevo ingest <name>`` subcommand; malformed input rais
   ``settings["image_ids"]``) are provenance (``kevo_store.manifest.PROVENANCE``).
 
 The file helpers every dataset shares live here: :func:`find_under`, :func:`read_json`,
-:func:`sha256_file`.
+:func:`read_records` (a JSON list or JSONL file of records), :func:`sha256_file`.
 """
 
 from __future__ import annotations
@@ -140,3 +140,53 @@ def read_json(path: str | Path):
         raise DatasetError(
             f"{path}: malformed JSON at line {e.lineno} column {e.colno} (in record {max(record, 1)}): {e.msg}"
         ) from e
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record of a JSON list or JSONL file, with where it is (for messages)."""
+
+    index: int
+    """1-based position among the file's records."""
+    line: int | None
+    """1-based line of a JSONL record (None in a JSON list)."""
+    value: Any
+
+    @property
+    def where(self) -> str:
+        return f"record {self.index}" + (f" (line {self.line})" if self.line is not None else "")
+
+
+def read_records(path: str | Path, what: str, error: type[KevoError] = DatasetError,
+                 jsonl: bool | None = None) -> list[Record]:
+    """The records of a JSON list, or of a JSONL file (one JSON value a line, blank lines skipped).
+
+    ``jsonl`` None: JSONL when the name ends in ``.jsonl`` or the text does not start with ``[``.
+    ``what`` names the input in messages (``"--responses"``); a missing, unreadable or malformed
+    file raises ``error`` naming it, the file and the line (and the record)."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} {path}: file not found" if not path.exists() else f"{what} {path}: not a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{what} {path}: cannot read it ({e})") from None
+    if jsonl is None:
+        jsonl = path.suffix.lower() == ".jsonl" or not text.lstrip().startswith("[")
+    if not jsonl:
+        try:
+            values = read_json(path)
+        except DatasetError as e:
+            raise error(str(e)) from None
+        if not isinstance(values, list):
+            raise error(f"{path}: expected a JSON list of records")
+        return [Record(i, None, v) for i, v in enumerate(values, 1)]
+    out: list[Record] = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(Record(len(out) + 1, n, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise error(f"{path}, record {len(out) + 1} (line {n}): malformed JSON: {e.msg}") from None
+    return out

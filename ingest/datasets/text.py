@@ -10,10 +10,9 @@ Two file formats:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ingest.datasets.base import Dataset, DatasetError, DatasetItem, sha256_file
+from ingest.datasets.base import Dataset, DatasetError, DatasetItem, read_records, sha256_file
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -31,27 +30,25 @@ def dataset(prompts: str | Path, name: str = "text") -> Dataset:
     if not path.is_file():
         raise DatasetError(f"--prompts {path}: not a file")
     jsonl = path.suffix.lower() == ".jsonl"
+    if jsonl:
+        rows = [(r.line, r.value, r.where) for r in read_records(path, "--prompts", jsonl=True)]
+    else:
+        rows = [(n, line, f"line {n}") for n, line in enumerate(_read_lines(path), start=1) if line.strip()]
     items: list[DatasetItem] = []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(_read_lines(path), start=1):
-        if not line.strip():
-            continue
+    for lineno, record, where in rows:
         if jsonl:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"{path}, line {lineno}: not valid JSON ({e.msg})") from e
             if not isinstance(record, dict):
-                raise DatasetError(f"{path}, line {lineno}: expected a JSON object with \"prompt\"")
+                raise DatasetError(f"{path}, {where}: expected a JSON object with \"prompt\"")
             prompt = record.get("prompt")
             if not isinstance(prompt, str) or not prompt.strip():
-                raise DatasetError(f"{path}, line {lineno}: \"prompt\" is missing, empty or not a string")
+                raise DatasetError(f"{path}, {where}: \"prompt\" is missing, empty or not a string")
             item_id = str(record.get("id", lineno))
             annotations = {k: v for k, v in record.items() if k != "prompt"}
         else:
-            prompt, item_id, annotations = line.strip(), str(lineno), {}
+            prompt, item_id, annotations = record.strip(), str(lineno), {}
         if item_id in seen:
-            raise DatasetError(f"{path}, line {lineno}: duplicate id {item_id!r} (first on line {seen[item_id]})")
+            raise DatasetError(f"{path}, {where}: duplicate id {item_id!r} (first on line {seen[item_id]})")
         seen[item_id] = lineno
         items.append(DatasetItem(key=f"{name}:{item_id}", item_id=item_id, prompt=prompt,
                                  image_path=None, annotations=annotations))

@@ -11,36 +11,18 @@ else the first word of the response.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ingest.datasets.base import Dataset, DatasetError, DatasetItem, sha256_file
+from ingest.datasets.base import Dataset, DatasetError, DatasetItem, read_records, sha256_file
 
 _SKIP = frozenset({"the", "a", "an", "it", "is", "its", "it's", "this", "that", "of"})
 
 
-def read_records(path: Path, required: tuple[str, ...] = ("image", "question"), option: str = "--questions"
-                 ) -> list[dict]:
-    """JSON list or JSONL; DatasetError naming the file and the record for malformed input."""
+def read_questions(path: Path, required: tuple[str, ...] = ("image", "question"), option: str = "--questions"
+                   ) -> list[dict]:
+    """Question records (JSON list or JSONL); DatasetError naming the file and the record for malformed input."""
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{option} {path}: file not found")
-    text = path.read_text(encoding="utf-8")
-    records: list = []
-    if path.suffix == ".jsonl" or not text.lstrip().startswith("["):
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"{path}, record {len(records) + 1} (line {n}): malformed JSON: {e.msg}") from e
-    else:
-        from ingest.datasets.base import read_json
-
-        records = read_json(path)
-        if not isinstance(records, list):
-            raise DatasetError(f"{path}: expected a JSON list of records")
+    records = [r.value for r in read_records(path, option)]
     for i, r in enumerate(records, 1):
         if not isinstance(r, dict):
             raise DatasetError(f"{path}, record {i}: expected an object")
@@ -59,7 +41,7 @@ def dataset(questions: str | Path, images: str | Path, limit: int | None = None)
     images = Path(images)
     if not images.is_dir():
         raise DatasetError(f"--images {images}: not a directory")
-    recs = read_records(Path(questions))
+    recs = read_questions(Path(questions))
     items = []
     seen = set()
     for i, r in enumerate(recs):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ingest.datasets.base import DatasetError
-from ingest.datasets.vqa import read_records
+from ingest.datasets.vqa import read_questions
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def read_requests(path: str | Path, images: str | Path | None = None) -> list[Ed
     base = Path(images) if images is not None else path.parent
     out: list[EditRequest] = []
     seen: set[str] = set()
-    for i, r in enumerate(read_records(path, required=("question",), option="--requests"), 1):
+    for i, r in enumerate(read_questions(path, required=("question",), option="--requests"), 1):
         where = f"{path}, request {i}"
         for key in ("constraint", "target"):
             if not isinstance(r.get(key), str) or not r[key].strip():
