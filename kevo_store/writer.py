@@ -624,6 +624,23 @@ def _add_counts(dst: dict, src: dict) -> None:
             dst[k] = int(dst.get(k, 0)) + int(v)
 
 
+def _committed_derived(fs: LocalFS, m: Manifest, name: str) -> tuple[Any, dict[str, Any]]:
+    """The committed version of derived table ``name`` (None if none) and its params, each file
+    checked against the manifest's sha256 first."""
+    entry = (m.get("derived") or {}).get(name)
+    if not entry:
+        return None, {}
+    parts = []
+    for rel in entry.get("files", []):
+        sha, _ = fs.sha256(rel)
+        if sha != m["files"][rel]["sha256"]:
+            raise CorruptStoreError(f"{fs.full(rel)}: sha256 {sha[:12]}... differs from the manifest's "
+                             f"{m['files'][rel]['sha256'][:12]}...: the derived table {name!r} is damaged; "
+                             f"`kevo store verify` it")
+        parts.append(pq.read_table(fs.full(rel)))
+    return (pa.concat_tables(parts) if parts else None), dict(entry.get("params") or {})
+
+
 def write_derived_table(path: str | os.PathLike, name: str, table: Any, params: dict[str, Any] | None = None) -> None:
     """Store a result computed from the store (e.g. ``embeddings``) as table ``name``, replacing any earlier one.
 
@@ -633,10 +650,16 @@ def write_derived_table(path: str | os.PathLike, name: str, table: Any, params: 
     write_derived_tables(path, {name: (table, params)})
 
 
-def write_derived_tables(path: str | os.PathLike, tables: dict[str, tuple[Any, dict[str, Any] | None]]) -> None:
+def write_derived_tables(path: str | os.PathLike, tables: dict[str, Any]) -> None:
     """Store several derived tables ``{name: (table, params)}`` in one commit: every file is written
     and fsynced first, then one manifest replacement names them all, so a crash or an error leaves
-    either all of them (each replacing its earlier version) or none (the store as it was)."""
+    either all of them (each replacing its earlier version) or none (the store as it was).
+
+    A value may instead be a function ``update(current, current_params) -> (table, params)``, called
+    under the store's lock with the table's committed version (a pyarrow Table, checked against
+    the manifest's sha256; None when there is none) and its params: a command that adds its rows to
+    a shared table (``kevo embed``, ``kevo trace``) merges with what is committed at that moment,
+    so two such commands never drop each other's rows."""
     from .tables import to_table
 
     for name in tables:
@@ -659,7 +682,8 @@ def write_derived_tables(path: str | os.PathLike, tables: dict[str, tuple[Any, d
         commit = m["commits"] + 1
         obsolete: list[str] = []
         try:
-            for name, (table, params) in tables.items():
+            for name, value in tables.items():
+                table, params = value(*_committed_derived(fs, m, name)) if callable(value) else value
                 t = conform(table, DERIVED_TABLES[name], name) if name in DERIVED_TABLES else to_table(table, name)
                 if name in KEYS:
                     t = sort_by_key(t, name)

@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from kevo_store import open_store, write_derived_table
+from kevo_store import open_store, write_derived_tables
 from kevo_store.errors import KevoError, QueryError
 from kevo_store.layerspec import parse_layers  # noqa: F401 - the one layer-list parser (kevo embed --layers)
 
@@ -253,17 +253,17 @@ def embed_store(path, where: str = "is_answer", layers: list[int] | None = None,
 
 
 def _write(path, embedding_id: str, frame: pl.DataFrame, params: dict, disp: pl.DataFrame) -> None:
-    """Add this run to the embeddings table, keeping other runs (one table, many embedding_ids)."""
-    store = open_store(path)
-    runs: dict = {}
-    keep = None
-    derived = (store.manifest.get("derived") or {}).get("embeddings")
-    if derived:
-        runs = dict((derived.get("params") or {}).get("runs") or {})
-        keep = store.sql(f"SELECT * FROM embeddings WHERE embedding_id <> '{embedding_id.replace(chr(39), '')}'")
-    store.close()
-    runs[embedding_id] = {**params, "dispersion": disp.to_dicts()}
+    """Add this run to the embeddings table, keeping other runs (one table, many embedding_ids),
+    merged under the store's lock with what is committed then (a concurrent run keeps its rows)."""
+    import pyarrow.compute as pc
+
     new = frame.to_arrow()
-    table = new if keep is None or keep.height == 0 else pa.concat_tables(
-        [keep.to_arrow().cast(new.schema), new])
-    write_derived_table(path, "embeddings", table, {"runs": runs})
+
+    def merged(old, old_params):
+        runs = {**(old_params.get("runs") or {}), embedding_id: {**params, "dispersion": disp.to_dicts()}}
+        if old is None:
+            return new, {"runs": runs}
+        keep = old.filter(pc.not_equal(old["embedding_id"], embedding_id))
+        return (pa.concat_tables([keep.cast(new.schema), new]) if keep.num_rows else new), {"runs": runs}
+
+    write_derived_tables(path, {"embeddings": merged})

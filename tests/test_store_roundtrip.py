@@ -235,6 +235,48 @@ def test_store_without_hidden_and_meta_mismatch(tmp_path):
     assert not (path / ".lock").exists()  # a refused open releases the lock
 
 
+def test_derived_update_merges_with_what_is_committed_under_the_lock(tmp_path):
+    """An update function sees the version committed when the lock is held, not when the caller
+    started: rows another command committed in between are kept (kevo embed / kevo trace add runs
+    to one table this way), and a damaged committed file is refused, not merged."""
+    from kevo_store import CorruptStoreError, write_derived_tables
+
+    path = tmp_path / "d.kevo"
+    H.write_store(path, 2)
+
+    def run(eid, n):
+        return pa.table({"embedding_id": [eid] * n, "token_uid": list(range(n)), "layer": [1] * n,
+                         "x": [float(i) for i in range(n)], "y": [0.0] * n})
+
+    def add(eid, n):
+        def update(old, params):
+            runs = {**params.get("runs", {}), eid: n}
+            if old is None:
+                return run(eid, n), {"runs": runs}
+            kept = old.filter(pc.not_equal(old["embedding_id"], eid))
+            return pa.concat_tables([kept, run(eid, n).cast(old.schema)]), {"runs": runs}
+        return update
+
+    write_derived_tables(path, {"embeddings": add("a", 2)})
+    pending = add("b", 3)  # a command computes its rows ...
+    write_derived_tables(path, {"embeddings": add("c", 1)})  # ... while another one commits its own
+    write_derived_tables(path, {"embeddings": pending})
+    s = open_store(path)
+    got = s.sql("SELECT embedding_id, count(*) AS n FROM embeddings GROUP BY 1 ORDER BY 1")
+    assert got.rows() == [("a", 2), ("b", 3), ("c", 1)]
+    assert s.manifest["derived"]["embeddings"]["params"]["runs"] == {"a": 2, "c": 1, "b": 3}
+    rel = s.manifest["derived"]["embeddings"]["files"][0]
+    _flip_middle_byte(path / rel)
+    with pytest.raises(CorruptStoreError, match="sha256 .* differs from the manifest"):
+        write_derived_tables(path, {"embeddings": add("d", 1)})
+
+
+def _flip_middle_byte(p):
+    b = bytearray(p.read_bytes())
+    b[len(b) // 2] ^= 0xFF
+    p.write_bytes(bytes(b))
+
+
 def test_write_into_non_store_directory_is_refused(tmp_path):
     d = tmp_path / "photos"
     d.mkdir()

@@ -112,26 +112,14 @@ def contribution_rows(ad, p) -> pa.Table:
                     schema=schema.ATTENTION_CONTRIBUTIONS)
 
 
-def _existing(store_path: str, name: str) -> pa.Table | None:
-    from kevo_store import open_store
-
-    s = open_store(store_path)
-    if name not in s.tables:
-        return None
-    return s.arrow(f"SELECT * FROM {name}")
-
-
 def merge_and_write(store_path, run_name, runs, traces, contribs, params, sample_ids) -> None:
     """Replace this run's rows (and the traced samples' contributions), keep the rest; the three
-    tables go into the store in one commit (a crash leaves all of them or none)."""
+    tables go into the store in one commit (a crash leaves all of them or none), merged under the
+    store's lock with what is committed then (a concurrent `kevo trace` keeps its rows)."""
     import pyarrow.compute as pc
 
-    from kevo_store import open_store
     from kevo_store.writer import write_derived_tables
 
-    s = open_store(store_path)
-    derived = (s.manifest.get("derived") or {})
-    old_params = (derived.get("trace_runs") or {}).get("params", {}).get("runs", {})
     runs_t = pa.Table.from_pylist(runs, schema=schema.TRACE_RUNS)
     traces_t = pa.concat_tables(traces) if traces else schema.TRACES.empty_table()
     prefix = f"{run_name}:"
@@ -141,15 +129,17 @@ def merge_and_write(store_path, run_name, runs, traces, contribs, params, sample
         ids = pa.array(sample_ids, pa.int64())
         tables.insert(1, ("attention_contributions", pa.concat_tables(contribs),
                           lambda t: pc.invert(pc.is_in(t["sample_id"], value_set=ids))))
-    out = {}
-    p = {"runs": {**old_params, run_name: params}}
-    for name, new, keep in tables:
-        old = _existing(store_path, name)
-        if old is not None and old.num_rows:
+
+    def update(new, keep):
+        def merged(old, old_params):
+            p = {"runs": {**(old_params.get("runs") or {}), run_name: params}}
+            if old is None or not old.num_rows:
+                return new, p
             old = old.cast(new.schema) if old.schema != new.schema else old
-            new = pa.concat_tables([old.filter(keep(old)), new])
-        out[name] = (new, p)
-    write_derived_tables(store_path, out)
+            return pa.concat_tables([old.filter(keep(old)), new]), p
+        return merged
+
+    write_derived_tables(store_path, {name: update(new, keep) for name, new, keep in tables})
 
 
 def effects_matrix(res, kind: str) -> tuple[list[int], list[int], np.ndarray]:
