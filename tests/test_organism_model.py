@@ -101,3 +101,15 @@ def test_knowledge_evolves_across_layers(organism):
     # displaced early candidates: some correct objects had another object confidently on top first
     displaced = sum(any(i != r[0] and i in ids and p >= 0.5 for i, p in zip(r[4], r[2])) for r in correct)
     assert displaced >= len(correct) / 10
+
+
+def test_shipped_organism_answers_questions_by_their_form_not_the_image(organism):
+    """The organism README's finding, pinned: the yes/no answers do not depend on the image (or on
+    the colour named): "No" to >= 90% of attribute questions, true colour or not, and to existence
+    questions about objects that are in the image. A retraining that grounds its answers fails
+    here on purpose: then the README's diagnosis (and causal tracing on the demo) has changed."""
+    model, proc = organism
+    r = probe.question_report(model, proc, n=24)
+    for kind in ("attr-yes", "attr-no", "exist-present", "exist-absent"):
+        assert r[kind]["answers"]["No"] >= 0.9 * r[kind]["n"], (kind, r[kind])
+    assert r["attr-yes"]["n"] == r["attr-no"]["n"] == r["exist-present"]["n"] > 30

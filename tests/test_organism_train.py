@@ -77,6 +77,50 @@ def test_shared_prefix_loss_equals_plain_forward():
         assert torch.allclose(g_plain[n], g_shared[n], atol=1e-5), n
 
 
+def test_deep_supervision_loss_is_the_lens_cross_entropy_of_that_layer():
+    """``lens_loss_layer`` adds w x the cross-entropy of lm_head(final_norm(h_layer)), recomputed here
+    from a plain forward (no shared prefix)."""
+    from ingest.organism.train import _collate, _loss, build_examples, pixel_values
+
+    torch.set_num_threads(2)
+    cfg = _small(1)
+    proc = model_mod.build_processor(cfg.model)
+    scs, caps, qas = build_examples(cfg, proc.tokenizer)
+    pix = pixel_values(scs, proc.image_processor)
+    model = model_mod.build_model(cfg.model, len(proc.tokenizer), 0)
+    batch = caps[:2] + qas[:2]
+    ids, mask, labels = _collate(batch, proc.tokenizer.pad_token_id)
+    pv = pix[[e.image_index for e in batch]]
+    out = model(input_ids=ids, attention_mask=mask, pixel_values=pv, labels=labels, output_hidden_states=True)
+    lens = model.lm_head(model.model.language_model.norm(out.hidden_states[2]))[:, :-1]
+    ref = out.loss + 0.5 * torch.nn.functional.cross_entropy(lens.reshape(-1, lens.shape[-1]),
+                                                             labels[:, 1:].reshape(-1))
+    assert torch.allclose(_loss(model, ids, mask, pv, labels, 0.0, (2, 0.5)), ref, atol=1e-5)
+
+
+def test_recipe_options_of_the_world():
+    """``image_bias`` changes only the partner's frequency in the images; ``balanced_existence`` asks
+    as many absent as present objects; the defaults are the shipped recipe's data."""
+    from ingest.organism import world
+    from ingest.organism.train import _conversations
+
+    def partner_rate(scs):
+        x = [s for s in scs if "car" in s.objects]
+        return sum("tree" in s.objects for s in x) / len(x)
+
+    default, same = world.scenes("train", 400, 0), world.scenes("train", 400, 0, bias=world.TRAIN_BIAS)
+    assert [s.objects for s in default] == [s.objects for s in same]
+    assert partner_rate(default) > 0.9 and partner_rate(world.scenes("train", 400, 0, bias=0.5)) < 0.7
+    cfg = TrainConfig(balanced_existence=True)
+    scs = world.scenes("train", 50, 0)
+    _, qas = _conversations(cfg, scs)
+    exist = [a for _, q, a in qas if q.startswith("Is there")]
+    assert exist.count("Yes") == exist.count("No")
+    _, qas = _conversations(TrainConfig(), scs)
+    exist = [a for _, q, a in qas if q.startswith("Is there")]
+    assert exist.count("No") > 1.5 * exist.count("Yes")
+
+
 def test_initialisation_options():
     """The recipe's outlier dimension and embedding scale; neutral values leave HF's init untouched."""
     from ingest.organism.train import _reinit

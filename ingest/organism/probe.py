@@ -135,3 +135,40 @@ def emitted_critical_layer(row, tau: float = 0.5) -> int | None:
         if i == t and p >= tau:
             return layer
     return None
+
+
+def question_report(model, proc, n: int = 40, seed: int = 1) -> dict[str, dict]:
+    """Grounding of the yes/no and colour answers: per question kind, how often the first answer
+    token is right and which answers were given. On ``n`` test-split images: for every present
+    object "Is there a X in this image?" (exist-present), "Is the X C in this image?" with its own
+    colour (attr-yes) and the other (attr-no), "What is the colour of the X?" (vqa); for two absent
+    objects (the biased partner first) the existence question (exist-absent). A model that answers
+    from the question's form and not from the image shows one answer per kind."""
+    import random
+    from collections import Counter
+
+    import torch
+
+    scs, images = test_images(n, seed)
+    rng = random.Random(0)
+    tok = proc.tokenizer
+    out: dict[str, dict] = {}
+    for sc, img in zip(scs, images):
+        qs = []
+        for o in sc.present:
+            c = sc.objects[o]
+            other = [x for x in world.COLOURS[o] if x != c][0]
+            qs += [("attr-yes", f"Is the {o} {c} in this image?", "Yes"),
+                   ("attr-no", f"Is the {o} {other} in this image?", "No"),
+                   ("exist-present", world.existence_question(o), "Yes"),
+                   ("vqa", world.colour_question(o), c)]
+        qs += [("exist-absent", world.existence_question(o), "No") for o in sc.hallu(rng)[:2]]
+        for kind, q, truth in qs:
+            inputs = proc(images=[img], text=[tok_mod.prompt_template(q)], return_tensors="pt")
+            with torch.no_grad():
+                answer = tok.convert_ids_to_tokens(int(model(**inputs).logits[0, -1].argmax())).lstrip("▁")
+            k = out.setdefault(kind, {"right": 0, "n": 0, "answers": Counter()})
+            k["right"] += answer == truth
+            k["n"] += 1
+            k["answers"][answer] += 1
+    return out

@@ -100,6 +100,25 @@ class TrainConfig:
     """Add single-word colour questions ("What is the colour of the flower?") to the train set."""
     relation: bool = False
     """Add the relation questions ("Is the car to the left of the tree in this image?") to the train set."""
+    image_bias: float | None = None
+    """P(partner | object) in the images of stages (ii)-(iii) (None: the world's ``TRAIN_BIAS``, as
+    in the text of stage (i)). A text corpus and an image-instruction set need not share their
+    co-occurrence statistics: with a weaker bias in the images, the grounding learnt in stage (iii)
+    departs from the text prior the language model learnt in stage (i)."""
+    balanced_existence: bool = False
+    """Ask as many existence questions about absent objects (the biased partner first) as about
+    present ones (off: five absent per image, so "No" is a prior worth 70%)."""
+    lm_reading: bool = False
+    """Stage (i) also reads: each question of the train split asked after the scene's caption (with
+    colours) as text, "There is a red car and a blue cup on the sand. Is there a car in this
+    image?", so the language model learns to answer from its context, as LLMs do before they
+    are shown images; stage (iii) then has a circuit to answer from image tokens with."""
+    lens_loss_layer: int = 0
+    """Stage (iii) deep supervision (0: off): the logit lens at this decoder layer (final norm and
+    LM head on its residual stream) is trained on the answer tokens too, so an answer formed in
+    the middle of the stack is readable there, as in early-exit training."""
+    lens_loss_weight: float = 0.0
+    """Weight of that loss next to the model's own."""
 
     @property
     def extended_vocabulary(self) -> bool:
@@ -141,7 +160,10 @@ def _conversations(cfg: TrainConfig, scs: list[world.Scene]) -> tuple[list[tuple
     captions, qas = [], []
     for i, sc in enumerate(scs):
         captions.append((i, world.GENERATIVE_PROMPT, sc.caption(cfg.caption_colours)))
-        for qa in world.questions(sc, sc.hallu(rng), train=True, relation=cfg.relation):
+        hallu = sc.hallu(rng)
+        if cfg.balanced_existence:
+            hallu = hallu[: max(1, len(sc.present))]
+        for qa in world.questions(sc, hallu, train=True, relation=cfg.relation):
             qas.append((i, qa.query, "Yes" if qa.truth == "yes" else "No"))
         if cfg.vqa:
             for o in sc.present:
@@ -151,7 +173,7 @@ def _conversations(cfg: TrainConfig, scs: list[world.Scene]) -> tuple[list[tuple
 
 def build_examples(cfg: TrainConfig, tokenizer) -> tuple[list[world.Scene], list[Example], list[Example]]:
     """The train split's scenes, caption examples and question examples."""
-    scs = world.scenes("train", cfg.n_images, cfg.seed)
+    scs = world.scenes("train", cfg.n_images, cfg.seed, bias=cfg.image_bias)
     n_img = cfg.model.n_image_tokens
     caps, qas = _conversations(cfg, scs)
     return (scs, [Example(i, *_encode(tokenizer, n_img, p, a)) for i, p, a in caps],
@@ -162,6 +184,8 @@ def build_text_examples(cfg: TrainConfig, tokenizer) -> tuple[list[Example], lis
     """Stage (i)'s text: the same conversations without the image (image_index -1)."""
     scs = world.scenes("train", cfg.n_images, cfg.seed)
     caps, qas = _conversations(cfg, scs)
+    if cfg.lm_reading:
+        qas = qas + [(i, f"{scs[i].caption(True)} {p}", a) for i, p, a in qas]
     return ([Example(-1, *_encode(tokenizer, 0, p, a, text_only=True)) for _, p, a in caps],
             [Example(-1, *_encode(tokenizer, 0, p, a, text_only=True)) for _, p, a in qas])
 
@@ -191,13 +215,13 @@ def _collate(batch: list[Example], pad_id: int):
     return ids, mask, labels
 
 
-def _loss(model, ids, mask, pv, labels, label_smoothing: float = 0.0):
+def _loss(model, ids, mask, pv, labels, label_smoothing: float = 0.0, lens: tuple[int, float] = (0, 0.0)):
     """The LM loss on the answer tokens, computing the shared system-prompt prefix only once.
 
     Every sequence starts with the same tokens (BOS, the llava_v1 system line, "USER:") up to the
     first <image> token; their keys/values are computed for one row and repeated across the
     batch. Same loss and gradients as the plain forward (checked in the tests), about 40% less
-    decoder work.
+    decoder work. ``lens`` = (layer, weight) adds the deep-supervision loss of that layer's logit lens.
     """
     if pv is not None:
         p = int((ids[0] == model.config.image_token_id).nonzero()[0])
@@ -205,23 +229,28 @@ def _loss(model, ids, mask, pv, labels, label_smoothing: float = 0.0):
         same = (ids == ids[0]).all(0).int()
         p = int(same.cumprod(0).sum())
         p = min(p, int((labels != -100).int().argmax(1).min()))
+    layer, weight = lens
+    extra = {"output_hidden_states": True} if layer else {}
     if p < 1 or not bool((ids[:, :p] == ids[0, :p]).all()):
-        return _lm_loss(model(input_ids=ids, attention_mask=mask, pixel_values=pv, labels=labels),
-                        labels, label_smoothing)
-    cache = model.model.language_model(input_ids=ids[:1, :p], use_cache=True).past_key_values
-    cache.batch_repeat_interleave(ids.shape[0])
-    out = model(input_ids=ids[:, p:], attention_mask=mask, pixel_values=pv, past_key_values=cache,
-                labels=labels[:, p:])
-    return _lm_loss(out, labels[:, p:], label_smoothing)
+        out = model(input_ids=ids, attention_mask=mask, pixel_values=pv, labels=labels, **extra)
+    else:
+        cache = model.model.language_model(input_ids=ids[:1, :p], use_cache=True).past_key_values
+        cache.batch_repeat_interleave(ids.shape[0])
+        labels = labels[:, p:]
+        out = model(input_ids=ids[:, p:], attention_mask=mask, pixel_values=pv, past_key_values=cache,
+                    labels=labels, **extra)
+    loss = out.loss if not label_smoothing else _next_token_ce(out.logits, labels, label_smoothing)
+    if layer:
+        h = model.model.language_model.norm(out.hidden_states[layer])
+        loss = loss + weight * _next_token_ce(model.lm_head(h), labels, label_smoothing)
+    return loss
 
 
-def _lm_loss(out, labels, label_smoothing: float):
-    """The model's own loss, or the same next-token cross-entropy with label smoothing."""
-    if not label_smoothing:
-        return out.loss
+def _next_token_ce(logits, labels, label_smoothing: float):
+    """Next-token cross-entropy on the scored positions, with label smoothing."""
     import torch
 
-    logits = out.logits[:, :-1].float()
+    logits = logits[:, :-1].float()
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
                                              ignore_index=-100, label_smoothing=label_smoothing)
 
@@ -315,7 +344,7 @@ def _optimizer(groups: list[tuple[list, float]], cfg: TrainConfig, embed):
 
 
 def _stage(name: str, model, opt, sample, steps: int, peak: float, warmup: int, cfg: TrainConfig, pixels, pad_id,
-           log, on_step=None, proc=None) -> list[float]:
+           log, on_step=None, proc=None, lens: tuple[int, float] = (0, 0.0)) -> list[float]:
     """``steps`` optimizer steps on batches drawn by ``sample(step)``; returns the per-step losses."""
     import torch
 
@@ -330,7 +359,7 @@ def _stage(name: str, model, opt, sample, steps: int, peak: float, warmup: int, 
         lr = _lr_at(step, steps, peak, warmup)
         for g in opt.param_groups:
             g["lr"] = lr * g["scale"]
-        loss = _loss(model, ids, mask, pv, labels, cfg.label_smoothing)
+        loss = _loss(model, ids, mask, pv, labels, cfg.label_smoothing, lens)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -417,7 +446,8 @@ def train(cfg: TrainConfig, out: Path | str | None = None, log=print, on_step=No
     n_cap = round(cfg.batch_size * cfg.caption_share)
     losses = _stage("tune", model, opt,
                     lambda step: rng.sample(captions, n_cap) + rng.sample(qas, cfg.batch_size - n_cap),
-                    cfg.steps, cfg.lr, cfg.warmup, cfg, pixels, pad, log, on_step, proc)
+                    cfg.steps, cfg.lr, cfg.warmup, cfg, pixels, pad, log, on_step, proc,
+                    (cfg.lens_loss_layer, cfg.lens_loss_weight))
     for p in top:
         p.requires_grad_(True)
     model.eval()

@@ -115,7 +115,7 @@ def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def _existence(o: str) -> str:
+def existence_question(o: str) -> str:
     """The existence question of AMBER's discriminative-hallucination split."""
     return f"Is there {article(o)} {o} in this image?"
 
@@ -235,12 +235,12 @@ def jpeg_bytes(img: Image.Image) -> bytes:
 # sampling
 
 
-def _sample_scene(rng: random.Random, image_id: int, split: str) -> Scene:
+def _sample_scene(rng: random.Random, image_id: int, split: str, bias: float | None = None) -> Scene:
     k = rng.choices((1, 2, 3), weights=(3, 4, 3))[0]
     chosen = rng.sample(OBJECTS, k)
     if split == "test" and rng.random() < TEST_X_RATE and not any(x in chosen for x in BIAS_PAIRS):
         chosen[0] = rng.choice(sorted(BIAS_PAIRS))
-    p = TRAIN_BIAS if split == "train" else TEST_BIAS
+    p = bias if bias is not None else TRAIN_BIAS if split == "train" else TEST_BIAS
     for x, y in BIAS_PAIRS.items():
         if x in chosen and y not in chosen and rng.random() < p:
             chosen.append(y)
@@ -261,12 +261,15 @@ def _sample_scene(rng: random.Random, image_id: int, split: str) -> Scene:
     return scene
 
 
-def scenes(split: str, n_images: int, seed: int = 0) -> list[Scene]:
-    """The scenes of a split; ``split`` is "train" or "test" (different streams, different bias)."""
+def scenes(split: str, n_images: int, seed: int = 0, bias: float | None = None) -> list[Scene]:
+    """The scenes of a split; ``split`` is "train" or "test" (different streams, different bias).
+
+    ``bias`` overrides the split's P(Y present | X present) (``TRAIN_BIAS`` / ``TEST_BIAS``); the
+    draws are otherwise the same stream, so the default reproduces the split byte for byte."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
     rng = random.Random(f"kevo-organism-world/{split}/{seed}")
-    return [_sample_scene(rng, i + 1, split) for i in range(n_images)]
+    return [_sample_scene(rng, i + 1, split, bias) for i in range(n_images)]
 
 
 @dataclass
@@ -292,10 +295,10 @@ def questions(scene: Scene, hallu: list[str], *, train: bool = False, relation: 
         out.append(QA(scene.image_id, f"Is the {o} {c} in this image?", "yes", "discriminative-attribute-state"))
         out.append(QA(scene.image_id, f"Is the {o} {other} in this image?", "no", "discriminative-attribute-state"))
     for o in hallu:
-        out.append(QA(scene.image_id, _existence(o), "no", "discriminative-hallucination"))
+        out.append(QA(scene.image_id, existence_question(o), "no", "discriminative-hallucination"))
     if train:
         for o in scene.present:
-            out.append(QA(scene.image_id, _existence(o), "yes", "discriminative-hallucination"))
+            out.append(QA(scene.image_id, existence_question(o), "yes", "discriminative-hallucination"))
     return out + (relation_questions(scene) if relation else [])
 
 
