@@ -47,8 +47,9 @@ def test_short_training_learns_and_is_reproducible(tmp_path):
     assert len(texts) == 2 and all(len(g) >= 1 for g in gen)
 
 
-def test_shared_prefix_loss_equals_plain_forward():
-    from ingest.organism.train import _collate, _loss, build_examples, pixel_values
+def _model_and_batch(n: int):
+    """A fresh small organism and a collated batch of ``n`` captions and ``n`` questions."""
+    from ingest.organism.train import _collate, build_examples, pixel_values
 
     torch.set_num_threads(2)
     cfg = _small(1)
@@ -56,9 +57,15 @@ def test_shared_prefix_loss_equals_plain_forward():
     scs, caps, qas = build_examples(cfg, proc.tokenizer)
     pix = pixel_values(scs, proc.image_processor)
     model = model_mod.build_model(cfg.model, len(proc.tokenizer), 0)
-    batch = caps[:3] + qas[:3]
+    batch = caps[:n] + qas[:n]
     ids, mask, labels = _collate(batch, proc.tokenizer.pad_token_id)
-    pv = pix[[e.image_index for e in batch]]
+    return model, ids, mask, pix[[e.image_index for e in batch]], labels
+
+
+def test_shared_prefix_loss_equals_plain_forward():
+    from ingest.organism.train import _loss
+
+    model, ids, mask, pv, labels = _model_and_batch(3)
     plain = model(input_ids=ids, attention_mask=mask, pixel_values=pv, labels=labels).loss
     plain.backward()
     g_plain = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -80,17 +87,9 @@ def test_shared_prefix_loss_equals_plain_forward():
 def test_deep_supervision_loss_is_the_lens_cross_entropy_of_that_layer():
     """``lens_loss_layer`` adds w x the cross-entropy of lm_head(final_norm(h_layer)), recomputed here
     from a plain forward (no shared prefix)."""
-    from ingest.organism.train import _collate, _loss, build_examples, pixel_values
+    from ingest.organism.train import _loss
 
-    torch.set_num_threads(2)
-    cfg = _small(1)
-    proc = model_mod.build_processor(cfg.model)
-    scs, caps, qas = build_examples(cfg, proc.tokenizer)
-    pix = pixel_values(scs, proc.image_processor)
-    model = model_mod.build_model(cfg.model, len(proc.tokenizer), 0)
-    batch = caps[:2] + qas[:2]
-    ids, mask, labels = _collate(batch, proc.tokenizer.pad_token_id)
-    pv = pix[[e.image_index for e in batch]]
+    model, ids, mask, pv, labels = _model_and_batch(2)
     out = model(input_ids=ids, attention_mask=mask, pixel_values=pv, labels=labels, output_hidden_states=True)
     lens = model.lm_head(model.model.language_model.norm(out.hidden_states[2]))[:, :-1]
     ref = out.loss + 0.5 * torch.nn.functional.cross_entropy(lens.reshape(-1, lens.shape[-1]),

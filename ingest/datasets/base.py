@@ -130,9 +130,11 @@ def find_under(root: str | Path, name: str, subdirs: Iterable[str], kind: str) -
     raise DatasetError(f"{name} not found under {root} (looked in {looked})")
 
 
-def read_json(path: str | Path):
-    """json.load with a DatasetError naming the file, the position and the record for malformed JSON."""
-    text = Path(path).read_text(encoding="utf-8")
+def read_json(path: str | Path, text: str | None = None):
+    """json.load with a DatasetError naming the file, the position and the record for malformed JSON
+    (``text``: the file's contents when the caller has read them already)."""
+    if text is None:
+        text = Path(path).read_text(encoding="utf-8")
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
@@ -175,7 +177,7 @@ def read_records(path: str | Path, what: str, error: type[KevoError] = DatasetEr
         jsonl = path.suffix.lower() == ".jsonl" or not text.lstrip().startswith("[")
     if not jsonl:
         try:
-            values = read_json(path)
+            values = read_json(path, text)
         except DatasetError as e:
             raise error(str(e)) from None
         if not isinstance(values, list):

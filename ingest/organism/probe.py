@@ -153,16 +153,13 @@ def question_report(model, proc, n: int = 40, seed: int = 1) -> dict[str, dict]:
     rng = random.Random(0)
     tok = proc.tokenizer
     out: dict[str, dict] = {}
+    kinds = {("discriminative-attribute-state", "yes"): "attr-yes", ("discriminative-attribute-state", "no"): "attr-no",
+             ("discriminative-hallucination", "yes"): "exist-present",
+             ("discriminative-hallucination", "no"): "exist-absent"}
     for sc, img in zip(scs, images):
-        qs = []
-        for o in sc.present:
-            c = sc.objects[o]
-            other = [x for x in world.COLOURS[o] if x != c][0]
-            qs += [("attr-yes", f"Is the {o} {c} in this image?", "Yes"),
-                   ("attr-no", f"Is the {o} {other} in this image?", "No"),
-                   ("exist-present", world.existence_question(o), "Yes"),
-                   ("vqa", world.colour_question(o), c)]
-        qs += [("exist-absent", world.existence_question(o), "No") for o in sc.hallu(rng)[:2]]
+        qs = [(kinds[qa.type, qa.truth], qa.query, qa.truth.capitalize())
+              for qa in world.questions(sc, sc.hallu(rng)[:2], train=True, relation=False)]
+        qs += [("vqa", world.colour_question(o), sc.objects[o]) for o in sc.present]
         for kind, q, truth in qs:
             inputs = proc(images=[img], text=[tok_mod.prompt_template(q)], return_tensors="pt")
             with torch.no_grad():
