@@ -136,10 +136,76 @@ def _load_npz(data: bytes) -> tuple[np.ndarray, np.ndarray]:
         return z["hidden"], z["sample_id"]
 
 
-def _tail_bytes(h: np.ndarray, sid: np.ndarray) -> bytes:
-    bio = io.BytesIO()
-    np.savez(bio, hidden=np.ascontiguousarray(h), sample_id=np.asarray(sid, dtype=np.int64))
-    return bio.getvalue()
+class _HashingFile:
+    """A write-only file that hashes what it writes (sha256, size): a tail is serialized straight to
+    its file in one pass, without a copy in memory. Not seekable, so zipfile streams (data descriptors)."""
+
+    def __init__(self, fd: int):
+        self.fd, self.sha, self.size = fd, hashlib.sha256(), 0
+
+    def write(self, b) -> int:
+        mv = memoryview(b).cast("B")
+        self.sha.update(mv)
+        done = 0
+        while done < len(mv):
+            done += os.write(self.fd, mv[done:])
+        self.size += len(mv)
+        return len(mv)
+
+    def flush(self) -> None:
+        pass
+
+    def read(self, *args):  # numpy takes an object without read() for a path
+        raise io.UnsupportedOperation("write-only")
+
+
+def write_tail(fs: LocalFS, rel: str, h: np.ndarray, sid: np.ndarray) -> dict[str, Any]:
+    """Write a tail (``hidden`` and ``sample_id`` arrays, npz) under its new name, NOT fsynced (see
+    ``HiddenWriter.sync_tails``); returns its manifest entry (sha256 and size of the bytes written).
+    A crash mid-write leaves a file no manifest names, which the next writer removes."""
+    fd = os.open(fs.full(rel), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        f = _HashingFile(fd)
+        np.savez(f, hidden=np.ascontiguousarray(h), sample_id=np.asarray(sid, dtype=np.int64))
+    finally:
+        os.close(fd)
+    return {"sha256": f.sha.hexdigest(), "size": f.size}
+
+
+def damaged_tails(fs: LocalFS, sec: dict[str, Any], files: dict[str, dict]) -> list[str]:
+    """The tails ``sec`` names that are missing or do not match their manifest entry (size, sha256):
+    what an operating-system crash or power failure can leave of tails that were never fsynced."""
+    bad = []
+    for rel in sec.get("tails") or []:
+        ent = files.get(rel)
+        try:
+            data = fs.read_bytes(rel)
+        except FileNotFoundError:
+            bad.append(rel)
+            continue
+        if ent is None or len(data) != ent["size"] or hashlib.sha256(data).hexdigest() != ent["sha256"]:
+            bad.append(rel)
+    return bad
+
+
+def _rows(parts: list[np.ndarray], lo: int, hi: int, j: int | None, out: np.ndarray | None = None) -> np.ndarray:
+    """Rows [lo, hi) of the concatenation of ``parts`` (at layer ``j``, or all layers if None), copied
+    into ``out``'s first rows if given, else a view where they lie in one part."""
+    pieces, start = [], 0
+    for p in parts:
+        a, b = max(lo, start), min(hi, start + len(p))
+        if a < b:
+            pieces.append(p[a - start: b - start] if j is None else p[a - start: b - start, j])
+        start += len(p)
+    if out is None:
+        if not pieces:
+            return parts[0][:0] if j is None else parts[0][:0, j]
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+    k = 0
+    for piece in pieces:
+        out[k: k + len(piece)] = piece
+        k += len(piece)
+    return out
 
 
 def _cat(parts: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
@@ -167,6 +233,7 @@ class HiddenWriter:
             h, s = _load_npz(fs.read_bytes(rel))
             self._h.append(h)
             self._s.append(s)
+        self._synced: set[str] = set()  # tails known to be on disk (tails found at open may not be)
         self._committed_rows = sum(len(b) for b in self._h)  # buffered rows already in committed tails
         self._committed_parts = len(self._h)  # ... and the buffered parts that hold them
         self._pending_rows = self._committed_rows
@@ -177,6 +244,20 @@ class HiddenWriter:
     @property
     def rows(self) -> int:
         return self._base + self._pending_rows
+
+    @property
+    def durable(self) -> bool:
+        """Every tail the committed section names is fsynced (so is every other file it names)."""
+        return all(t in self._synced for t in self.sec.get("tails") or [])
+
+    def sync_tails(self) -> None:
+        """fsync the committed tails not yet known to be on disk, and their directory."""
+        todo = [t for t in self.sec.get("tails") or [] if t not in self._synced]
+        for rel in todo:
+            self.fs.fsync_file(rel)
+        if todo:
+            self.fs.fsync_dir(META_DIR)
+        self._synced.update(todo)
 
     def recover(self) -> None:
         """Undo what a crashed commit left: shapes back to the committed rows, orphan files removed."""
@@ -221,9 +302,12 @@ class HiddenWriter:
         self._s.append(np.asarray(sample_ids, dtype=np.int64))
         self._pending_rows += len(h)
 
-    def _write_shards(self, first: int, last: int, h: np.ndarray, sid: np.ndarray, stop: int) -> dict[str, list]:
-        """Write shards [first, last) from rows ``h`` (starting at shard ``first``'s first row), ``stop``
-        the array's row count after them. Returns the index entries of every file written."""
+    def _write_shards(self, first: int, last: int, hs: list[np.ndarray], sid: np.ndarray, stop: int
+                      ) -> dict[str, list]:
+        """Write shards [first, last) from the rows of ``hs`` (buffered parts, concatenated: starting at
+        shard ``first``'s first row; only the rows up to ``stop`` are used), ``stop`` the array's row
+        count after them. Returns the index entries of every file written."""
+        n = stop - first * self.st
         from concurrent.futures import ThreadPoolExecutor
 
         st, fs, g = self.st, self.fs, HIDDEN_DIR
@@ -234,7 +318,7 @@ class HiddenWriter:
             with zarr.config.set({"array.write_empty_chunks": True}):  # every shard a file, as indexed
                 arr = zarr.open_array(store=fs.zarr_store(f"{g}/{sh.ARRAY}", read_only=False), mode="r+",
                                       zarr_format=3)
-                arr[first * st: first * st + len(h)] = h
+                arr[first * st: stop] = _rows(hs, 0, n, None)
             index = {}
             for s in range(first, last):
                 for j in range(self.nl):
@@ -242,16 +326,17 @@ class HiddenWriter:
                     index[k] = list(fs.sha256(f"{g}/{k}"))
                     fs.fsync_file(f"{g}/{k}")
         else:
-            dt = h.dtype.newbyteorder("<")
+            dt = self._empty.dtype.newbyteorder("<")
 
             def one(job: tuple[int, int]) -> tuple[str, list]:
                 s, j = job
                 lo = (s - first) * st
-                rows = h[lo: lo + st, j, :]
-                block = np.zeros((st, self.d), dtype=dt)  # one gather of the strided rows, padded with 0
-                block[: len(rows)] = rows
+                valid = min(st, n - lo)
+                block = np.empty((st, self.d), dtype=dt)  # one gather of the strided rows, padded with 0
+                _rows(hs, lo, lo + valid, j, block)
+                block[valid:] = 0
                 k = sh.shard_key(s, j)
-                return k, sh.write_file(fs, f"{g}/{k}", sh.shard_pieces(block, len(rows), self.ct))
+                return k, sh.write_file(fs, f"{g}/{k}", sh.shard_pieces(block, valid, self.ct), sync=False)
 
             jobs = [(s, j) for s in range(first, last) for j in range(self.nl)]
             if WRITE_THREADS <= 1 or len(jobs) == 1:
@@ -261,10 +346,12 @@ class HiddenWriter:
                     index = dict(ex.map(one, jobs))
         for s in range(first, last):
             lo = (s - first) * st
-            uids = np.arange(s * st, min(s * st + st, first * st + len(h)), dtype=np.int64)
+            uids = np.arange(s * st, min(s * st + st, stop), dtype=np.int64)
             for name, vals in (("token_uid", uids), ("sample_id", sid[lo: lo + st])):
                 k = sh.coord_key(name, s)
-                index[k] = sh.write_file(fs, f"{g}/{k}", sh.coord_pieces(vals, st))
+                index[k] = sh.write_file(fs, f"{g}/{k}", sh.coord_pieces(vals, st), sync=False)
+        # flushed together once all are written: the disk works on the first while the rest are hashed
+        sh.fsync_files(fs, [f"{g}/{k}" for k in index], WRITE_THREADS)
         return index
 
     def _write_index(self, commit: int, index: dict, sec: dict, files: dict) -> None:
@@ -290,17 +377,16 @@ class HiddenWriter:
         obsolete: list[str] = []
         total = self.rows
         n_full = (total // self.st) * self.st
-        if n_full > self._base:  # shards complete: the whole buffer, once per shard
-            h = _cat(self._h, self._empty)
+        if n_full > self._base:  # shards complete: gathered from the buffered parts, once per shard
             sid = _cat(self._s, np.empty(0, np.int64))
-            idx = self._write_shards(self._base // self.st, n_full // self.st, h[: n_full - self._base],
-                                     sid[: n_full - self._base], n_full)
+            idx = self._write_shards(self._base // self.st, n_full // self.st, self._h, sid[: n_full - self._base],
+                                     n_full)
             self._write_index(commit, idx, sec, files)
             obsolete.extend(sec["tails"])
             sec["tails"] = []
             sec["zarr_rows"] = n_full
             # the rows past the shards all came with this commit (the old tails held less than a shard)
-            new_h, new_s = h[n_full - self._base:], sid[n_full - self._base:]
+            new_h, new_s = _rows(self._h, n_full - self._base, total - self._base, None), sid[n_full - self._base:]
             keep_h, keep_s = ([new_h], [new_s]) if len(new_h) else ([], [])
         else:  # only this commit's rows are new: no copy of the rows already in committed tails
             new_h = _cat(self._h[self._committed_parts:], self._empty)
@@ -308,9 +394,7 @@ class HiddenWriter:
             keep_h, keep_s = list(self._h), list(self._s)
         if len(new_h):
             rel = f"{META_DIR}/tail-{commit:06d}.npz"
-            data = _tail_bytes(new_h, new_s)
-            self.fs.write_atomic(rel, data)
-            files[rel] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}  # hashed from memory
+            files[rel] = write_tail(self.fs, rel, new_h, new_s)  # hashed as written
             sec["tails"].append(rel)
         sec["rows"] = total
         self._staged = (sec["zarr_rows"], keep_h, keep_s)
@@ -320,6 +404,7 @@ class HiddenWriter:
         """The manifest naming ``sec`` is on disk: move the buffer forward."""
         zr, hs, ss = self._staged
         self.sec = sec
+        self._synced &= set(sec.get("tails") or [])
         self._base = zr
         self._h, self._s = hs, ss
         self._committed_parts = len(hs)  # every buffered part is in a committed tail now
@@ -331,10 +416,9 @@ class HiddenWriter:
         files: dict[str, dict] = {}
         obsolete: list[str] = []
         if self._pending_rows:
-            h = _cat(self._h, self._empty)
             sid = _cat(self._s, np.empty(0, np.int64))
             first, last = self._base // self.st, -(-self.rows // self.st)
-            idx = self._write_shards(first, last, h, sid, self.rows)
+            idx = self._write_shards(first, last, self._h, sid, self.rows)
             self._write_index(commit, idx, sec, files)
             obsolete.extend(sec.get("tails") or [])
             sec["tails"] = []
