@@ -19,8 +19,10 @@ Commit protocol (crash safety without ever rewriting a committed file):
   array's directory, where Zarr readers do not look) with the sha256
   and size of every file it wrote (hashed from memory); the manifest names the index parts (with their
   own checksums). Closing merges them into one index.
-- Shards, tails, index parts and the manifest are fsynced before the commit point (the manifest's
-  atomic replacement): data first, then the commit record.
+- Shards, index parts and the manifest are fsynced before the commit point (the manifest's atomic
+  replacement): data first, then the commit record. Tails are not (their rows are written again in
+  their shard): a system crash may lose them, which the next writer detects (sha256) and undoes by
+  returning to the writer's checkpoint (``kevo_store.writer.CHECKPOINT``; FORMAT.md, "Durability").
 - The arrays' ``zarr.json`` shapes may run ahead of the manifest after a crash; readers trust the
   manifest's row counts, and the next writer shrinks them back and deletes the orphan files. On close
   the last partial shard is written and the shapes become exactly ``rows``.
