@@ -50,6 +50,10 @@ HIDDEN_DIR = "hidden"
 # v2's own files beside the shards (chunk index parts, tails): in the array's directory, which Zarr
 # readers never list (a stray directory in the group would be reported by xarray.open_zarr)
 META_DIR = f"{HIDDEN_DIR}/{sh.ARRAY}"
+# The last manifest whose every file is on disk (hidden tails are not fsynced at their commit; see
+# FORMAT.md, "Durability"): where a resumed writer returns if tails were lost. Kept by the writer, not
+# named by the manifest, never part of a pushed or pulled store.
+CHECKPOINT = f"{META_DIR}/checkpoint.json"
 V1_CHUNK_TOKENS = 64
 LOGICAL_DTYPES = {"float16": "float16", "bfloat16": "uint16"}
 # Threads gathering, hashing and writing shards: one per core (more only queue on the same cores).
@@ -479,15 +483,26 @@ def _v1_array(fs: StoreFS):
         raise StoreError(f"{fs.full(HIDDEN_DIR)}: cannot open the Zarr array ({type(e).__name__}: {e})") from None
 
 
-def open_v2_array(fs: StoreFS, name: str = sh.ARRAY):
-    """One array of the v2 group, read-only, after the metadata check a store from elsewhere needs."""
-    import zarr
-
+def check_v2_meta(fs: StoreFS, name: str = sh.ARRAY) -> dict:
+    """The metadata (zarr.json) of one array of the v2 group, after the check a store from elsewhere needs."""
     from .share.safety import check_zarr_metadata, parse_manifest
 
     rel = f"{HIDDEN_DIR}/{name}/zarr.json"
     try:
-        check_zarr_metadata(parse_manifest(fs.read_bytes(rel), fs.full(rel)), fs.full(rel))
+        meta = parse_manifest(fs.read_bytes(rel), fs.full(rel))
+    except FileNotFoundError:
+        raise CorruptStoreError(f"{fs.full(rel)} is missing; run `kevo store verify {fs.root}`") from None
+    check_zarr_metadata(meta, fs.full(rel))
+    return meta
+
+
+def open_v2_array(fs: StoreFS, name: str = sh.ARRAY):
+    """One array of the v2 group, read-only, after the metadata check a store from elsewhere needs."""
+    import zarr
+
+    rel = f"{HIDDEN_DIR}/{name}/zarr.json"
+    try:
+        check_v2_meta(fs, name)
         return zarr.open_array(store=fs.zarr_store(f"{HIDDEN_DIR}/{name}", read_only=True), mode="r",
                                zarr_format=3)
     except FileNotFoundError:
@@ -509,9 +524,25 @@ class HiddenReader:
         self.v2 = is_v2(sec)
         self.unit = sec["shard_tokens"] if self.v2 else V1_CHUNK_TOKENS
         self._arr = None
+        self._direct_ok: bool | None = None
         self._tail: np.ndarray | None = None
         self._index: dict[str, list] | None = None
         self._checked: set[str] = set()
+
+    @property
+    def _direct(self) -> bool:
+        """Whether reads may bypass Zarr (``_select_direct``): a local v2 store of uncompressed shards whose
+        array metadata (checked as for Zarr) says exactly what the manifest's section says."""
+        if self._direct_ok is None:
+            ok = self.v2 and self.sec.get("codec", "none") == "none" and isinstance(self.fs, LocalFS)
+            if ok:
+                meta = check_v2_meta(self.fs)
+                grid = (meta.get("chunk_grid") or {}).get("configuration", {}).get("chunk_shape")
+                ok = (meta.get("codecs") == sh.array_codecs(self.sec) and meta.get("data_type") == self.sec["dtype"]
+                      and grid == [self.sec["shard_tokens"], 1, self.sec["hidden_size"]]
+                      and meta.get("fill_value") == 0)
+            self._direct_ok = ok
+        return self._direct_ok
 
     @property
     def arr(self):
@@ -640,9 +671,10 @@ class HiddenReader:
             uniq, inv = np.unique(sel[order], return_inverse=True)
             keys = self._keys(np.unique(uniq // self.unit), lidx)
             self._check_files(keys)
-            arr = self.arr
+            direct = self._direct
+            arr = None if direct else self.arr
             try:
-                block = self._select(arr, uniq, lidx)
+                block = self._select_direct(uniq, lidx) if direct else self._select(arr, uniq, lidx)
             except Exception as e:  # a damaged shard surfaces as a checksum, codec or shape error
                 raise self._name_damage(keys, e) from None
             tmp = np.empty((sel.size, len(lidx), d), dtype=out.dtype)
@@ -651,6 +683,78 @@ class HiddenReader:
         if (~in_zarr).any():
             out[~in_zarr] = self.tail[uids[~in_zarr] - zr][:, lidx]
         return out
+
+    def _select_direct(self, uniq: np.ndarray, lidx: list[int]) -> np.ndarray:
+        """``_select`` for uncompressed local shards, without Zarr: per shard and layer, the shard index
+        (its crc32c checked), then one ``preadv`` of each run of touched inner chunks that lie end to
+        end in the file, straight into the output where a chunk's rows are all wanted, and the
+        crc32c of every inner chunk read checked, exactly as Zarr's sharding and crc32c codecs
+        check them. An absent chunk (index entry 2^64-1) reads as the fill value 0."""
+        st, ct, d = self.sec["shard_tokens"], self.sec["chunk_tokens"], self.sec["hidden_size"]
+        dt = np.dtype(self.sec["dtype"])
+        step = ct * d * dt.itemsize
+        n_inner = st // ct
+        ilen = n_inner * 16 + 4
+        out = np.empty((uniq.size, len(lidx), d), dtype=dt)
+        shard_of = uniq // st
+        cut = np.flatnonzero(np.diff(shard_of)) + 1
+        for a, b in zip(np.r_[0, cut], np.r_[cut, uniq.size]):
+            s = int(shard_of[a])
+            rows = uniq[a:b] - s * st  # sorted, distinct rows within the shard
+            inner = np.unique(rows // ct)
+            # rows wholly covering their chunks, one layer: the chunks go straight into the output
+            whole = len(lidx) == 1 and len(rows) == len(inner) * ct
+            for k, j in enumerate(lidx):
+                key = sh.shard_key(s, j)
+                fd = os.open(self.fs.full(f"{HIDDEN_DIR}/{key}"), os.O_RDONLY)
+                try:
+                    ib = os.pread(fd, ilen, self.index[key][1] - ilen)
+                    if len(ib) != ilen or sh.crc32c(ib[:-4]) != ib[-4:]:
+                        raise ValueError(f"shard index of {key}: crc32c mismatch")
+                    index = np.frombuffer(ib[:-4], dtype="<u8").reshape(n_inner, 2)
+                    buf = out[a:b, 0].reshape(len(inner), ct * d) if whole else np.empty((len(inner), ct * d), dt)
+                    crcs = np.empty((len(inner), 4), np.uint8)
+                    run: list[int] = []  # positions in ``inner`` of chunks end to end in the file
+                    for q, c in enumerate(inner):
+                        off, n = (int(x) for x in index[c])
+                        if off == sh.MAX_U64 and n == sh.MAX_U64:
+                            buf[q] = 0
+                            crcs[q] = np.frombuffer(sh.crc32c(buf[q].view(np.uint8)), np.uint8)
+                            continue
+                        if n != step + 4:
+                            raise ValueError(f"inner chunk {c} of {key} is {n} bytes, not {step + 4}")
+                        if run and int(index[inner[run[-1]]][0]) + step + 4 != off:
+                            self._preadv(fd, buf, crcs, run, int(index[inner[run[0]]][0]))
+                            run = []
+                        run.append(q)
+                    if run:
+                        self._preadv(fd, buf, crcs, run, int(index[inner[run[0]]][0]))
+                finally:
+                    os.close(fd)
+                for q in range(len(inner)):
+                    if sh.crc32c(buf[q].view(np.uint8)) != crcs[q].tobytes():
+                        raise ValueError(f"inner chunk {int(inner[q])} of {key}: crc32c mismatch")
+                if not whole:
+                    pos = np.searchsorted(inner, rows // ct)
+                    out[a:b, k] = buf.reshape(len(inner), ct, d)[pos, rows % ct]
+        return out
+
+    @staticmethod
+    def _preadv(fd: int, buf: np.ndarray, crcs: np.ndarray, run: list[int], offset: int) -> None:
+        """Read chunks ``run`` (each followed by its crc32c in the file) from ``offset`` into their rows."""
+        iov = [x for q in run for x in (buf[q].view(np.uint8), crcs[q])]
+        want = sum(x.nbytes for x in iov)
+        got = 0
+        while got < want:  # preadv may return short (and at most IOV_MAX buffers per call)
+            done = os.preadv(fd, iov[:1024], offset + got)
+            if done <= 0:
+                raise ValueError(f"shard ends {want - got} bytes early")
+            got += done
+            while iov and done >= iov[0].nbytes:
+                done -= iov[0].nbytes
+                iov.pop(0)
+            if done:
+                iov[0] = iov[0][done:]
 
     @staticmethod
     def _select(arr, uniq: np.ndarray, lidx: list[int]) -> np.ndarray:

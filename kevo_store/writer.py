@@ -38,9 +38,7 @@ TOKENS_IN = pa.schema(
 # Compaction: rows per row group and per file of a compacted table.
 ROW_GROUP_ROWS = 1 << 20
 FILE_ROWS = 1 << 26
-# The last manifest whose every file is on disk (hidden tails are not fsynced at their commit; see
-# FORMAT.md, "Committing, resuming, locking"): where a resumed writer returns if tails were lost.
-CHECKPOINT = f"{hid.META_DIR}/checkpoint.json"
+CHECKPOINT = hid.CHECKPOINT
 # Tables whose parts, in commit order, are already globally sorted by key (ids grow with commits).
 _MONOTONE = {"samples", "tokens", "layers", "topk"}
 
@@ -200,6 +198,7 @@ class StoreWriter:
             if self.hidden and self.hidden.reopen_partial():
                 # the closed store ended in a partial shard: its rows become a tail until the shard is whole
                 self._commit({}, reopen=True)
+            self._settle([], sync=True)  # the tails found (checked above) on disk: the checkpoint to return to
         else:
             m = Manifest.new(meta)
             self.manifest = m
@@ -584,6 +583,7 @@ class StoreWriter:
         if self.hidden is not None:
             self.hidden.committed(m["hidden"])
         self._settle(obsolete)
+        fs.remove(CHECKPOINT)  # closed: every file on disk, nothing to return to
 
     @staticmethod
     def _parts_to_compact(name: str, m: dict) -> list[str]:
