@@ -4,7 +4,8 @@ paper's released method (bench/paper_method.py), on the same model, inputs and b
 Arms, interleaved in one process (bench/common.py: the ratio is between the fastest runs):
 
 - ``generate``: ``adapter.encode`` + ``model.generate`` (greedy, KV cache), nothing captured;
-- ``generate_hidden``: the same with ``output_hidden_states`` (what capture asks of transformers);
+- ``generate_hidden``: the same with ``output_hidden_states`` (what capture asked of transformers before
+  it recorded the hidden states by forward hooks, ingest/residual.py);
 - ``kevo_capture``: ``ingest.capture.capture``: generation + hidden states of all layers to fp16 +
   the logit lens (final_norm, top-10, JS/KL/entropy) of every generated token;
 - ``lens_matmul``: only ``lm_head`` applied to the L non-final layers of every generated token (one

@@ -149,8 +149,9 @@ def _summary(r: dict) -> list[list[str]]:
         out.append(["3", "hidden-state writes: StoreWriter / raw sequential write, both flushed to disk",
                     f"{_f(h['ratio_store_vs_raw'])} ({_f(h['mib_per_s']['store_fsync'])} vs "
                     f"{_f(h['mib_per_s']['raw_fsync'])} MiB/s)", "≥ 0.5", _status(h["met_target"])])
-        rd = h.get("read")
-        if rd:
+        for rd in (h.get("read"), h.get("read_amber_scale")):
+            if not rd:
+                continue
             out.append(["3", f"hidden-state reads: one layer across all {rd['tokens']:,} tokens "
                         "(Store.hidden, checked) / "
                         "raw sequential read of the same bytes, warm cache", f"{_f(rd['ratio_store_vs_raw'])}; 1,000 "
@@ -375,7 +376,7 @@ def _hidden(w, h, cmd):
     w("|---|---|---|")
     names = {"raw_fsync": "raw sequential write + fsync (the disk)",
              "store_fsync": "StoreWriter (write_batch, close) + syncfs (on disk)",
-             "store_commit": "StoreWriter as its commit protocol leaves it (every committed file fsynced)",
+             "store_commit": "StoreWriter as its commit protocol leaves it (committed files but tails fsynced)",
              "raw_buffered": "raw sequential write, no flush (page cache)"}
     for k, v in h["times_s"].items():
         w(f"| {names.get(k, k)} | {_f(mb[k])} | {', '.join(_f(x, 4) for x in v)} |")
@@ -387,43 +388,45 @@ def _hidden(w, h, cmd):
     w("- The disk's own speed varies from run to run on this shared machine (several hundred MiB/s to over "
       "1 GiB/s), so the ratio moves with it; the writer's absolute speed is the steadier figure.")
     w("- What the format asks of every shard (2,048 tokens x 1 layer, 16 MiB at D = 4,096): one gather of its "
-      "strided rows, a crc32c per inner chunk, a sha256 for the chunk index, one writev and one fsync "
-      "(kevo_store/shards.py). Rows of a batch that do not complete a shard are first written to that "
-      "commit's tail file (fsynced) and written again, in their shard, by the commit that completes it: up "
-      "to twice the bytes for batches smaller than a shard.")
+      "strided rows (straight from the buffered batches), a crc32c per inner chunk, a sha256 for the chunk index "
+      "and one writev; a commit's shard files are fsynced together once all are written (kevo_store/shards.py). "
+      "Rows of a batch that do not complete a shard are first written to that commit's tail (serialized straight "
+      "to its file and hashed as written, not fsynced: FORMAT.md, \"Durability\") and written again, in their "
+      "shard, by the commit that completes it: up to twice the bytes through the page cache for batches "
+      "smaller than a shard, but the tails are deleted before their pages need to reach the disk.")
     st = h.get("shard_stages_one_core")
     if st:
         w(f"- Those stages measured one by one on one core in this run, for {_f(st['bytes'] / 2**20)} MiB of whole "
-          "shards (best of 2): " + ", ".join(f"{k.replace('_', '+')} {_f(v)} s" for k, v in st["seconds"].items())
+          "shards (best of 2; here each shard fsynced on its own): "
+          + ", ".join(f"{k.replace('_', '+')} {_f(v)} s" for k, v in st["seconds"].items())
           + f" = {_f(st['total_s'])} s, i.e. **{_f(st['mib_per_s_one_core'])} MiB/s per core** with every shard on "
           "disk.")
-    w("- Why the target is missed, and by more than format v1's 0.22: the shards themselves are written at the "
-      "per-core rate above, but with batches smaller than a shard most rows are written twice (their commit's "
-      "tail, fsynced, then their shard), each tail is serialized and hashed in memory once more, and every "
-      "committed file is fsynced (v1 left its chunks unflushed). What would close it: tails that are not "
-      "flushed (they are dropped a few commits later, so their pages mostly never reach the disk), shards of "
-      "a batch's size, or a raw tail format without the extra copies. The ingest itself hides the writer "
-      "behind the model (one batch in flight, ingest/background.py); the full-ingest ratio with and without "
-      "`--hidden none` was not re-measured in this session.")
-    r = h.get("read")
-    if r:
+    verdict = "met" if h["met_target"] else "missed"
+    w(f"- Why the target is {verdict}: the raw side is one sequential write of the bytes; the writer, on top "
+      "of the same bytes to disk, hashes every byte (sha256 for the chunk index and the tails' manifest "
+      "entries, crc32c per inner chunk), copies each shard's strided rows once, and pushes the tails' rows "
+      "through the page cache a second time (serialized, hashed). On this machine's two shared cores that "
+      "CPU work does not overlap with the disk as it would on an idle machine (the writer's threads, one per "
+      "core, share the cores with other jobs). The ingest itself hides the writer behind the model (one batch "
+      "in flight, ingest/background.py): see 3c.")
+    for key, label in (("read", "Reads"), ("read_amber_scale", "Reads at AMBER scale")):
+        r = h.get(key)
+        if not r:
+            continue
         rm = r["mib_per_s"]
-        w(f"- **Reads** ({r['tokens']:,} tokens, warm page cache on both sides): one layer across every token "
-          f"through `Store.hidden` (each shard's size checked, each inner chunk's crc32c checked by Zarr) "
-          f"{_f(rm['store_one_layer'])} MiB/s vs a raw sequential read of the same {_f(r['layer_bytes'] / 2**20)} "
-          f"MiB {_f(rm['raw_read'])} MiB/s: **{_f(r['ratio_store_vs_raw'])}** (target ≥ 0.5: "
-          f"{_status(r['met_target'])}); runs {r['times_s']}. 1,000 random tokens at one layer: "
-          f"**{_f(r['random_1000_best_s'])} s** (best). At this size a layer is only "
-          f"{_f(r['layer_bytes'] / 2**20)} MiB, so kevo's fixed costs per read (opening the array, the chunk index, "
-          "one Zarr call per run of chunks) weigh heavily against a raw read of a few milliseconds; "
-          "the AMBER-scale case "
-          "(100,400 tokens, 785 MiB a layer) was not run on this shared machine.")
+        scope = (f"a store of {r['tokens']:,} tokens x {r['layers_stored']} layers x 4,096 (AMBER's token count; "
+                 "not all 33 layers, which would be 27 GB), " if key == "read_amber_scale" else "")
+        w(f"- **{label}** ({scope}{r['tokens']:,} tokens, warm page cache on both sides): one layer across every "
+          "token through `Store.hidden` (each shard's size checked; for uncompressed local shards kevo reads "
+          "them itself, one preadv per run of inner chunks, checking the shard index's and every inner chunk's "
+          f"crc32c as Zarr would) {_f(rm['store_one_layer'])} MiB/s vs a raw sequential read of the same "
+          f"{_f(r['layer_bytes'] / 2**20)} MiB {_f(rm['raw_read'])} MiB/s: **{_f(r['ratio_store_vs_raw'])}** "
+          f"(target ≥ 0.5: {_status(r['met_target'])}); runs {r['times_s']}. 1,000 random tokens at one layer: "
+          f"**{_f(r['random_1000_best_s'])} s** (best).")
     w("")
 
 
 def _capture_memory(w, cm, cmd):
-    if cm is None:
-        return
     w("### 3b. Capture memory on a long prompt")
     w("")
     e = _err(cm)
@@ -457,8 +460,6 @@ def _capture_memory(w, cm, cmd):
 
 
 def _ingest_hidden(w, ih, cmd):
-    if ih is None:
-        return
     w("### 3c. Full ingest with and without hidden states")
     w("")
     e = _err(ih)

@@ -216,7 +216,8 @@ def _hidden_write(q: bool) -> dict:
     from bench import hidden_write
 
     # at least two shards of 2,048 tokens, in batches smaller than a shard (as ingest writes them)
-    return hidden_write.run(tokens=2048 if q else 4096, batch_tokens=256 if q else 512, reps=1 if q else 2)
+    return hidden_write.run(tokens=2048 if q else 4096, batch_tokens=256 if q else 512, reps=1 if q else 2,
+                            amber=not q)
 
 
 def _capture_memory(q: bool) -> dict:
