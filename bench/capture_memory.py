@@ -3,10 +3,12 @@
 
 One random LLaVA-1.5-architecture model (bench/models.py, ``LONG``: 2,025 image tokens per image), one
 image, batch 1, a few new tokens. Each of the four arms (path x ``capture_prompt``) runs in its own
-subprocess, so that its peak is its own: ``ru_maxrss`` (the process's peak resident set) after the
-capture, minus the resident set just before it (model loaded, inputs encoded, one warm-up capture of
-a short prompt done), is what the capture itself added at its peak. On the CPU, device memory is that
-resident memory; with CUDA, ``torch.cuda.max_memory_allocated`` is reported as well.
+subprocess. Just before the capture (model loaded, inputs encoded, one warm-up capture of a short prompt
+done) the kernel's peak-RSS mark is reset to the current resident set (``/proc/self/clear_refs``);
+the peak after the capture (``VmHWM``) minus the resident set before it is what the capture itself
+added at its peak. (Not ``ru_maxrss``: Linux carries it over from the parent across fork and exec.)
+On the CPU, device memory is that resident memory; with CUDA, ``torch.cuda.max_memory_allocated``
+is reported as well.
 
 What the old path keeps and hooks do not, without prompt positions: (L+1) x prompt length x D values
 (fp32 here) until ``generate`` returns; with prompt positions both keep them (they are stored).
@@ -25,15 +27,22 @@ from pathlib import Path
 from bench.common import ROOT, r3
 
 
-def _rss_kib() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+def _status_kib(field: str) -> int:
+    """VmRSS (the resident set now) or VmHWM (its peak since the last reset) of this process, in KiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # Linux: reset the peak resident set size (VmHWM) to the current one
 
 
 def child(model_dir: str, image: str, path: str, prompt: bool) -> dict:
     """One arm, in this process: what capture adds to the resident set at its peak."""
-    import resource
-
     import torch
     from PIL import Image
 
@@ -50,16 +59,15 @@ def child(model_dir: str, image: str, path: str, prompt: bool) -> dict:
     text = ad.build_prompt(PROMPT, has_image=True)
     capture(ad, [ad.build_prompt(PROMPT, has_image=False)], None, settings)  # warm-up: allocator, kernels
     n_prompt = ad.encode([text], [im]).prompt_lengths[0]
-    before = _rss_kib()
-    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    _reset_peak()
+    before = _status_kib("VmRSS")
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     caps = capture(ad, [text], [im], settings)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    peak = _status_kib("VmHWM")
     out = {"path": path, "capture_prompt": prompt, "prompt_tokens": n_prompt, "rows": caps[0].n_tokens,
            "rss_before_mib": r3(before / 1024), "peak_rss_mib": r3(peak / 1024),
            "peak_minus_before_mib": r3((peak - before) / 1024),
-           "peak_before_capture_mib": r3(peak_before / 1024),
            "prompt_hidden_states_mib": r3((ad.n_layers + 1) * n_prompt * ad.hidden_size * 4 / 2**20)}
     if torch.cuda.is_available():
         out["cuda_max_allocated_mib"] = r3(torch.cuda.max_memory_allocated() / 2**20)

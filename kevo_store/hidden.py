@@ -662,27 +662,33 @@ class HiddenReader:
             raise KevoError(f"token_uid {int(bad)} has no hidden state (the store has rows 0..{n - 1})")
         lidx = self._lidx(layers)
         d = self.sec["hidden_size"]
-        out = np.empty((uids.size, len(lidx), d), dtype=np.dtype(self.sec["dtype"]))
         zr = self.sec["zarr_rows"]
         in_zarr = uids < zr
+        if uids.size and uids[-1] < zr and (uids.size == 1 or bool((uids[1:] > uids[:-1]).all())):
+            return self._block(uids, lidx)  # sorted, distinct, all in the arrays (e.g. a whole layer): as read
+        out = np.empty((uids.size, len(lidx), d), dtype=np.dtype(self.sec["dtype"]))
         if in_zarr.any():
             sel = uids[in_zarr]
             order = np.argsort(sel, kind="stable")
             uniq, inv = np.unique(sel[order], return_inverse=True)
-            keys = self._keys(np.unique(uniq // self.unit), lidx)
-            self._check_files(keys)
-            direct = self._direct
-            arr = None if direct else self.arr
-            try:
-                block = self._select_direct(uniq, lidx) if direct else self._select(arr, uniq, lidx)
-            except Exception as e:  # a damaged shard surfaces as a checksum, codec or shape error
-                raise self._name_damage(keys, e) from None
+            block = self._block(uniq, lidx)
             tmp = np.empty((sel.size, len(lidx), d), dtype=out.dtype)
             tmp[order] = block[inv]
             out[in_zarr] = tmp
         if (~in_zarr).any():
             out[~in_zarr] = self.tail[uids[~in_zarr] - zr][:, lidx]
         return out
+
+    def _block(self, uniq: np.ndarray, lidx: list[int]) -> np.ndarray:
+        """Array rows ``uniq`` (sorted, distinct, < zarr_rows) at layers ``lidx``, every file checked."""
+        keys = self._keys(np.unique(uniq // self.unit), lidx)
+        self._check_files(keys)
+        direct = self._direct
+        arr = None if direct else self.arr
+        try:
+            return self._select_direct(uniq, lidx) if direct else self._select(arr, uniq, lidx)
+        except Exception as e:  # a damaged shard surfaces as a checksum, codec or shape error
+            raise self._name_damage(keys, e) from None
 
     def _select_direct(self, uniq: np.ndarray, lidx: list[int]) -> np.ndarray:
         """``_select`` for uncompressed local shards, without Zarr: per shard and layer, the shard index
