@@ -409,6 +409,20 @@ def _hidden(w, h, cmd):
       "CPU work does not overlap with the disk as it would on an idle machine (the writer's threads, one per "
       "core, share the cores with other jobs). The ingest itself hides the writer behind the model (one batch "
       "in flight, ingest/background.py): see 3c.")
+    ab = h.get("ab_previous_writer")
+    if ab:
+        t = ab["times_s"]
+        w(f"- **This writer against the previous one, same conditions** (`{ab['command']}`, OLD = {ab['old_root']}: "
+          "alternating fresh subprocesses, each write followed by the raw write of the same bytes): previous "
+          f"{', '.join(_f(x, 4) for x in t['old'])} s, this one {', '.join(_f(x, 4) for x in t['new'])} s: "
+          f"**{_f(ab['speedup_new_vs_old'])}x faster**; raw writes in the same runs "
+          f"{', '.join(_f(x, 4) for x in t['raw_after_new'])} s, so store / raw there is "
+          f"{_f(ab['ratio_new_vs_raw_same_runs'])}: the target stays missed by a wide margin.")
+    w("- Reads: the target's baseline reads the file in 8 MiB pieces into a reused buffer that stays in "
+      "the CPU cache; `Store.hidden` must hand back a new array of the layer's size, whose pages the kernel "
+      "first faults in (the `raw read into a new array` figure below is that floor), and checks a crc32c "
+      "over every byte. At 4,096 tokens its remaining fixed costs (chunk index, one open and stat per shard) "
+      "still weigh; at AMBER scale the new array dominates.")
     for key, label in (("read", "Reads"), ("read_amber_scale", "Reads at AMBER scale")):
         r = h.get(key)
         if not r:
@@ -440,9 +454,9 @@ def _capture_memory(w, cm, cmd):
     w(f"Command: `{cmd}` (section `capture_memory`: bench/capture_memory.py). A random LLaVA-1.5-architecture "
       f"model (L={z['layers']}, D={z['hidden']}, V={z['vocab']:,}, images {z['image_size']}px / patch {z['patch']}), "
       f"float32 on the CPU, one image: a {cm['prompt_tokens']:,}-token prompt, 4 new tokens. Each arm in its own "
-      "subprocess; the figure is the process's peak resident set (`ru_maxrss`) during the capture minus its "
-      "resident set just before it (model loaded, inputs encoded, a warm-up capture done): what the capture "
-      "itself added at its peak.")
+      "subprocess; the figure is the process's peak resident set during the capture (`VmHWM`, reset just "
+      "before it through /proc/self/clear_refs) minus its resident set just before it (model loaded, inputs "
+      "encoded, a warm-up capture done): what the capture itself added at its peak.")
     w("")
     w("| hidden states from | prompt positions | rows stored | peak RSS over the loaded model (MiB) | peak RSS (MiB) |")
     w("|---|---|---|---|---|")
@@ -453,7 +467,9 @@ def _capture_memory(w, cm, cmd):
     w(f"- Without prompt positions the hooks keep one position per forward pass: "
       f"**{_f(cm['saved_without_prompt_mib'])} MiB less** at the peak, against the "
       f"{_f(cm['old_prompt_hidden_states_mib'])} MiB of prompt hidden states (L+1 layers x prompt x D, fp32) that "
-      "`output_hidden_states` held until `generate` returned. What remains is the prefill's own transient "
+      "`output_hidden_states` held until `generate` returned (the saving beyond that figure was not analysed "
+      "further; the held tensors are allocated between the prefill's transient ones). What remains is the "
+      "prefill's own transient "
       "activations (attention over the whole prompt), which any forward pass needs. With prompt positions "
       "both paths keep every position (they are stored), so their peaks are alike.")
     w("- The stored bytes do not change: tests/test_capture_hooks.py ingests every family both ways, with and "
