@@ -4,7 +4,8 @@ paper's released method (bench/paper_method.py), on the same model, inputs and b
 Arms, interleaved in one process (bench/common.py: the ratio is between the fastest runs):
 
 - ``generate``: ``adapter.encode`` + ``model.generate`` (greedy, KV cache), nothing captured;
-- ``generate_hidden``: the same with ``output_hidden_states`` (what capture asks of transformers);
+- ``generate_hidden``: the same with ``output_hidden_states`` (what capture asked of transformers before
+  it recorded the hidden states by forward hooks, ingest/residual.py);
 - ``kevo_capture``: ``ingest.capture.capture``: generation + hidden states of all layers to fp16 +
   the logit lens (final_norm, top-10, JS/KL/entropy) of every generated token;
 - ``lens_matmul``: only ``lm_head`` applied to the L non-final layers of every generated token (one
@@ -182,8 +183,9 @@ def paper_comparison(ad, texts, ims, U, gc_hidden, settings_paper, new_tokens: i
 
 
 def full_ingest(model_dir: Path, images: list[Path], batch: int, new_tokens: int, reps: int,
-                prompt: str | None = None, name: str = "ingest-stores") -> dict:
-    """``run_ingest`` (store writes included) vs a plain generate loop over the same image files."""
+                prompt: str | None = None, name: str = "ingest-stores", hidden_none: bool = False) -> dict:
+    """``run_ingest`` (store writes included) vs a plain generate loop over the same image files; with
+    ``hidden_none`` also ``run_ingest --hidden none`` (the same run without the hidden-state array)."""
     import torch
     from PIL import Image
 
@@ -209,16 +211,20 @@ def full_ingest(model_dir: Path, images: list[Path], batch: int, new_tokens: int
             texts = [ad.build_prompt(prompt, has_image=True)] * len(chunk)
             ad.model.generate(**ad.generate_inputs(ad.encode(texts, ims)), generation_config=gc)
 
-    def kevo():
+    def kevo(hidden: str = "all"):
         counter["i"] += 1
         out = work / f"run{counter['i']}.kevo"
         cfg = IngestConfig(model=str(model_dir), out=str(out), batch_size=batch, max_new_tokens=new_tokens,
-                           dtype="float32", device="cpu", progress=False)
+                           dtype="float32", device="cpu", progress=False, hidden=hidden)
         r = run_ingest(folder.dataset(img_dir, prompt), cfg, echo=lambda m: None, adapter=ad)
         result["n_tokens"] = r.n_tokens
-        result["store"] = out
+        if hidden == "all":
+            result["store"] = out
 
-    times = interleave({"generate_loop": plain, "kevo_ingest": kevo}, reps, warmup=False)
+    arms = {"generate_loop": plain, "kevo_ingest": kevo}
+    if hidden_none:
+        arms["kevo_ingest_hidden_none"] = lambda: kevo("none")
+    times = interleave(arms, reps, warmup=False)
     store = result["store"]
     from bench.common import dir_bytes
 
@@ -226,6 +232,8 @@ def full_ingest(model_dir: Path, images: list[Path], batch: int, new_tokens: int
         "images": len(images), "batch": batch, "new_tokens": new_tokens, "tokens": result["n_tokens"], "reps": reps,
         "times_s": {k: [r3(x, 4) for x in v] for k, v in times.items()},
         "ratio_ingest_vs_generate": r3(best(times["kevo_ingest"]) / best(times["generate_loop"])),
+        **({"ratio_hidden_all_vs_none": r3(best(times["kevo_ingest"]) / best(times["kevo_ingest_hidden_none"])),
+            "hidden_bytes_per_token": ad.hidden_size * (ad.n_layers + 1) * 2} if hidden_none else {}),
         "store_bytes": dir_bytes(store), "hidden_bytes": dir_bytes(store, "hidden"),
         "store_path": str(store),
     }

@@ -48,6 +48,10 @@ class LlavaSize:
 MID = LlavaSize()
 TINY = LlavaSize(layers=3, hidden=64, intermediate=128, heads=4, vocab=2000, image_size=56, patch=14,
                  vision_hidden=32, vision_layers=2)
+# a long prompt (bench/capture_memory.py): (630 / 14)^2 = 2,025 image tokens, a wider decoder, a small vocabulary
+# (the lens over every prompt position stays cheap on a CPU)
+LONG = LlavaSize(layers=12, hidden=768, intermediate=2048, heads=12, vocab=2000, image_size=630, patch=14,
+                 vision_hidden=128, vision_layers=2)
 # LLaVA-1.5-7B (for bench/gpu_bench.py): Vicuna-7B decoder + CLIP ViT-L/14-336
 LLAVA_7B = LlavaSize(layers=32, hidden=4096, intermediate=11008, heads=32, vocab=32000, image_size=336, patch=14,
                      vision_hidden=1024, vision_layers=24)

@@ -6,6 +6,8 @@
 
 Sections: ingest (capture vs generate, its floor, full `kevo ingest`, the paper's method), organism
 (on the embedded default model), hidden_write (the hidden-state writer against the raw disk),
+capture_memory (peak memory of capture on a 2,025-image-token prompt, hooks vs output_hidden_states),
+ingest_hidden (full `kevo ingest` with every layer's hidden states vs `--hidden none`),
 queries (named-query latency against pandas, lens-table bytes), tsne, trace (`kevo trace` against
 the naive reference). The GPU benchmark is bench/gpu.sh, run on a GPU machine; its results are
 folded in when bench/out/gpu-results.json
@@ -28,7 +30,8 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("ingest", "organism", "hidden_write", "queries", "query_scaling", "tsne", "trace")
+SECTIONS = ("ingest", "organism", "hidden_write", "capture_memory", "ingest_hidden", "queries", "query_scaling", "tsne",
+            "trace")
 
 
 def _args(argv=None):
@@ -102,6 +105,8 @@ def main(argv=None) -> int:
     section("ingest", lambda: _ingest(q))
     section("organism", lambda: _organism(q))
     section("hidden_write", lambda: _hidden_write(q))
+    section("capture_memory", lambda: _capture_memory(q))
+    section("ingest_hidden", lambda: _ingest_hidden(q))
     section("queries", lambda: _queries(q))
     section("query_scaling", lambda: _query_scaling(q))
     section("tsne", lambda: _tsne(q, a.threads))
@@ -211,7 +216,39 @@ def _hidden_write(q: bool) -> dict:
     from bench import hidden_write
 
     # at least two shards of 2,048 tokens, in batches smaller than a shard (as ingest writes them)
-    return hidden_write.run(tokens=2048 if q else 4096, batch_tokens=256 if q else 512, reps=1 if q else 2)
+    return hidden_write.run(tokens=2048 if q else 4096, batch_tokens=256 if q else 512, reps=1 if q else 2,
+                            amber=not q)
+
+
+def _capture_memory(q: bool) -> dict:
+    from dataclasses import asdict
+
+    from bench import capture_memory
+    from bench.common import OUT
+    from bench.models import LONG, TINY, build_llava, make_images
+
+    model = build_llava(OUT / "models" / ("llava-tiny" if q else "llava-long"), TINY if q else LONG)
+    image = make_images(OUT / "images-long", 1, size=(700, 560))[0]
+    res = {"size": asdict(TINY if q else LONG)}
+    res.update(capture_memory.run(model, image))
+    return res
+
+
+def _ingest_hidden(q: bool) -> dict:
+    from dataclasses import asdict
+
+    from bench import ingest_bench
+    from bench.common import OUT
+    from bench.models import MID, TINY, build_llava, make_images
+
+    size = TINY if q else MID
+    model = build_llava(OUT / "models" / ("llava-tiny" if q else "llava-mid"), size)
+    images = make_images(OUT / "images", 4 if q else 8)
+    batch, new = (2, 8) if q else (4, 32)
+    res = {"size": asdict(size)}
+    res.update(ingest_bench.full_ingest(model, images, batch, new, reps=1 if q else 3, name="ingest-hidden-stores",
+                                        hidden_none=True))
+    return res
 
 
 def _queries(q: bool) -> dict:

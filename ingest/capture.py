@@ -7,11 +7,13 @@
     caps = capture(ad, texts, images, CaptureSettings(max_new_tokens=256))
 
 How: one call to ``model.generate`` (greedy, KV cache, left-padded batch, all processor inputs such
-as ``mm_token_type_ids``/``token_type_ids`` passed through) with ``output_hidden_states``: every
-step hands back the hidden states of all layers 0..L at the new position, which is exactly the
-position that predicted the next token; the prefill step also gives every prompt position (used
-when ``capture_prompt``). Nothing is re-run. The lens is then computed on the device for all
-captured tokens of the batch at once (:func:`ingest.lens.compute_lens`).
+as ``mm_token_type_ids``/``token_type_ids`` passed through). Forward hooks on the text decoder
+(:mod:`ingest.residual`) record the hidden states of all layers 0..L exactly as
+``output_hidden_states`` reports them, but only at the positions that are stored: every step's new
+position, which is exactly the position that predicted the next token, and, from the prefill, every
+prompt position only when ``capture_prompt`` (otherwise only its last one). Device memory for hidden
+states therefore does not grow with the prompt. Nothing is re-run. The lens is then computed on the
+device for all captured tokens of the batch at once (:func:`ingest.lens.compute_lens`).
 
 Rows of a SampleCapture: the prompt/image positions first (only with ``capture_prompt``), in
 sequence order, then the generated tokens in step order. For a generated token at step s the row
@@ -32,6 +34,7 @@ from kevo_store.schema import LENS_MODES, ROLES
 
 from .lens import LensResult, Unembedding, compute_lens
 from .models.base import Adapter
+from .residual import generate_recorded
 
 ROLE_IMAGE, ROLE_PROMPT, ROLE_GENERATED = ROLES
 
@@ -168,17 +171,6 @@ class SampleCapture:
         return {"tokens": tokens, "layers": cat(layers), "topk": cat(topk)}
 
 
-def _generation_config(adapter: Adapter, max_new_tokens: int):
-    from transformers import GenerationConfig
-
-    # a fresh config: greedy, nothing from the checkpoint's sampling/penalty defaults
-    return GenerationConfig(
-        do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=adapter.eos_token_ids,
-        pad_token_id=adapter.tokenizer.pad_token_id, output_hidden_states=True, return_dict_in_generate=True,
-        use_cache=True,
-    )
-
-
 def prompt_row_columns(adapter: Adapter, batch, i: int, input_ids: torch.Tensor, image_ids) -> tuple:
     """(step, position, role, token_id, patch_row, patch_col) of sample ``i``'s prompt/image rows, in
     sequence order (``input_ids``: its unpadded input tokens)."""
@@ -214,14 +206,14 @@ def _to_storage(h: torch.Tensor, dtype: str) -> np.ndarray:
 
 
 @torch.no_grad()
-def generate(adapter: Adapter, batch, max_new_tokens: int):
-    """model.generate, greedy, returning (new token ids (B, S), hidden states per step)."""
-    out = adapter.model.generate(**adapter.generate_inputs(batch),
-                                 generation_config=_generation_config(adapter, max_new_tokens))
+def generate(adapter: Adapter, batch, max_new_tokens: int, capture_prompt: bool, device):
+    """model.generate, greedy -> (new token ids (B, S), per step the hidden states 0..L on ``device``:
+    (B, 1, D) each, but (B, T, D) at step 0 with ``capture_prompt``)."""
+    seq, hs = generate_recorded(adapter, adapter.generate_inputs(batch), max_new_tokens,
+                                None if capture_prompt else 1, device)
     T = batch.input_ids.shape[1]
-    seq = out.sequences
     new = seq[:, T:] if seq.shape[1] > T and torch.equal(seq[:, :T], batch.input_ids) else seq
-    return new, out.hidden_states
+    return new, hs
 
 
 @torch.no_grad()
@@ -230,17 +222,19 @@ def capture(adapter: Adapter, prompt_texts: list[str], images: list | None, sett
     """Greedy-generate for a batch and capture hidden states and the lens for every generated token."""
     unembedding = unembedding or adapter.unembedding
     batch = adapter.encode(prompt_texts, images)
-    new_ids, hs = generate(adapter, batch, settings.max_new_tokens)
+    dev = unembedding.device  # with a device_map, layers (and their hidden states) span devices
+    new_ids, hs = generate(adapter, batch, settings.max_new_tokens, settings.capture_prompt, dev)
     B, T = batch.input_ids.shape
     L = adapter.n_layers
     if len(hs[0]) != L + 1:
         raise RuntimeError(f"expected {L + 1} hidden states per step, got {len(hs[0])}")
     eos = set(adapter.eos_token_ids)
     S = new_ids.shape[1]
-    dev = unembedding.device  # with a device_map, layers (and their hidden states) span devices
+    if len(hs) < S:
+        raise RuntimeError(f"expected {S} forward passes with hidden states, got {len(hs)}")
     # (S, L+1, B, D): the last position of every step, all layers
-    steps = torch.stack([torch.stack([h[:, -1].to(dev) for h in step]) for step in hs[:S]])
-    prefill = torch.stack([h.to(dev) for h in hs[0]]) if settings.capture_prompt else None  # (L+1, B, T, D)
+    steps = torch.stack([torch.stack([h[:, -1] for h in step]) for step in hs[:S]])
+    prefill = torch.stack(hs[0]) if settings.capture_prompt else None  # (L+1, B, T, D)
     del hs
 
     per_sample_h, meta = [], []

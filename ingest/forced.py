@@ -14,9 +14,11 @@ logits greedy decoding would take the argmax of).
 
 How: the prompt batch is encoded as for generation (left padded), each response is appended to its
 sample, and the shorter ones get extra left padding so that the batch stays left padded. Then one
-``model.generate(max_new_tokens=1, output_hidden_states=True)`` call runs the prefill only: a single
-forward pass over prompt + response for the whole batch, with the family's own handling of padding,
-position ids (Qwen2-VL's 3-D rope included) and image inputs, exactly as generation prepares them.
+``model.generate(max_new_tokens=1)`` call runs the prefill only: a single forward pass over prompt +
+response for the whole batch, with the family's own handling of padding, position ids (Qwen2-VL's
+3-D rope included) and image inputs, exactly as generation prepares them. Hidden states are
+recorded by :mod:`ingest.residual`'s hooks at the response positions only (prompt positions too
+with ``capture_prompt``), the same values ``output_hidden_states`` would give.
 
 A response longer than ``max_new_tokens`` tokens is cut there (stop reason 'max_new_tokens'), as
 generation would have been; otherwise the end-of-sequence token ends it (stop reason 'eos').
@@ -35,12 +37,12 @@ from .capture import (
     ROLE_GENERATED,
     CaptureSettings,
     SampleCapture,
-    _generation_config,
     prompt_row_columns,
     stored_hidden,
 )
 from .lens import Unembedding, compute_lens
 from .models.base import Adapter
+from .residual import generate_recorded
 
 MODE_FORCED, MODE_GENERATED = "forced", "generated"
 # the inputs laid out along the sequence (batch, T): extended with the response; all others
@@ -170,15 +172,19 @@ def capture_forced(adapter: Adapter, prompt_texts: list[str], images: list | Non
     batch = adapter.encode(prompt_texts, images)
     B, T = batch.input_ids.shape
     inputs, S = _forced_inputs(adapter, batch, cut)
-    # the prefill of generation, over prompt + response: every position's hidden states, all layers
-    out = adapter.model.generate(**inputs, generation_config=_generation_config(adapter, 1))
-    hs = out.hidden_states[0]
+    # the prefill of generation, over prompt + response: hidden states of all layers at the positions
+    # kept (every position with capture_prompt; else the last S + 1, which hold every sample's
+    # response positions: sample i's predicting positions are T + S - n_i - 1 .. T + S - 2)
+    keep = None if settings.capture_prompt else S + 1
+    _, passes = generate_recorded(adapter, inputs, 1, keep, unembedding.device)
+    hs = passes[0]
     L = adapter.n_layers
     if len(hs) != L + 1:
         raise RuntimeError(f"expected {L + 1} hidden states, got {len(hs)}")
     dev = unembedding.device
-    full = torch.stack([h.to(dev) for h in hs])  # (L+1, B, T+S, D)
-    del hs, out
+    full = torch.stack(hs)  # (L+1, B, kept positions, D)
+    offset = T + S - full.shape[2]  # padded position of kept position 0
+    del hs, passes
     mask = inputs["attention_mask"]
     image_ids = adapter.image_token_ids
     rows_h, meta = [], []
@@ -187,7 +193,7 @@ def capture_forced(adapter: Adapter, prompt_texts: list[str], images: list | Non
         n_gen = len(cut[i])
         valid = torch.nonzero(mask[i]).squeeze(1).to(dev)  # the sample's real positions, in order
         gen_pos = valid[n_prompt - 1 : n_prompt - 1 + n_gen]  # the positions that predict the response
-        h = [full[:, i, gen_pos].transpose(0, 1)]  # (n_gen, L+1, D)
+        h = [full[:, i, gen_pos - offset].transpose(0, 1)]  # (n_gen, L+1, D)
         step = [np.arange(n_gen, dtype=np.int32)]
         position = [np.arange(n_prompt - 1, n_prompt - 1 + n_gen, dtype=np.int32)]
         role = [np.full(n_gen, ROLE_GENERATED, dtype=object)]

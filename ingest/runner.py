@@ -300,6 +300,8 @@ def _run_rank(dataset, items, config, ctx, fingerprint, skip, hidden_layers, est
     result = IngestResult(out=config.out, n_items=len(mine), estimate=estimate)
     t0 = time.perf_counter()
     with _open_writer(out, meta, adapter, hidden_layers, hidden_dtype, config.hidden_codec) as writer:
+        for notice in writer.notices:
+            echo(f"warning: {notice}")
         if config.retry_errors:
             retried = writer.retry_errors([it.key for it in mine])
             if retried:

@@ -37,6 +37,7 @@ STORE/
 (inner chunks of {CHUNK_TOKENS} tokens)
     hidden/index/shards-<commit>.json  sha256 + size of the files each commit wrote (index-<commit>.json after close)
     hidden/tail-<commit>.npz         each commit's rows that do not complete a shard, while the store is open
+    hidden/checkpoint.json           the last manifest whose files were all on disk (not named by the manifest)
     token_uid/, sample_id/           coordinates along token: zarr.json + c/<shard> (one chunk per shard)
     layer/                           coordinate along layer: the model's layer numbers (zarr.json + c/0)
   .lock                              present while a writer holds the store: {{"pid", "host", "since"}}
@@ -66,10 +67,23 @@ is broken with a message. Closing compacts each table's parts into files of up t
 (row groups of 2^20), writes the last partial hidden shard and merges the chunk index, in one more
 commit; the replaced files are deleted after it. Readers see a snapshot: the files named by the
 manifest they opened. A reader opened before a writer closed may therefore find compacted-away parts
-gone; opening the store again picks up the new manifest. Durability: every file a commit names
-(Parquet files, hidden shards, the chunk index, the tails) is fsynced before the manifest, and the
-manifest itself before the commit counts, so neither a process crash (even SIGKILL) nor a power
-failure leaves a committed store pointing at data that is not on disk.
+gone; opening the store again picks up the new manifest.
+
+Durability: every file a commit names (Parquet files, hidden shards, the chunk index) is fsynced before
+the manifest, and the manifest itself before the commit counts, except the hidden tails: a tail is
+written (page cache) and hashed but not fsynced, because its rows are written again, in their shard,
+by the commit that completes that shard (fsynced), and the tail is then deleted, usually before its
+pages ever reach the disk. The trade-off:
+
+- a process crash (even SIGKILL) loses nothing committed: the kernel still writes the tails out;
+- an operating-system crash or power failure can lose the tails of the commits since the last one
+  whose files were all on disk. That is never silent. Every tail is checked against its sha256 and size
+  in the manifest when a writer opens the store (and when a reader reads it: a damaged tail fails the
+  read, naming it). A writer that finds one damaged returns the store to `hidden/hidden/checkpoint.json`,
+  the last manifest whose every file was fsynced (written after each such commit; before a commit
+  deletes files, its tails are fsynced, so the checkpoint never names a deleted file), says so, and
+  the resumed run computes the samples committed after the checkpoint again. Without a usable
+  checkpoint it refuses, naming the tails (`kevo store verify` reports them too).
 
 ## manifest.json
 

@@ -268,4 +268,7 @@ FORMAT_NOTES: tuple[str, ...] = (
     "Format v2: the hidden states became a sharded Zarr v3 group with coordinates and per-shard checksums "
     "(see Hidden states); the tables and the notes above are the same in v1 and v2. v1 stores are read as "
     "they are; `kevo store upgrade` rewrites one as v2.",
+    "Within v2, hidden tails are no longer fsynced at their commit, and writers keep "
+    "`hidden/hidden/checkpoint.json` (see Committing, resuming, locking). Stores are read and resumed as "
+    "before; one written before this change has no checkpoint until its next commit whose files are all on disk.",
 )

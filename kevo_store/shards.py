@@ -130,8 +130,9 @@ def set_rows(fs: LocalFS, rows: int) -> None:
             fs.write_atomic(rel, json.dumps(meta, indent=1).encode())
 
 
-def write_file(fs: LocalFS, rel: str, pieces: list) -> list:
-    """Write ``pieces`` (buffers) to ``rel`` with one writev, fsync it; returns [sha256, size] of the bytes."""
+def write_file(fs: LocalFS, rel: str, pieces: list, sync: bool = True) -> list:
+    """Write ``pieces`` (buffers) to ``rel`` with one writev, fsync it (unless ``sync=False``: the caller
+    fsyncs it later, :func:`fsync_files`); returns [sha256, size] of the bytes."""
     h = hashlib.sha256()
     size = 0
     for p in pieces:
@@ -144,10 +145,25 @@ def write_file(fs: LocalFS, rel: str, pieces: list) -> list:
         done = os.writev(fd, pieces)
         if done != size:  # a short writev (rare): the rest in one go
             os.write(fd, b"".join(bytes(p) for p in pieces)[done:])
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     return [h.hexdigest(), size]
+
+
+def fsync_files(fs: LocalFS, rels: list[str], threads: int = 1) -> None:
+    """fsync files written with ``write_file(sync=False)``, and their directories."""
+    dirs = sorted({os.path.dirname(r) for r in rels})
+    jobs = [fs.fsync_file] * len(rels) + [fs.fsync_dir] * len(dirs)
+    if threads <= 1:
+        for fn, rel in zip(jobs, rels + dirs):
+            fn(rel)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=threads) as ex:
+        list(ex.map(lambda a: a[0](a[1]), zip(jobs, rels + dirs)))
 
 
 def shard_pieces(block: np.ndarray, valid: int, chunk_tokens: int) -> list:

@@ -38,6 +38,7 @@ TOKENS_IN = pa.schema(
 # Compaction: rows per row group and per file of a compacted table.
 ROW_GROUP_ROWS = 1 << 20
 FILE_ROWS = 1 << 26
+CHECKPOINT = hid.CHECKPOINT
 # Tables whose parts, in commit order, are already globally sorted by key (ids grow with commits).
 _MONOTONE = {"samples", "tokens", "layers", "topk"}
 
@@ -133,6 +134,9 @@ class StoreWriter:
         self.compact = compact
         self._broken: BaseException | None = None
         self._closed = False
+        self.notices: list[str] = []
+        """What opening the store did that its user should know (e.g. commits undone because hidden
+        tails were lost in a system crash, whose samples are then run again)."""
         self._layout = {"codec": hidden_codec, "shard_tokens": hidden_shard_tokens,
                         "chunk_tokens": hidden_chunk_tokens}
         if os.path.exists(fs.root) and not os.path.isdir(fs.root):
@@ -181,6 +185,10 @@ class StoreWriter:
             if m.partial:  # writing into a partial pull would mix kept and missing data
                 raise StoreError(f"{fs.root} is a partial pull of {m['partial'].get('source', 'another store')}; "
                                  "it is read-only (pull the whole store to add to it)")
+            if m["hidden"] and hid.is_v2(m["hidden"]):
+                bad = hid.damaged_tails(fs, m["hidden"], m["files"])
+                if bad:
+                    m = self._roll_back(m, bad)
             self._check_resume(m, meta, want_hidden)
             self.manifest = m
             self._remove_orphans()
@@ -190,6 +198,7 @@ class StoreWriter:
             if self.hidden and self.hidden.reopen_partial():
                 # the closed store ended in a partial shard: its rows become a tail until the shard is whole
                 self._commit({}, reopen=True)
+            self._settle([], sync=True)  # the tails found (checked above) on disk: the checkpoint to return to
         else:
             m = Manifest.new(meta)
             self.manifest = m
@@ -199,7 +208,53 @@ class StoreWriter:
                 m["hidden"] = want_hidden
                 self.hidden = hid.HiddenWriter(fs, want_hidden)
             fs.write_atomic(MANIFEST, m.dump())
-        self._committed_keys = self._load_keys()
+            self._settle([])
+        self._committed_keys = self._load_keys(self.manifest)
+
+    def _roll_back(self, m: Manifest, bad: list[str]) -> Manifest:
+        """Hidden tails ``bad`` that ``m`` names are missing or damaged: what an operating-system crash
+        or power failure leaves of tails not yet flushed. Return to the checkpoint (the last commit
+        whose every file was fsynced); the samples committed after it are no longer committed, so a
+        resumed run computes them again. Refused (CorruptStoreError) where there is no usable checkpoint."""
+        fs, where = self.fs, self.fs.root
+        lost = f"hidden tail(s) {', '.join(bad)} named by commit {m['commits']} are missing or damaged"
+        try:
+            data = fs.read_bytes(CHECKPOINT)
+        except FileNotFoundError:
+            raise CorruptStoreError(f"{where}: {lost}, and there is no checkpoint to return to; run "
+                                    f"`kevo store verify {where}`") from None
+        try:
+            cp = json.loads(data)
+            usable = cp.get("format") == m["format"] and int(cp["commits"]) < m["commits"]
+        except (ValueError, TypeError, KeyError, AttributeError):
+            usable = False
+        if not usable:
+            raise CorruptStoreError(f"{where}: {lost}, and its checkpoint {CHECKPOINT} is not a usable earlier "
+                                    f"manifest; run `kevo store verify {where}`")
+        before = self._load_keys(m)
+        fs.write_atomic(MANIFEST, data)  # the commit point of the roll-back
+        cp = Manifest.load(fs)
+        if cp["hidden"] and hid.damaged_tails(fs, cp["hidden"], cp["files"]):
+            raise CorruptStoreError(f"{where}: {lost}, and so are those of the checkpoint (commit "
+                                    f"{cp['commits']}); run `kevo store verify {where}`")
+        undone = len(before - self._load_keys(cp))
+        self.notices.append(
+            f"{where}: {lost} (not yet flushed to disk when the system stopped): returned to commit "
+            f"{cp['commits']}, the last whose files were all on disk; the {undone} sample(s) committed after it "
+            "are no longer in the store and are run again")
+        return cp
+
+    def _settle(self, obsolete: list[str], sync: bool = False) -> None:
+        """After a commit: flush the tails where the commit makes files obsolete (or ``sync``), make the
+        manifest the checkpoint if all its files are on disk, then delete the obsolete files (never
+        before: the checkpoint may name them)."""
+        if self.hidden is not None:
+            if (obsolete or sync) and not self.hidden.durable:
+                self.hidden.sync_tails()
+            if self.hidden.durable:
+                self.fs.write_atomic(CHECKPOINT, self.manifest.dump())
+        for rel in obsolete:
+            self.fs.remove(rel)
 
     def _check_resume(self, m: Manifest, meta: dict | None, want_hidden: dict | None) -> None:
         """A resumed store must have been made by the same computation (``Manifest.identity_diff``)."""
@@ -231,10 +286,10 @@ class StoreWriter:
             if ".tmp-" in name:
                 self.fs.remove(name)
 
-    def _load_keys(self) -> set[str]:
+    def _load_keys(self, m: dict) -> set[str]:
         keys: set[str] = set()
         for t in ("samples", "errors"):
-            files = self.manifest["tables"][t]["files"]
+            files = m["tables"][t]["files"]
             if files:
                 col = pq.read_table([self.fs.full(f) for f in files], columns=["sample_key"]).column(0)
                 keys.update(col.to_pylist())
@@ -454,8 +509,7 @@ class StoreWriter:
         self.manifest = m
         if staged:
             self.hidden.committed(m["hidden"])
-        for rel in obsolete:
-            fs.remove(rel)
+        self._settle(obsolete, sync=reopen)
         for name in ("samples", "errors"):
             if name in tables:
                 self._committed_keys.update(tables[name].column("sample_key").to_pylist())
@@ -528,8 +582,8 @@ class StoreWriter:
         self.manifest = m
         if self.hidden is not None:
             self.hidden.committed(m["hidden"])
-        for rel in obsolete:
-            fs.remove(rel)
+        self._settle(obsolete)
+        fs.remove(CHECKPOINT)  # closed: every file on disk, nothing to return to
 
     @staticmethod
     def _parts_to_compact(name: str, m: dict) -> list[str]:
@@ -710,6 +764,11 @@ def write_derived_tables(path: str | os.PathLike, tables: dict[str, Any]) -> Non
                 if fs.exists(rel):
                     fs.remove(rel)
             raise
+        if obsolete and m.get("hidden") and hid.is_v2(m["hidden"]):
+            # an open store's checkpoint may name the replaced files: this commit becomes the checkpoint
+            for rel in m["hidden"].get("tails") or []:
+                fs.fsync_file(rel)
+            fs.write_atomic(CHECKPOINT, m.dump())
         for f in obsolete:
             fs.remove(f)
     finally:

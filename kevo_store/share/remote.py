@@ -412,11 +412,13 @@ class RemoteFS(StoreFS):
         manifest. Links in a local store are refused outright; HTTP cannot list, so there a store is
         what its manifest declares (each file is size-capped and hashed when it is fetched)."""
         if is_local_fs(self._fs):
+            from kevo_store.hidden import CHECKPOINT
             from kevo_store.lock import LOCK
             from kevo_store.share.safety import local_listing
 
             out = local_listing(Path(self._path), self.root)
             out.pop(LOCK, None)  # a local store's writer lock (never part of the store)
+            out.pop(CHECKPOINT, None)  # ... and its writer's checkpoint, a copy of an earlier manifest
             return out
         if not self._can_list():
             return {rel: e["size"] if e["size"] is not None else 0 for rel, e in self.declared().items()}
