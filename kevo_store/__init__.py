@@ -15,7 +15,7 @@ _WHERE = {
     "Store": "reader", "Stores": "reader", "open_store": "reader", "open_stores": "reader",
     "DERIVED_TABLES": "schema", "FORMAT_VERSION": "schema", "KEYS": "schema", "TABLES": "schema",
     "VerifyReport": "verify", "verify_store": "verify",
-    "StoreWriter": "writer", "write_derived_table": "writer", "write_derived_tables": "writer",
+    "StoreWriter": "writer", "write_derived_table": "writer", "write_derived_tables": "writer", "replace_run": "writer",
 }
 __all__ = sorted(_WHERE)
 
@@ -47,4 +47,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs
     from .reader import Store, Stores, open_store, open_stores  # noqa: F401
     from .schema import DERIVED_TABLES, FORMAT_VERSION, KEYS, TABLES  # noqa: F401
     from .verify import VerifyReport, verify_store  # noqa: F401
-    from .writer import StoreWriter, write_derived_table, write_derived_tables  # noqa: F401
+    from .writer import StoreWriter, replace_run, write_derived_table, write_derived_tables  # noqa: F401

@@ -706,6 +706,23 @@ def write_derived_table(path: str | os.PathLike, name: str, table: Any, params: 
     write_derived_tables(path, {name: (table, params)})
 
 
+def replace_run(new: pa.Table, run: str, params: dict[str, Any], keep) -> Any:
+    """An ``update`` for :func:`write_derived_tables` that adds one run to a shared derived table:
+    the committed rows where ``keep(table)`` (a boolean pyarrow expression result) is true stay,
+    ``new`` is appended, and ``params["runs"][run]`` records this run's parameters next to the
+    other runs'. ``kevo embed`` (one embedding_id) and ``kevo trace`` (one run name) use it."""
+
+    def update(old, old_params):
+        merged = {"runs": {**(old_params.get("runs") or {}), run: params}}
+        if old is None or not old.num_rows:
+            return new, merged
+        old = old.cast(new.schema) if old.schema != new.schema else old
+        kept = old.filter(keep(old))
+        return (pa.concat_tables([kept, new]) if kept.num_rows else new), merged
+
+    return update
+
+
 def write_derived_tables(path: str | os.PathLike, tables: dict[str, Any]) -> None:
     """Store several derived tables ``{name: (table, params)}`` in one commit: every file is written
     and fsynced first, then one manifest replacement names them all, so a crash or an error leaves

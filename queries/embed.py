@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
-from kevo_store import open_store, write_derived_tables
+from kevo_store import open_store, replace_run, write_derived_tables
 from kevo_store.errors import KevoError, QueryError
 from kevo_store.layerspec import parse_layers  # noqa: F401 - the one layer-list parser (kevo embed --layers)
 
@@ -257,13 +256,6 @@ def _write(path, embedding_id: str, frame: pl.DataFrame, params: dict, disp: pl.
     merged under the store's lock with what is committed then (a concurrent run keeps its rows)."""
     import pyarrow.compute as pc
 
-    new = frame.to_arrow()
-
-    def merged(old, old_params):
-        runs = {**(old_params.get("runs") or {}), embedding_id: {**params, "dispersion": disp.to_dicts()}}
-        if old is None:
-            return new, {"runs": runs}
-        keep = old.filter(pc.not_equal(old["embedding_id"], embedding_id))
-        return (pa.concat_tables([keep.cast(new.schema), new]) if keep.num_rows else new), {"runs": runs}
-
-    write_derived_tables(path, {"embeddings": merged})
+    update = replace_run(frame.to_arrow(), embedding_id, {**params, "dispersion": disp.to_dicts()},
+                         lambda t: pc.not_equal(t["embedding_id"], embedding_id))
+    write_derived_tables(path, {"embeddings": update})

@@ -118,7 +118,7 @@ def merge_and_write(store_path, run_name, runs, traces, contribs, params, sample
     store's lock with what is committed then (a concurrent `kevo trace` keeps its rows)."""
     import pyarrow.compute as pc
 
-    from kevo_store.writer import write_derived_tables
+    from kevo_store.writer import replace_run, write_derived_tables
 
     runs_t = pa.Table.from_pylist(runs, schema=schema.TRACE_RUNS)
     traces_t = pa.concat_tables(traces) if traces else schema.TRACES.empty_table()
@@ -130,16 +130,7 @@ def merge_and_write(store_path, run_name, runs, traces, contribs, params, sample
         tables.insert(1, ("attention_contributions", pa.concat_tables(contribs),
                           lambda t: pc.invert(pc.is_in(t["sample_id"], value_set=ids))))
 
-    def update(new, keep):
-        def merged(old, old_params):
-            p = {"runs": {**(old_params.get("runs") or {}), run_name: params}}
-            if old is None or not old.num_rows:
-                return new, p
-            old = old.cast(new.schema) if old.schema != new.schema else old
-            return pa.concat_tables([old.filter(keep(old)), new]), p
-        return merged
-
-    write_derived_tables(store_path, {name: update(new, keep) for name, new, keep in tables})
+    write_derived_tables(store_path, {name: replace_run(new, run_name, params, keep) for name, new, keep in tables})
 
 
 def effects_matrix(res, kind: str) -> tuple[list[int], list[int], np.ndarray]:
