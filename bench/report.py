@@ -34,6 +34,18 @@ def _err(sec: dict | None) -> str | None:
     return None
 
 
+def _head(w, title: str, sec: dict | None, end: str = "") -> bool:
+    """Write a section's title; when the section did not run (or failed) say so and return False."""
+    w(title)
+    w("")
+    e = _err(sec)
+    if e:
+        w(e + end)
+        w("")
+        return False
+    return True
+
+
 def render(r: dict) -> str:
     m = r["machine"]
     S = r["sections"]
@@ -101,7 +113,7 @@ def render(r: dict) -> str:
     _tsne(w, S.get("tsne"), cmd)
     from bench.trace_report import render_trace
 
-    render_trace(w, S.get("trace"), cmd, _f, _err)
+    render_trace(w, S.get("trace"), cmd, _f, _head)
     _gpu(w, r.get("gpu"))
     return "\n".join(L) + "\n"
 
@@ -214,12 +226,7 @@ def _summary(r: dict) -> list[list[str]]:
 
 
 def _ingest(w, sec, cmd):
-    w("## 1-2. Ingest overhead, and the paper's method")
-    w("")
-    e = _err(sec)
-    if e:
-        w(e)
-        w("")
+    if not _head(w, "## 1-2. Ingest overhead, and the paper's method", sec):
         return
     o = sec["overhead"]
     mo = o["model"]
@@ -331,12 +338,7 @@ def _ingest(w, sec, cmd):
 
 
 def _organism(w, sec, cmd):
-    w("### 1 on the embedded default model")
-    w("")
-    e = _err(sec)
-    if e:
-        w(e + ".")
-        w("")
+    if not _head(w, "### 1 on the embedded default model", sec, end="."):
         return
     o = sec["overhead"]
     fi = sec["full_ingest"]
@@ -360,12 +362,7 @@ def _organism(w, sec, cmd):
 
 
 def _hidden(w, h, cmd):
-    w("## 3. Hidden-state write throughput")
-    w("")
-    e = _err(h)
-    if e:
-        w(e)
-        w("")
+    if not _head(w, "## 3. Hidden-state write throughput", h):
         return
     mb = h["mib_per_s"]
     w(f"Command: `{cmd}` (section `hidden_write`: bench/hidden_write.py). {h['tokens']:,} tokens x {h['layers']} "
@@ -443,12 +440,7 @@ def _hidden(w, h, cmd):
 
 
 def _capture_memory(w, cm, cmd):
-    w("### 3b. Capture memory on a long prompt")
-    w("")
-    e = _err(cm)
-    if e:
-        w(e)
-        w("")
+    if not _head(w, "### 3b. Capture memory on a long prompt", cm):
         return
     z = cm["size"]
     w(f"Command: `{cmd}` (section `capture_memory`: bench/capture_memory.py). A random LLaVA-1.5-architecture "
@@ -478,12 +470,7 @@ def _capture_memory(w, cm, cmd):
 
 
 def _ingest_hidden(w, ih, cmd):
-    w("### 3c. Full ingest with and without hidden states")
-    w("")
-    e = _err(ih)
-    if e:
-        w(e)
-        w("")
+    if not _head(w, "### 3c. Full ingest with and without hidden states", ih):
         return
     z = ih["size"]
     w(f"Command: `{cmd}` (section `ingest_hidden`: bench/ingest_bench.py `full_ingest`). `run_ingest` on a "
@@ -504,12 +491,7 @@ def _ingest_hidden(w, ih, cmd):
 
 def _query_scaling(w, sc, cmd):
     scale_names = ", ".join(f"{k}x" for k in (sc or {}).get("scales", []))
-    w("### Query latency as the store grows (" + scale_names + " AMBER scale)")
-    w("")
-    e = _err(sc)
-    if e:
-        w(e)
-        w("")
+    if not _head(w, "### Query latency as the store grows (" + scale_names + " AMBER scale)", sc):
         return
     scales = [str(k) for k in sc["scales"]]
     built = {k: v for k, v in sc["stores"].items() if "error" not in v}
@@ -534,12 +516,7 @@ def _query_scaling(w, sc, cmd):
 
 
 def _queries(w, qs, ing, cmd):
-    w("## 4-5. Query latency and storage")
-    w("")
-    e = _err(qs)
-    if e:
-        w(e)
-        w("")
+    if not _head(w, "## 4-5. Query latency and storage", qs):
         return
     st = qs["store"]
     w(f"Command: `{cmd}` (section `queries`: bench/query_latency.py, pandas versions in bench/pandas_queries.py). "
@@ -597,12 +574,7 @@ def _queries(w, qs, ing, cmd):
 
 
 def _tsne(w, t, cmd):
-    w("## 6. openTSNE")
-    w("")
-    e = _err(t)
-    if e:
-        w(e)
-        w("")
+    if not _head(w, "## 6. openTSNE", t):
         return
     s = t["small"]
     w(f"Command: `{cmd}` (section `tsne`: bench/tsne_bench.py). Synthetic hidden states (per-layer centres, "

@@ -168,10 +168,11 @@ def _previous_history(json_path: Path) -> list[dict]:
         return []
 
 
-def _ingest(q: bool) -> dict:
+def _mid_llava(q: bool):
+    """The random mid-size LLaVA of sections ingest and ingest_hidden (tiny with --quick), its images,
+    batch size and new tokens, and the results dict started with its size."""
     from dataclasses import asdict
 
-    from bench import ingest_bench
     from bench.common import OUT
     from bench.models import MID, TINY, build_llava, make_images
 
@@ -179,7 +180,13 @@ def _ingest(q: bool) -> dict:
     model = build_llava(OUT / "models" / ("llava-tiny" if q else "llava-mid"), size)
     images = make_images(OUT / "images", 4 if q else 8)
     batch, new = (2, 8) if q else (4, 32)
-    res = {"size": asdict(size)}
+    return model, images, batch, new, {"size": asdict(size)}
+
+
+def _ingest(q: bool) -> dict:
+    from bench import ingest_bench
+
+    model, images, batch, new, res = _mid_llava(q)
     res["overhead"] = ingest_bench.overhead(model, images, batch, new, reps=1 if q else 4)
     res["full_ingest"] = ingest_bench.full_ingest(model, images, batch, new, reps=1 if q else 3)
     from bench.query_latency import storage
@@ -235,17 +242,9 @@ def _capture_memory(q: bool) -> dict:
 
 
 def _ingest_hidden(q: bool) -> dict:
-    from dataclasses import asdict
-
     from bench import ingest_bench
-    from bench.common import OUT
-    from bench.models import MID, TINY, build_llava, make_images
 
-    size = TINY if q else MID
-    model = build_llava(OUT / "models" / ("llava-tiny" if q else "llava-mid"), size)
-    images = make_images(OUT / "images", 4 if q else 8)
-    batch, new = (2, 8) if q else (4, 32)
-    res = {"size": asdict(size)}
+    model, images, batch, new, res = _mid_llava(q)
     res.update(ingest_bench.full_ingest(model, images, batch, new, reps=1 if q else 3, name="ingest-hidden-stores",
                                         hidden_none=True))
     return res

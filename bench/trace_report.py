@@ -3,17 +3,9 @@
 from __future__ import annotations
 
 
-def render_trace(w, t, cmd, _f, _err) -> None:
-    w("## Causal tracing (`kevo trace`) against the naive reference")
-    w("")
-    if t is None:
-        w("Not run (`python -m bench.run --only trace`).")
-        w("")
-        return
-    e = _err(t)
-    if e:
-        w(e)
-        w("")
+def render_trace(w, t, cmd, _f, head) -> None:
+    if not head(w, "## Causal tracing (`kevo trace`) against the naive reference",
+                t if t is not None else {"skipped": "not run (`python -m bench.run --only trace`)"}):
         return
     s = t["side_by_side"]
     w(f"Command: `{t.get('command', cmd)}` (section `trace`: bench/trace_bench.py). {t['settings']}, on "

@@ -283,7 +283,13 @@ class Tracer:
         if st.kv_cache and start > 0:
             from transformers import DynamicCache
 
-            cache = DynamicCache([(k[draws, :, :start], v[draws, :, :start]) for k, v in st.caches])
+            d0 = chunk[0][1]
+            if all(d == d0 for _, d in chunk):  # one corrupted run for every row (swap, or one draw): views,
+                B = len(chunk)                  # no per-row copy of the prefix (the cache copies it once)
+                cache = DynamicCache([(k[d0:d0 + 1, :, :start].expand(B, -1, -1, -1),
+                                       v[d0:d0 + 1, :, :start].expand(B, -1, -1, -1)) for k, v in st.caches])
+            else:
+                cache = DynamicCache([(k[draws, :, :start], v[draws, :, :start]) for k, v in st.caches])
         by_site: dict[tuple[str, int], list[tuple[int, list[int]]]] = {}
         for r, (i, _) in enumerate(chunk):
             kind, layers, pos = specs[i]
