@@ -46,7 +46,8 @@ def storage(path: Path) -> dict:
         floor = hid["rows"] * len(hid["layers"]) * hid["hidden_size"] * 2
         on_disk = sum(p.stat().st_size for p in (Path(path) / "hidden").rglob("*") if p.is_file())
         out["hidden"] = {"rows": hid["rows"], "layers": len(hid["layers"]), "hidden_size": hid["hidden_size"],
-                         "fp16_floor_bytes": floor, "bytes_on_disk": on_disk, "ratio_to_fp16": r3(on_disk / floor)}
+                         "fp16_floor_bytes": floor, "bytes_on_disk": on_disk, "ratio_to_fp16": r3(on_disk / floor),
+                         "codec": hid.get("codec")}
     s.close()
     return out
 
