@@ -43,11 +43,13 @@ def storage(path: Path) -> dict:
     out["met_target"] = (size["layers"] + size["topk"]) / n_tl <= 100
     hid = m.get("hidden")
     if hid:
+        from kevo_store.hidden import is_v2
+
         floor = hid["rows"] * len(hid["layers"]) * hid["hidden_size"] * 2
         on_disk = sum(p.stat().st_size for p in (Path(path) / "hidden").rglob("*") if p.is_file())
         out["hidden"] = {"rows": hid["rows"], "layers": len(hid["layers"]), "hidden_size": hid["hidden_size"],
                          "fp16_floor_bytes": floor, "bytes_on_disk": on_disk, "ratio_to_fp16": r3(on_disk / floor),
-                         "codec": hid.get("codec")}
+                         "format_v2": is_v2(hid), "codec": hid.get("codec")}
     s.close()
     return out
 

@@ -569,14 +569,15 @@ def _queries(w, qs, ing, cmd):
         if hd:
             w(f"Hidden states there: {_f(hd['bytes_on_disk'])} bytes on disk for {hd['rows']} tokens x {hd['layers']} "
               f"layers x {hd['hidden_size']} = **{_f(hd['ratio_to_fp16'])}x the fp16 floor** "
-              f"({_f(hd['fp16_floor_bytes'])} bytes; {_hidden_layout(hd.get('codec'))}).")
+              f"({_f(hd['fp16_floor_bytes'])} bytes; {_hidden_layout(hd)}).")
     w("")
 
 
-def _hidden_layout(codec: str | None) -> str:
-    """How the measured store laid out its hidden states (format v1 manifests name no codec)."""
-    if codec is None:
+def _hidden_layout(hd: dict) -> str:
+    """How the measured store laid out its hidden states (results from before format v2 record neither key)."""
+    if not hd.get("format_v2"):
         return "format v1: zstd-1 chunks plus the chunk index"
+    codec = hd.get("codec", "none")
     if codec == "none":
         return "format v2, no compressor: shards with a crc32c per inner chunk, their indexes and the coordinates"
     return f"format v2, {codec}-compressed shards, their indexes and the coordinates"
