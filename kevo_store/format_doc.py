@@ -35,7 +35,7 @@ STORE/
     hidden/zarr.json                 the array hidden(token, layer, hidden_dim); attributes: logical_dtype, layers
     hidden/c/<shard>/<layer>/0       one shard = {SHARD_TOKENS} tokens x 1 layer x D \
 (inner chunks of {CHUNK_TOKENS} tokens)
-    hidden/index/shards-<commit>.json  sha256 + size of the files each commit wrote (index-<commit>.json after close)
+    hidden/index/shards-<commit>.json  digest + size of the files each commit wrote (index-<commit>.json after close)
     hidden/tail-<commit>.npz         each commit's rows that do not complete a shard, while the store is open
     hidden/checkpoint.json           the last manifest whose files were all on disk (not named by the manifest)
     token_uid/, sample_id/           coordinates along token: zarr.json + c/<shard> (one chunk per shard)
@@ -131,7 +131,16 @@ inner chunks of `chunk_tokens` tokens x 1 layer (default {CHUNK_TOKENS}), so one
 read unit stays one layer across many tokens. Inner chunk codecs: `bytes` (little endian), then `crc32c`;
 with `kevo ingest --hidden-codec zstd`, `bytes`, `zstd` (level 1), `crc32c`. The shard index (at the end of the
 file) carries its own crc32c. So every byte of a shard is covered by a crc32c that is checked whenever it is
-read, and each whole shard has a sha256 in the chunk index (checked by `kevo store verify` and by pull).
+read. The chunk index gives each shard a *tree digest* over those crc32c, `c32t:<n>:<hex>`: `n` the shard's
+inner chunks, `hex` the sha256 of the shard index's bytes, the index's crc32c and then the crc32c (last four
+bytes) of every present inner chunk in index order. Checking a shard against it (`kevo store verify`, pull,
+push, a read that fails) checks every crc32c in the file and recomputes that sha256: a pass of crc32c over
+the bytes instead of a sha256 of every byte, which would be the writer's largest cost (a sha256 runs at
+about the speed of a fast disk, crc32c several times faster). Any damage is found, as with a sha256 of the
+file (a change breaks a crc32c, or changes the crc32c values and so the digest; a burst of up to 32 bits
+always, anything else but with probability 2^-32); neither defends against someone who rewrites a store on
+purpose, who could rewrite the manifest as well. Coordinate chunks, and the shards of stores written before
+the tree digest, carry a plain sha256 of the file, which stays valid.
 Every read by `Store.hidden` also checks that each shard it touches exists as a regular file of the size the
 index gives, and fails naming the shard otherwise.
 

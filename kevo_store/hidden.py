@@ -16,8 +16,9 @@ Commit protocol (crash safety without ever rewriting a committed file):
   ``shard_tokens`` while the store is open) is how many rows live in the arrays, ``rows`` how many
   the store has.
 - Each commit that writes shards writes an index part ``hidden/index/shards-<commit>.json`` (inside the
-  array's directory, where Zarr readers do not look) with the sha256
-  and size of every file it wrote (hashed from memory); the manifest names the index parts (with their
+  array's directory, where Zarr readers do not look) with the digest (a shard's tree digest over its
+  crc32c, ``shards.shard_digest``; the sha256 of a coordinate chunk) and size of every file it wrote
+  (from memory); the manifest names the index parts (with their
   own checksums). Closing merges them into one index.
 - Shards, index parts and the manifest are fsynced before the commit point (the manifest's atomic
   replacement): data first, then the commit record. Tails are not (their rows are written again in
@@ -329,7 +330,8 @@ class HiddenWriter:
             for s in range(first, last):
                 for j in range(self.nl):
                     k = sh.shard_key(s, j)
-                    index[k] = list(fs.sha256(f"{g}/{k}"))
+                    data = fs.read_bytes(f"{g}/{k}")
+                    index[k] = [sh.shard_digest(data, st // self.ct), len(data)]
                     fs.fsync_file(f"{g}/{k}")
         else:
             dt = self._empty.dtype.newbyteorder("<")
@@ -342,7 +344,8 @@ class HiddenWriter:
                 _rows(hs, lo, lo + valid, j, block)
                 block[valid:] = 0
                 k = sh.shard_key(s, j)
-                return k, sh.write_file(fs, f"{g}/{k}", sh.shard_pieces(block, valid, self.ct), sync=False)
+                return k, sh.write_file(fs, f"{g}/{k}", sh.shard_pieces(block, valid, self.ct), sync=False,
+                                        shard=st // self.ct)
 
             jobs = [(s, j) for s in range(first, last) for j in range(self.nl)]
             if WRITE_THREADS <= 1 or len(jobs) == 1:
@@ -635,7 +638,7 @@ class HiddenReader:
         root = self.fs.root
         for key in keys:
             rel = f"{HIDDEN_DIR}/{key}"
-            if self.fs.sha256(rel)[0] != self.index[key][0]:
+            if sh.file_ok(self.fs, rel, self.index[key][0]):
                 self._checked.discard(key)
                 return CorruptStoreError(f"{root}: hidden shard {rel} does not match its checksum (corrupted); "
                                          f"run `kevo store verify {root}`")

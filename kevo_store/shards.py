@@ -7,7 +7,10 @@ The group holds four arrays (paths relative to the store):
   ``chunk_tokens`` tokens x 1 layer x D. Each inner chunk is its raw little-endian bytes (zstd-compressed
   with ``--hidden-codec zstd``) followed by its crc32c; the shard index (offset, length per inner chunk)
   is at the end of the file with its own crc32c. So every byte of a shard is covered by a crc32c that
-  Zarr checks when it reads it; the sha256 of every whole shard is in the chunk index (verify, pull).
+  Zarr checks when it reads it. The chunk index gives each shard a *tree digest* over those crc32c
+  (:func:`shard_digest`): the sha256 of the shard index and of every inner chunk's crc32c, so checking
+  a shard (verify, pull) is a crc32c pass over its bytes, not a sha256 of every byte (stores written
+  before this carry a plain sha256 of the file, which stays valid).
 - ``hidden/token_uid`` and ``hidden/sample_id`` (token): coordinates, one chunk per shard of tokens.
 - ``hidden/layer`` (layer): the model's layer numbers of axis 1.
 
@@ -36,6 +39,10 @@ MAX_U64 = 2**64 - 1
 _LE = {"name": "bytes", "configuration": {"endian": "little"}}
 _CRC = {"name": "crc32c"}
 _ZSTD = {"name": "zstd", "configuration": {"level": 1, "checksum": False}}
+
+
+TREE = "c32t"
+"""Prefix of a shard's tree digest in the chunk index: ``c32t:<inner chunks>:<sha256 hex>``."""
 
 
 def crc32c(buf: Any) -> bytes:
@@ -130,14 +137,81 @@ def set_rows(fs: LocalFS, rows: int) -> None:
             fs.write_atomic(rel, json.dumps(meta, indent=1).encode())
 
 
-def write_file(fs: LocalFS, rel: str, pieces: list, sync: bool = True) -> list:
+def _tree(index_bytes: Any, index_crc: Any, chunk_crcs: list, n_inner: int) -> str:
+    h = hashlib.sha256(index_bytes)
+    h.update(index_crc)
+    for c in chunk_crcs:
+        h.update(c)
+    return f"{TREE}:{n_inner}:{h.hexdigest()}"
+
+
+def shard_digest(data: Any, n_inner: int) -> str:
+    """The tree digest of a shard file's bytes (``n_inner`` inner chunks), every crc32c in it checked
+    first: the shard index's, then each inner chunk's (its last four bytes, over the rest). Raises
+    ``ValueError`` naming what fails.
+
+    A change to any byte of a shard either breaks a crc32c (a burst of up to 32 bits always does; any
+    other change but with probability 2^-32) or changes the crc32c values themselves, and so the sha256
+    over them: like a sha256 of the whole file, it detects damage. Neither defends against someone who
+    rewrites shards on purpose: they could rewrite the manifest's checksums as well."""
+    mv = memoryview(data).cast("B")
+    isz = n_inner * 16
+    if len(mv) < isz + 4:
+        raise ValueError("shorter than its shard index")
+    ib, icrc = mv[len(mv) - isz - 4: len(mv) - 4], mv[len(mv) - 4:]
+    if crc32c(ib) != bytes(icrc):
+        raise ValueError("the shard index fails its crc32c")
+    body = len(mv) - isz - 4
+    crcs = []
+    for k, (off, nb) in enumerate(np.frombuffer(ib, dtype="<u8").reshape(n_inner, 2).tolist()):
+        if off == MAX_U64 and nb == MAX_U64:  # an absent chunk (the fill value)
+            continue
+        if nb < 4 or off + nb > body:
+            raise ValueError(f"inner chunk {k} lies outside the shard")
+        chunk = mv[off: off + nb]
+        if crc32c(chunk[: nb - 4]) != bytes(chunk[nb - 4:]):
+            raise ValueError(f"inner chunk {k} fails its crc32c")
+        crcs.append(chunk[nb - 4:])
+    return _tree(ib, icrc, crcs, n_inner)
+
+
+def check_shard(data: Any, digest: str) -> str | None:
+    """None if a file's bytes match their chunk-index digest (a shard's tree digest, or a plain sha256),
+    else what is wrong."""
+    if not is_tree(digest):
+        return None if hashlib.sha256(data).hexdigest() == digest else "sha256 mismatch"
+    try:
+        got = shard_digest(data, int(digest.split(":")[1]))
+    except ValueError as e:
+        return str(e)
+    return None if got == digest else "tree digest mismatch"
+
+
+def is_tree(digest: str) -> bool:
+    return digest.startswith(TREE + ":")
+
+
+def file_ok(fs, rel: str, digest: str) -> str | None:
+    """:func:`check_shard` on a file of ``fs`` (streamed sha256 for a plain digest)."""
+    if is_tree(digest):
+        return check_shard(fs.read_bytes(rel), digest)
+    return None if fs.sha256(rel)[0] == digest else "sha256 mismatch"
+
+
+def write_file(fs: LocalFS, rel: str, pieces: list, sync: bool = True, shard: int = 0) -> list:
     """Write ``pieces`` (buffers) to ``rel`` with one writev, fsync it (unless ``sync=False``: the caller
-    fsyncs it later, :func:`fsync_files`); returns [sha256, size] of the bytes."""
-    h = hashlib.sha256()
-    size = 0
-    for p in pieces:
-        h.update(p)
-        size += memoryview(p).nbytes
+    fsyncs it later, :func:`fsync_files`); returns [digest, size] of the bytes: a shard's tree digest
+    when ``shard`` (its number of inner chunks; ``pieces`` as :func:`shard_pieces` makes them), else the
+    sha256."""
+    size = sum(memoryview(p).nbytes for p in pieces)
+    if shard:
+        present = pieces[:-2]
+        digest = _tree(pieces[-2], pieces[-1], present[1::2], shard)
+    else:
+        h = hashlib.sha256()
+        for p in pieces:
+            h.update(p)
+        digest = h.hexdigest()
     path = fs.full(rel)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -149,7 +223,7 @@ def write_file(fs: LocalFS, rel: str, pieces: list, sync: bool = True) -> list:
             os.fsync(fd)
     finally:
         os.close(fd)
-    return [h.hexdigest(), size]
+    return [digest, size]
 
 
 def fsync_files(fs: LocalFS, rels: list[str], threads: int = 1) -> None:

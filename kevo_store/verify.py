@@ -269,8 +269,9 @@ def _verify_hidden(fs: StoreFS, m: dict, h: dict, n_tokens: int, checksums: bool
         size = fs.size(rel)
         if size != ent[1]:
             return f"{rel}: {what} is {size} bytes, index says {ent[1]} (truncated)", 0
-        if checksums and fs.sha256(rel)[0] != ent[0]:
-            return f"{rel}: {what} sha256 mismatch (corrupted)", 0
+        problem = sh.file_ok(fs, rel, ent[0]) if checksums else None
+        if problem:
+            return f"{rel}: {what} does not match its checksum in the chunk index (corrupted: {problem})", 0
         return None, size
 
     from concurrent.futures import ThreadPoolExecutor

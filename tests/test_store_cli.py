@@ -166,7 +166,8 @@ def test_verify_finds_corruption_and_truncation(stores, tmp_path):
     os.remove(bad / "hidden" / "hidden" / "c" / "0" / "0" / "0")
     r = kevo("store", "verify", bad)
     assert r.returncode == 1
-    assert "hidden/hidden/c/0/2/0: hidden shard sha256 mismatch" in r.stderr
+    assert ("hidden/hidden/c/0/2/0: hidden shard does not match its checksum in the chunk index "
+            "(corrupted: inner chunk") in r.stderr
     assert "hidden/hidden/c/0/0/0: hidden shard missing" in r.stderr
     from kevo_store import open_store
     from kevo_store.errors import CorruptStoreError

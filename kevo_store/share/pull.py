@@ -22,6 +22,7 @@ from pathlib import Path
 from kevo_store.errors import CorruptStoreError, StoreError
 from kevo_store.layerspec import parse_layers
 from kevo_store.manifest import Manifest, layer_ranges
+from kevo_store.shards import check_shard, is_tree
 from kevo_store.share.safety import (
     MANIFEST,
     check_listing,
@@ -208,6 +209,8 @@ def _already_pulled(path: Path, entry: Mapping) -> bool:
         return False
     if not entry.get("sha256"):
         return False
+    if is_tree(entry["sha256"]):
+        return check_shard(path.read_bytes(), entry["sha256"]) is None
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):

@@ -130,7 +130,7 @@ def _stale_remote(dst, entries: Mapping[str, Mapping], jobs: int) -> list[str]:
     bad: list[str] = []
 
     def check(rel: str) -> None:
-        cap = HashingSizeCap(rel, entries[rel]["size"], "")
+        cap = HashingSizeCap(rel, entries[rel]["size"], "", entries[rel]["sha256"])
         try:
             with dst.open(rel, "rb") as f:
                 while block := f.read(BLOCK):

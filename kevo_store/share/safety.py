@@ -28,6 +28,10 @@ MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 MAX_PATH_CHARS = 1024
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# a chunk-index entry: a sha256, or a hidden shard's tree digest over its crc32c (kevo_store.shards)
+_CHUNK_DIGEST = re.compile(r"^([0-9a-f]{64}|c32t:[0-9]{1,6}:[0-9a-f]{64})$")
+# a tree-digested shard is buffered whole to be checked: a shard larger than this is refused
+MAX_SHARD_BYTES = 1 << 30
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 
@@ -195,27 +199,44 @@ class HashingSizeCap:
     """Streams bytes into a sha256 while refusing to accept more than the declared size.
 
     Used while downloading: an entry larger than declared is refused as soon as the extra byte
-    arrives, so a hostile store cannot fill a disk through an understated size.
+    arrives, so a hostile store cannot fill a disk through an understated size. ``digest``: the
+    expected digest, when it is a hidden shard's tree digest (``kevo_store.shards.check_shard``), whose
+    check needs the whole shard: its bytes are kept (at most ``MAX_SHARD_BYTES``) instead of hashed.
     """
 
-    def __init__(self, rel: str, declared_size: int, where: str):
+    def __init__(self, rel: str, declared_size: int, where: str, digest: str | None = None):
+        from kevo_store.shards import is_tree
+
         self.rel, self.declared, self.where = rel, declared_size, where
         self.n = 0
         self.h = hashlib.sha256()
+        self.kept: list[bytes] | None = [] if digest is not None and is_tree(digest) else None
+        if self.kept is not None and declared_size > MAX_SHARD_BYTES:
+            raise _refuse(where, f"{rel!r} declares {declared_size} bytes, more than a hidden shard may hold")
 
     def update(self, chunk: bytes) -> None:
         self.n += len(chunk)
         if self.n > self.declared:
             raise _refuse(self.where, f"{self.rel!r} is larger than the {self.declared} bytes the manifest declares")
-        self.h.update(chunk)
+        if self.kept is None:
+            self.h.update(chunk)
+        else:
+            self.kept.append(bytes(chunk))
 
-    def check(self, expected_sha256: str) -> None:
+    def check(self, expected: str) -> None:
+        from kevo_store.shards import check_shard
+
         if self.n != self.declared:
             raise _refuse(self.where, f"{self.rel!r} is {self.n} bytes, the manifest declares {self.declared}")
+        if self.kept is not None:
+            problem = check_shard(b"".join(self.kept), expected)
+            if problem:
+                raise _refuse(self.where, f"{self.rel!r} fails its checksum ({problem})")
+            return
         got = self.h.hexdigest()
-        if got != expected_sha256:
+        if got != expected:
             raise _refuse(self.where,
-                          f"{self.rel!r} fails its checksum (sha256 {got[:12]}…, manifest {expected_sha256[:12]}…)")
+                          f"{self.rel!r} fails its checksum (sha256 {got[:12]}…, manifest {expected[:12]}…)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,7 +299,8 @@ def is_zarr_meta(rel: str) -> bool:
 
 
 def declared_files(manifest: Mapping, read_bytes, where: str) -> dict[str, dict]:
-    """``{relpath: {"sha256", "size"}}`` for every file the store declares.
+    """``{relpath: {"sha256", "size"}}`` for every file the store declares (for a hidden shard, ``sha256``
+    holds its chunk-index digest: a tree digest over its crc32c, or a sha256 in stores written before).
 
     The manifest names the Parquet files, the hidden tail and the hidden array's chunk-index parts
     (with their checksums); each index part names the chunks it committed (with theirs). The parts
@@ -311,7 +333,7 @@ def declared_files(manifest: Mapping, read_bytes, where: str) -> dict[str, dict]
                 if not isinstance(key, str) or not _CHUNK_KEY.match(key):
                     raise _refuse(where, f"hidden index part {rel!r} names a chunk with an invalid key {key!r}")
                 if (not isinstance(val, list) or len(val) != 2 or not isinstance(val[0], str)
-                        or not _SHA256.match(val[0]) or isinstance(val[1], bool) or not isinstance(val[1], int)
+                        or not _CHUNK_DIGEST.match(val[0]) or isinstance(val[1], bool) or not isinstance(val[1], int)
                         or val[1] < 0):
                     raise _refuse(where, f"hidden index part {rel!r} has an invalid entry for chunk {key!r}")
                 out[f"hidden/{key}"] = {"sha256": val[0], "size": val[1]}

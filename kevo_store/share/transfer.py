@@ -30,9 +30,10 @@ def progress_bar(total: int, desc: str, enabled: bool):
 
 
 def copy_checked(read_open, write_open, rel: str, entry: Mapping, where: str, bar) -> None:
-    """Stream ``rel`` from ``read_open()`` to ``write_open()``, checking size cap and sha256."""
+    """Stream ``rel`` from ``read_open()`` to ``write_open()``, checking size cap and checksum (sha256, or a
+    hidden shard's tree digest)."""
     size = entry["size"] if entry["size"] is not None else MAX_MANIFEST_BYTES
-    cap = HashingSizeCap(rel, size, where)
+    cap = HashingSizeCap(rel, size, where, entry["sha256"])
     with read_open() as fi, write_open() as fo:
         while True:
             block = fi.read(BLOCK)
