@@ -12,6 +12,7 @@ import pyarrow as pa
 from . import schema
 from .hidden import V1_CHUNK_TOKENS
 from .shards import CHUNK_TOKENS, SHARD_TOKENS
+from .writer import CHECKPOINT_SECONDS
 
 _TYPE = {
     pa.int8(): "int8", pa.int16(): "int16", pa.int32(): "int32", pa.int64(): "int64", pa.float32(): "float32",
@@ -36,7 +37,7 @@ STORE/
     hidden/c/<shard>/<layer>/0       one shard = {SHARD_TOKENS} tokens x 1 layer x D \
 (inner chunks of {CHUNK_TOKENS} tokens)
     hidden/index/shards-<commit>.json  digest + size of the files each commit wrote (index-<commit>.json after close)
-    hidden/tail-<commit>.npz         each commit's rows that do not complete a shard, while the store is open
+    hidden/tail-<commit>.npys        each commit's rows that do not complete a shard, while the store is open
     hidden/checkpoint.json           the last manifest whose files were all on disk (not named by the manifest)
     token_uid/, sample_id/           coordinates along token: zarr.json + c/<shard> (one chunk per shard)
     layer/                           coordinate along layer: the model's layer numbers (zarr.json + c/0)
@@ -80,9 +81,11 @@ pages ever reach the disk. The trade-off:
   whose files were all on disk. That is never silent. Every tail is checked against its sha256 and size
   in the manifest when a writer opens the store (and when a reader reads it: a damaged tail fails the
   read, naming it). A writer that finds one damaged returns the store to `hidden/hidden/checkpoint.json`,
-  the last manifest whose every file was fsynced (written after each such commit; before a commit
-  deletes files, its tails are fsynced, so the checkpoint never names a deleted file), says so, and
-  the resumed run computes the samples committed after the checkpoint again. Without a usable
+  the last manifest whose every file was fsynced (written after each commit that names no unflushed
+  tail; and, where commits make tails obsolete, at most every {CHECKPOINT_SECONDS:g} s, its tails fsynced first; files a
+  commit makes obsolete are deleted only after the next checkpoint, so the checkpoint never names a
+  deleted file), says so, and the resumed run computes the samples committed after the checkpoint
+  again: at most the last {CHECKPOINT_SECONDS:g} s of commits. Without a usable
   checkpoint it refuses, naming the tails (`kevo store verify` reports them too).
 
 ## manifest.json
@@ -145,7 +148,8 @@ Every read by `Store.hidden` also checks that each shard it touches exists as a 
 index gives, and fails naming the shard otherwise.
 
 While a writer has the store open, only whole shards are in the arrays: each commit's rows that do not complete
-a shard are kept in its `hidden/hidden/tail-<commit>.npz` (arrays `hidden` and `sample_id`), \
+a shard are kept in its `hidden/hidden/tail-<commit>.npys` (two `.npy` records back to back: the hidden rows,
+then their `sample_id`s; stores written before have `.npz` tails, arrays `hidden` and `sample_id`), \
 and the commit that completes the
 shard drops the tails. The arrays' `zarr.json` shapes may run ahead of the manifest after a crash (readers trust
 the manifest's `zarr_rows`; a plain Zarr reader sees the shard-aligned rows of an open store, \

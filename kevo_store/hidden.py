@@ -10,7 +10,7 @@ only; ``kevo store upgrade`` rewrites it as v2): a bare Zarr array ``hidden``, o
 Commit protocol (crash safety without ever rewriting a committed file):
 
 - Only whole shards are written during ingest. Each commit's rows that do not complete a shard are
-  saved as ``hidden/tail-<commit>.npz`` (its hidden rows and their sample ids), named by the manifest's
+  saved as ``hidden/hidden/tail-<commit>.npys`` (its hidden rows and their sample ids), named by the manifest's
   ``hidden.tails``; the tails are dropped in the commit that writes their rows' shard. So a row is
   written at most twice (tail, then shard) and never rewritten. ``zarr_rows`` (a multiple of
   ``shard_tokens`` while the store is open) is how many rows live in the arrays, ``rows`` how many
@@ -138,14 +138,28 @@ def create(fs: LocalFS, sec: dict[str, Any]) -> dict[str, dict]:
     return files
 
 
-def _load_npz(data: bytes) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        return z["hidden"], z["sample_id"]
+TAIL_SUFFIX = ".npys"
+"""A tail file: two ``.npy`` records back to back, the hidden rows then their sample ids (no zip: an
+npz's zip layer computes a CRC-32 of every byte on top of the sha256 the manifest keeps). Tails of
+stores written before are ``.npz`` (arrays ``hidden``, ``sample_id``), read as such."""
+
+
+def load_tail(rel: str, data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(hidden rows, sample ids) of a tail file's bytes; object arrays are refused (allow_pickle=False)."""
+    if rel.endswith(".npz"):
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            return z["hidden"], z["sample_id"]
+    f = io.BytesIO(data)
+    h = np.lib.format.read_array(f, allow_pickle=False)
+    sid = np.lib.format.read_array(f, allow_pickle=False)
+    if f.tell() != len(data):
+        raise ValueError(f"{rel}: {len(data) - f.tell()} bytes after its two arrays")
+    return h, sid
 
 
 class _HashingFile:
     """A write-only file that hashes what it writes (sha256, size): a tail is serialized straight to
-    its file in one pass, without a copy in memory. Not seekable, so zipfile streams (data descriptors)."""
+    its file in one pass, without a copy in memory."""
 
     def __init__(self, fd: int):
         self.fd, self.sha, self.size = fd, hashlib.sha256(), 0
@@ -167,13 +181,14 @@ class _HashingFile:
 
 
 def write_tail(fs: LocalFS, rel: str, h: np.ndarray, sid: np.ndarray) -> dict[str, Any]:
-    """Write a tail (``hidden`` and ``sample_id`` arrays, npz) under its new name, NOT fsynced (see
-    ``HiddenWriter.sync_tails``); returns its manifest entry (sha256 and size of the bytes written).
-    A crash mid-write leaves a file no manifest names, which the next writer removes."""
+    """Write a tail (``TAIL_SUFFIX``: the hidden rows, then their sample ids) under its new name, NOT
+    fsynced (see ``HiddenWriter.sync_tails``); returns its manifest entry (sha256 and size of the bytes
+    written). A crash mid-write leaves a file no manifest names, which the next writer removes."""
     fd = os.open(fs.full(rel), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         f = _HashingFile(fd)
-        np.savez(f, hidden=np.ascontiguousarray(h), sample_id=np.asarray(sid, dtype=np.int64))
+        np.lib.format.write_array(f, np.ascontiguousarray(h), allow_pickle=False)
+        np.lib.format.write_array(f, np.asarray(sid, dtype=np.int64), allow_pickle=False)
     finally:
         os.close(fd)
     return {"sha256": f.sha.hexdigest(), "size": f.size}
@@ -237,7 +252,7 @@ class HiddenWriter:
         self._h: list[np.ndarray] = []
         self._s: list[np.ndarray] = []
         for rel in sec.get("tails") or []:
-            h, s = _load_npz(fs.read_bytes(rel))
+            h, s = load_tail(rel, fs.read_bytes(rel))
             self._h.append(h)
             self._s.append(s)
         self._synced: set[str] = set()  # tails known to be on disk (tails found at open may not be)
@@ -386,25 +401,38 @@ class HiddenWriter:
         obsolete: list[str] = []
         total = self.rows
         n_full = (total // self.st) * self.st
+        rel = f"{META_DIR}/tail-{commit:06d}{TAIL_SUFFIX}"
         if n_full > self._base:  # shards complete: gathered from the buffered parts, once per shard
             sid = _cat(self._s, np.empty(0, np.int64))
-            idx = self._write_shards(self._base // self.st, n_full // self.st, self._h, sid[: n_full - self._base],
-                                     n_full)
+            # the rows past the shards all came with this commit (the old tails held less than a shard)
+            new_h, new_s = _rows(self._h, n_full - self._base, total - self._base, None), sid[n_full - self._base:]
+            keep_h, keep_s = ([new_h], [new_s]) if len(new_h) else ([], [])
+            tail = None
+            if len(new_h):  # written (and hashed) on its own thread while the shards are, and flushed
+                from concurrent.futures import ThreadPoolExecutor
+
+                pool = ThreadPoolExecutor(max_workers=1)
+                tail = pool.submit(write_tail, self.fs, rel, new_h, new_s)
+                pool.shutdown(wait=False)
+            try:
+                idx = self._write_shards(self._base // self.st, n_full // self.st, self._h,
+                                         sid[: n_full - self._base], n_full)
+            finally:
+                tail_ent = tail.result() if tail is not None else None  # never leave it running
             self._write_index(commit, idx, sec, files)
             obsolete.extend(sec["tails"])
             sec["tails"] = []
             sec["zarr_rows"] = n_full
-            # the rows past the shards all came with this commit (the old tails held less than a shard)
-            new_h, new_s = _rows(self._h, n_full - self._base, total - self._base, None), sid[n_full - self._base:]
-            keep_h, keep_s = ([new_h], [new_s]) if len(new_h) else ([], [])
+            if tail_ent is not None:
+                files[rel] = tail_ent
+                sec["tails"].append(rel)
         else:  # only this commit's rows are new: no copy of the rows already in committed tails
             new_h = _cat(self._h[self._committed_parts:], self._empty)
             new_s = _cat(self._s[self._committed_parts:], np.empty(0, np.int64))
             keep_h, keep_s = list(self._h), list(self._s)
-        if len(new_h):
-            rel = f"{META_DIR}/tail-{commit:06d}.npz"
-            files[rel] = write_tail(self.fs, rel, new_h, new_s)  # hashed as written
-            sec["tails"].append(rel)
+            if len(new_h):
+                files[rel] = write_tail(self.fs, rel, new_h, new_s)  # hashed as written
+                sec["tails"].append(rel)
         sec["rows"] = total
         self._staged = (sec["zarr_rows"], keep_h, keep_s)
         return sec, files, obsolete
@@ -582,7 +610,7 @@ class HiddenReader:
     def tail(self) -> np.ndarray:
         if self._tail is None:
             if self.v2:
-                parts = [_load_npz(self._read_named(rel))[0] for rel in self.sec.get("tails") or []]
+                parts = [load_tail(rel, self._read_named(rel))[0] for rel in self.sec.get("tails") or []]
                 self._tail = _cat(parts, np.empty((0, len(self.layers), self.sec["hidden_size"]),
                                                   dtype=np.dtype(self.sec["dtype"])))
             elif self.sec.get("tail"):

@@ -32,7 +32,10 @@ GROUP = "hidden"
 ARRAY = "hidden"  # the hidden-state array's name inside the group
 COORDS = ("token_uid", "sample_id")
 LAYER = "layer"
-SHARD_TOKENS = 2048
+SHARD_TOKENS = 512
+"""Tokens per shard: about the rows one commit brings (a batch of prompts x their generated tokens), so
+that most rows are written once, straight into their shard, and few go through a tail first (4 MiB a
+shard file at D = 4,096 in float16)."""
 CHUNK_TOKENS = 256
 CODECS = ("none", "zstd")
 MAX_U64 = 2**64 - 1
@@ -137,7 +140,9 @@ def set_rows(fs: LocalFS, rows: int) -> None:
             fs.write_atomic(rel, json.dumps(meta, indent=1).encode())
 
 
-def _tree(index_bytes: Any, index_crc: Any, chunk_crcs: list, n_inner: int) -> str:
+def tree_digest(index_bytes: Any, index_crc: Any, chunk_crcs: list, n_inner: int) -> str:
+    """``c32t:<n_inner>:<sha256 hex>`` of a shard's index bytes, the index's crc32c and its present inner
+    chunks' crc32c in index order (see :func:`shard_digest`)."""
     h = hashlib.sha256(index_bytes)
     h.update(index_crc)
     for c in chunk_crcs:
@@ -172,7 +177,7 @@ def shard_digest(data: Any, n_inner: int) -> str:
         if crc32c(chunk[: nb - 4]) != bytes(chunk[nb - 4:]):
             raise ValueError(f"inner chunk {k} fails its crc32c")
         crcs.append(chunk[nb - 4:])
-    return _tree(ib, icrc, crcs, n_inner)
+    return tree_digest(ib, icrc, crcs, n_inner)
 
 
 def check_shard(data: Any, digest: str) -> str | None:
@@ -206,7 +211,7 @@ def write_file(fs: LocalFS, rel: str, pieces: list, sync: bool = True, shard: in
     size = sum(memoryview(p).nbytes for p in pieces)
     if shard:
         present = pieces[:-2]
-        digest = _tree(pieces[-2], pieces[-1], present[1::2], shard)
+        digest = tree_digest(pieces[-2], pieces[-1], present[1::2], shard)
     else:
         h = hashlib.sha256()
         for p in pieces:

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from . import shards as sh
 from .fs import LocalFS, StoreFS
-from .hidden import HIDDEN_DIR, V1_CHUNK_TOKENS, expected_keys, is_v2
+from .hidden import HIDDEN_DIR, V1_CHUNK_TOKENS, expected_keys, is_v2, load_tail
 from .localcheck import kind_problem
 from .lock import LOCK
 from .manifest import Manifest
@@ -226,11 +226,12 @@ def _verify_hidden(fs: StoreFS, m: dict, h: dict, n_tokens: int, checksums: bool
                 got = None
                 break
             try:
-                t = np.load(io.BytesIO(fs.read_bytes(rel)), allow_pickle=False)
                 if v2:
-                    t, sid = t["hidden"], t["sample_id"]
+                    t, sid = load_tail(rel, fs.read_bytes(rel))
                     if sid.shape != (len(t),):
                         P(f"{rel}: {len(sid)} sample ids for {len(t)} rows")
+                else:
+                    t = np.load(io.BytesIO(fs.read_bytes(rel)), allow_pickle=False)
                 if t.shape[1:] != (nl, d):
                     P(f"{rel}: shape {t.shape}, expected (rows, {nl}, {d})")
                 got += len(t)

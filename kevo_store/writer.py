@@ -13,6 +13,7 @@ import copy
 import hashlib
 import json
 import os
+import time
 from collections.abc import Set as AbstractSet
 from typing import Any
 
@@ -39,6 +40,12 @@ TOKENS_IN = pa.schema(
 ROW_GROUP_ROWS = 1 << 20
 FILE_ROWS = 1 << 26
 CHECKPOINT = hid.CHECKPOINT
+CHECKPOINT_SECONDS = 10.0
+"""How old the checkpoint may grow while commits make files obsolete (FORMAT.md, "Durability"): the
+unflushed tails are fsynced and the checkpoint moved at most this often, so that the tails of a run of
+commits are deleted from the page cache rather than flushed each time; an operating-system crash then
+loses at most the commits of the last ``CHECKPOINT_SECONDS`` (they are computed again). 0: at every
+commit that makes a file obsolete."""
 # Tables whose parts, in commit order, are already globally sorted by key (ids grow with commits).
 _MONOTONE = {"samples", "tokens", "layers", "topk"}
 
@@ -139,6 +146,8 @@ class StoreWriter:
         tails were lost in a system crash, whose samples are then run again)."""
         self._layout = {"codec": hidden_codec, "shard_tokens": hidden_shard_tokens,
                         "chunk_tokens": hidden_chunk_tokens}
+        self._doomed: list[str] = []  # obsolete files the checkpoint may still name (see _settle)
+        self._checkpoint_at = time.monotonic()
         if os.path.exists(fs.root) and not os.path.isdir(fs.root):
             raise StoreError(f"{fs.root} exists and is not a directory")
         if os.path.isdir(fs.root) and not fs.exists(MANIFEST) and not self._only_our_layout():
@@ -245,16 +254,23 @@ class StoreWriter:
         return cp
 
     def _settle(self, obsolete: list[str], sync: bool = False) -> None:
-        """After a commit: flush the tails where the commit makes files obsolete (or ``sync``), make the
-        manifest the checkpoint if all its files are on disk, then delete the obsolete files (never
-        before: the checkpoint may name them)."""
+        """After a commit: the files it made obsolete are deleted once no checkpoint can name them. The
+        manifest becomes the checkpoint when all its files are on disk: at once if it names no unflushed
+        tail; else its tails are fsynced first, when ``sync`` or when obsolete files are waiting and the
+        checkpoint is ``CHECKPOINT_SECONDS`` old. Until then the obsolete files are kept (the
+        checkpoint may name them), and deleted right after the next checkpoint."""
+        self._doomed.extend(obsolete)
         if self.hidden is not None:
-            if (obsolete or sync) and not self.hidden.durable:
+            due = sync or (self._doomed and time.monotonic() - self._checkpoint_at >= CHECKPOINT_SECONDS)
+            if due and not self.hidden.durable:
                 self.hidden.sync_tails()
-            if self.hidden.durable:
-                self.fs.write_atomic(CHECKPOINT, self.manifest.dump())
-        for rel in obsolete:
+            if not self.hidden.durable:
+                return
+            self.fs.write_atomic(CHECKPOINT, self.manifest.dump())
+            self._checkpoint_at = time.monotonic()
+        for rel in self._doomed:
             self.fs.remove(rel)
+        self._doomed = []
 
     def _check_resume(self, m: Manifest, meta: dict | None, want_hidden: dict | None) -> None:
         """A resumed store must have been made by the same computation (``Manifest.identity_diff``)."""

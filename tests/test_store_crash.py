@@ -208,16 +208,21 @@ def test_store_compact_finishes_a_crashed_store(tmp_path, reference):
     assert got.equals(want)
 
 
-def test_tails_lost_in_a_system_crash_roll_back_to_the_checkpoint(tmp_path):
+@pytest.mark.parametrize("checkpoint_seconds", [0.0, 1e9])
+def test_tails_lost_in_a_system_crash_roll_back_to_the_checkpoint(tmp_path, monkeypatch, checkpoint_seconds):
     """Hidden tails are not fsynced at their commit (FORMAT.md): a power failure may lose them. The next
     writer finds them damaged, returns to the checkpoint (the last commit whose files were all on disk)
     and says so; the resumed run then gives exactly an uninterrupted run's store. Readers refuse the
-    damaged tail in the meantime."""
+    damaged tail in the meantime. With the checkpoint moved at every commit that makes tails obsolete
+    (0 s) and with a checkpoint that never moves on its own (1e9 s: the obsolete tails it names must
+    still be there)."""
     import json
 
+    import kevo_store.writer as W
     from kevo_store import CorruptStoreError, StoreWriter
     from kevo_store.writer import CHECKPOINT
 
+    monkeypatch.setattr(W, "CHECKPOINT_SECONDS", checkpoint_seconds)
     layout = {"hidden_shard_tokens": 128, "hidden_chunk_tokens": 8}  # a shard every few batches
     ref = tmp_path / "ref.kevo"
     H.write_store(ref, N_BATCHES, **layout)
@@ -226,7 +231,11 @@ def test_tails_lost_in_a_system_crash_roll_back_to_the_checkpoint(tmp_path):
     m = open_store(path).manifest
     cp = json.loads((path / CHECKPOINT).read_text())
     tails = m["hidden"]["tails"]
-    assert tails and cp["commits"] < m["commits"] and cp["hidden"]["zarr_rows"] > 0
+    assert tails and cp["commits"] < m["commits"]
+    if checkpoint_seconds == 0:
+        assert cp["hidden"]["zarr_rows"] > 0
+    # every file the checkpoint names is still there (obsolete ones are deleted only after a newer one)
+    assert all((path / rel).is_file() for rel in cp["files"])
     assert not set(tails) & set(cp["hidden"]["tails"])  # the tails since the checkpoint: none flushed
     # the power failure: the last tail never reached the disk, another one only partly
     (path / tails[-1]).unlink()
@@ -256,3 +265,35 @@ def test_a_damaged_tail_without_a_usable_checkpoint_is_refused(tmp_path):
     (path / CHECKPOINT).write_text("{}")
     with pytest.raises(CorruptStoreError, match="not a usable earlier manifest"):
         StoreWriter(path, meta=H.META, hidden_size=H.HIDDEN, **layout)
+
+
+def test_a_lagging_checkpoint_keeps_the_obsolete_tails_it_names(tmp_path, monkeypatch):
+    """The checkpoint moves at most every CHECKPOINT_SECONDS: a tail it names that a later commit makes
+    obsolete (its rows now in a shard) is kept until a newer checkpoint, so a power failure after that
+    commit still returns to a complete store, and the resumed run equals an uninterrupted one."""
+    import json
+
+    import kevo_store.writer as W
+    from kevo_store import StoreWriter
+    from kevo_store.writer import CHECKPOINT
+
+    monkeypatch.setattr(W, "CHECKPOINT_SECONDS", 1e9)
+    layout = {"hidden_shard_tokens": 128, "hidden_chunk_tokens": 8}
+    n = 4  # 59, 110, 147 (a shard: the first two tails obsolete; a tail of 19), 180 tokens: never on a shard edge
+    ref = tmp_path / "ref.kevo"
+    H.write_store(ref, n, **layout)
+    path = tmp_path / "lag.kevo"
+    H.write_store(path, 2, close=False, **layout).abort()  # two batches: tails only
+    H.write_store(path, n, close=False, **layout).abort()  # reopened (checkpoint = its tails), then on
+    m = open_store(path).manifest
+    cp = json.loads((path / CHECKPOINT).read_text())
+    kept = [t for t in cp["hidden"]["tails"] if t not in m["hidden"]["tails"]]
+    assert len(kept) == 2 and cp["hidden"]["zarr_rows"] == 0 and m["hidden"]["zarr_rows"] == 128
+    assert all((path / rel).is_file() for rel in cp["files"])  # obsolete since, kept for the checkpoint
+    (path / m["hidden"]["tails"][-1]).unlink()  # the power failure
+    w = StoreWriter(path, meta=H.META, hidden_size=H.HIDDEN, **layout)
+    assert len(w.notices) == 1 and f"returned to commit {cp['commits']}" in w.notices[0], w.notices
+    w.abort()
+    H.write_store(path, n, **layout)
+    assert_same_store(ref, path)
+    assert not any(p.name.startswith("tail-") for p in (path / "hidden" / "hidden").iterdir())
