@@ -3,24 +3,8 @@
 -- The definitions: docs/analyses.md, "Skip experiments".
 -- stores: 2
 -- include: lens
-WITH ta AS (
-    SELECT s.sample_key, t.step, t.token_uid, t.token_id
-    FROM a.tokens t JOIN a.samples s ON s.sample_id = t.sample_id WHERE t.role = 'generated'
-),
-tb AS (
-    SELECT s.sample_key, t.step, t.token_uid, t.token_id
-    FROM b.tokens t JOIN b.samples s ON s.sample_id = t.sample_id WHERE t.role = 'generated'
-),
-pairs AS (
-    SELECT ta.sample_key, ta.step, ta.token_uid AS uid_a, tb.token_uid AS uid_b,
-           CASE WHEN ta.token_id = tb.token_id THEN 1 ELSE 0 END AS same
-    FROM ta JOIN tb ON ta.sample_key = tb.sample_key AND ta.step = tb.step
-),
-first_diff AS (SELECT sample_key, MIN(CASE WHEN same = 0 THEN step END) AS step FROM pairs GROUP BY sample_key),
-prefix AS (
-    SELECT p.uid_a, p.uid_b FROM pairs p JOIN first_diff f ON f.sample_key = p.sample_key
-    WHERE p.same = 1 AND (f.step IS NULL OR p.step < f.step)
-),
+WITH
+-- include: identical_prefix
 la AS (SELECT token_uid, layer, top1_id, p_out, js_prev, entropy FROM a.layers WHERE lens = $lens),
 lb AS (SELECT token_uid, layer, top1_id, p_out, js_prev, entropy FROM b.layers WHERE lens = $lens)
 SELECT la.layer, COUNT(*) AS n_tokens,

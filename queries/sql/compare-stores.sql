@@ -4,29 +4,16 @@
 -- stores: 2
 -- include: lens
 WITH ta AS (
-    SELECT s.sample_key, t.step, t.token_uid, t.token_id, t.label
+    SELECT s.sample_key, t.label
     FROM a.tokens t JOIN a.samples s ON s.sample_id = t.sample_id WHERE t.role = 'generated'
 ),
 tb AS (
-    SELECT s.sample_key, t.step, t.token_uid, t.token_id, t.label
+    SELECT s.sample_key, t.label
     FROM b.tokens t JOIN b.samples s ON s.sample_id = t.sample_id WHERE t.role = 'generated'
 ),
-pairs AS (  -- tokens at the same generation step of the same sample
-    SELECT ta.sample_key, ta.step, ta.token_uid AS uid_a, tb.token_uid AS uid_b,
-           CASE WHEN ta.token_id = tb.token_id THEN 1 ELSE 0 END AS same
-    FROM ta JOIN tb ON ta.sample_key = tb.sample_key AND ta.step = tb.step
-),
-per_sample AS (
-    SELECT p.sample_key, COUNT(*) AS n_pairs, SUM(p.same) AS n_same,
-           MIN(CASE WHEN p.same = 0 THEN p.step END) AS first_diff_step
-    FROM pairs p GROUP BY p.sample_key
-),
+-- include: identical_prefix
 len_a AS (SELECT sample_key, COUNT(*) AS n FROM ta GROUP BY sample_key),
 len_b AS (SELECT sample_key, COUNT(*) AS n FROM tb GROUP BY sample_key),
-prefix AS (  -- identical-prefix tokens: the only ones whose layers are comparable
-    SELECT p.uid_a, p.uid_b FROM pairs p JOIN per_sample q ON q.sample_key = p.sample_key
-    WHERE p.same = 1 AND (q.first_diff_step IS NULL OR p.step < q.first_diff_step)
-),
 l_a AS (SELECT token_uid, layer, top1_prob, p_out, rank_out FROM a.layers WHERE lens = $lens),
 l_b AS (SELECT token_uid, layer, top1_prob, p_out, rank_out FROM b.layers WHERE lens = $lens),
 -- include: critical_layer as a
