@@ -135,6 +135,10 @@ class TrainConfig:
     cell it occupies, the background's word on the patches of empty cells (loss
     ``word_align_loss``). A question about an object then finds it in the image tokens as it would
     find the word in a caption (``lm_reading`` teaches that look-up on text)."""
+    word_align_colour: bool = False
+    """The alignment target of an object's patches is the mean of its word's and its colour word's
+    embeddings ("red" and "car" in one token), not the object's word alone (background patches:
+    the background's word)."""
     word_align_weight: float = 0.0
     """Weight of the same alignment loss added in the question stage and in stage (iii) (the target
     embeddings follow the training, detached), so the image tokens stay word-like."""
@@ -329,29 +333,33 @@ def pretrain_vision(model, scs, pixels, cfg: TrainConfig, log=print) -> list[flo
     return losses
 
 
-def patch_words(sc: world.Scene, tokenizer, n_image_tokens: int) -> list[int]:
-    """The word each image token shows (``word_align_steps``): the token id of the object's word on
-    the patches of the grid cell it occupies (an icon stays inside its cell), of the background's
-    word elsewhere. Image tokens are the ViT's patches in row-major order."""
+def patch_words(sc: world.Scene, tokenizer, n_image_tokens: int, colour: bool = False) -> list[list[int]]:
+    """The words each image token shows (``word_align_steps``): the token id of the object's word
+    (twice, or with ``colour`` the object's and its colour's) on the patches of the grid cell it
+    occupies (an icon stays inside its cell), the background's word (twice) elsewhere. Image tokens
+    are the ViT's patches in row-major order."""
     side = math.isqrt(n_image_tokens)
     per = side // 2  # patches per grid cell and side
-    out = [tokenizer.convert_tokens_to_ids("▁" + sc.background)] * n_image_tokens
+    ids = tokenizer.convert_tokens_to_ids
+    out = [[ids("▁" + sc.background)] * 2 for _ in range(n_image_tokens)]
     for o in sc.present:
         gx, gy = sc.cells[o][0] // world.CELL, sc.cells[o][1] // world.CELL
+        word = [ids("▁" + o), ids("▁" + (sc.objects[o] if colour else o))]
         for py in range(gy * per, (gy + 1) * per):
             for px in range(gx * per, (gx + 1) * per):
-                out[py * side + px] = tokenizer.convert_tokens_to_ids("▁" + o)
+                out[py * side + px] = word
     return out
 
 
 def word_align_loss(model, feats, targets):
-    """1 - cosine between the projector's output and the input embedding of each image token's
-    word, plus the squared log of their norm ratio (the image token as large as a word's), averaged
-    over the tokens. ``feats``: the frozen vision tower's patch features; ``targets``: word ids."""
+    """1 - cosine between the projector's output and the target (the mean of the input embeddings
+    of each image token's two words), plus the squared log of their norm ratio (the image token as
+    large as a word's), averaged over the tokens. ``feats``: the frozen vision tower's patch
+    features; ``targets``: word ids, (images, tokens, 2)."""
     import torch
 
     out = model.model.multi_modal_projector(feats)
-    tgt = model.get_input_embeddings().weight.detach()[targets]
+    tgt = model.get_input_embeddings().weight.detach()[targets].mean(-2)
     cos = torch.nn.functional.cosine_similarity(out, tgt, dim=-1)
     return (1 - cos).mean() + ((out.norm(dim=-1) / tgt.norm(dim=-1)).log() ** 2).mean()
 
@@ -437,10 +445,12 @@ def _word_alignment(model, cfg: TrainConfig, scs, pixels, tokenizer, log):
     import torch
 
     layer = model.config.vision_feature_layer
+    tower = model.model.vision_tower
     with torch.no_grad():  # the vision tower is frozen: its patch features are computed once
-        feats = torch.cat([model.model.vision_tower(pixels[i:i + 256], output_hidden_states=True).hidden_states[layer][:, 1:]
+        feats = torch.cat([tower(pixels[i:i + 256], output_hidden_states=True).hidden_states[layer][:, 1:]
                            for i in range(0, len(pixels), 256)])
-    targets = torch.tensor([patch_words(sc, tokenizer, cfg.model.n_image_tokens) for sc in scs])
+    targets = torch.tensor([patch_words(sc, tokenizer, cfg.model.n_image_tokens, cfg.word_align_colour)
+                            for sc in scs])
     stages = {}
     if cfg.word_align_steps:
         projector = list(model.model.multi_modal_projector.parameters())
@@ -462,8 +472,8 @@ def _word_alignment(model, cfg: TrainConfig, scs, pixels, tokenizer, log):
     reading = []
     if cfg.lm_mix:
         _, text_qas = build_text_examples(cfg, tokenizer)
-        scored = {tokenizer.convert_tokens_to_ids("▁There")}
-        reading = [e for e in text_qas if scored & set(e.input_ids)]  # the caption is in the context
+        there = tokenizer.convert_tokens_to_ids("▁There")
+        reading = [e for e in text_qas if there in e.input_ids]  # the caption ("There is ...") is in the context
     rng = random.Random(f"kevo-organism-mix/{cfg.seed}")
     pad = tokenizer.pad_token_id
 
