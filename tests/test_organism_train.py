@@ -160,3 +160,21 @@ def test_stage_one_llm_is_an_ordinary_causal_lm(tmp_path):
         ref = lvlm(input_ids=ids).logits
         got = llm(input_ids=ids).logits
     assert torch.allclose(ref, got, atol=1e-5)
+
+
+def test_patch_words_put_each_object_on_its_cell():
+    """``word_align_steps``' targets: an object's word on the 2x2 patches of its grid cell, the
+    background's word on the rest, in the ViT's row-major patch order."""
+    from ingest.organism import world
+    from ingest.organism.train import patch_words
+
+    tok = model_mod.build_processor(model_mod.OrganismConfig()).tokenizer
+    for sc in world.scenes("train", 6, 0):
+        words = patch_words(sc, tok, 16, colour=True)
+        for o in sc.present:
+            gx, gy = sc.cells[o][0] // world.CELL, sc.cells[o][1] // world.CELL
+            cell = [(2 * gy + dy) * 4 + 2 * gx + dx for dy in (0, 1) for dx in (0, 1)]
+            assert all(words[i] == tok.convert_tokens_to_ids([f"▁{o}", f"▁{sc.objects[o]}"]) for i in cell)
+        bg = tok.convert_tokens_to_ids(f"▁{sc.background}")
+        assert sum(w == [bg, bg] for w in words) == 16 - 4 * len(sc.present)
+        assert patch_words(sc, tok, 16)[0][0] == patch_words(sc, tok, 16)[0][1]

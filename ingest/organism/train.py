@@ -119,6 +119,35 @@ class TrainConfig:
     the middle of the stack is readable there, as in early-exit training."""
     lens_loss_weight: float = 0.0
     """Weight of that loss next to the model's own."""
+    questions: str = "all"
+    """Which yes/no questions the train set asks: "all" (colour and existence, and ``relation``'s)
+    or "existence" ("Is there a X in this image?" only; with ``balanced_existence`` half of them
+    about present objects)."""
+    lm_reading_only: bool = False
+    """Stage (i)'s questions are only the reading ones (``lm_reading``: the caption in the context,
+    then the question); the questions without a context, which text cannot answer, are left out."""
+    lm_caption_share: float | None = None
+    """Share of captions in stage (i)'s batches (None: ``caption_share``)."""
+    word_align_steps: int = 0
+    """Stage (ii'), a word-aligned projector (0: off): steps training only the projector, the
+    decoder untouched, so that its output at every image token points the way of the decoder's
+    input embedding of the word that patch shows: the object's word on the 2x2 patches of the grid
+    cell it occupies, the background's word on the patches of empty cells (loss
+    ``word_align_loss``). A question about an object then finds it in the image tokens as it would
+    find the word in a caption (``lm_reading`` teaches that look-up on text)."""
+    word_align_colour: bool = False
+    """The alignment target of an object's patches is the mean of its word's and its colour word's
+    embeddings ("red" and "car" in one token), not the object's word alone (background patches:
+    the background's word)."""
+    word_align_weight: float = 0.0
+    """Weight of the same alignment loss added in the question stage and in stage (iii) (the target
+    embeddings follow the training, detached), so the image tokens stay word-like."""
+    question_steps: int = 0
+    """Steps on the yes/no questions alone (no captions), after the alignment and before stage
+    (iii), at ``lr``; the whole model but the vision tower learns."""
+    lm_mix: int = 0
+    """Text reading sequences (stage (i)'s, ``lm_reading``) added to every step of the question
+    stage and of stage (iii), so the look-up learnt on text is kept."""
 
     @property
     def extended_vocabulary(self) -> bool:
@@ -164,6 +193,8 @@ def _conversations(cfg: TrainConfig, scs: list[world.Scene]) -> tuple[list[tuple
         if cfg.balanced_existence:
             hallu = hallu[: max(1, len(sc.present))]
         for qa in world.questions(sc, hallu, train=True, relation=cfg.relation):
+            if cfg.questions == "existence" and qa.type != "discriminative-hallucination":
+                continue
             qas.append((i, qa.query, "Yes" if qa.truth == "yes" else "No"))
         if cfg.vqa:
             for o in sc.present:
@@ -185,7 +216,8 @@ def build_text_examples(cfg: TrainConfig, tokenizer) -> tuple[list[Example], lis
     scs = world.scenes("train", cfg.n_images, cfg.seed)
     caps, qas = _conversations(cfg, scs)
     if cfg.lm_reading:
-        qas = qas + [(i, f"{scs[i].caption(True)} {p}", a) for i, p, a in qas]
+        reading = [(i, f"{scs[i].caption(True)} {p}", a) for i, p, a in qas]
+        qas = reading if cfg.lm_reading_only else qas + reading
     return ([Example(-1, *_encode(tokenizer, 0, p, a, text_only=True)) for _, p, a in caps],
             [Example(-1, *_encode(tokenizer, 0, p, a, text_only=True)) for _, p, a in qas])
 
@@ -301,6 +333,37 @@ def pretrain_vision(model, scs, pixels, cfg: TrainConfig, log=print) -> list[flo
     return losses
 
 
+def patch_words(sc: world.Scene, tokenizer, n_image_tokens: int, colour: bool = False) -> list[list[int]]:
+    """The words each image token shows (``word_align_steps``): the token id of the object's word
+    (twice, or with ``colour`` the object's and its colour's) on the patches of the grid cell it
+    occupies (an icon stays inside its cell), the background's word (twice) elsewhere. Image tokens
+    are the ViT's patches in row-major order."""
+    side = math.isqrt(n_image_tokens)
+    per = side // 2  # patches per grid cell and side
+    ids = tokenizer.convert_tokens_to_ids
+    out = [[ids("▁" + sc.background)] * 2 for _ in range(n_image_tokens)]
+    for o in sc.present:
+        gx, gy = sc.cells[o][0] // world.CELL, sc.cells[o][1] // world.CELL
+        word = [ids("▁" + o), ids("▁" + (sc.objects[o] if colour else o))]
+        for py in range(gy * per, (gy + 1) * per):
+            for px in range(gx * per, (gx + 1) * per):
+                out[py * side + px] = word
+    return out
+
+
+def word_align_loss(model, feats, targets):
+    """1 - cosine between the projector's output and the target (the mean of the input embeddings
+    of each image token's two words), plus the squared log of their norm ratio (the image token as
+    large as a word's), averaged over the tokens. ``feats``: the frozen vision tower's patch
+    features; ``targets``: word ids, (images, tokens, 2)."""
+    import torch
+
+    out = model.model.multi_modal_projector(feats)
+    tgt = model.get_input_embeddings().weight.detach()[targets].mean(-2)
+    cos = torch.nn.functional.cosine_similarity(out, tgt, dim=-1)
+    return (1 - cos).mean() + ((out.norm(dim=-1) / tgt.norm(dim=-1)).log() ** 2).mean()
+
+
 def _reinit(model, cfg: TrainConfig) -> None:
     """The optional initialisation changes of TrainConfig (a no-op at their neutral values, so the
     global RNG stream, and hence older recipes, are untouched)."""
@@ -344,8 +407,9 @@ def _optimizer(groups: list[tuple[list, float]], cfg: TrainConfig, embed):
 
 
 def _stage(name: str, model, opt, sample, steps: int, peak: float, warmup: int, cfg: TrainConfig, pixels, pad_id,
-           log, on_step=None, proc=None, lens: tuple[int, float] = (0, 0.0)) -> list[float]:
-    """``steps`` optimizer steps on batches drawn by ``sample(step)``; returns the per-step losses."""
+           log, on_step=None, proc=None, lens: tuple[int, float] = (0, 0.0), extra=None) -> list[float]:
+    """``steps`` optimizer steps on batches drawn by ``sample(step)``; returns the per-step losses.
+    ``extra(batch)``, if given, returns a loss added to the batch's."""
     import torch
 
     # clipped in the model's own parameter order (the norm's summation order is part of bit-for-bit)
@@ -360,6 +424,8 @@ def _stage(name: str, model, opt, sample, steps: int, peak: float, warmup: int, 
         for g in opt.param_groups:
             g["lr"] = lr * g["scale"]
         loss = _loss(model, ids, mask, pv, labels, cfg.label_smoothing, lens)
+        if extra is not None:
+            loss = loss + extra(batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -371,6 +437,57 @@ def _stage(name: str, model, opt, sample, steps: int, peak: float, warmup: int, 
             log(f"{name} step {step:5d}  loss {sum(losses[-100:]) / len(losses[-100:]):.4f}  "
                 f"lr {lr:.2e}  {time.time() - t0:.0f}s")
     return losses
+
+
+def _word_alignment(model, cfg: TrainConfig, scs, pixels, tokenizer, log):
+    """Stage (ii') (``word_align_steps``) and the extra loss of the later stages (``word_align_weight``,
+    ``lm_mix``): returns (extra(batch) -> loss or None, {stage name: losses})."""
+    import torch
+
+    layer = model.config.vision_feature_layer
+    tower = model.model.vision_tower
+    with torch.no_grad():  # the vision tower is frozen: its patch features are computed once
+        feats = torch.cat([tower(pixels[i:i + 256], output_hidden_states=True).hidden_states[layer][:, 1:]
+                           for i in range(0, len(pixels), 256)])
+    targets = torch.tensor([patch_words(sc, tokenizer, cfg.model.n_image_tokens, cfg.word_align_colour)
+                            for sc in scs])
+    stages = {}
+    if cfg.word_align_steps:
+        projector = list(model.model.multi_modal_projector.parameters())
+        opt = torch.optim.AdamW(projector, lr=cfg.align_lr, betas=(0.9, 0.98), weight_decay=0.0)
+        rng = random.Random(f"kevo-organism-word-align/{cfg.seed}")
+        losses = []
+        for step in range(cfg.word_align_steps):
+            idx = rng.sample(range(len(scs)), min(64, len(scs)))
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, cfg.word_align_steps, cfg.align_lr, min(50, cfg.word_align_steps // 4))
+            loss = word_align_loss(model, feats[idx], targets[idx])
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            if log and (step % 100 == 0 or step == cfg.word_align_steps - 1):
+                log(f"word-align step {step:4d}  loss {sum(losses[-50:]) / len(losses[-50:]):.4f}")
+        stages["word_align"] = losses
+    reading = []
+    if cfg.lm_mix:
+        _, text_qas = build_text_examples(cfg, tokenizer)
+        there = tokenizer.convert_tokens_to_ids("▁There")
+        reading = [e for e in text_qas if there in e.input_ids]  # the caption ("There is ...") is in the context
+    rng = random.Random(f"kevo-organism-mix/{cfg.seed}")
+    pad = tokenizer.pad_token_id
+
+    def extra(batch):
+        loss = 0.0
+        if cfg.word_align_weight:
+            idx = [e.image_index for e in batch]
+            loss = loss + cfg.word_align_weight * word_align_loss(model, feats[idx], targets[idx])
+        if reading:
+            ids, mask, labels = _collate(rng.sample(reading, cfg.lm_mix), pad)
+            loss = loss + _loss(model, ids, mask, None, labels, cfg.label_smoothing)
+        return loss
+
+    return extra, stages
 
 
 def train(cfg: TrainConfig, out: Path | str | None = None, log=print, on_step=None,
@@ -407,7 +524,8 @@ def train(cfg: TrainConfig, out: Path | str | None = None, log=print, on_step=No
     if cfg.lm_steps:  # (i) the language model, on text alone
         text_caps, text_qas = build_text_examples(cfg, tokenizer)
         rng = random.Random(f"kevo-organism-lm-batches/{cfg.seed}")
-        n_cap = round(cfg.lm_batch_size * cfg.caption_share)
+        share = cfg.caption_share if cfg.lm_caption_share is None else cfg.lm_caption_share
+        n_cap = round(cfg.lm_batch_size * share)
 
         def text_batch(step):
             return rng.sample(text_caps, n_cap) + rng.sample(text_qas, cfg.lm_batch_size - n_cap)
@@ -428,6 +546,18 @@ def train(cfg: TrainConfig, out: Path | str | None = None, log=print, on_step=No
         for p in decoder:
             p.requires_grad_(True)
 
+    extra = None
+    if cfg.word_align_steps or cfg.word_align_weight or cfg.lm_mix:
+        extra, stages_extra = _word_alignment(model, cfg, scs, pixels, tokenizer, log)
+        stages.update(stages_extra)
+    if cfg.question_steps:  # the yes/no questions alone, the whole model but the vision tower
+        rng = random.Random(f"kevo-organism-question-batches/{cfg.seed}")
+        params = [p for _, p in model.named_parameters() if p.requires_grad]
+        opt = _optimizer([(params, 1.0)], cfg, embed)
+        stages["questions"] = _stage("questions", model, opt, lambda step: rng.sample(qas, cfg.batch_size),
+                                     cfg.question_steps, cfg.lr, min(cfg.warmup, cfg.question_steps // 4), cfg,
+                                     pixels, pad, log, extra=extra)
+
     # (iii) instruction tuning: the top layers (and head) slow or frozen
     n_layers = len(lm.layers)
     top = [p for layer in lm.layers[n_layers - cfg.top_layers:] for p in layer.parameters()] if cfg.top_layers else []
@@ -447,7 +577,7 @@ def train(cfg: TrainConfig, out: Path | str | None = None, log=print, on_step=No
     losses = _stage("tune", model, opt,
                     lambda step: rng.sample(captions, n_cap) + rng.sample(qas, cfg.batch_size - n_cap),
                     cfg.steps, cfg.lr, cfg.warmup, cfg, pixels, pad, log, on_step, proc,
-                    (cfg.lens_loss_layer, cfg.lens_loss_weight))
+                    (cfg.lens_loss_layer, cfg.lens_loss_weight), extra)
     for p in top:
         p.requires_grad_(True)
     model.eval()
