@@ -401,38 +401,32 @@ class HiddenWriter:
         obsolete: list[str] = []
         total = self.rows
         n_full = (total // self.st) * self.st
-        rel = f"{META_DIR}/tail-{commit:06d}{TAIL_SUFFIX}"
         if n_full > self._base:  # shards complete: gathered from the buffered parts, once per shard
             sid = _cat(self._s, np.empty(0, np.int64))
             # the rows past the shards all came with this commit (the old tails held less than a shard)
             new_h, new_s = _rows(self._h, n_full - self._base, total - self._base, None), sid[n_full - self._base:]
             keep_h, keep_s = ([new_h], [new_s]) if len(new_h) else ([], [])
-            tail = None
-            if len(new_h):  # written (and hashed) on its own thread while the shards are, and flushed
-                from concurrent.futures import ThreadPoolExecutor
-
-                pool = ThreadPoolExecutor(max_workers=1)
-                tail = pool.submit(write_tail, self.fs, rel, new_h, new_s)
-                pool.shutdown(wait=False)
-            try:
-                idx = self._write_shards(self._base // self.st, n_full // self.st, self._h,
-                                         sid[: n_full - self._base], n_full)
-            finally:
-                tail_ent = tail.result() if tail is not None else None  # never leave it running
-            self._write_index(commit, idx, sec, files)
-            obsolete.extend(sec["tails"])
-            sec["tails"] = []
-            sec["zarr_rows"] = n_full
-            if tail_ent is not None:
-                files[rel] = tail_ent
-                sec["tails"].append(rel)
         else:  # only this commit's rows are new: no copy of the rows already in committed tails
             new_h = _cat(self._h[self._committed_parts:], self._empty)
             new_s = _cat(self._s[self._committed_parts:], np.empty(0, np.int64))
             keep_h, keep_s = list(self._h), list(self._s)
-            if len(new_h):
-                files[rel] = write_tail(self.fs, rel, new_h, new_s)  # hashed as written
-                sec["tails"].append(rel)
+        from concurrent.futures import ThreadPoolExecutor
+
+        rel = f"{META_DIR}/tail-{commit:06d}{TAIL_SUFFIX}"
+        with ThreadPoolExecutor(max_workers=1) as pool:  # the tail on its own thread while the shards are
+            # written (a thread starts only if a tail is submitted; joined on leaving, even if the shards fail)
+            tail = pool.submit(write_tail, self.fs, rel, new_h, new_s) if len(new_h) else None  # hashed as written
+            if n_full > self._base:
+                idx = self._write_shards(self._base // self.st, n_full // self.st, self._h,
+                                         sid[: n_full - self._base], n_full)
+        if n_full > self._base:
+            self._write_index(commit, idx, sec, files)
+            obsolete.extend(sec["tails"])
+            sec["tails"] = []
+            sec["zarr_rows"] = n_full
+        if tail is not None:
+            files[rel] = tail.result()
+            sec["tails"].append(rel)
         sec["rows"] = total
         self._staged = (sec["zarr_rows"], keep_h, keep_s)
         return sec, files, obsolete

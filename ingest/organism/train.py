@@ -316,20 +316,33 @@ def pretrain_vision(model, scs, pixels, cfg: TrainConfig, log=print) -> list[flo
     opt = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=0.01)
     rng = random.Random(f"kevo-organism-vision/{cfg.seed}")
     layer = model.config.vision_feature_layer
-    losses = []
-    for step in range(cfg.vision_steps):
-        idx = rng.sample(range(len(scs)), min(64, len(scs)))
-        for g in opt.param_groups:
-            g["lr"] = cfg.vision_lr * min(1.0, (step + 1) / 20) * (1 - step / cfg.vision_steps)
+
+    def loss(idx):
         feats = tower(pixels[idx], output_hidden_states=True).hidden_states[layer][:, 1:]  # patches, as LLaVA uses
         logits = head(feats.max(dim=1).values)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y[idx])
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, y[idx])
+
+    return _image_steps("vision", opt, rng, len(scs), cfg.vision_steps,
+                        lambda step: cfg.vision_lr * min(1.0, (step + 1) / 20) * (1 - step / cfg.vision_steps),
+                        loss, log)
+
+
+def _image_steps(name: str, opt, rng, n_images: int, steps: int, lr_at, loss_of, log) -> list[float]:
+    """``steps`` plain optimizer steps, each on 64 images drawn by ``rng`` (no clipping, no batches of
+    text): ``lr_at(step)`` the learning rate, ``loss_of(image indices)`` the loss. The vision stage
+    and the word alignment; returns the per-step losses."""
+    losses = []
+    for step in range(steps):
+        idx = rng.sample(range(n_images), min(64, n_images))
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        loss = loss_of(idx)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
-        if log and (step % 100 == 0 or step == cfg.vision_steps - 1):
-            log(f"vision step {step:4d}  loss {sum(losses[-50:]) / len(losses[-50:]):.4f}")
+        if log and (step % 100 == 0 or step == steps - 1):
+            log(f"{name} step {step:4d}  loss {sum(losses[-50:]) / len(losses[-50:]):.4f}")
     return losses
 
 
@@ -441,7 +454,7 @@ def _stage(name: str, model, opt, sample, steps: int, peak: float, warmup: int, 
 
 def _word_alignment(model, cfg: TrainConfig, scs, pixels, tokenizer, log):
     """Stage (ii') (``word_align_steps``) and the extra loss of the later stages (``word_align_weight``,
-    ``lm_mix``): returns (extra(batch) -> loss or None, {stage name: losses})."""
+    ``lm_mix``): returns (extra(batch) -> loss, or None when neither is on; {stage name: losses})."""
     import torch
 
     layer = model.config.vision_feature_layer
@@ -456,19 +469,10 @@ def _word_alignment(model, cfg: TrainConfig, scs, pixels, tokenizer, log):
         projector = list(model.model.multi_modal_projector.parameters())
         opt = torch.optim.AdamW(projector, lr=cfg.align_lr, betas=(0.9, 0.98), weight_decay=0.0)
         rng = random.Random(f"kevo-organism-word-align/{cfg.seed}")
-        losses = []
-        for step in range(cfg.word_align_steps):
-            idx = rng.sample(range(len(scs)), min(64, len(scs)))
-            for g in opt.param_groups:
-                g["lr"] = _lr_at(step, cfg.word_align_steps, cfg.align_lr, min(50, cfg.word_align_steps // 4))
-            loss = word_align_loss(model, feats[idx], targets[idx])
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            if log and (step % 100 == 0 or step == cfg.word_align_steps - 1):
-                log(f"word-align step {step:4d}  loss {sum(losses[-50:]) / len(losses[-50:]):.4f}")
-        stages["word_align"] = losses
+        n = cfg.word_align_steps
+        stages["word_align"] = _image_steps(
+            "word-align", opt, rng, len(scs), n, lambda step: _lr_at(step, n, cfg.align_lr, min(50, n // 4)),
+            lambda idx: word_align_loss(model, feats[idx], targets[idx]), log)
     reading = []
     if cfg.lm_mix:
         _, text_qas = build_text_examples(cfg, tokenizer)
@@ -476,6 +480,8 @@ def _word_alignment(model, cfg: TrainConfig, scs, pixels, tokenizer, log):
         reading = [e for e in text_qas if there in e.input_ids]  # the caption ("There is ...") is in the context
     rng = random.Random(f"kevo-organism-mix/{cfg.seed}")
     pad = tokenizer.pad_token_id
+    if not (cfg.word_align_weight or reading):
+        return None, stages
 
     def extra(batch):
         loss = 0.0

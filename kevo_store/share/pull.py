@@ -11,7 +11,6 @@ from a lost file and the reader refuses to answer from what is not there.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
@@ -20,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kevo_store.errors import CorruptStoreError, StoreError
+from kevo_store.fs import LocalFS
 from kevo_store.layerspec import parse_layers
 from kevo_store.manifest import Manifest, layer_ranges
-from kevo_store.shards import check_shard, is_tree
+from kevo_store.shards import file_ok
 from kevo_store.share.safety import (
     MANIFEST,
     check_listing,
@@ -138,7 +138,7 @@ def _pull(url: str, dest: str | os.PathLike, *, tables: Iterable[str] | None = N
         if resume:  # an interrupted pull of the same store: keep the files that arrived whole
             for left in dest.rglob("*.pulling"):  # a download the interruption cut short
                 left.unlink(missing_ok=True)
-            take_now = [rel for rel in take if not _already_pulled(dest / rel, declared[rel])]
+            take_now = [rel for rel in take if not _already_pulled(dest, rel, declared[rel])]
         else:
             take_now = take
         _pull_files(src, dest, take_now, declared, listing, where, jobs, progress)
@@ -199,23 +199,15 @@ def _same_store(dest: Path, raw: bytes, take: list[str], declared: Mapping) -> b
     return True
 
 
-def _already_pulled(path: Path, entry: Mapping) -> bool:
+def _already_pulled(dest: Path, rel: str, entry: Mapping) -> bool:
     """A file of an interrupted pull that arrived whole (it was renamed into place after its checksum)."""
     try:
-        st = os.lstat(path)
+        st = os.lstat(dest / rel)
     except OSError:
         return False
     if not stat.S_ISREG(st.st_mode) or (entry.get("size") is not None and st.st_size != entry["size"]):
         return False
-    if not entry.get("sha256"):
-        return False
-    if is_tree(entry["sha256"]):
-        return check_shard(path.read_bytes(), entry["sha256"]) is None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest() == entry["sha256"]
+    return bool(entry.get("sha256")) and file_ok(LocalFS(dest), rel, entry["sha256"]) is None
 
 
 def _pull_files(src, dest: Path, take: list[str], declared: Mapping, listing: Mapping, where: str,

@@ -210,7 +210,7 @@ class HashingSizeCap:
         self.rel, self.declared, self.where = rel, declared_size, where
         self.n = 0
         self.h = hashlib.sha256()
-        self.kept: list[bytes] | None = [] if digest is not None and is_tree(digest) else None
+        self.kept: bytearray | None = bytearray() if digest is not None and is_tree(digest) else None
         if self.kept is not None and declared_size > MAX_SHARD_BYTES:
             raise _refuse(where, f"{rel!r} declares {declared_size} bytes, more than a hidden shard may hold")
 
@@ -221,7 +221,7 @@ class HashingSizeCap:
         if self.kept is None:
             self.h.update(chunk)
         else:
-            self.kept.append(bytes(chunk))
+            self.kept += chunk
 
     def check(self, expected: str) -> None:
         from kevo_store.shards import check_shard
@@ -229,7 +229,7 @@ class HashingSizeCap:
         if self.n != self.declared:
             raise _refuse(self.where, f"{self.rel!r} is {self.n} bytes, the manifest declares {self.declared}")
         if self.kept is not None:
-            problem = check_shard(b"".join(self.kept), expected)
+            problem = check_shard(self.kept, expected)
             if problem:
                 raise _refuse(self.where, f"{self.rel!r} fails its checksum ({problem})")
             return
