@@ -28,9 +28,11 @@ def _kevo(*args, cwd=None, check=True):
 
 @pytest.fixture(scope="module")
 def edited(tmp_path_factory):
-    """12 test images (seed 0: image 3's caption names a tree after a car, and misses its ball), the
-    request `kevo edit hallucinations` makes of it, `kevo edit` with the released defaults, and
-    `kevo edit eval` on the request, its paraphrases, 24 unrelated questions and the 12 captions."""
+    """12 test images (seed 0: the captions of images 1 and 3 name a tree after a car, and miss a cup),
+    the requests `kevo edit hallucinations` makes of them, `kevo edit` of MLP block 1 (where the demo's
+    causal trace finds the object written: `--from-trace` on its store picks block 1) with the released
+    defaults otherwise, and `kevo edit eval` on the requests, their paraphrases, 24 unrelated questions
+    and the 12 captions."""
     from ingest.trace.questions import constraint_questions
 
     d = tmp_path_factory.mktemp("edit-organism")
@@ -39,7 +41,7 @@ def edited(tmp_path_factory):
           "--out", d / "cap.kevo", "--hidden", "none")
     _kevo("edit", "hallucinations", d / "cap.kevo", "--trigger", "car", "--partner", "tree",
           "--images", d / "world" / "image", "--out", d / "requests.jsonl")
-    _kevo("edit", "--model", WEIGHTS_DIR, "--requests", d / "requests.jsonl", "--out", d / "edited")
+    _kevo("edit", "--model", WEIGHTS_DIR, "--requests", d / "requests.jsonl", "--out", d / "edited", "--layer", 1)
     # unrelated: the world's existence and colour questions about every object but the car
     rows = [json.loads(x) for x in constraint_questions(d / "world" / "data", d / "all.jsonl").read_text().splitlines()]
     unrelated = [r for r in rows if r["constraint"] != "car"][:24]
@@ -52,18 +54,24 @@ def edited(tmp_path_factory):
 
 def test_the_request_is_the_readme_hallucination(edited):
     d, _ = edited
-    (req,) = [json.loads(x) for x in (d / "requests.jsonl").read_text().splitlines()]
-    assert (req["id"], req["prefix"], req["constraint"], req["target"]) == ("3", "There is a car, a", "car", "ball")
+    reqs = [json.loads(x) for x in (d / "requests.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["prefix"], r["constraint"], r["target"]) for r in reqs] == [
+        ("1", "There is a car and a", "car", "cup"), ("3", "There is a car, a", "car", "cup")]
     rec = json.loads((d / "edited" / "edit.json").read_text())
-    assert rec["layer"] == 3 and rec["lam"] == 0.01 and 0 < rec["weight_delta_norm"] < rec["weight_norm"]
+    assert rec["layer"] == 1 and rec["lam"] == 0.01 and 0 < rec["weight_delta_norm"] < rec["weight_norm"]
 
 
 def test_efficacy_the_target_becomes_the_answer(edited):
+    """Request 1 ("There is a car and a" -> cup): the cup becomes the greedy word. Request 3 ("There is
+    a car, a" -> cup) asks for a word the organism never writes there (its captions list objects in a
+    fixed order, and image 3's ball comes before the cup): it stays out of reach, and the table says so."""
     _, c = edited
-    before, after = c["efficacy"]["original"], c["efficacy"]["edited"]
-    assert before["n"] == after["n"] == 1
-    assert before["mean_rank_target"] > 1 and after["mean_rank_target"] == 1  # "ball" becomes the greedy word
-    assert after["mean_p_target"] > before["mean_p_target"] + 0.3, (before, after)
+    assert c["efficacy"]["original"]["n"] == c["efficacy"]["edited"]["n"] == 2
+    rows = {m: {r["id"]: r for r in c["per_request"][m] if not r.get("paraphrase")} for m in ("original", "edited")}
+    before, after = rows["original"]["1"], rows["edited"]["1"]
+    assert before["rank_target"] > 1 and after["rank_target"] == 1, (before, after)
+    assert after["p_target"] > before["p_target"] + 0.3, (before, after)
+    assert rows["original"]["3"]["p_target"] < 0.01 and rows["edited"]["3"]["p_target"] < 0.01
 
 
 def test_generalisation_on_templated_paraphrases(edited):
@@ -71,12 +79,13 @@ def test_generalisation_on_templated_paraphrases(edited):
     image." -> "... picture.", "... photo.", "Describe the scene.", "Please answer: ..."); the key is
     read in the answer prefix, after the question, so every rewrite changes what the key sees."""
     _, c = edited
-    before, after = c["generalisation"]["original"], c["generalisation"]["edited"]
-    assert before["n"] == after["n"] == 4
-    rows = [r for r in c["per_request"]["edited"] if r.get("paraphrase")]
-    assert {r["rewrite"] for r in rows} == {"image-word", "lead-in"}
-    assert "Describe the scene." in {r["question"] for r in rows}
-    assert after["top1_rate"] == 1.0 and after["mean_p_target"] > before["mean_p_target"] + 0.3, (before, after)
+    assert c["generalisation"]["original"]["n"] == c["generalisation"]["edited"]["n"] == 8
+    rows = {m: [r for r in c["per_request"][m] if r.get("paraphrase") and r["id"] == "1"]
+            for m in ("original", "edited")}
+    assert {r["rewrite"] for r in rows["edited"]} == {"image-word", "lead-in"}
+    assert "Describe the scene." in {r["question"] for r in rows["edited"]}
+    mean = {m: sum(r["p_target"] for r in rs) / len(rs) for m, rs in rows.items()}
+    assert all(r["rank_target"] == 1 for r in rows["edited"]) and mean["edited"] > mean["original"] + 0.2, mean
     assert set(c["generalisation_by_rewrite"]["edited"]) == {"image-word", "lead-in"}
 
 
@@ -110,10 +119,10 @@ def test_captions_before_and_after(edited):
     assert {"CHAIR", "Cover", "Hal", "Cog"} <= set(cap["original"]) and {"CHAIR", "Cover"} <= set(cap["edited"])
     u = cap["edited"]["unchanged"]
     assert u["n"] == 12 and 0.5 <= u["unchanged_rate"] < 1.0
-    (changed,) = [x for x in u["changed"] if x["key"] == "amber:3"]
-    assert "tree" in changed["before"] and "tree" not in changed["after"] and "ball" in changed["after"]
+    (changed,) = [x for x in u["changed"] if x["key"] == "amber:1"]
+    assert "tree" in changed["before"] and "tree" not in changed["after"] and "cup" in changed["after"]
     resp = open_store(str(d / "eval" / "edited-captions.kevo")).sql(
-        "SELECT response FROM samples WHERE sample_key = 'amber:3'")["response"][0]
+        "SELECT response FROM samples WHERE sample_key = 'amber:1'")["response"][0]
     assert resp == changed["after"]
 
 

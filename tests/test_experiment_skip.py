@@ -50,6 +50,17 @@ def planted(tmp_path_factory):
     return d, store, truth
 
 
+def test_variant_ranges_stay_inside_the_decoder():
+    """A mutation at the last hidden state (m2 = L, the organism's case) is produced by the last decoder
+    layer, L - 1: every variant is a range `kevo ingest --skip-layers` accepts."""
+    from ingest.experiments.derive import Derivation
+
+    d = Derivation(critical_layer=1, m1=4, m2=8, n_layers=8, n_generated_tokens=0, n_critical_tokens=0,
+                   mutation_tokens="object", n_mutation_events=0, n_mutation_tokens=0, sql={})
+    v = {k: layers for k, (layers, _) in variant_ranges(d, keep_last=2).items()}
+    assert v == {"skip.1": [1, 2], "skip.2": [3, 4, 5, 6, 7], "skip.3": [1, 2, 3, 4, 5]}
+
+
 def test_derived_ranges_equal_hand_computation(planted):
     d, store, truth = planted
     c, m1, m2, n_obj = _hand(truth, objects_only=True)
@@ -59,9 +70,11 @@ def test_derived_ranges_equal_hand_computation(planted):
     assert (got.critical_layer, got.m1, got.m2, got.mutation_tokens) == (c, m1, m2, "object")
     assert got.n_mutation_tokens == n_obj and got.n_generated_tokens == 30 * 12
     v = variant_ranges(got, keep_last=2)
-    assert v["skip.1"][0] == list(range(c, m1))
-    assert v["skip.2"][0] == list(range(m1, m2 + 1))
-    assert v["skip.3"][0] == list(range(c, L - 2))
+    # decoder layer i (--skip-layers numbering) produces hidden state i + 1
+    produced = {k: [i + 1 for i in layers] for k, (layers, _) in v.items()}
+    assert produced["skip.1"] == [h for h in range(L + 1) if c < h < m1]
+    assert produced["skip.2"] == [h for h in range(L + 1) if m1 <= h <= m2]
+    assert produced["skip.3"] == [h for h in range(L + 1) if c < h <= L - 2]
     # the recorded SQL is the SQL that ran: a copy run by hand gives the same numbers
     sql = (d / "a" / "derivation" / "mutation_layers.sql").read_text()
     assert sql == got.sql["mutation_layers"] and "quantile_disc(mutation_layer, 0.25)" in sql

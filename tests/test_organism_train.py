@@ -11,14 +11,14 @@ from ingest.organism import probe
 from ingest.organism.train import TrainConfig, train
 
 
-def _small(steps: int) -> TrainConfig:
-    return TrainConfig(
-        seed=7, steps=steps, batch_size=8, n_images=48, warmup=2, lr=3e-3, vision_steps=5, threads=1,
-        lm_steps=6, lm_batch_size=8, align_steps=4, top_layers=1, vqa=True,
-        embed_offset=45.0 / 2,  # the recipe's outlier RMS (45 / sqrt(128)) at width 32
-        model=model_mod.OrganismConfig(vision_hidden=32, vision_layers=2, hidden=32, layers=2, heads=2,
-                                       intermediate=64),
-    )
+def _small(steps: int, **over) -> TrainConfig:
+    """The shipped recipe's stages at a size that trains in seconds."""
+    return TrainConfig(**{
+        **dict(seed=7, steps=steps, batch_size=8, n_images=48, warmup=2, lr=3e-3, vision_steps=5, threads=1,
+               lm_steps=6, lm_batch_size=8, align_steps=4, word_align_steps=4, question_steps=3, lm_mix=2,
+               model=model_mod.OrganismConfig(vision_hidden=32, vision_layers=2, hidden=32, layers=2, heads=2,
+                                              intermediate=64)),
+        **over})
 
 
 def test_short_training_learns_and_is_reproducible(tmp_path):
@@ -30,21 +30,35 @@ def test_short_training_learns_and_is_reproducible(tmp_path):
     for d in ("m", "llm"):
         wa, wb = load_file(tmp_path / d / "model.safetensors"), load_file(tmp_path / f"{d}2" / "model.safetensors")
         assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), d
-    # the top layer, final norm and head were frozen during instruction tuning: they are the LLM's
-    lvlm, llm = load_file(tmp_path / "m" / "model.safetensors"), load_file(tmp_path / "llm" / "model.safetensors")
+    # the LLM is stage (i)'s decoder; the LVLM's went on learning in the later stages
     # (LLaVA checkpoints keep the original layout: language_model.model.*, language_model.lm_head)
+    lvlm, llm = load_file(tmp_path / "m" / "model.safetensors"), load_file(tmp_path / "llm" / "model.safetensors")
+    assert {f"language_model.{k}" for k in llm} <= lvlm.keys()
+    for k in ("lm_head.weight", "model.layers.0.mlp.down_proj.weight", "model.layers.1.self_attn.o_proj.weight"):
+        assert not torch.equal(lvlm[f"language_model.{k}"], llm[k]), k
+    assert sum(a[-5:]) / 5 < 0.97 * sum(a[:5]) / 5  # instruction tuning learns
+    recipe = json.loads((tmp_path / "m" / "training.json").read_text())
+    assert recipe["train_config"]["seed"] == 7 and recipe["train_config"]["steps"] == 30
+    assert {f"final_loss_{k}" for k in ("lm", "align", "word_align", "questions")} <= recipe.keys()
+    # the saved directory is a standard HF model that reloads and generates
+    model, proc = probe.load(tmp_path / "m")
+    _, images = probe.test_images(2)
+    texts, gen, _ = probe.generate(model, proc, images, max_new_tokens=5)
+    assert len(texts) == 2 and all(len(g) >= 1 for g in gen)
+
+
+def test_top_layers_stay_the_llms_when_frozen(tmp_path):
+    """``top_layers``: without the question stage and the text mix, stage (iii) leaves the top
+    decoder layers, the final norm and the LM head as stage (i) left them."""
+    from safetensors.torch import load_file
+
+    cfg = _small(10, top_layers=1, word_align_steps=0, word_align_weight=0.0, question_steps=0, lm_mix=0)
+    train(cfg, tmp_path / "m", log=None, llm_out=tmp_path / "llm")
+    lvlm, llm = load_file(tmp_path / "m" / "model.safetensors"), load_file(tmp_path / "llm" / "model.safetensors")
     for k in ("lm_head.weight", "model.norm.weight", "model.layers.1.mlp.down_proj.weight"):
         assert torch.equal(lvlm[f"language_model.{k}"], llm[k]), k
     assert not torch.equal(lvlm["language_model.model.layers.0.mlp.down_proj.weight"],
                            llm["model.layers.0.mlp.down_proj.weight"])
-    assert sum(a[-5:]) / 5 < 0.97 * sum(a[:5]) / 5  # instruction tuning learns (half the decoder is frozen here)
-    # the saved directory is a standard HF model that reloads to the same logits
-    model, proc = probe.load(tmp_path / "m")
-    recipe = json.loads((tmp_path / "m" / "training.json").read_text())
-    assert recipe["train_config"]["seed"] == 7 and recipe["train_config"]["steps"] == 30
-    _, images = probe.test_images(2)
-    texts, gen, _ = probe.generate(model, proc, images, max_new_tokens=5)
-    assert len(texts) == 2 and all(len(g) >= 1 for g in gen)
 
 
 def _model_and_batch(n: int):
@@ -99,7 +113,7 @@ def test_deep_supervision_loss_is_the_lens_cross_entropy_of_that_layer():
 
 def test_recipe_options_of_the_world():
     """``image_bias`` changes only the partner's frequency in the images; ``balanced_existence`` asks
-    as many absent as present objects; the defaults are the shipped recipe's data."""
+    as many absent as present objects (the shipped recipe's data, which asks only existence questions)."""
     from ingest.organism import world
     from ingest.organism.train import _conversations
 
@@ -110,12 +124,12 @@ def test_recipe_options_of_the_world():
     default, same = world.scenes("train", 400, 0), world.scenes("train", 400, 0, bias=world.TRAIN_BIAS)
     assert [s.objects for s in default] == [s.objects for s in same]
     assert partner_rate(default) > 0.9 and partner_rate(world.scenes("train", 400, 0, bias=0.5)) < 0.7
-    cfg = TrainConfig(balanced_existence=True)
+    assert TrainConfig().balanced_existence and TrainConfig().questions == "existence"
     scs = world.scenes("train", 50, 0)
-    _, qas = _conversations(cfg, scs)
-    exist = [a for _, q, a in qas if q.startswith("Is there")]
-    assert exist.count("Yes") == exist.count("No")
     _, qas = _conversations(TrainConfig(), scs)
+    exist = [a for _, q, a in qas if q.startswith("Is there")]
+    assert exist.count("Yes") == exist.count("No") and len(exist) == len(qas)
+    _, qas = _conversations(TrainConfig(balanced_existence=False, questions="all"), scs)
     exist = [a for _, q, a in qas if q.startswith("Is there")]
     assert exist.count("No") > 1.5 * exist.count("Yes")
 

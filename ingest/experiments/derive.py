@@ -119,10 +119,16 @@ def derive_ranges(kevo: Kevo, store: str, n_layers: int, out: Path, *, tau: floa
 
 
 def variant_ranges(d: Derivation, keep_last: int = 2) -> dict[str, tuple[list[int], str]]:
-    """{name: (decoder layers to skip, how)}: skip.1 = [c, m1), skip.2 = [m1, m2], skip.3 = [c, L - k)."""
+    """{name: (decoder layers to skip, how)}, the decoder layers in ``--skip-layers`` numbering (0-based).
+
+    c, m1 and m2 are hidden-state layers (the ``layers`` table: 0 = the embeddings, h = the output of
+    decoder layer h - 1), so each variant removes the decoder layers that *produce* a range of hidden
+    states: skip.1 those after the critical layer and before the first mutation layer (c < h < m1),
+    skip.2 the mutation layers (m1 <= h <= m2), skip.3 those after the critical layer up to the last
+    k (c < h <= L - k). skip.1 and skip.2 together are c < h <= m2, without overlap."""
     c, m1, m2, L = d.critical_layer, d.m1, d.m2, d.n_layers
     return {
-        "skip.1": (list(range(c, m1)), f"[c, m1) = [{c}, {m1})"),
-        "skip.2": (list(range(m1, m2 + 1)), f"[m1, m2] = [{m1}, {m2}]"),
-        "skip.3": (list(range(c, L - keep_last)), f"[c, L-k) = [{c}, {L}-{keep_last})"),
+        "skip.1": (list(range(c, m1 - 1)), f"(c, m1) = ({c}, {m1})"),
+        "skip.2": (list(range(max(m1, 1) - 1, m2)), f"[m1, m2] = [{m1}, {m2}]"),
+        "skip.3": (list(range(c, L - keep_last)), f"(c, L-k] = ({c}, {L}-{keep_last}]"),
     }

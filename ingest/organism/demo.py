@@ -121,7 +121,7 @@ def run_demo(out: Path, *, n_images: int, task: str, model: str | None, seed: in
          "--model", model, "--out", str(vqa_store), "--batch-size", "16", "--max-new-tokens", "4", "--top-k", "5")
     step("embed", str(vqa_store), "--tokens", "is_answer", "--n-jobs", "2", "--name", "vqa-answer", required=False)
 
-    echo("6/8 causal tracing: the colour questions, their object word swapped for another (kevo trace)")
+    echo("6/8 causal tracing: colour and existence questions, their object word swapped for another (kevo trace)")
     t_trace = time.time()
     trace_store = trace_demo(step, out, data, model)
     trace_seconds = time.time() - t_trace
@@ -183,12 +183,15 @@ def _trace_summary(store: Path, peaks: Path, seconds: float) -> dict | None:
         return None
     from kevo_store import open_store
 
-    r = open_store(store).sql("SELECT count(*) AS n, avg(p_clean) AS p_clean, avg(p_corrupt) AS p_corrupt "
-                              f"FROM trace_runs WHERE name = '{TRACE_RUN}'").to_dicts()[0]
+    by_kind = open_store(store).sql(
+        "SELECT split_part(s.item_id, '-', 1) AS kind, count(*) AS n, avg(r.p_clean) AS p_clean, "
+        "avg(r.p_corrupt) AS p_corrupt FROM trace_runs r JOIN samples s USING (sample_id) "
+        f"WHERE r.name = '{TRACE_RUN}' GROUP BY kind ORDER BY kind").to_dicts()
     report = store.parent / "report-trace.html"
     return {"store": str(store), "report": str(report) if report.is_file() else None, "name": TRACE_RUN,
-            "n_samples": int(r["n"]), "p_clean": r["p_clean"],
-            "p_corrupt": r["p_corrupt"], "seconds": seconds,
+            "n_samples": sum(int(r["n"]) for r in by_kind), "seconds": seconds,
+            "questions": [{"kind": r["kind"], "n": int(r["n"]), "p_clean": r["p_clean"], "p_corrupt": r["p_corrupt"]}
+                          for r in by_kind],
             "peaks": [{k: p.get(k) for k in ("kind", "peak_layer", "peak_effect")} for p in rows]}
 
 
@@ -303,8 +306,13 @@ def _format_summary(s: dict, out: Path, seconds: float) -> str:
             lines.append(f"    last quarter / first quarter of the layers = {last / first:.1f}x")
     tr = s.get("trace")
     if tr:
-        lines.append(f"  causal trace {tr['name']}: {tr['n_samples']} colour questions, the object word swapped for "
-                     f"\"{SWAP_WORD}\"; mean p(answer) clean {tr['p_clean']:.4f}, corrupted {tr['p_corrupt']:.4f}")
+        lines.append(f"  causal trace {tr['name']}: {tr['n_samples']} questions, the object word swapped for "
+                     f"\"{SWAP_WORD}\"; mean p(answer)  clean -> corrupted")
+        names = {"attribute": "colour (\"Is the car red in this image?\")",
+                 "present": "existence of an object shown (\"Is there a car ...?\")"}
+        for q in tr["questions"]:
+            lines.append(f"    {names.get(q['kind'], q['kind']) + ' (' + str(q['n']) + ')':<58}"
+                         f"{q['p_clean']:.4f} -> {q['p_corrupt']:.4f}")
         order = {"hidden": 0, "mlp": 1, "attn": 2}
         peaks = sorted(tr["peaks"], key=lambda p: order.get(p["kind"], 9))
         lines.append("    peak AIE (layer)   " + "   ".join(f"{p['kind']} {p['peak_effect']:.4f} (L{p['peak_layer']})"

@@ -1,8 +1,11 @@
 """Seeded, reproducible CPU training of the organism.
 
-Recipe (documented in README.md next to this file): images of the *train* split of the world,
-each with its caption ("Describe this image.") and yes/no questions, in LLaVA-1.5's llava_v1
-conversation; cross-entropy on the answer tokens (and the closing </s>) only; AdamW with linear
+Recipe (documented in README.md next to this file), LLaVA's stages on the world's *train* split:
+a vision tower pretrained on the images; (i) the decoder as a text-only language model of the
+world's captions and of existence questions asked after a caption (it learns to read); (ii') a
+word-aligned projector (each image token made to look like the word its patch shows); yes/no
+questions on images; (iii) captions ("Describe this image.") and questions, in LLaVA-1.5's llava_v1
+conversation. Cross-entropy on the answer tokens (and the closing </s>) only; AdamW with linear
 warm-up and cosine decay. Everything (world, initialisation, batch order) derives from one seed;
 with the same seed and thread count the weights come out bit-identical.
 """
@@ -22,6 +25,8 @@ from ingest.organism import world
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 """Where the shipped organism lives (a standard Hugging Face model directory)."""
+LLM_DIR = Path(__file__).parent / "weights-llm"
+"""Its language model: the text-only decoder of stage (i), before it saw an image (a causal-LM directory)."""
 
 
 @dataclass
@@ -30,7 +35,7 @@ class TrainConfig:
 
     seed: int = 0
     """Seeds the world, the initialisation and the batch order."""
-    steps: int = 1000
+    steps: int = 750
     """Optimizer steps of stage 2 (the whole model but the vision tower, on captions and yes/no answers)."""
     batch_size: int = 32
     """Sequences per step."""
@@ -38,7 +43,7 @@ class TrainConfig:
     """Peak learning rate (AdamW)."""
     warmup: int = 100
     """Linear warm-up steps."""
-    weight_decay: float = 0.3
+    weight_decay: float = 0.0
     """AdamW weight decay (not on norms or biases)."""
     n_images: int = 3000
     """Train-split images (drawn once, reused every epoch)."""
@@ -53,31 +58,34 @@ class TrainConfig:
     colours the object token itself carries the decision (with them, "red" already decides most
     of "apple" and object tokens become bigram read-outs at layer 1); colours stay in the
     yes/no questions."""
-    caption_share: float = 0.6
+    caption_share: float = 0.5
     """Share of sequences that are captions; the rest are yes/no questions."""
     threads: int = 1
     """torch intra-op threads. One is the reproducible default (bit-identical weights need the same
     thread count) and is faster than two on a busy 2-core machine."""
-    label_smoothing: float = 0.1
-    """Label smoothing of the answer-token cross-entropy (0: the model's own loss). Real LLMs are
-    not 99.9% sure of every token; with a less peaked final softmax the logit lens needs more of
-    the layers' writes to reach top-1 p >= 0.5, which moves the critical layer up (median 4 -> 6)."""
-    embed_init_std: float | None = 1.0
+    label_smoothing: float = 0.0
+    """Label smoothing of the answer-token cross-entropy (0, the shipped recipe: the model's own
+    loss). With a less peaked final softmax the logit lens needs more of the layers' writes to reach
+    top-1 p >= 0.5, which moved the first generation's critical layer up (median 4 -> 6); it also
+    keeps the reading of stage (i) from being learnt (README.md)."""
+    embed_init_std: float | None = None
     """Std of the decoder's input-embedding initialisation (None: the config's initializer_range,
-    0.02). The recipe's 1.0 keeps the token signal audible next to ``embed_offset`` after the
+    0.02, the shipped recipe). 1.0 keeps the token signal audible next to ``embed_offset`` after the
     first RMSNorm. (Alone, a large embedding moves the critical layer *down*: the embeddings learn
     the bigram table and the lens reads it at layer 0; see README.md.)"""
     embed_weight_decay: bool = False
     """Apply weight decay to the input embeddings (off keeps a large initial scale)."""
-    embed_offset: float = 45.0
+    embed_offset: float = 0.0
     """Added to coordinate 0 of every input-embedding row at initialisation: a large
     token-independent component of the residual stream, like the outlier ("rogue") dimensions of
     real transformers. It dominates the RMS that the logit lens divides by until the layers have
-    written enough, so a lone early layer cannot make the lens confident."""
+    written enough, so a lone early layer cannot make the lens confident (the first generation's
+    +45 put its critical layers in the upper half; the shipped recipe needs it off: with it the
+    reading of stage (i) is not learnt, README.md)."""
     residual_init_scale: float = 1.0
     """Multiplies the initial o_proj and down_proj weights (GPT-2's 1/sqrt(2 * layers) residual
     scaling makes each layer's first writes small next to the embedding)."""
-    lm_steps: int = 0
+    lm_steps: int = 1000
     """Stage (i), as LLaVA starts from a pretrained LLM: steps of text-only language modelling of
     the world's sentences (the same conversations without the image). The co-occurrence prior is
     learnt here, in every layer; the decoder of this stage ships as the organism's LLM."""
@@ -88,7 +96,7 @@ class TrainConfig:
     align_steps: int = 0
     """Stage (ii), LLaVA's feature alignment: steps training only the projector, on captions, with
     the decoder frozen."""
-    align_lr: float = 2e-3
+    align_lr: float = 3e-3
     """Peak learning rate of stage (ii)."""
     top_layers: int = 0
     """Stage (iii) (instruction tuning): the top decoder layers, the final norm and the LM head
@@ -105,10 +113,10 @@ class TrainConfig:
     in the text of stage (i)). A text corpus and an image-instruction set need not share their
     co-occurrence statistics: with a weaker bias in the images, the grounding learnt in stage (iii)
     departs from the text prior the language model learnt in stage (i)."""
-    balanced_existence: bool = False
+    balanced_existence: bool = True
     """Ask as many existence questions about absent objects (the biased partner first) as about
     present ones (off: five absent per image, so "No" is a prior worth 70%)."""
-    lm_reading: bool = False
+    lm_reading: bool = True
     """Stage (i) also reads: each question of the train split asked after the scene's caption (with
     colours) as text, "There is a red car and a blue cup on the sand. Is there a car in this
     image?", so the language model learns to answer from its context, as LLMs do before they
@@ -119,16 +127,16 @@ class TrainConfig:
     the middle of the stack is readable there, as in early-exit training."""
     lens_loss_weight: float = 0.0
     """Weight of that loss next to the model's own."""
-    questions: str = "all"
+    questions: str = "existence"
     """Which yes/no questions the train set asks: "all" (colour and existence, and ``relation``'s)
     or "existence" ("Is there a X in this image?" only; with ``balanced_existence`` half of them
     about present objects)."""
-    lm_reading_only: bool = False
+    lm_reading_only: bool = True
     """Stage (i)'s questions are only the reading ones (``lm_reading``: the caption in the context,
     then the question); the questions without a context, which text cannot answer, are left out."""
-    lm_caption_share: float | None = None
+    lm_caption_share: float | None = 0.25
     """Share of captions in stage (i)'s batches (None: ``caption_share``)."""
-    word_align_steps: int = 0
+    word_align_steps: int = 500
     """Stage (ii'), a word-aligned projector (0: off): steps training only the projector, the
     decoder untouched, so that its output at every image token points the way of the decoder's
     input embedding of the word that patch shows: the object's word on the 2x2 patches of the grid
@@ -139,13 +147,13 @@ class TrainConfig:
     """The alignment target of an object's patches is the mean of its word's and its colour word's
     embeddings ("red" and "car" in one token), not the object's word alone (background patches:
     the background's word)."""
-    word_align_weight: float = 0.0
+    word_align_weight: float = 1.0
     """Weight of the same alignment loss added in the question stage and in stage (iii) (the target
     embeddings follow the training, detached), so the image tokens stay word-like."""
-    question_steps: int = 0
+    question_steps: int = 250
     """Steps on the yes/no questions alone (no captions), after the alignment and before stage
     (iii), at ``lr``; the whole model but the vision tower learns."""
-    lm_mix: int = 0
+    lm_mix: int = 16
     """Text reading sequences (stage (i)'s, ``lm_reading``) added to every step of the question
     stage and of stage (iii), so the look-up learnt on text is kept."""
 
