@@ -678,8 +678,8 @@ class HiddenReader:
             raise KevoError(f"layer(s) {missing} were not captured; hidden states exist for layers {self.layers}")
         return [pos[int(x)] for x in layers]
 
-    def read_stored(self, token_uids: Any, layers: Any = None) -> np.ndarray:
-        """As stored (float16, or bfloat16's uint16 bits)."""
+    def read_stored(self, token_uids: Any, layers: Any = None, out: np.ndarray | None = None) -> np.ndarray:
+        """As stored (float16, or bfloat16's uint16 bits); into ``out`` (that shape and dtype) when given."""
         uids = np.asarray(token_uids, dtype=np.int64).reshape(-1)
         n = self.sec["rows"]
         if uids.size and (uids.min() < 0 or uids.max() >= n):
@@ -690,8 +690,9 @@ class HiddenReader:
         zr = self.sec["zarr_rows"]
         in_zarr = uids < zr
         if uids.size and uids[-1] < zr and (uids.size == 1 or bool((uids[1:] > uids[:-1]).all())):
-            return self._block(uids, lidx)  # sorted, distinct, all in the arrays (e.g. a whole layer): as read
-        out = np.empty((uids.size, len(lidx), d), dtype=np.dtype(self.sec["dtype"]))
+            return self._block(uids, lidx, out)  # sorted, distinct, all in the arrays (e.g. a whole layer): as read
+        if out is None:
+            out = np.empty((uids.size, len(lidx), d), dtype=np.dtype(self.sec["dtype"]))
         if in_zarr.any():
             sel = uids[in_zarr]
             order = np.argsort(sel, kind="stable")
@@ -704,18 +705,18 @@ class HiddenReader:
             out[~in_zarr] = self.tail[uids[~in_zarr] - zr][:, lidx]
         return out
 
-    def _block(self, uniq: np.ndarray, lidx: list[int]) -> np.ndarray:
+    def _block(self, uniq: np.ndarray, lidx: list[int], out: np.ndarray | None = None) -> np.ndarray:
         """Array rows ``uniq`` (sorted, distinct, < zarr_rows) at layers ``lidx``, every file checked."""
         keys = self._keys(np.unique(uniq // self.unit), lidx)
         self._check_files(keys)
         direct = self._direct
         arr = None if direct else self.arr
         try:
-            return self._select_direct(uniq, lidx) if direct else self._select(arr, uniq, lidx)
+            return self._select_direct(uniq, lidx, out) if direct else self._select(arr, uniq, lidx, out)
         except Exception as e:  # a damaged shard surfaces as a checksum, codec or shape error
             raise self._name_damage(keys, e) from None
 
-    def _select_direct(self, uniq: np.ndarray, lidx: list[int]) -> np.ndarray:
+    def _select_direct(self, uniq: np.ndarray, lidx: list[int], out: np.ndarray | None = None) -> np.ndarray:
         """``_select`` for uncompressed local shards, without Zarr: per shard and layer, the shard index
         (its crc32c checked), then one ``preadv`` of each run of touched inner chunks that lie end to
         end in the file, straight into the output where a chunk's rows are all wanted, and the
@@ -726,7 +727,8 @@ class HiddenReader:
         step = ct * d * dt.itemsize
         n_inner = st // ct
         ilen = n_inner * 16 + 4
-        out = np.empty((uniq.size, len(lidx), d), dtype=dt)
+        if out is None:
+            out = np.empty((uniq.size, len(lidx), d), dtype=dt)
         shard_of = uniq // st
         cut = np.flatnonzero(np.diff(shard_of)) + 1
         for a, b in zip(np.r_[0, cut], np.r_[cut, uniq.size]):
@@ -788,11 +790,12 @@ class HiddenReader:
                 iov[0] = iov[0][done:]
 
     @staticmethod
-    def _select(arr, uniq: np.ndarray, lidx: list[int]) -> np.ndarray:
+    def _select(arr, uniq: np.ndarray, lidx: list[int], out: np.ndarray | None = None) -> np.ndarray:
         """Rows ``uniq`` (sorted, distinct) at layers ``lidx``: one plain slice per run of consecutive
         touched inner chunks and layer (Zarr's orthogonal integer indexing is far slower than slices)."""
         c = arr.chunks[0]
-        out = np.empty((uniq.size, len(lidx), arr.shape[2]), dtype=arr.dtype)
+        if out is None:
+            out = np.empty((uniq.size, len(lidx), arr.shape[2]), dtype=arr.dtype)
         chunk_ids = np.unique(uniq // c)
         runs = np.split(chunk_ids, np.flatnonzero(np.diff(chunk_ids) != 1) + 1)
         for run in runs:
@@ -805,12 +808,28 @@ class HiddenReader:
                 out[a:b, k] = blk if len(rel) == hi - lo else blk[rel]
         return out
 
-    def read(self, token_uids: Any, layers: Any = None) -> np.ndarray:
-        """float16 for float16 stores, float32 (exact) for bfloat16 ones."""
-        out = self.read_stored(token_uids, layers)
-        if self.sec["logical_dtype"] == "bfloat16":
-            return bf16_bits_to_float32(out)
-        return out
+    def read(self, token_uids: Any, layers: Any = None, out: np.ndarray | None = None) -> np.ndarray:
+        """float16 for float16 stores, float32 (exact) for bfloat16 ones; into ``out`` when given (an
+        array of exactly the result's shape and dtype, C-contiguous and writeable: a buffer reused
+        from read to read, e.g. layer after layer, costs no new allocation and no page faults)."""
+        bf16 = self.sec["logical_dtype"] == "bfloat16"
+        if out is not None:
+            n = np.asarray(token_uids).size
+            shape = (n, len(self._lidx(layers)), self.sec["hidden_size"])
+            dtype = np.dtype(np.float32 if bf16 else self.sec["dtype"])
+            if (not isinstance(out, np.ndarray) or out.shape != shape or out.dtype != dtype
+                    or not out.flags.c_contiguous or not out.flags.writeable):
+                got = f"{out.shape} {out.dtype}" if isinstance(out, np.ndarray) else type(out).__name__
+                raise KevoError(f"out= must be a writeable C-contiguous {dtype} array of shape {shape}, got {got}")
+            if bf16:  # the bits, then their exact float32 values, in place
+                np.left_shift(self.read_stored(token_uids, layers).astype(np.uint32), 16, out=out.view(np.uint32))
+                return out
+            got = self.read_stored(token_uids, layers, out)
+            if got is not out:  # a path that assembled its own result (e.g. rows in the tail)
+                out[...] = got
+            return out
+        stored = self.read_stored(token_uids, layers)
+        return bf16_bits_to_float32(stored) if bf16 else stored
 
     def sample_ids(self, start: int, stop: int) -> np.ndarray:
         """The sample_id coordinate of array rows [start, stop) (v2), checked like the shards."""

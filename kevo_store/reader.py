@@ -286,10 +286,11 @@ class Store:
         raise KevoError(f"{self.path} has no table {table!r}; tables: {self.tables}")
 
     # --- hidden states
-    def hidden(self, token_uids: Any, layers: Any = None) -> np.ndarray:
+    def hidden(self, token_uids: Any, layers: Any = None, out: np.ndarray | None = None) -> np.ndarray:
         """Hidden states (n, n_layers, D) of ``token_uids`` at ``layers`` (default: all captured).
 
-        float16 stores give float16; bfloat16 stores give float32 (exact)."""
+        float16 stores give float16; bfloat16 stores give float32 (exact). ``out``: an array of exactly
+        that shape and dtype to read into (returned), e.g. one buffer reused layer after layer."""
         h = self.manifest.get("hidden")
         if not h:
             raise KevoError(f"{self.path} holds no hidden states (captured without them)")
@@ -298,7 +299,7 @@ class Store:
             self.manifest.check_hidden_layers_present([layers] if np.isscalar(layers) else layers, self.path)
         if self._hidden is None:  # checks every shard it reads (kevo_store/hidden.py)
             self._hidden = HiddenReader(self.fs, h, self.manifest.get("files"))
-        return self._hidden.read(token_uids, layers)
+        return self._hidden.read(token_uids, layers, out)
 
     def hidden_xarray(self):
         """All hidden states as a lazy, dask-backed ``xarray.DataArray`` hidden(token, layer, hidden_dim)
