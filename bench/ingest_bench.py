@@ -124,7 +124,7 @@ def overhead(model_dir: Path, images: list[Path], batch: int, new_tokens: int, r
 def paper_comparison(ad, texts, ims, U, gc_hidden, settings_paper, new_tokens: int, reps: int) -> dict:
     import torch
 
-    from bench.paper_method import compare, paper_lens
+    from bench.paper_method import compare, logit_fp32_error, paper_lens
     from ingest.capture import capture
 
     state: dict = {}
@@ -154,12 +154,13 @@ def paper_comparison(ad, texts, ims, U, gc_hidden, settings_paper, new_tokens: i
     from ingest.lens import LensResult
 
     kl = LensResult.concat([c.lens["raw"] for c in state["caps"]])
-    check = compare(state["as_released"], kl)
-    check_tightened = compare(state["tightened"], kl)
+    H = torch.from_numpy(np.concatenate([c.hidden for c in state["caps"]]).astype(np.float32))
+    err = logit_fp32_error(U.weight, H)
+    check = compare(state["as_released"], kl, logit_error=err)
+    check_tightened = compare(state["tightened"], kl, logit_error=err)
     # kevo's analysis part for the same outputs: the lens on the captured hidden states
     from ingest.lens import compute_lens
 
-    H = torch.from_numpy(np.concatenate([c.hidden for c in state["caps"]]).astype(np.float32))
     ids = torch.from_numpy(np.concatenate([c.generated_ids for c in state["caps"]]))
     t_lens = min(timed(compute_lens, U, H, ids, mode="raw", top_k=10, dola=True)[0] for _ in range(n))
     bp, bk = best(times["paper_as_released"]), best(times["kevo_paper_outputs"])

@@ -77,12 +77,17 @@ def paper_lens(lm_head, hidden_states, new_ids: torch.Tensor, n_generated: list[
     return {k: np.asarray(v) for k, v in rows.items()}
 
 
-def compare(paper: dict, kevo_lens, atol_js: float = 2e-5) -> dict:
+def compare(paper: dict, kevo_lens, atol_js: float = 2e-5, logit_error: float = 0.0) -> dict:
     """How far kevo's lens (an ingest.lens.LensResult, raw mode, dola on) is from the paper's loops.
 
     Returns the largest differences and ``agree`` (every check within tolerance). JS values are
     compared with an absolute tolerance (kevo computes in float32, the paper's code in float64);
-    top-k ids must match where the probabilities are not tied.
+    top-k ids must match where the probabilities are not tied. Probabilities agree within
+    max(1e-5, ``logit_error``): both sides softmax float32 logits, a softmax moves no probability by
+    more than half the largest change of its logits, so two float32 computations of the same logits,
+    each off by at most ``logit_error`` (float32 against float64, measured on these hidden states),
+    differ by at most that. The raw lens (no final norm) of a model whose residual stream grows
+    large has logits in the hundreds, where float32 alone is off by ~1e-4.
     """
     p_out_diff = float(np.max(np.abs(paper["p_out"] - kevo_lens.p_out)))
     js_true_diff = float(np.nanmax(np.abs(paper["js_true"] - kevo_lens.js_prev)))
@@ -95,9 +100,24 @@ def compare(paper: dict, kevo_lens, atol_js: float = 2e-5) -> dict:
     id_mismatch = int(np.sum(ids_differ & ~tie))
     n_values = int(np.isfinite(paper["js_true"]).sum())
     # js_dola is (true JS) / V in size: compare it relative to its own scale
-    agree = (p_out_diff < 1e-5 and prob_diff < 1e-5 and js_true_diff < atol_js
+    p_tol = max(1e-5, logit_error)
+    agree = (p_out_diff < p_tol and prob_diff < p_tol and js_true_diff < atol_js
              and js_dola_diff <= 1e-4 * js_dola_scale + 1e-12 and id_mismatch == 0)
     return {"agree": bool(agree), "tokens": int(paper["p_out"].shape[0]), "js_values": n_values,
             "max_abs_diff_p_out": p_out_diff, "max_abs_diff_topk_prob": prob_diff,
             "max_abs_diff_js_true_vs_js_prev": js_true_diff, "max_abs_diff_js_dola": js_dola_diff,
-            "max_js_dola": js_dola_scale, "topk_id_mismatches": id_mismatch}
+            "max_js_dola": js_dola_scale, "topk_id_mismatches": id_mismatch, "p_tolerance": p_tol,
+            "logit_fp32_error": logit_error}
+
+
+@torch.no_grad()
+def logit_fp32_error(unembedding_weight: torch.Tensor, hidden: torch.Tensor) -> float:
+    """The largest |float32 - float64| of the raw-lens logits W h over ``hidden`` (n, L+1, D): how far
+    float32 alone puts a logit, the scale against which two float32 lens computations are compared."""
+    w32 = unembedding_weight.float()
+    w64 = w32.double()
+    err = 0.0
+    for layer in range(hidden.shape[1]):
+        h = hidden[:, layer].float()
+        err = max(err, float(((h @ w32.T).double() - h.double() @ w64.T).abs().max()))
+    return err

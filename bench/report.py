@@ -340,6 +340,10 @@ def _ingest(w, sec, cmd):
           f"{_f(c['max_abs_diff_topk_prob'])}, true JS vs kevo's js_prev {_f(c['max_abs_diff_js_true_vs_js_prev'])} "
           f"nats, DoLa JS vs kevo's js_dola {_f(c['max_abs_diff_js_dola'])} (values up to {_f(c['max_js_dola'])}); "
           f"top-10 id mismatches {c['topk_id_mismatches']}."
+          + (f" Probabilities are compared within {_f(c['p_tolerance'])}: the float32 rounding of these raw-lens "
+             f"logits, measured against float64 on the same hidden states ({_f(c['logit_fp32_error'])}; a softmax "
+             "moves no probability by more than half the largest change of its logits)." if "p_tolerance" in c
+             else "")
           + (f" The tightened variant agrees too: {_f(p['check_tightened']['agree'])}." if "check_tightened" in p
              else ""))
         w("")

@@ -57,12 +57,17 @@ def test_demo_runs_the_whole_pipeline(demo):
     assert {q["kind"]: q["n"] for q in tr["questions"]} == {"attribute": 12, "present": 12}
     assert {p["kind"] for p in tr["peaks"]} == {"hidden", "mlp", "attn"}
     assert (out / "report-trace.html").is_file() and "trace-peaks" in (out / "report-trace.html").read_text()
+    # the skip experiments on the demo store: derived from it, every variant ingested and compared
+    sk = summary["skip"]
+    assert [v["variant"] for v in sk["variants"]] == ["skip.1", "skip.2", "skip.3"]
+    assert all("note" in v or {"token_agreement", "CHAIR", "Cover", "Hal"} <= v.keys() for v in sk["variants"])
+    assert sk["m1"] <= sk["m2"] <= manifest_layers(out) and (out / "skip" / "comparison.json").is_file()
     # the paper's Fig. 3 is drawn when a hallucinated token has a top-1 mutation event to show
     assert ("candidates-hallucination.png" in figures) == (summary["displaced_in_image"]["n_events"] > 0)
     assert "t-SNE" in (out / "report-vqa.html").read_text()
     for line in ("AMBER generative", "critical layers", "paper's (any top-1)", "correct objects, emitted token top-1",
                  "object tokens", "mutation contrast", "cross-image VQA", "causal trace swap:house/w1",
-                 "peak AIE (layer)", str(out)):
+                 "peak AIE (layer)", "skip experiments (c = ", str(out)):
         assert line in stdout
     # the displaced candidates are listed when hallucinated tokens have top-1 mutation events
     assert ("displaced candidates" in stdout) == (summary["displaced_in_image"]["n_events"] > 0)
@@ -73,6 +78,13 @@ def test_demo_runs_the_whole_pipeline(demo):
     manifest = json.loads((out / "organism.kevo" / "manifest.json").read_text())
     assert Path(manifest["model"]["path"]).resolve() == weights.resolve()
     assert manifest["model"]["family"] == "llava"
+
+
+def manifest_layers(out: Path) -> int:
+    """The decoder's layer count, from the demo store's manifest."""
+    from kevo_store import open_store
+
+    return open_store(str(out / "organism.kevo")).n_layers
 
 
 def _summary_lines(text: str) -> list[str]:

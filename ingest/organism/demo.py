@@ -91,21 +91,21 @@ def run_demo(out: Path, *, n_images: int, task: str, model: str | None, seed: in
 
     vqa = out / "vqa"
     vqa_store = out / "vqa.kevo"
-    echo(f"1/8 world: {n_images} images in AMBER format -> {data}; {vqa_images} images of the VQA split -> {vqa}")
+    echo(f"1/9 world: {n_images} images in AMBER format -> {data}; {vqa_images} images of the VQA split -> {vqa}")
     world.write_world(data, n_images=n_images, seed=seed, split="test")
     world.write_vqa(vqa, n_images=vqa_images, seed=seed)
 
-    echo("2/8 ingest: greedy captions + logit lens at every layer + hidden states")
+    echo("2/9 ingest: greedy captions + logit lens at every layer + hidden states")
     step("ingest", "amber", "--data", str(data), "--task", task, "--model", model, "--out", str(store),
          "--batch-size", "16", "--max-new-tokens", "40", "--top-k", "5")
 
-    echo("3/8 eval: AMBER metrics (CHAIR, Cover, Hal, Cog; Yes/No accuracy)")
+    echo("3/9 eval: AMBER metrics (CHAIR, Cover, Hal, Cog; Yes/No accuracy)")
     raw = step("eval", "amber", str(store), "--data", str(data), "--json", required=False)
     metrics = json.loads(raw) if raw else None
     if metrics is not None:
         (out / "eval_amber.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
 
-    echo("4/8 named queries")
+    echo("4/9 named queries")
     for name, extra, fname in QUERIES:
         step("query", name, str(store), *extra, "--format", "csv", "-o", str(tables / fname), required=False)
         step("query", name, str(store), *extra, "--format", "json", "-o",
@@ -116,17 +116,22 @@ def run_demo(out: Path, *, n_images: int, task: str, model: str | None, seed: in
             step("query", "critical-layer-distribution", str(store), "--param", "definition=emitted",
                  "--param", f"label={label}", "--format", fmt, "-o", str(tables / f"{stem}.{fmt}"), required=False)
 
-    echo("5/8 cross-image VQA: one question over many images; the answer token's hidden states per layer")
+    echo("5/9 cross-image VQA: one question over many images; the answer token's hidden states per layer")
     step("ingest", "vqa", "--questions", str(vqa / "questions.json"), "--images", str(vqa / "images"),
          "--model", model, "--out", str(vqa_store), "--batch-size", "16", "--max-new-tokens", "4", "--top-k", "5")
     step("embed", str(vqa_store), "--tokens", "is_answer", "--n-jobs", "2", "--name", "vqa-answer", required=False)
 
-    echo("6/8 causal tracing: colour and existence questions, their object word swapped for another (kevo trace)")
+    echo("6/9 causal tracing: colour and existence questions, their object word swapped for another (kevo trace)")
     t_trace = time.time()
     trace_store = trace_demo(step, out, data, model)
     trace_seconds = time.time() - t_trace
 
-    echo("7/8 figures")
+    echo("7/9 skip experiments: critical and mutation layers read off the store, each range skipped "
+         "(kevo experiment skip)")
+    skip = out / "skip"
+    step("experiment", "skip", str(store), "--out", str(skip), required=False)
+
+    echo("8/9 figures")
     for fig in FIGURES:
         step("plot", fig, str(store), "-o", str(figures / f"{fig}.png"), required=False)
     token = _hallucination_token(tables / "mutation_events_hallucinated.json")
@@ -137,13 +142,14 @@ def run_demo(out: Path, *, n_images: int, task: str, model: str | None, seed: in
         echo("  (no hallucinated token has a top-1 mutation event: no candidates figure of a hallucination)")
     step("plot", "tsne", str(vqa_store), "-o", str(figures / "tsne-vqa.png"), required=False)
 
-    echo("8/8 report")
+    echo("9/9 report")
     step("report", str(store), "-o", str(out / "report.html"), required=False)
     step("report", str(vqa_store), "-o", str(out / "report-vqa.html"), required=False)
 
     summary = _summary(out, store, metrics, tables)
     summary.update(_vqa_summary(vqa_store, vqa))
     summary["trace"] = _trace_summary(trace_store, tables / "trace_peaks.json", trace_seconds)
+    summary["skip"] = _skip_summary(skip / "comparison.json")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     echo("")
     echo(_format_summary(summary, out, time.time() - t_start))
@@ -193,6 +199,22 @@ def _trace_summary(store: Path, peaks: Path, seconds: float) -> dict | None:
             "questions": [{"kind": r["kind"], "n": int(r["n"]), "p_clean": r["p_clean"], "p_corrupt": r["p_corrupt"]}
                           for r in by_kind],
             "peaks": [{k: p.get(k) for k in ("kind", "peak_layer", "peak_effect")} for p in rows]}
+
+
+SKIP_METRICS = ("CHAIR", "Cover", "Hal", "yes_no_accuracy")
+
+
+def _skip_summary(path: Path) -> dict | None:
+    """The skip experiments' derivation (c, m1, m2) and, per variant, its range, token agreement and the
+    AMBER metrics with their deltas (``kevo experiment skip``'s comparison.json)."""
+    c = _read_json(path)
+    if not isinstance(c, dict) or not c.get("variants"):
+        return None
+    keep = ("variant", "skip_layers", "token_agreement", "note", *SKIP_METRICS, *(m + "_delta" for m in SKIP_METRICS))
+    d = c.get("derivation") or {}
+    return {"comparison": str(path), "report": str(path.parent / "report.html"),
+            "critical_layer": d.get("critical_layer"), "m1": d.get("m1"), "m2": d.get("m2"),
+            "variants": [{k: v.get(k) for k in keep if k in v} for v in c["variants"]]}
 
 
 def _summary(out: Path, store: Path, metrics: dict | None, tables: Path) -> dict:
@@ -246,7 +268,10 @@ def _format_summary(s: dict, out: Path, seconds: float) -> str:
              + f"; everything is under {out}/"]
     lines.append(f"  store    {s['store']}   (try: kevo sql {s['store']} \"SELECT * FROM tokens LIMIT 5\")")
     if s.get("report"):
-        lines.append(f"  report   {s['report']}" + (f", {Path(tr['report']).name}" if tr.get("report") else ""))
+        sk = s.get("skip") or {}
+        more = [Path(tr["report"]).name] if tr.get("report") else []
+        more += ["skip/report.html"] if sk.get("report") and Path(sk["report"]).is_file() else []
+        lines.append(f"  report   {s['report']}" + "".join(f", {x}" for x in more))
     if s.get("figures"):
         lines.append(f"  figures  {', '.join(Path(f).name for f in s['figures'])} in {out / 'figures'}")
     lines.append(f"  tables   {out / 'tables'}")
@@ -317,6 +342,20 @@ def _format_summary(s: dict, out: Path, seconds: float) -> str:
         peaks = sorted(tr["peaks"], key=lambda p: order.get(p["kind"], 9))
         lines.append("    peak AIE (layer)   " + "   ".join(f"{p['kind']} {p['peak_effect']:.4f} (L{p['peak_layer']})"
                                                        for p in peaks))
+    sk = s.get("skip")
+    if sk:
+        lines.append(f"  skip experiments (c = {sk['critical_layer']}, mutation layers [m1, m2] = "
+                     f"[{sk['m1']}, {sk['m2']}]; decoder layers skipped; tokens = agreement with the baseline)")
+        cols = [m for m in SKIP_METRICS if any(m in v for v in sk["variants"])]
+        lines.append(f"    {'variant':<9}{'skipped':<9}{'tokens':>7}" + "".join(
+            f"{m.replace('yes_no_accuracy', 'yes/no'):>15}" for m in cols))
+        for v in sk["variants"]:
+            if v.get("note"):
+                lines.append(f"    {v['variant']:<9}{v.get('skip_layers') or '-':<9}  {v['note']}")
+                continue
+            cells = [f"{v[m]:.1f} ({v[m + '_delta']:+.1f})" if v.get(m) is not None else "-" for m in cols]
+            lines.append(f"    {v['variant']:<9}{v['skip_layers']:<9}{v['token_agreement']:>7.2f}"
+                         + "".join(f"{c:>15}" for c in cells))
     return "\n".join(lines)
 
 
