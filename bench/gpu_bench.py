@@ -100,7 +100,8 @@ def measure(ad, U, batch: int, new_tokens: int, reps: int, device: str, lens_chu
         times["kevo_capture"].append(timed(kevo))
     caps = state["caps"]
     n_gen = sum(c.n_generated for c in caps)
-    seq = state["plain"][:, -new_tokens:].cpu().numpy()
+    n_prompt = ad.generate_inputs(ad.encode(texts, ims))["input_ids"].shape[1]  # new tokens follow the prompt
+    seq = state["plain"][:, n_prompt:].cpu().numpy()
     same = all(np.array_equal(c.generated_ids, seq[i, : c.n_generated]) for i, c in enumerate(caps))
     lens = caps[0].lens["final_norm"]
     bg, bk = min(times["generate"]), min(times["kevo_capture"])

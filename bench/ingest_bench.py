@@ -88,7 +88,10 @@ def overhead(model_dir: Path, images: list[Path], batch: int, new_tokens: int, r
     arms = {"generate": plain, "generate_hidden": gen_hidden, "kevo_capture": kevo, "lens_matmul": lens_matmul}
     times = interleave(arms, reps)
     caps = state["caps"]
-    gen_plain = state["plain"][:, -new_tokens:]
+    # generate returns the prompt, then as many steps as the longest sample ran (fewer than new_tokens
+    # when every sample stopped early): the new tokens start after the prompt
+    n_prompt = ad.generate_inputs(ad.encode(texts, ims))["input_ids"].shape[1]
+    gen_plain = state["plain"][:, n_prompt:]
     same = all(np.array_equal(c.generated_ids, gen_plain[i, : c.n_generated].numpy()) for i, c in enumerate(caps))
     n_gen = sum(c.n_generated for c in caps)
     # the lens alone on the captured hidden states (kevo's second phase), for the breakdown
