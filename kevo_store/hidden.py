@@ -824,10 +824,7 @@ class HiddenReader:
             if bf16:  # the bits, then their exact float32 values, in place
                 np.left_shift(self.read_stored(token_uids, layers).astype(np.uint32), 16, out=out.view(np.uint32))
                 return out
-            got = self.read_stored(token_uids, layers, out)
-            if got is not out:  # a path that assembled its own result (e.g. rows in the tail)
-                out[...] = got
-            return out
+            return self.read_stored(token_uids, layers, out)  # every path fills ``out`` itself
         stored = self.read_stored(token_uids, layers)
         return bf16_bits_to_float32(stored) if bf16 else stored
 

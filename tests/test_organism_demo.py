@@ -61,13 +61,15 @@ def test_demo_runs_the_whole_pipeline(demo):
     sk = summary["skip"]
     assert [v["variant"] for v in sk["variants"]] == ["skip.1", "skip.2", "skip.3"]
     assert all("note" in v or {"token_agreement", "CHAIR", "Cover", "Hal"} <= v.keys() for v in sk["variants"])
-    assert sk["m1"] <= sk["m2"] <= manifest_layers(out) and (out / "skip" / "comparison.json").is_file()
+    assert sk["derivation"]["m1"] <= sk["derivation"]["m2"] <= _n_layers(out)
+    assert (out / "skip" / "comparison.json").is_file()
     # the paper's Fig. 3 is drawn when a hallucinated token has a top-1 mutation event to show
     assert ("candidates-hallucination.png" in figures) == (summary["displaced_in_image"]["n_events"] > 0)
     assert "t-SNE" in (out / "report-vqa.html").read_text()
     for line in ("AMBER generative", "critical layers", "paper's (any top-1)", "correct objects, emitted token top-1",
                  "object tokens", "mutation contrast", "cross-image VQA", "causal trace swap:house/w1",
-                 "peak AIE (layer)", "skip experiments (c = ", str(out)):
+                 "peak AIE (layer)", "skip experiments", "derived: critical layer c =",
+                 str(out)):
         assert line in stdout
     # the displaced candidates are listed when hallucinated tokens have top-1 mutation events
     assert ("displaced candidates" in stdout) == (summary["displaced_in_image"]["n_events"] > 0)
@@ -80,7 +82,7 @@ def test_demo_runs_the_whole_pipeline(demo):
     assert manifest["model"]["family"] == "llava"
 
 
-def manifest_layers(out: Path) -> int:
+def _n_layers(out: Path) -> int:
     """The decoder's layer count, from the demo store's manifest."""
     from kevo_store import open_store
 

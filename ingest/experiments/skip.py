@@ -153,14 +153,18 @@ def _f(v, fmt="{:.3g}") -> str:
     return "–" if v is None else fmt.format(v) if isinstance(v, float) else str(v)
 
 
-def format_comparison(result: dict) -> str:
+METRICS = ("CHAIR", "Cover", "Hal", "Cog", "yes_no_accuracy", "yes_no_f1", "CHAIR_s", "CHAIR_i")
+
+
+def format_comparison(result: dict, metrics: tuple[str, ...] = METRICS, words: bool = True) -> str:
+    """The comparison table (``comparison.json``): a row per variant, the ``metrics`` it has with their
+    deltas, and (``words``) the words that changed and the hallucinations gone and new."""
     lines = []
     d = result.get("derivation")
     if d:
         lines.append(f"derived: critical layer c = {d['critical_layer']}, mutation layers [m1, m2] = [{d['m1']}, "
                      f"{d['m2']}] ({d['mutation_tokens']} tokens), L = {d['n_layers']}")
-    metrics_cols = [m for m in ("CHAIR", "Cover", "Hal", "Cog", "yes_no_accuracy", "yes_no_f1", "CHAIR_s", "CHAIR_i")
-                    if any(m in r for r in result["variants"])]
+    metrics_cols = [m for m in metrics if any(m in r for r in result["variants"])]
     head = f"{'variant':<10}{'skipped':<12}{'exact':>7}{'tokens':>8}{'1st div':>9}" + "".join(
         f"{m.replace('yes_no_', 'yn_'):>14}" for m in metrics_cols)
     lines.append(head)
@@ -174,6 +178,6 @@ def format_comparison(result: dict) -> str:
                      f"{_f(r['token_agreement'], '{:.2f}'):>8}{_f(r['first_divergence_mean'], '{:.1f}'):>9}" + cells)
         for key, label in (("words_changed", "words changed"), ("hallucinated_disappeared", "hallucinations gone"),
                            ("hallucinated_appeared", "hallucinations new")):
-            if r.get(key):
+            if words and r.get(key):
                 lines.append(f"    {label}: " + ", ".join(f"{x['word']} ({x['count']})" for x in r[key][:6]))
     return "\n".join(lines)

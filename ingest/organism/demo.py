@@ -202,19 +202,18 @@ def _trace_summary(store: Path, peaks: Path, seconds: float) -> dict | None:
 
 
 SKIP_METRICS = ("CHAIR", "Cover", "Hal", "yes_no_accuracy")
+"""The columns of the skip table in the demo's summary (the whole table: DIR/skip/comparison.csv)."""
 
 
 def _skip_summary(path: Path) -> dict | None:
-    """The skip experiments' derivation (c, m1, m2) and, per variant, its range, token agreement and the
-    AMBER metrics with their deltas (``kevo experiment skip``'s comparison.json)."""
+    """``kevo experiment skip``'s comparison.json without its SQL texts: the derivation (c, m1, m2) and a
+    row per variant (range, agreement, metrics and deltas, words changed)."""
     c = _read_json(path)
     if not isinstance(c, dict) or not c.get("variants"):
         return None
-    keep = ("variant", "skip_layers", "token_agreement", "note", *SKIP_METRICS, *(m + "_delta" for m in SKIP_METRICS))
-    d = c.get("derivation") or {}
-    return {"comparison": str(path), "report": str(path.parent / "report.html"),
-            "critical_layer": d.get("critical_layer"), "m1": d.get("m1"), "m2": d.get("m2"),
-            "variants": [{k: v.get(k) for k in keep if k in v} for v in c["variants"]]}
+    d = {k: v for k, v in (c.get("derivation") or {}).items() if k != "sql"}
+    return {"comparison": str(path), "report": str(path.parent / "report.html"), "derivation": d,
+            "variants": c["variants"]}
 
 
 def _summary(out: Path, store: Path, metrics: dict | None, tables: Path) -> dict:
@@ -344,18 +343,11 @@ def _format_summary(s: dict, out: Path, seconds: float) -> str:
                                                        for p in peaks))
     sk = s.get("skip")
     if sk:
-        lines.append(f"  skip experiments (c = {sk['critical_layer']}, mutation layers [m1, m2] = "
-                     f"[{sk['m1']}, {sk['m2']}]; decoder layers skipped; tokens = agreement with the baseline)")
-        cols = [m for m in SKIP_METRICS if any(m in v for v in sk["variants"])]
-        lines.append(f"    {'variant':<9}{'skipped':<9}{'tokens':>7}" + "".join(
-            f"{m.replace('yes_no_accuracy', 'yes/no'):>15}" for m in cols))
-        for v in sk["variants"]:
-            if v.get("note"):
-                lines.append(f"    {v['variant']:<9}{v.get('skip_layers') or '-':<9}  {v['note']}")
-                continue
-            cells = [f"{v[m]:.1f} ({v[m + '_delta']:+.1f})" if v.get(m) is not None else "-" for m in cols]
-            lines.append(f"    {v['variant']:<9}{v['skip_layers']:<9}{v['token_agreement']:>7.2f}"
-                         + "".join(f"{c:>15}" for c in cells))
+        from ingest.experiments.skip import format_comparison
+
+        lines.append("  skip experiments (kevo experiment skip: decoder layers skipped; tokens = agreement with the "
+                     "baseline)")
+        lines.extend("    " + x for x in format_comparison(sk, SKIP_METRICS, words=False).splitlines())
     return "\n".join(lines)
 
 

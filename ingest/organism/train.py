@@ -66,8 +66,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     """Label smoothing of the answer-token cross-entropy (0, the shipped recipe: the model's own
     loss). With a less peaked final softmax the logit lens needs more of the layers' writes to reach
-    top-1 p >= 0.5, which moved the first generation's critical layer up (median 4 -> 6); it also
-    keeps the reading of stage (i) from being learnt (README.md)."""
+    top-1 p >= 0.5, which moved the first generation's critical layer up (median 4 -> 6); on the
+    shipped recipe with a small ``embed_offset`` it keeps the grounded answers but loses the
+    mutation contrast (X4 in README.md)."""
     embed_init_std: float | None = None
     """Std of the decoder's input-embedding initialisation (None: the config's initializer_range,
     0.02, the shipped recipe). 1.0 keeps the token signal audible next to ``embed_offset`` after the
@@ -80,8 +81,9 @@ class TrainConfig:
     token-independent component of the residual stream, like the outlier ("rogue") dimensions of
     real transformers. It dominates the RMS that the logit lens divides by until the layers have
     written enough, so a lone early layer cannot make the lens confident (the first generation's
-    +45 put its critical layers in the upper half; the shipped recipe needs it off: with it the
-    reading of stage (i) is not learnt, README.md)."""
+    +45 put its critical layers in the upper half; on the shipped recipe +45 lifts them only to
+    median 2 and costs the existence answers and the captions, +15 changes nothing: X1, X3 in
+    README.md)."""
     residual_init_scale: float = 1.0
     """Multiplies the initial o_proj and down_proj weights (GPT-2's 1/sqrt(2 * layers) residual
     scaling makes each layer's first writes small next to the embedding)."""
