@@ -259,7 +259,11 @@ def run(tokens: int, batch_tokens: int, layers: int = 33, d: int = 4096, reps: i
     del blocks, whole, unaligned
     read_amber = amber_read(work, reps=reps) if amber else None
     shutil.rmtree(work, ignore_errors=True)
+    from kevo_store import hidden as hid
+    from kevo_store import shards as sh
+
     return {
+        "crc32c_impl": sh.CRC32C_IMPL, "read_threads": hid.READ_THREADS, "write_threads": hid.WRITE_THREADS,
         "tokens": tokens, "layers": layers, "hidden": d, "batch_tokens": batch_tokens, "reps": reps,
         "unaligned_tokens": unaligned_tokens,
         "bytes_fp16": nbytes, "bytes_on_disk_store": stored_bytes,

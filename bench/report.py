@@ -407,8 +407,10 @@ def _hidden(w, h, cmd):
     stt = st.get("shard_tokens", 2048)
     w(f"- What the format asks of every shard ({stt:,} tokens x 1 layer, {stt * 8 // 1024} MiB at D = 4,096): one "
       "gather of its strided rows (straight from the buffered batches), a crc32c per inner chunk, the tree "
-      "digest (a sha256 of the shard index and of the chunks' crc32c: a few hundred bytes) and one writev; a "
-      "commit's shard files are fsynced together once all are written (kevo_store/shards.py). Rows of a batch "
+      "digest (a sha256 of the shard index and of the chunks' crc32c: a few hundred bytes) and one writev, "
+      "after which the file's writeback is started at once (Linux `sync_file_range`, not waited for), so the "
+      "disk works while the next shards are gathered; a commit's shard files are then fsynced together "
+      "(kevo_store/shards.py). Rows of a batch "
       "that do not complete a shard are first written to that commit's tail (two .npy records, sha256 as "
       "written, on a thread of its own beside the shards, not fsynced: FORMAT.md, \"Durability\") and written "
       "again, in their shard, by the commit that completes it; the tails made obsolete are deleted at the next "
@@ -443,7 +445,12 @@ def _hidden(w, h, cmd):
       "the CPU cache; `Store.hidden` must hand back a new array of the layer's size, whose pages the kernel "
       "first faults in (the `raw read into a new array` figure below is that floor), and checks a crc32c "
       "over every byte. At 4,096 tokens its remaining fixed costs (chunk index, one open and stat per shard) "
-      "still weigh; at AMBER scale the new array dominates.")
+      "still weigh; at AMBER scale the new array dominates. Shards are read on "
+      f"{h.get('read_threads', '?')} threads, so one shard's crc32c runs while the next is read.")
+    w(f"- crc32c implementation in this run: `{h.get('crc32c_impl', '?')}` (the `fast` extra's `crc32c` package: "
+      "hardware crc32c, about twice google-crc32c's speed here, and it releases the GIL on arrays, so the "
+      "reading and writing threads check shards in parallel; without the extra kevo uses google-crc32c, "
+      "Zarr's own).")
     for key, label in (("read", "Reads"), ("read_amber_scale", "Reads at AMBER scale")):
         r = h.get(key)
         if not r:

@@ -59,6 +59,8 @@ V1_CHUNK_TOKENS = 64
 LOGICAL_DTYPES = {"float16": "float16", "bfloat16": "uint16"}
 # Threads gathering, hashing and writing shards: one per core (more only queue on the same cores).
 WRITE_THREADS = max(1, min(8, os.cpu_count() or 1))
+READ_THREADS = WRITE_THREADS
+"""Threads reading the shards of one ``Store.hidden`` call (uncompressed local stores)."""
 UPGRADE_HINT = "run `kevo store upgrade {root}` to rewrite it in format v2"
 
 
@@ -721,56 +723,77 @@ class HiddenReader:
         (its crc32c checked), then one ``preadv`` of each run of touched inner chunks that lie end to
         end in the file, straight into the output where a chunk's rows are all wanted, and the
         crc32c of every inner chunk read checked, exactly as Zarr's sharding and crc32c codecs
-        check them. An absent chunk (index entry 2^64-1) reads as the fill value 0."""
-        st, ct, d = self.sec["shard_tokens"], self.sec["chunk_tokens"], self.sec["hidden_size"]
+        check them. An absent chunk (index entry 2^64-1) reads as the fill value 0.
+
+        Shards are read on ``READ_THREADS`` threads (each fills its own rows and layer of ``out``), so
+        that one shard's crc32c pass runs while the next is read: ``preadv`` releases the GIL."""
         dt = np.dtype(self.sec["dtype"])
-        step = ct * d * dt.itemsize
-        n_inner = st // ct
-        ilen = n_inner * 16 + 4
         if out is None:
-            out = np.empty((uniq.size, len(lidx), d), dtype=dt)
+            out = np.empty((uniq.size, len(lidx), self.sec["hidden_size"]), dtype=dt)
+        st = self.sec["shard_tokens"]
         shard_of = uniq // st
         cut = np.flatnonzero(np.diff(shard_of)) + 1
-        for a, b in zip(np.r_[0, cut], np.r_[cut, uniq.size]):
+        jobs = [(int(a), int(b), k, j) for a, b in zip(np.r_[0, cut], np.r_[cut, uniq.size])
+                for k, j in enumerate(lidx)]
+
+        def one(job: tuple[int, int, int, int]) -> None:
+            a, b, k, j = job
             s = int(shard_of[a])
-            rows = uniq[a:b] - s * st  # sorted, distinct rows within the shard
-            inner = np.unique(rows // ct)
-            # rows wholly covering their chunks, one layer: the chunks go straight into the output
-            whole = len(lidx) == 1 and len(rows) == len(inner) * ct
-            for k, j in enumerate(lidx):
-                key = sh.shard_key(s, j)
-                fd = os.open(self.fs.full(f"{HIDDEN_DIR}/{key}"), os.O_RDONLY)
-                try:
-                    ib = os.pread(fd, ilen, self.index[key][1] - ilen)
-                    if len(ib) != ilen or sh.crc32c(ib[:-4]) != ib[-4:]:
-                        raise ValueError(f"shard index of {key}: crc32c mismatch")
-                    index = np.frombuffer(ib[:-4], dtype="<u8").reshape(n_inner, 2)
-                    buf = out[a:b, 0].reshape(len(inner), ct * d) if whole else np.empty((len(inner), ct * d), dt)
-                    crcs = np.empty((len(inner), 4), np.uint8)
-                    run: list[int] = []  # positions in ``inner`` of chunks end to end in the file
-                    for q, c in enumerate(inner):
-                        off, n = (int(x) for x in index[c])
-                        if off == sh.MAX_U64 and n == sh.MAX_U64:
-                            buf[q] = 0
-                            crcs[q] = np.frombuffer(sh.crc32c(buf[q].view(np.uint8)), np.uint8)
-                            continue
-                        if n != step + 4:
-                            raise ValueError(f"inner chunk {c} of {key} is {n} bytes, not {step + 4}")
-                        if run and int(index[inner[run[-1]]][0]) + step + 4 != off:
-                            self._preadv(fd, buf, crcs, run, int(index[inner[run[0]]][0]))
-                            run = []
-                        run.append(q)
-                    if run:
-                        self._preadv(fd, buf, crcs, run, int(index[inner[run[0]]][0]))
-                finally:
-                    os.close(fd)
-                for q in range(len(inner)):
-                    if sh.crc32c(buf[q].view(np.uint8)) != crcs[q].tobytes():
-                        raise ValueError(f"inner chunk {int(inner[q])} of {key}: crc32c mismatch")
-                if not whole:
-                    pos = np.searchsorted(inner, rows // ct)
-                    out[a:b, k] = buf.reshape(len(inner), ct, d)[pos, rows % ct]
+            self._read_shard(sh.shard_key(s, j), uniq[a:b] - s * st, out[a:b, k], len(lidx) == 1)
+
+        if READ_THREADS <= 1 or len(jobs) < 2:
+            for job in jobs:
+                one(job)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=READ_THREADS) as ex:
+                for _ in ex.map(one, jobs):  # the first failure is raised here, naming its shard
+                    pass
         return out
+
+    def _read_shard(self, key: str, rows: np.ndarray, dest: np.ndarray, one_layer: bool) -> None:
+        """Rows ``rows`` (sorted, distinct, within the shard) of shard ``key`` into ``dest`` (len(rows), D),
+        every byte read checked against its crc32c."""
+        ct, d = self.sec["chunk_tokens"], self.sec["hidden_size"]
+        dt = np.dtype(self.sec["dtype"])
+        step = ct * d * dt.itemsize
+        n_inner = self.sec["shard_tokens"] // ct
+        ilen = n_inner * 16 + 4
+        inner = np.unique(rows // ct)
+        # rows wholly covering their chunks of a one-layer read: the chunks go straight into the output
+        whole = one_layer and len(rows) == len(inner) * ct
+        fd = os.open(self.fs.full(f"{HIDDEN_DIR}/{key}"), os.O_RDONLY)
+        try:
+            ib = os.pread(fd, ilen, self.index[key][1] - ilen)
+            if len(ib) != ilen or sh.crc32c(ib[:-4]) != ib[-4:]:
+                raise ValueError(f"shard index of {key}: crc32c mismatch")
+            index = np.frombuffer(ib[:-4], dtype="<u8").reshape(n_inner, 2)
+            buf = dest.reshape(len(inner), ct * d) if whole else np.empty((len(inner), ct * d), dt)
+            crcs = np.empty((len(inner), 4), np.uint8)
+            run: list[int] = []  # positions in ``inner`` of chunks end to end in the file
+            for q, c in enumerate(inner):
+                off, n = (int(x) for x in index[c])
+                if off == sh.MAX_U64 and n == sh.MAX_U64:
+                    buf[q] = 0
+                    crcs[q] = np.frombuffer(sh.crc32c(buf[q].view(np.uint8)), np.uint8)
+                    continue
+                if n != step + 4:
+                    raise ValueError(f"inner chunk {c} of {key} is {n} bytes, not {step + 4}")
+                if run and int(index[inner[run[-1]]][0]) + step + 4 != off:
+                    self._preadv(fd, buf, crcs, run, int(index[inner[run[0]]][0]))
+                    run = []
+                run.append(q)
+            if run:
+                self._preadv(fd, buf, crcs, run, int(index[inner[run[0]]][0]))
+        finally:
+            os.close(fd)
+        for q in range(len(inner)):
+            if sh.crc32c(buf[q].view(np.uint8)) != crcs[q].tobytes():
+                raise ValueError(f"inner chunk {int(inner[q])} of {key}: crc32c mismatch")
+        if not whole:
+            pos = np.searchsorted(inner, rows // ct)
+            dest[:] = buf.reshape(len(inner), ct, d)[pos, rows % ct]
 
     @staticmethod
     def _preadv(fd: int, buf: np.ndarray, crcs: np.ndarray, run: list[int], offset: int) -> None:

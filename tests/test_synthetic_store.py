@@ -140,3 +140,25 @@ def test_same_seed_same_store(tmp_path):
     for name in a:
         assert a[name].equals(b[name]), name
     assert ta.events_default.equals(tb.events_default)
+
+
+def test_scaled_store_is_chunks_of_synthetic_stores(tmp_path):
+    """build_scaled_store (the 16x AMBER benchmark store): chunk 0 is build_synthetic_store's store of the
+    same seed, later chunks are other seeds' stores numbered on, and the whole verifies."""
+    from queries.testing import build_scaled_store
+
+    info = build_scaled_store(tmp_path / "big.kevo", 10, chunk_samples=4, n_tokens=5, n_layers=24, top_k=3, seed=7)
+    assert info["chunks"] == 3
+    build_synthetic_store(tmp_path / "one.kevo", n_samples=4, n_tokens=5, n_layers=24, top_k=3, seed=7)
+    build_synthetic_store(tmp_path / "two.kevo", n_samples=4, n_tokens=5, n_layers=24, top_k=3, seed=7 + 1_000_003)
+    big, one, two = (open_store(tmp_path / f"{n}.kevo") for n in ("big", "one", "two"))
+    assert verify_store(tmp_path / "big.kevo").ok
+    assert big.rows("samples") == 10 and big.rows("tokens") == 50 and big.rows("topk") == 50 * 24 * 3
+    keys = big.sql("SELECT sample_key FROM samples ORDER BY sample_key")["sample_key"].to_list()
+    assert keys == sorted(f"synthetic:{i}" for i in range(10))
+    cols = "t.token_id, y.layer, y.top1_id, y.top1_prob, y.p_out"
+    q = (f"SELECT {cols} FROM layers y JOIN tokens t USING (token_uid) WHERE t.token_uid {{}} "
+         "ORDER BY t.token_uid, y.layer")
+    assert big.sql(q.format("< 20")).equals(one.sql(q.format("< 20")))
+    second = big.sql(q.format("BETWEEN 20 AND 39"))
+    assert second.equals(two.sql(q.format("< 20"))) and not second.equals(one.sql(q.format("< 20")))

@@ -40,6 +40,9 @@ class OrganismConfig:
     """Decoder MLP width."""
     max_positions: int = 256
     """Longest sequence (prompt + image tokens + answer)."""
+    tie_embeddings: bool = False
+    """Tie the decoder's LM head to its input embeddings (GPT-2's choice; LLaMA-2, and so the shipped
+    organism, keeps them apart)."""
 
     @property
     def n_image_tokens(self) -> int:
@@ -68,7 +71,7 @@ def build_config(cfg: OrganismConfig, vocab_size: int):
         num_key_value_heads=cfg.heads,
         max_position_embeddings=cfg.max_positions,
         rms_norm_eps=1e-5,
-        tie_word_embeddings=False,
+        tie_word_embeddings=cfg.tie_embeddings,
         bos_token_id=ids["<s>"],
         eos_token_id=ids["</s>"],
         pad_token_id=ids["<pad>"],
@@ -81,7 +84,7 @@ def build_config(cfg: OrganismConfig, vocab_size: int):
         vision_feature_select_strategy="default",
         vision_feature_layer=-2,
         image_seq_length=cfg.n_image_tokens,
-        tie_word_embeddings=False,
+        tie_word_embeddings=cfg.tie_embeddings,
     )
     config.organism = asdict(cfg)  # recorded in config.json: how this model was built
     return config

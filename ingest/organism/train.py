@@ -533,7 +533,7 @@ def train(cfg: TrainConfig, out: Path | str | None = None, log=print, on_step=No
     model.model.vision_tower.requires_grad_(False)  # frozen from here on, as in LLaVA
     embed = model.get_input_embeddings().weight
     lm = model.model.language_model
-    decoder = list(lm.parameters()) + list(model.lm_head.parameters())
+    decoder = list({id(p): p for p in [*lm.parameters(), *model.lm_head.parameters()]}.values())  # tied: once
     projector = list(model.model.multi_modal_projector.parameters())
     stages: dict[str, list[float]] = {}
 

@@ -7,9 +7,9 @@
 each definition of docs/analyses.md) and ``build`` (writing the store). No model, no torch.
 """
 
-from .build import build_synthetic_store, slice_batch, synthesize
+from .build import build_scaled_store, build_synthetic_store, slice_batch, synthesize
 from .plan import DEFAULTS, KINDS, LABELS, OBJECT_WORDS, Plant
 from .truth import DEFINITIONS, SyntheticTruth
 
 __all__ = ["DEFAULTS", "DEFINITIONS", "KINDS", "LABELS", "OBJECT_WORDS", "Plant", "SyntheticTruth",
-           "build_synthetic_store", "slice_batch", "synthesize"]
+           "build_scaled_store", "build_synthetic_store", "slice_batch", "synthesize"]

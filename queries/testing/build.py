@@ -113,14 +113,20 @@ def synthesize(n_samples: int = 8, n_tokens: int = 12, n_layers: int = 33, top_k
 
 
 def slice_batch(tables: dict, hidden, s0: int, s1: int, n_tokens: int, n_layer_rows: int, n_topk_rows: int,
-                lenses: int):
-    """Rows of samples [s0, s1) with batch-local token_uid (0..), as the writer expects."""
+                lenses: int, sample_offset: int = 0):
+    """Rows of samples [s0, s1) with batch-local token_uid (0..), as the writer expects; with
+    ``sample_offset``, the samples are numbered from there (their keys, item and image ids)."""
     t0, t1 = s0 * n_tokens, s1 * n_tokens
     samples = tables["samples"].slice(s0, s1 - s0).drop_columns([])
+    if sample_offset:
+        ids = np.arange(s0, s1) + sample_offset
+        for name, fmt in (("sample_key", "synthetic:{}"), ("item_id", "{}"), ("image_id", "synthetic/{:05d}.png")):
+            samples = samples.set_column(samples.schema.get_field_index(name), name,
+                                         pa.array([fmt.format(i) for i in ids]))
     tokens = tables["tokens"].slice(t0, t1 - t0)
     tokens = tokens.set_column(0, "token_uid", pa.array(np.arange(t1 - t0, dtype=np.int64)))
     tokens = tokens.drop_columns(["sample_id"]).append_column(
-        "sample_key", pa.array([f"synthetic:{s}" for s in np.repeat(np.arange(s0, s1), n_tokens)]))
+        "sample_key", pa.array([f"synthetic:{s}" for s in np.repeat(np.arange(s0, s1) + sample_offset, n_tokens)]))
     parts = {}
     for name, per_tok in (("layers", n_layer_rows), ("topk", n_topk_rows)):
         tab = tables[name]
@@ -174,3 +180,49 @@ def build_synthetic_store(path, n_samples: int = 8, n_tokens: int = 12, n_layers
                 batch["hidden"] = h
             w.write_batch(**batch)
     return truth
+
+
+def build_scaled_store(path, n_samples: int, chunk_samples: int = 1004, n_tokens: int = 100, n_layers: int = 33,
+                       top_k: int = 10, seed: int = 0, batch_samples: int = 128) -> dict:
+    """A synthetic store of ``n_samples`` written ``chunk_samples`` at a time (benchmarks at many times
+    AMBER's size, which one in-memory synthesis would not fit): chunk c is ``synthesize``'s store of
+    seed ``seed + 1_000_003 * c``, its samples numbered on from the chunks before. No planted truth is
+    returned (each chunk has its own); chunk 0 alone is exactly ``build_synthetic_store``'s store."""
+    from kevo_store import StoreWriter
+
+    path = Path(path)
+    nl, lenses = n_layers, ("final_norm",)
+    writer = None  # opened on the first chunk (the vocabulary's size goes into the meta)
+    chunks = 0
+    try:
+        for c0 in range(0, n_samples, chunk_samples):
+            n_c = min(chunk_samples, n_samples - c0)
+            c_seed = seed + 1_000_003 * chunks
+            tables, _, _ = synthesize(n_c, n_tokens, n_layers, top_k, None, c_seed, None, lenses)
+            if writer is None:
+                meta = {
+                    "model": {"id": "synthetic", "family": "synthetic", "revision": None, "dtype": "float16",
+                              "n_layers": n_layers, "hidden_size": None, "vocab_size": tables["vocab"].num_rows},
+                    "lens": {"modes": list(lenses), "top_k": top_k, "dtype": "float32"},
+                    "generation": {"greedy": True, "max_new_tokens": n_tokens},
+                    "dataset": {"name": "synthetic", "seed": seed, "n_samples": n_samples},
+                    "capture": {"roles": ["generated"], "hidden_layers": None,
+                                "synthetic_plan": {"seed": seed, "chunk_samples": chunk_samples,
+                                                   "chunk_seed": "seed + 1000003 * chunk", "defaults": DEFAULTS}},
+                }
+                writer = StoreWriter(path, meta=meta, compact=False)
+                writer.write_vocab(tables["vocab"])
+            for s0 in range(0, n_c, batch_samples):
+                s1 = min(n_c, s0 + batch_samples)
+                samples, tokens, layers, topk, _ = slice_batch(tables, None, s0, s1, n_tokens, nl, nl * top_k,
+                                                               len(lenses), sample_offset=c0)
+                writer.write_batch(samples=samples, tokens=tokens, layers=layers, topk=topk)
+            del tables
+            chunks += 1
+        if writer is not None:
+            writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    return {"samples": n_samples, "chunks": chunks, "chunk_samples": chunk_samples}
