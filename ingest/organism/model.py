@@ -42,7 +42,8 @@ class OrganismConfig:
     """Longest sequence (prompt + image tokens + answer)."""
     tie_embeddings: bool = False
     """Tie the decoder's LM head to its input embeddings (GPT-2's choice; LLaMA-2, and so the shipped
-    organism, keeps them apart)."""
+    organism, keeps them apart). Tried on the shipped recipe (D2 in README.md): the logit lens then
+    reads the input token back at layer 0, which counts as a critical layer 0, and grounding is lost."""
 
     @property
     def n_image_tokens(self) -> int:
