@@ -141,6 +141,20 @@ def slice_batch(tables: dict, hidden, s0: int, s1: int, n_tokens: int, n_layer_r
     return samples, tokens, parts["layers"], parts["topk"], h
 
 
+def _meta(tables: dict, n_samples: int, n_tokens: int, n_layers: int, top_k: int, hidden_size: int | None,
+          seed: int, lenses, plan: dict) -> dict:
+    """The store meta of a synthetic store (``plan``: how it was synthesized)."""
+    return {
+        "model": {"id": "synthetic", "family": "synthetic", "revision": None, "dtype": "float16",
+                  "n_layers": n_layers, "hidden_size": hidden_size, "vocab_size": tables["vocab"].num_rows},
+        "lens": {"modes": list(lenses), "top_k": top_k, "dtype": "float32"},
+        "generation": {"greedy": True, "max_new_tokens": n_tokens},
+        "dataset": {"name": "synthetic", "seed": seed, "n_samples": n_samples},
+        "capture": {"roles": ["generated"], "hidden_layers": list(range(n_layers)) if hidden_size else None,
+                    "synthetic_plan": plan},
+    }
+
+
 def build_synthetic_store(path, n_samples: int = 8, n_tokens: int = 12, n_layers: int = 33, top_k: int = 10,
                           hidden_size: int | None = None, seed: int = 0, plants: list[Plant] | None = None,
                           lenses: tuple[str, ...] = ("final_norm",), batch_samples: int = 128,
@@ -156,15 +170,8 @@ def build_synthetic_store(path, n_samples: int = 8, n_tokens: int = 12, n_layers
 
     path = Path(path)
     tables, hidden, truth = synthesize(n_samples, n_tokens, n_layers, top_k, hidden_size, seed, plants, lenses)
-    meta = {
-        "model": {"id": "synthetic", "family": "synthetic", "revision": None, "dtype": "float16",
-                  "n_layers": n_layers, "hidden_size": hidden_size, "vocab_size": tables["vocab"].num_rows},
-        "lens": {"modes": list(lenses), "top_k": top_k, "dtype": "float32"},
-        "generation": {"greedy": True, "max_new_tokens": n_tokens},
-        "dataset": {"name": "synthetic", "seed": seed, "n_samples": n_samples},
-        "capture": {"roles": ["generated"], "hidden_layers": list(range(n_layers)) if hidden_size else None,
-                    "synthetic_plan": {"seed": seed, "n_plants": len(plants or []), "defaults": DEFAULTS}},
-    }
+    meta = _meta(tables, n_samples, n_tokens, n_layers, top_k, hidden_size, seed, lenses,
+                 {"seed": seed, "n_plants": len(plants or []), "defaults": DEFAULTS})
     kw = {}
     if hidden_size:
         kw = {"hidden_size": hidden_size, "hidden_layers": list(range(n_layers)), "hidden_dtype": "float16"}
@@ -200,16 +207,9 @@ def build_scaled_store(path, n_samples: int, chunk_samples: int = 1004, n_tokens
             c_seed = seed + 1_000_003 * chunks
             tables, _, _ = synthesize(n_c, n_tokens, n_layers, top_k, None, c_seed, None, lenses)
             if writer is None:
-                meta = {
-                    "model": {"id": "synthetic", "family": "synthetic", "revision": None, "dtype": "float16",
-                              "n_layers": n_layers, "hidden_size": None, "vocab_size": tables["vocab"].num_rows},
-                    "lens": {"modes": list(lenses), "top_k": top_k, "dtype": "float32"},
-                    "generation": {"greedy": True, "max_new_tokens": n_tokens},
-                    "dataset": {"name": "synthetic", "seed": seed, "n_samples": n_samples},
-                    "capture": {"roles": ["generated"], "hidden_layers": None,
-                                "synthetic_plan": {"seed": seed, "chunk_samples": chunk_samples,
-                                                   "chunk_seed": "seed + 1000003 * chunk", "defaults": DEFAULTS}},
-                }
+                meta = _meta(tables, n_samples, n_tokens, n_layers, top_k, None, seed, lenses,
+                             {"seed": seed, "chunk_samples": chunk_samples, "chunk_seed": "seed + 1000003 * chunk",
+                              "defaults": DEFAULTS})
                 writer = StoreWriter(path, meta=meta, compact=False)
                 writer.write_vocab(tables["vocab"])
             for s0 in range(0, n_c, batch_samples):
