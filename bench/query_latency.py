@@ -1,7 +1,8 @@
 """Benchmark 4 (query latency of every named query on an AMBER-scale synthetic store, and the ratio
 against pandas) and benchmark 5 (bytes per token-layer of the lens tables).
 
-The store: ``queries.testing.build_synthetic_store`` at AMBER scale (1,004 samples x 100
+The store: ``queries.testing.build_synthetic_store``'s (written by ``build_scaled_store``) at AMBER
+scale (1,004 samples x 100
 generated tokens x 33 layers, top-10; planted critical layers and mutation events), no hidden
 states. Every named query runs through ``queries.run`` (DuckDB) with its defaults; the two-store
 queries (compare-*) compare the store with itself. Each query's first run is reported apart (cold
@@ -20,21 +21,14 @@ from bench.common import best, r3, timed
 TARGET_S = 1.0
 
 
-def build_store(path: Path, samples: int, tokens: int) -> dict:
-    from queries.testing import build_synthetic_store
-
-    t, _ = timed(build_synthetic_store, path, n_samples=samples, n_tokens=tokens, n_layers=33, top_k=10, seed=0)
-    return {"path": str(path), "samples": samples, "tokens_per_sample": tokens, "layers": 33, "top_k": 10,
-            "build_s": r3(t, 4)}
-
-
-def build_scaled(path: Path, samples: int, tokens: int, chunk: int) -> dict:
-    """``build_store``'s store at a multiple of its size, ``chunk`` samples synthesized at a time
-    (``queries.testing.build_scaled_store``: one synthesis of 16x AMBER would not fit in memory)."""
+def build_store(path: Path, samples: int, tokens: int, chunk: int | None = None) -> dict:
+    """The synthetic store, ``chunk`` samples synthesized at a time (``queries.testing.build_scaled_store``;
+    None: all at once, which is ``build_synthetic_store``'s store; one synthesis of 16x AMBER would not fit
+    in memory)."""
     from queries.testing import build_scaled_store
 
-    t, info = timed(build_scaled_store, path, samples, chunk_samples=chunk, n_tokens=tokens, n_layers=33, top_k=10,
-                    seed=0)
+    t, info = timed(build_scaled_store, path, samples, chunk_samples=chunk or samples, n_tokens=tokens, n_layers=33,
+                    top_k=10, seed=0)
     return {"path": str(path), "samples": samples, "tokens_per_sample": tokens, "layers": 33, "top_k": 10,
             "chunks": info["chunks"], "build_s": r3(t, 4)}
 
@@ -154,7 +148,7 @@ def scaling(root: Path, scales: tuple[int, ...] = (1, 4, 16), reps: int = 2, bas
         path = root / f"amber-x{k}.kevo"
         shutil.rmtree(path, ignore_errors=True)
         try:
-            out["stores"][str(k)] = build_scaled(path, base_samples * k, 100, base_samples)
+            out["stores"][str(k)] = build_store(path, base_samples * k, 100, base_samples)
         except Exception as e:  # noqa: BLE001 - reported; the other scales still run
             out["stores"][str(k)] = {"error": f"{type(e).__name__}: {e}"}
             shutil.rmtree(path, ignore_errors=True)

@@ -448,9 +448,8 @@ def _hidden(w, h, cmd):
       "still weigh; at AMBER scale the new array dominates. Shards are read on "
       f"{h.get('read_threads', '?')} threads, so one shard's crc32c runs while the next is read.")
     w(f"- crc32c implementation in this run: `{h.get('crc32c_impl', '?')}` (the `fast` extra's `crc32c` package: "
-      "hardware crc32c, about twice google-crc32c's speed here, and it releases the GIL on arrays, so the "
-      "reading and writing threads check shards in parallel; without the extra kevo uses google-crc32c, "
-      "Zarr's own).")
+      "hardware crc32c that releases the GIL on arrays, so the reading and writing threads check shards in "
+      "parallel; without the extra kevo uses google-crc32c, Zarr's own, which holds the GIL on arrays).")
     for key, label in (("read", "Reads"), ("read_amber_scale", "Reads at AMBER scale")):
         r = h.get(key)
         if not r:

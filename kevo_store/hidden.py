@@ -739,7 +739,7 @@ class HiddenReader:
         def one(job: tuple[int, int, int, int]) -> None:
             a, b, k, j = job
             s = int(shard_of[a])
-            self._read_shard(sh.shard_key(s, j), uniq[a:b] - s * st, out[a:b, k], len(lidx) == 1)
+            self._read_shard(sh.shard_key(s, j), uniq[a:b] - s * st, out[a:b, k])
 
         if READ_THREADS <= 1 or len(jobs) < 2:
             for job in jobs:
@@ -752,7 +752,7 @@ class HiddenReader:
                     pass
         return out
 
-    def _read_shard(self, key: str, rows: np.ndarray, dest: np.ndarray, one_layer: bool) -> None:
+    def _read_shard(self, key: str, rows: np.ndarray, dest: np.ndarray) -> None:
         """Rows ``rows`` (sorted, distinct, within the shard) of shard ``key`` into ``dest`` (len(rows), D),
         every byte read checked against its crc32c."""
         ct, d = self.sec["chunk_tokens"], self.sec["hidden_size"]
@@ -761,8 +761,9 @@ class HiddenReader:
         n_inner = self.sec["shard_tokens"] // ct
         ilen = n_inner * 16 + 4
         inner = np.unique(rows // ct)
-        # rows wholly covering their chunks of a one-layer read: the chunks go straight into the output
-        whole = one_layer and len(rows) == len(inner) * ct
+        # rows wholly covering their chunks, and ``dest`` contiguous (a one-layer read): the chunks go
+        # straight into the output
+        whole = dest.flags.c_contiguous and len(rows) == len(inner) * ct
         fd = os.open(self.fs.full(f"{HIDDEN_DIR}/{key}"), os.O_RDONLY)
         try:
             ib = os.pread(fd, ilen, self.index[key][1] - ilen)

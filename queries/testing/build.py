@@ -38,8 +38,9 @@ from .truth import SyntheticTruth, token_table, truth_switches
 
 def synthesize(n_samples: int = 8, n_tokens: int = 12, n_layers: int = 33, top_k: int = 10,
                hidden_size: int | None = None, seed: int = 0, plants: list[Plant] | None = None,
-               lenses: tuple[str, ...] = ("final_norm",), n_fillers: int = 2000):
-    """Plan and render a synthetic store in memory: (tables as pyarrow, hidden or None, SyntheticTruth)."""
+               lenses: tuple[str, ...] = ("final_norm",), n_fillers: int = 2000, first_sample: int = 0):
+    """Plan and render a synthetic store in memory: (tables as pyarrow, hidden or None, SyntheticTruth);
+    its samples' keys are numbered from ``first_sample`` (the truth's sample ids from 0)."""
     if top_k < 2:
         raise ValueError("top_k must be >= 2")
     L = n_layers - 1
@@ -97,7 +98,7 @@ def synthesize(n_samples: int = 8, n_tokens: int = 12, n_layers: int = 33, top_k
         switches.append(truth_switches(plan, high, start, lens))
         truths.append((lens, plan))
     label_arr = np.array(LABELS, dtype=object)[label_idx]
-    tables = render_tables(rendered, emitted, label_idx, vocab_text, n_samples, n_tokens, top_k, seed)
+    tables = render_tables(rendered, emitted, label_idx, vocab_text, n_samples, n_tokens, top_k, seed, first_sample)
     hidden, sigma = render_hidden(n, L + 1, step, hidden_size, seed) if hidden_size else (None, None)
     tokens = pl.concat([token_table(lens, plan, sample_id, step, label_arr.tolist(), emitted) for lens, plan in truths])
     truth = SyntheticTruth(
@@ -113,20 +114,15 @@ def synthesize(n_samples: int = 8, n_tokens: int = 12, n_layers: int = 33, top_k
 
 
 def slice_batch(tables: dict, hidden, s0: int, s1: int, n_tokens: int, n_layer_rows: int, n_topk_rows: int,
-                lenses: int, sample_offset: int = 0):
-    """Rows of samples [s0, s1) with batch-local token_uid (0..), as the writer expects; with
-    ``sample_offset``, the samples are numbered from there (their keys, item and image ids)."""
+                lenses: int):
+    """Rows of samples [s0, s1) with batch-local token_uid (0..), as the writer expects."""
     t0, t1 = s0 * n_tokens, s1 * n_tokens
     samples = tables["samples"].slice(s0, s1 - s0).drop_columns([])
-    if sample_offset:
-        ids = np.arange(s0, s1) + sample_offset
-        for name, fmt in (("sample_key", "synthetic:{}"), ("item_id", "{}"), ("image_id", "synthetic/{:05d}.png")):
-            samples = samples.set_column(samples.schema.get_field_index(name), name,
-                                         pa.array([fmt.format(i) for i in ids]))
     tokens = tables["tokens"].slice(t0, t1 - t0)
     tokens = tokens.set_column(0, "token_uid", pa.array(np.arange(t1 - t0, dtype=np.int64)))
+    keys = samples.column("sample_key").combine_chunks()
     tokens = tokens.drop_columns(["sample_id"]).append_column(
-        "sample_key", pa.array([f"synthetic:{s}" for s in np.repeat(np.arange(s0, s1) + sample_offset, n_tokens)]))
+        "sample_key", keys.take(pa.array(np.repeat(np.arange(s1 - s0), n_tokens))))
     parts = {}
     for name, per_tok in (("layers", n_layer_rows), ("topk", n_topk_rows)):
         tab = tables[name]
@@ -205,7 +201,7 @@ def build_scaled_store(path, n_samples: int, chunk_samples: int = 1004, n_tokens
         for c0 in range(0, n_samples, chunk_samples):
             n_c = min(chunk_samples, n_samples - c0)
             c_seed = seed + 1_000_003 * chunks
-            tables, _, _ = synthesize(n_c, n_tokens, n_layers, top_k, None, c_seed, None, lenses)
+            tables, _, _ = synthesize(n_c, n_tokens, n_layers, top_k, None, c_seed, None, lenses, first_sample=c0)
             if writer is None:
                 meta = _meta(tables, n_samples, n_tokens, n_layers, top_k, None, seed, lenses,
                              {"seed": seed, "chunk_samples": chunk_samples, "chunk_seed": "seed + 1000003 * chunk",
@@ -215,7 +211,7 @@ def build_scaled_store(path, n_samples: int, chunk_samples: int = 1004, n_tokens
             for s0 in range(0, n_c, batch_samples):
                 s1 = min(n_c, s0 + batch_samples)
                 samples, tokens, layers, topk, _ = slice_batch(tables, None, s0, s1, n_tokens, nl, nl * top_k,
-                                                               len(lenses), sample_offset=c0)
+                                                               len(lenses))
                 writer.write_batch(samples=samples, tokens=tokens, layers=layers, topk=topk)
             del tables
             chunks += 1

@@ -79,8 +79,10 @@ def render_lens(rng, plan: dict, emitted: np.ndarray, L: int, K: int, n_cand: in
 
 
 def render_tables(rendered: dict, emitted: np.ndarray, label_idx: np.ndarray, vocab_text: list[str],
-                  n_samples: int, n_tokens: int, top_k: int, seed: int) -> dict[str, pa.Table]:
-    """The store's tables (samples, tokens, layers, topk, vocab) from the rendered lenses."""
+                  n_samples: int, n_tokens: int, top_k: int, seed: int,
+                  first_sample: int = 0) -> dict[str, pa.Table]:
+    """The store's tables (samples, tokens, layers, topk, vocab) from the rendered lenses; the samples
+    are numbered (keys, item and image ids) from ``first_sample``."""
     n = n_samples * n_tokens
     L = next(iter(rendered.values()))["js"].shape[1] - 1
     sample_id = np.repeat(np.arange(n_samples), n_tokens)
@@ -115,11 +117,12 @@ def render_tables(rendered: dict, emitted: np.ndarray, label_idx: np.ndarray, vo
         "hallucinated": pa.array(hallucinated.tolist(), pa.bool_()),
         "is_answer": pa.array(step == 0),
     })
+    numbers = range(first_sample, first_sample + n_samples)
     samples = pa.table({
-        "sample_key": pa.array([f"synthetic:{i}" for i in range(n_samples)]),
+        "sample_key": pa.array([f"synthetic:{i}" for i in numbers]),
         "dataset": string_array("synthetic", n_samples),
-        "item_id": pa.array([str(i) for i in range(n_samples)]),
-        "image_id": pa.array([f"synthetic/{i:05d}.png" for i in range(n_samples)]),
+        "item_id": pa.array([str(i) for i in numbers]),
+        "image_id": pa.array([f"synthetic/{i:05d}.png" for i in numbers]),
         "image_sha256": pa.array([hashlib.sha256(f"{seed}:{i}".encode()).hexdigest() for i in range(n_samples)]),
         "prompt": string_array("Describe this image.", n_samples),
         "prompt_text": string_array("USER: <image>\nDescribe this image. ASSISTANT:", n_samples),
