@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import mmap
 import os
 from typing import Any
 
@@ -64,6 +65,30 @@ READ_THREADS = WRITE_THREADS
 UPGRADE_HINT = "run `kevo store upgrade {root}` to rewrite it in format v2"
 
 
+# An array a read hands back is new memory, which the kernel zeroes and maps page by page as the read
+# fills it; at AMBER scale (one layer across 100,400 tokens: 784 MiB) those page faults cost as much as
+# the read itself. From this size on the array gets an anonymous mapping of its own with transparent
+# huge pages asked for (MADV_HUGEPAGE: one fault per 2 MiB instead of per 4 KiB where the kernel's
+# THP setting is `madvise` or `always`); BENCHMARKS.md, "Reads at AMBER scale", measures the two.
+HUGE_ARRAY_BYTES = 8 << 20
+
+
+def new_array(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """``np.empty(shape, dtype)``; large ones backed by their own huge-page anonymous mapping (see
+    ``HUGE_ARRAY_BYTES``), released when the array is. Contents undefined (zero in practice)."""
+    dt = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if n < HUGE_ARRAY_BYTES or advice is None:
+        return np.empty(shape, dt)
+    m = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        m.madvise(advice)
+    except OSError:  # a kernel without transparent huge pages: ordinary pages
+        pass
+    return np.frombuffer(m, dtype=dt).reshape(shape)
+
+
 def float32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
     """Round-to-nearest-even float32 -> bfloat16 bit patterns (uint16), as torch does."""
     b = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
@@ -77,7 +102,10 @@ def float32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
 
 def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
     """bfloat16 bit patterns (uint16) -> float32, exactly."""
-    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+    bits = np.asarray(bits, dtype=np.uint16)
+    out = new_array(bits.shape, np.uint32)
+    np.left_shift(bits, 16, out=out, dtype=np.uint32)
+    return out.view(np.float32)
 
 
 def to_storage(h: Any, logical_dtype: str, shape_tail: tuple[int, int]) -> np.ndarray:
@@ -694,7 +722,7 @@ class HiddenReader:
         if uids.size and uids[-1] < zr and (uids.size == 1 or bool((uids[1:] > uids[:-1]).all())):
             return self._block(uids, lidx, out)  # sorted, distinct, all in the arrays (e.g. a whole layer): as read
         if out is None:
-            out = np.empty((uids.size, len(lidx), d), dtype=np.dtype(self.sec["dtype"]))
+            out = new_array((uids.size, len(lidx), d), self.sec["dtype"])
         if in_zarr.any():
             sel = uids[in_zarr]
             order = np.argsort(sel, kind="stable")
@@ -729,7 +757,7 @@ class HiddenReader:
         that one shard's crc32c pass runs while the next is read: ``preadv`` releases the GIL."""
         dt = np.dtype(self.sec["dtype"])
         if out is None:
-            out = np.empty((uniq.size, len(lidx), self.sec["hidden_size"]), dtype=dt)
+            out = new_array((uniq.size, len(lidx), self.sec["hidden_size"]), dt)
         st = self.sec["shard_tokens"]
         shard_of = uniq // st
         cut = np.flatnonzero(np.diff(shard_of)) + 1
@@ -819,7 +847,7 @@ class HiddenReader:
         touched inner chunks and layer (Zarr's orthogonal integer indexing is far slower than slices)."""
         c = arr.chunks[0]
         if out is None:
-            out = np.empty((uniq.size, len(lidx), arr.shape[2]), dtype=arr.dtype)
+            out = new_array((uniq.size, len(lidx), arr.shape[2]), arr.dtype)
         chunk_ids = np.unique(uniq // c)
         runs = np.split(chunk_ids, np.flatnonzero(np.diff(chunk_ids) != 1) + 1)
         for run in runs:
