@@ -21,7 +21,7 @@ any flush (page-cache speed), and reads: one layer across every token through ``
 shard checked) against a raw sequential read of the same number of bytes (8 MiB reads into a reused
 buffer, the target's baseline; and one read into a new array of the layer's size, which, like
 ``Store.hidden``'s result, must first be faulted into memory: once from ``np.empty``, once from
-``kevo_store.hidden.new_array``, the huge-page mapping ``Store.hidden`` returns), and 1,000 random tokens
+``kevo_store.memory.new_array``, the huge-page mapping ``Store.hidden`` returns), and 1,000 random tokens
 at one layer. Reads run on a warm page cache (dropping it needs root on a shared machine), both sides alike.
 """
 
@@ -115,7 +115,7 @@ def stages(blocks: list[np.ndarray], work: Path, reps: int = 2, shard_tokens: in
                 t1 = time.perf_counter()
                 pieces = sh.shard_pieces(block, shard_tokens, chunk_tokens)
                 t2 = time.perf_counter()
-                sh.tree_digest(pieces[-2], pieces[-1], pieces[:-2][1::2], shard_tokens // chunk_tokens)
+                pieces.digest()
                 t3 = time.perf_counter()
                 d = hashlib.sha256()  # not part of the format any more: what it would cost
                 for p in pieces:
@@ -145,7 +145,7 @@ def reads(path: Path, work: Path, reps: int, layer: int = 16, n_random: int = 10
     """One layer across every token (Store.hidden, checked) vs a raw sequential read of as many bytes;
     ``n_random`` random tokens at one layer."""
     from kevo_store import open_store
-    from kevo_store.hidden import new_array
+    from kevo_store.memory import new_array
 
     rng = np.random.default_rng(1)
     with open_store(path) as s:

@@ -129,23 +129,30 @@ take the variable for a coordinate); row i is token_uid i; axis 1 follows `hidde
 attribute `logical_dtype: "bfloat16"` (`Store.hidden` and `hidden_xarray` return float32 for it, exactly; a
 plain Zarr reader sees the uint16 bits: `(bits.astype(uint32) << 16).view(float32)`).
 
-The array uses Zarr's sharding codec: one shard file per `shard_tokens` tokens x 1 layer (default {SHARD_TOKENS}),
-inner chunks of `chunk_tokens` tokens x 1 layer (default {CHUNK_TOKENS}), so one file holds many chunks while the
-read unit stays one layer across many tokens. Inner chunk codecs: `bytes` (little endian), then `crc32c`;
-with `kevo ingest --hidden-codec zstd`, `bytes`, `zstd` (level 1), `crc32c`. The shard index (at the end of the
-file) carries its own crc32c. So every byte of a shard is covered by a crc32c that is checked whenever it is
-read. The chunk index gives each shard a *tree digest* over those crc32c, `c32t:<n>:<hex>`: `n` the shard's
-inner chunks, `hex` the sha256 of the shard index's bytes, the index's crc32c and then the crc32c (last four
-bytes) of every present inner chunk in index order. Checking a shard against it (`kevo store verify`, pull,
-push, a read that fails) checks every crc32c in the file and recomputes that sha256: a pass of crc32c over
-the bytes instead of a sha256 of every byte, which would be the writer's largest cost (a sha256 runs at
-about the speed of a fast disk, crc32c several times faster). Any damage is found, as with a sha256 of the
-file (a change breaks a crc32c, or changes the crc32c values and so the digest; a burst of up to 32 bits
-always, anything else but with probability 2^-32); neither defends against someone who rewrites a store on
-purpose, who could rewrite the manifest as well. Coordinate chunks, and the shards of stores written before
-the tree digest, carry a plain sha256 of the file, which stays valid.
-Every read by `Store.hidden` also checks that each shard it touches exists as a regular file of the size the
-index gives, and fails naming the shard otherwise.
+The array uses Zarr's sharding codec: one shard file per `shard_tokens` tokens x 1 layer (default
+{SHARD_TOKENS}), inner chunks of `chunk_tokens` tokens x 1 layer (default {CHUNK_TOKENS}), so one file holds
+many chunks while the read unit stays one layer across many tokens. Inner chunk codecs: `bytes` (little endian),
+then `crc32c`; with `kevo ingest --hidden-codec zstd`, `bytes`, `zstd` (level 1), `crc32c`. The shard index (at
+the end of the file) carries its own crc32c. So every byte of a shard is covered by a crc32c that is checked
+whenever it is read, but for the gaps described below, which must be zeros. The chunk index gives each shard a
+*tree digest* over those crc32c, `c32t:<n>:<hex>`: `n` the shard's inner chunks, `hex` the sha256 of the shard
+index's bytes, the index's crc32c and then the crc32c (last four bytes) of every present inner chunk in index
+order. Checking a shard against it (`kevo store verify`, pull, push, a read that fails) checks every crc32c in
+the file and that the gaps are zeros, and recomputes that sha256: a pass of crc32c over the bytes instead of a
+sha256 of every byte, which would be the writer's largest cost (a sha256 runs at about the speed of a fast disk,
+crc32c several times faster). Any damage is found, as with a sha256 of the file (a change breaks a crc32c, or
+changes the crc32c values and so the digest, or makes a gap not zeros; a burst of up to 32 bits always, anything
+else but with probability 2^-32); neither defends against someone who rewrites a store on purpose, who could
+rewrite the manifest as well. Coordinate chunks, and the shards of stores written before the tree digest, carry
+a plain sha256 of the file, which stays valid. Every read by `Store.hidden` also checks that each shard it
+touches exists as a regular file of the size the index gives, and fails naming the shard otherwise.
+
+An uncompressed inner chunk whose bytes are a whole number of memory pages (256 tokens x 4,096 x float16 =
+2 MiB) starts on a page boundary: its crc32c is followed by zeros up to the next page (Zarr reads a chunk by the
+index's offset and length and never sees the gap), so that `Store.hidden` can map a layer's chunks into memory
+copy-on-write instead of copying them (kevo_store/memory.py); stores written before have no gaps and are read
+by copying. Shard files are never changed in place: a shard written again (a closed store's partial last shard,
+when the store grows) is a new file renamed over the old one.
 
 While a writer has the store open, only whole shards are in the arrays: each commit's rows that do not complete
 a shard are kept in its `hidden/hidden/tail-<commit>.npys` (two `.npy` records back to back: the hidden rows,

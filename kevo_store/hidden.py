@@ -38,15 +38,16 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import mmap
 import os
 from typing import Any
 
 import numpy as np
 
+from . import memory
 from . import shards as sh
 from .errors import CorruptStoreError, KevoError, SchemaError, StoreError
 from .fs import LocalFS, StoreFS
+from .memory import Mapping, new_array, pread_into
 
 HIDDEN_DIR = "hidden"
 # v2's own files beside the shards (chunk index parts, tails): in the array's directory, which Zarr
@@ -63,30 +64,6 @@ WRITE_THREADS = max(1, min(8, os.cpu_count() or 1))
 READ_THREADS = WRITE_THREADS
 """Threads reading the shards of one ``Store.hidden`` call (uncompressed local stores)."""
 UPGRADE_HINT = "run `kevo store upgrade {root}` to rewrite it in format v2"
-
-
-# An array a read hands back is new memory, which the kernel zeroes and maps page by page as the read
-# fills it; at AMBER scale (one layer across 100,400 tokens: 784 MiB) those page faults cost as much as
-# the read itself. From this size on the array gets an anonymous mapping of its own with transparent
-# huge pages asked for (MADV_HUGEPAGE: one fault per 2 MiB instead of per 4 KiB where the kernel's
-# THP setting is `madvise` or `always`); BENCHMARKS.md, "Reads at AMBER scale", measures the two.
-HUGE_ARRAY_BYTES = 8 << 20
-
-
-def new_array(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-    """``np.empty(shape, dtype)``; large ones backed by their own huge-page anonymous mapping (see
-    ``HUGE_ARRAY_BYTES``), released when the array is. Contents undefined (zero in practice)."""
-    dt = np.dtype(dtype)
-    n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
-    advice = getattr(mmap, "MADV_HUGEPAGE", None)
-    if n < HUGE_ARRAY_BYTES or advice is None:
-        return np.empty(shape, dt)
-    m = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    try:
-        m.madvise(advice)
-    except OSError:  # a kernel without transparent huge pages: ordinary pages
-        pass
-    return np.frombuffer(m, dtype=dt).reshape(shape)
 
 
 def float32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
@@ -320,6 +297,14 @@ class HiddenWriter:
             for name in fs.listdir(f"{HIDDEN_DIR}/{arr}/c"):
                 if name.isdigit() and int(name) >= first_orphan:
                     (fs.rmtree if arr == sh.ARRAY else fs.remove)(f"{HIDDEN_DIR}/{arr}/c/{name}")
+                elif ".tmp-" in name:  # a coordinate chunk being written (shards.write_file)
+                    fs.remove(f"{HIDDEN_DIR}/{arr}/c/{name}")
+        if zr % self.st:  # the partial last shard may have been being rewritten: its temporary files
+            d = f"{HIDDEN_DIR}/{sh.ARRAY}/c/{zr // self.st}"
+            for j in fs.listdir(d):
+                for name in fs.listdir(f"{d}/{j}"):
+                    if ".tmp-" in name:
+                        fs.remove(f"{d}/{j}/{name}")
         committed = set(self.sec["index"]) | set(self.sec.get("tails") or [])
         for name in fs.listdir(f"{META_DIR}/index"):
             if f"{META_DIR}/index/{name}" not in committed:
@@ -389,8 +374,8 @@ class HiddenWriter:
                 _rows(hs, lo, lo + valid, j, block)
                 block[valid:] = 0
                 k = sh.shard_key(s, j)
-                return k, sh.write_file(fs, f"{g}/{k}", sh.shard_pieces(block, valid, self.ct), sync=False,
-                                        shard=st // self.ct)
+                pieces = sh.shard_pieces(block, valid, self.ct)
+                return k, sh.write_file(fs, f"{g}/{k}", pieces, sync=False, digest=pieces.digest())
 
             jobs = [(s, j) for s in range(first, last) for j in range(self.nl)]
             if WRITE_THREADS <= 1 or len(jobs) == 1:
@@ -757,6 +742,9 @@ class HiddenReader:
         that one shard's crc32c pass runs while the next is read: ``preadv`` releases the GIL."""
         dt = np.dtype(self.sec["dtype"])
         if out is None:
+            mapped = self._map_rows(uniq, lidx)
+            if mapped is not None:
+                return mapped
             out = new_array((uniq.size, len(lidx), self.sec["hidden_size"]), dt)
         st = self.sec["shard_tokens"]
         shard_of = uniq // st
@@ -769,16 +757,72 @@ class HiddenReader:
             s = int(shard_of[a])
             self._read_shard(sh.shard_key(s, j), uniq[a:b] - s * st, out[a:b, k])
 
+        self._run(one, jobs)
+        return out
+
+    def _shard_index(self, fd: int, key: str) -> np.ndarray:
+        """Shard ``key``'s index, (inner chunks, 2) of (offset, length), its crc32c checked."""
+        n_inner = self.sec["shard_tokens"] // self.sec["chunk_tokens"]
+        ilen = n_inner * 16 + 4
+        ib = os.pread(fd, ilen, self.index[key][1] - ilen)
+        if len(ib) != ilen or sh.crc32c(ib[:-4]) != ib[-4:]:
+            raise ValueError(f"shard index of {key}: crc32c mismatch")
+        return np.frombuffer(ib[:-4], dtype="<u8").reshape(n_inner, 2)
+
+    def _map_rows(self, uniq: np.ndarray, lidx: list[int]) -> np.ndarray | None:
+        """``_select_direct`` without a copy, for a one-layer read of consecutive rows from an inner
+        chunk's first, of chunks a whole number of pages long (a layer across every token, a dask
+        block): every touched chunk of the shard files mapped copy-on-write into one array
+        (``memory.Mapping``), its crc32c checked over the mapped bytes (which faults them in), absent
+        chunks left as the mapping's zeros. None where the read does not qualify (the caller copies)."""
+        ct, d, st = self.sec["chunk_tokens"], self.sec["hidden_size"], self.sec["shard_tokens"]
+        dt = np.dtype(self.sec["dtype"])
+        step = ct * d * dt.itemsize
+        if (len(lidx) != 1 or step % sh.PAGE or uniq.size * d * dt.itemsize < memory.MAP_MIN_BYTES
+                or not memory.can_map() or int(uniq[0]) % ct or int(uniq[-1]) - int(uniq[0]) + 1 != uniq.size):
+            return None
+        first, n_chunks, per_shard, j = int(uniq[0]) // ct, -(-uniq.size // ct), st // ct, lidx[0]
+        m = Mapping(n_chunks * step)
+        chunks = np.arange(first, first + n_chunks)
+        groups = np.split(chunks, np.flatnonzero(np.diff(chunks // per_shard)) + 1)
+
+        def one(cs: np.ndarray) -> None:
+            s = int(cs[0]) // per_shard
+            key = sh.shard_key(s, j)
+            fd = os.open(self.fs.full(f"{HIDDEN_DIR}/{key}"), os.O_RDONLY)
+            try:
+                index = self._shard_index(fd, key)
+                for c in cs.tolist():
+                    off, n = (int(x) for x in index[c - s * per_shard])
+                    if off == sh.MAX_U64 and n == sh.MAX_U64:
+                        continue  # an absent chunk: the fill value 0, as the mapping already holds
+                    if n != step + 4:
+                        raise ValueError(f"inner chunk {c - s * per_shard} of {key} is {n} bytes, not {step + 4}")
+                    at = (c - first) * step
+                    chunk = m.buf[at: at + step]
+                    if not m.map(at, fd, off, step):  # an unpadded (older) shard, or no mapping left: copied
+                        pread_into(fd, chunk, off)
+                    if sh.crc32c(chunk) != os.pread(fd, 4, off + step):
+                        raise ValueError(f"inner chunk {c - s * per_shard} of {key}: crc32c mismatch")
+            finally:
+                os.close(fd)
+
+        self._run(one, groups)
+        return m.array(dt)[: uniq.size * d].reshape(uniq.size, 1, d)
+
+    @staticmethod
+    def _run(fn, jobs: list) -> None:
+        """``fn`` over ``jobs`` on ``READ_THREADS`` threads (``preadv``, page faults and the crc32c
+        release the GIL); the first failure is raised, naming its shard."""
         if READ_THREADS <= 1 or len(jobs) < 2:
             for job in jobs:
-                one(job)
-        else:
-            from concurrent.futures import ThreadPoolExecutor
+                fn(job)
+            return
+        from concurrent.futures import ThreadPoolExecutor
 
-            with ThreadPoolExecutor(max_workers=READ_THREADS) as ex:
-                for _ in ex.map(one, jobs):  # the first failure is raised here, naming its shard
-                    pass
-        return out
+        with ThreadPoolExecutor(max_workers=READ_THREADS) as ex:
+            for _ in ex.map(fn, jobs):
+                pass
 
     def _read_shard(self, key: str, rows: np.ndarray, dest: np.ndarray) -> None:
         """Rows ``rows`` (sorted, distinct, within the shard) of shard ``key`` into ``dest`` (len(rows), D),
@@ -786,18 +830,13 @@ class HiddenReader:
         ct, d = self.sec["chunk_tokens"], self.sec["hidden_size"]
         dt = np.dtype(self.sec["dtype"])
         step = ct * d * dt.itemsize
-        n_inner = self.sec["shard_tokens"] // ct
-        ilen = n_inner * 16 + 4
         inner = np.unique(rows // ct)
         # rows wholly covering their chunks, and ``dest`` contiguous (a one-layer read): the chunks go
         # straight into the output
         whole = dest.flags.c_contiguous and len(rows) == len(inner) * ct
         fd = os.open(self.fs.full(f"{HIDDEN_DIR}/{key}"), os.O_RDONLY)
         try:
-            ib = os.pread(fd, ilen, self.index[key][1] - ilen)
-            if len(ib) != ilen or sh.crc32c(ib[:-4]) != ib[-4:]:
-                raise ValueError(f"shard index of {key}: crc32c mismatch")
-            index = np.frombuffer(ib[:-4], dtype="<u8").reshape(n_inner, 2)
+            index = self._shard_index(fd, key)
             buf = dest.reshape(len(inner), ct * d) if whole else np.empty((len(inner), ct * d), dt)
             crcs = np.empty((len(inner), 4), np.uint8)
             run: list[int] = []  # positions in ``inner`` of chunks end to end in the file

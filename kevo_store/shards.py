@@ -6,7 +6,11 @@ The group holds four arrays (paths relative to the store):
   ``hidden/hidden/c/<s>/<j>/0`` = ``shard_tokens`` tokens x 1 layer x D, inner chunks of
   ``chunk_tokens`` tokens x 1 layer x D. Each inner chunk is its raw little-endian bytes (zstd-compressed
   with ``--hidden-codec zstd``) followed by its crc32c; the shard index (offset, length per inner chunk)
-  is at the end of the file with its own crc32c. So every byte of a shard is covered by a crc32c that
+  is at the end of the file with its own crc32c. Uncompressed inner chunks of a whole number of
+  memory pages (D = 4,096 in float16: 2 MiB) start on a page boundary, the crc32c followed by zeros up
+  to the next page (Zarr reads a chunk by the index's offset and length, so the gap is invisible to
+  it), so that a reader can map a chunk's bytes into memory instead of copying them
+  (``HiddenReader._map_rows``). So every byte of a shard is covered by a crc32c that
   Zarr checks when it reads it. The chunk index gives each shard a *tree digest* over those crc32c
   (:func:`shard_digest`): the sha256 of the shard index and of every inner chunk's crc32c, so checking
   a shard (verify, pull) is a crc32c pass over its bytes, not a sha256 of every byte (stores written
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 from typing import Any
 
@@ -42,6 +47,31 @@ MAX_U64 = 2**64 - 1
 _LE = {"name": "bytes", "configuration": {"endian": "little"}}
 _CRC = {"name": "crc32c"}
 _ZSTD = {"name": "zstd", "configuration": {"level": 1, "checksum": False}}
+
+
+PAGE = mmap.PAGESIZE
+
+
+def chunk_stride(step: int) -> int:
+    """Bytes from the start of one uncompressed inner chunk of ``step`` data bytes to the next in a shard
+    file: its data and crc32c, padded to a page boundary when ``step`` is a whole number of pages (so
+    every chunk's data starts on one; smaller chunks are not padded, a page each would swell them)."""
+    return step + PAGE if step % PAGE == 0 else step + 4
+
+
+_ZEROS = memoryview(bytes(PAGE))
+
+
+class ShardPieces(list):
+    """The byte pieces of one uncompressed shard file, in file order (what :func:`write_file` writes
+    with one writev), with what its tree digest is made of."""
+
+    def __init__(self, pieces: list, index: bytes, index_crc: bytes, crcs: list, n_inner: int):
+        super().__init__(pieces)
+        self.index, self.index_crc, self.crcs, self.n_inner = index, index_crc, crcs, n_inner
+
+    def digest(self) -> str:
+        return tree_digest(self.index, self.index_crc, self.crcs, self.n_inner)
 
 
 TREE = "c32t"
@@ -174,8 +204,9 @@ def tree_digest(index_bytes: Any, index_crc: Any, chunk_crcs: list, n_inner: int
 
 def shard_digest(data: Any, n_inner: int) -> str:
     """The tree digest of a shard file's bytes (``n_inner`` inner chunks), every crc32c in it checked
-    first: the shard index's, then each inner chunk's (its last four bytes, over the rest). Raises
-    ``ValueError`` naming what fails.
+    first: the shard index's, then each inner chunk's (its last four bytes, over the rest), and the bytes
+    no chunk covers (the page padding of :func:`chunk_stride`) checked to be zeros. Raises ``ValueError``
+    naming what fails.
 
     A change to any byte of a shard either breaks a crc32c (a burst of up to 32 bits always does; any
     other change but with probability 2^-32) or changes the crc32c values themselves, and so the sha256
@@ -190,6 +221,7 @@ def shard_digest(data: Any, n_inner: int) -> str:
         raise ValueError("the shard index fails its crc32c")
     body = len(mv) - isz - 4
     crcs = []
+    extents = []
     for k, (off, nb) in enumerate(np.frombuffer(ib, dtype="<u8").reshape(n_inner, 2).tolist()):
         if off == MAX_U64 and nb == MAX_U64:  # an absent chunk (the fill value)
             continue
@@ -199,6 +231,12 @@ def shard_digest(data: Any, n_inner: int) -> str:
         if crc32c(chunk[: nb - 4]) != bytes(chunk[nb - 4:]):
             raise ValueError(f"inner chunk {k} fails its crc32c")
         crcs.append(chunk[nb - 4:])
+        extents.append((off, off + nb))
+    end = 0  # the bytes no chunk covers (the page padding, chunk_stride) must be zeros
+    for a, b in sorted(extents) + [(body, body)]:
+        if a > end and np.frombuffer(mv[end:a], dtype=np.uint8).any():
+            raise ValueError(f"bytes {end}..{a} between inner chunks are not zeros")
+        end = max(end, b)
     return tree_digest(ib, icrc, crcs, n_inner)
 
 
@@ -225,23 +263,24 @@ def file_ok(fs, rel: str, digest: str) -> str | None:
     return None if fs.sha256(rel)[0] == digest else "sha256 mismatch"
 
 
-def write_file(fs: LocalFS, rel: str, pieces: list, sync: bool = True, shard: int = 0) -> list:
+def write_file(fs: LocalFS, rel: str, pieces: list, sync: bool = True, digest: str | None = None) -> list:
     """Write ``pieces`` (buffers) to ``rel`` with one writev, fsync it (unless ``sync=False``: the caller
-    fsyncs it later, :func:`fsync_files`); returns [digest, size] of the bytes: a shard's tree digest
-    when ``shard`` (its number of inner chunks; ``pieces`` as :func:`shard_pieces` makes them), else the
-    sha256."""
+    fsyncs it later, :func:`fsync_files`); returns [digest, size] of the bytes: ``digest`` when given (a
+    shard's tree digest, :meth:`ShardPieces.digest`), else their sha256.
+
+    The file is written under a temporary name and renamed over ``rel``, never truncated in place: a
+    shard rewritten later (a closed store's partial last shard, written whole when the store grows)
+    leaves the old file's pages intact for a reader that has them mapped."""
     size = sum(memoryview(p).nbytes for p in pieces)
-    if shard:
-        present = pieces[:-2]
-        digest = tree_digest(pieces[-2], pieces[-1], present[1::2], shard)
-    else:
+    if digest is None:
         h = hashlib.sha256()
         for p in pieces:
             h.update(p)
         digest = h.hexdigest()
     path = fs.full(rel)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    tmp = f"{path}.tmp-{os.getpid()}"  # the store's temporary-file mark: recovery deletes what a crash left
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         done = os.writev(fd, pieces)
         if done != size:  # a short writev (rare): the rest in one go
@@ -252,6 +291,7 @@ def write_file(fs: LocalFS, rel: str, pieces: list, sync: bool = True, shard: in
             start_writeback(fd)
     finally:
         os.close(fd)
+    os.replace(tmp, path)  # durable with the directory's fsync (fsync_files; the caller's, with sync=True)
     return [digest, size]
 
 
@@ -293,26 +333,34 @@ def fsync_files(fs: LocalFS, rels: list[str], threads: int = 1) -> None:
         list(ex.map(lambda a: a[0](a[1]), zip(jobs, rels + dirs)))
 
 
-def shard_pieces(block: np.ndarray, valid: int, chunk_tokens: int) -> list:
+def shard_pieces(block: np.ndarray, valid: int, chunk_tokens: int) -> ShardPieces:
     """The byte pieces of one uncompressed shard: ``block`` is (shard_tokens, D) little-endian, of which
     the first ``valid`` rows are data (the rest already the fill value 0). Inner chunks wholly past
-    ``valid`` are left out (index entry = 2^64-1, as Zarr writes a chunk outside the array)."""
+    ``valid`` are left out (index entry = 2^64-1, as Zarr writes a chunk outside the array); each present
+    one is its bytes, its crc32c and, for chunks of whole pages, zeros up to the next page
+    (:func:`chunk_stride`)."""
     n_inner = len(block) // chunk_tokens
     pieces: list = []
+    crcs: list = []
     index = np.full((n_inner, 2), MAX_U64, dtype="<u8")
     off = 0
     raw = block.reshape(-1).view(np.uint8)
     step = chunk_tokens * block.shape[1] * block.itemsize
+    stride = chunk_stride(step)
     for k in range(n_inner):
         if k * chunk_tokens >= valid:
             break
         piece = raw[k * step: (k + 1) * step]
-        pieces += [piece, crc32c(piece)]
+        crcs.append(crc32c(piece))
+        pieces += [piece, crcs[-1]]
+        if stride > step + 4:
+            pieces.append(_ZEROS[: stride - step - 4])
         index[k] = (off, step + 4)
-        off += step + 4
+        off += stride
     ib = index.tobytes()
-    pieces += [ib, crc32c(ib)]
-    return pieces
+    icrc = crc32c(ib)
+    pieces += [ib, icrc]
+    return ShardPieces(pieces, ib, icrc, crcs, n_inner)
 
 
 def coord_pieces(values: np.ndarray, shard_tokens: int) -> list:

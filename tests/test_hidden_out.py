@@ -44,15 +44,16 @@ def test_a_wrong_buffer_is_refused_by_name(tmp_path):
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_arrays_backed_by_huge_pages_hold_the_written_bytes(tmp_path, monkeypatch, dtype):
-    """Large results come back in their own huge-page mapping (kevo_store.hidden.new_array); with its
+    """Large results come back in their own huge-page mapping (kevo_store.memory.new_array); with its
     threshold at 1 byte every read path uses it: the values are the written ones, bit for bit, and the
     arrays behave as numpy's own (writeable, contiguous, picklable, alive after the store closes)."""
     import mmap
     import pickle
 
     import kevo_store.hidden as hidden
+    import kevo_store.memory as memory
 
-    monkeypatch.setattr(hidden, "HUGE_ARRAY_BYTES", 1)
+    monkeypatch.setattr(memory, "HUGE_ARRAY_BYTES", 1)
     path = tmp_path / "s.kevo"
     w = H.write_store(path, 6, hidden_dtype=dtype, close=False)
     w.abort()  # rows past the last whole shard stay in tails: the assembling path reads them

@@ -22,7 +22,8 @@ def _shard(tmp_path, valid: int, shard_tokens: int = 64, chunk_tokens: int = 16,
     block = np.zeros((shard_tokens, d), dtype="<f2")
     block[:valid] = rng.standard_normal((valid, d)).astype("<f2")
     fs = LocalFS(tmp_path)
-    ent = sh.write_file(fs, "s", sh.shard_pieces(block, valid, chunk_tokens), shard=shard_tokens // chunk_tokens)
+    pieces = sh.shard_pieces(block, valid, chunk_tokens)
+    ent = sh.write_file(fs, "s", pieces, digest=pieces.digest())
     return (tmp_path / "s").read_bytes(), ent
 
 
