@@ -50,7 +50,7 @@ MAX_MAPPED = _max_map_count() // 4
 """At most this many chunks mapped at once in this process (the rest of a read is copied)."""
 _MAP_FIXED = getattr(mmap, "MAP_FIXED", 0x10)  # 0x10 on every Linux architecture
 _live = 0
-_lock = threading.Lock()
+_lock = threading.RLock()  # reentrant: a release may run from a collection inside a locked section
 _libc_mmap: Any = None
 
 

@@ -192,3 +192,23 @@ def test_patch_words_put_each_object_on_its_cell():
         bg = tok.convert_tokens_to_ids(f"▁{sc.background}")
         assert sum(w == [bg, bg] for w in words) == 16 - 4 * len(sc.present)
         assert patch_words(sc, tok, 16)[0][0] == patch_words(sc, tok, 16)[0][1]
+
+
+def test_tune_label_smoothing_applies_to_stage_iii_alone(tmp_path, monkeypatch):
+    """``tune_label_smoothing``: the instruction tuning's own loss is smoothed, the text stage, the
+    question stage and the text reading mixed into later steps keep the model's own loss."""
+    from ingest.organism import train as train_mod
+
+    seen: list[float] = []
+    loss = train_mod._loss
+
+    def recording(model, ids, mask, pv, labels, label_smoothing=0.0, lens=(0, 0.0)):
+        seen.append(label_smoothing)
+        return loss(model, ids, mask, pv, labels, label_smoothing, lens)
+
+    monkeypatch.setattr(train_mod, "_loss", recording)
+    cfg = _small(4, tune_label_smoothing=0.3, align_steps=0)
+    train(cfg, None, log=None)
+    # lm 6 steps, questions 3 steps (+ 3 reading mixes), tune 4 steps (+ 4 reading mixes): in that order
+    assert seen[:6] == [0.0] * 6 and seen[6:12] == [0.0] * 6
+    assert seen[12:] == [0.3, 0.0] * 4

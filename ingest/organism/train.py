@@ -69,6 +69,10 @@ class TrainConfig:
     top-1 p >= 0.5, which moved the first generation's critical layer up (median 4 -> 6); on the
     shipped recipe with a small ``embed_offset`` it keeps the grounded answers but loses the
     mutation contrast (X4 in README.md)."""
+    tune_label_smoothing: float | None = None
+    """Label smoothing of stage (iii) alone (None: ``label_smoothing``): the language model of stage (i)
+    and the question stage learn with the model's own loss, so the reading they learn is untouched,
+    while the instruction tuning's softmax is kept less peaked."""
     embed_init_std: float | None = None
     """Std of the decoder's input-embedding initialisation (None: the config's initializer_range,
     0.02, the shipped recipe). 1.0 keeps the token signal audible next to ``embed_offset`` after the
@@ -430,13 +434,16 @@ def _optimizer(groups: list[tuple[list, float]], cfg: TrainConfig, embed):
 
 
 def _stage(name: str, model, opt, sample, steps: int, peak: float, warmup: int, cfg: TrainConfig, pixels, pad_id,
-           log, on_step=None, proc=None, lens: tuple[int, float] = (0, 0.0), extra=None) -> list[float]:
+           log, on_step=None, proc=None, lens: tuple[int, float] = (0, 0.0), extra=None,
+           label_smoothing: float | None = None) -> list[float]:
     """``steps`` optimizer steps on batches drawn by ``sample(step)``; returns the per-step losses.
-    ``extra(batch)``, if given, returns a loss added to the batch's."""
+    ``extra(batch)``, if given, returns a loss added to the batch's. ``label_smoothing``: None is
+    ``cfg.label_smoothing``."""
     import torch
 
     # clipped in the model's own parameter order (the norm's summation order is part of bit-for-bit)
     params = [p for _, p in model.named_parameters() if p.requires_grad]
+    smoothing = cfg.label_smoothing if label_smoothing is None else label_smoothing
     losses: list[float] = []
     t0 = time.time()
     for step in range(steps):
@@ -446,7 +453,7 @@ def _stage(name: str, model, opt, sample, steps: int, peak: float, warmup: int, 
         lr = _lr_at(step, steps, peak, warmup)
         for g in opt.param_groups:
             g["lr"] = lr * g["scale"]
-        loss = _loss(model, ids, mask, pv, labels, cfg.label_smoothing, lens)
+        loss = _loss(model, ids, mask, pv, labels, smoothing, lens)
         if extra is not None:
             loss = loss + extra(batch)
         loss.backward()
@@ -593,7 +600,7 @@ def train(cfg: TrainConfig, out: Path | str | None = None, log=print, on_step=No
     losses = _stage("tune", model, opt,
                     lambda step: rng.sample(captions, n_cap) + rng.sample(qas, cfg.batch_size - n_cap),
                     cfg.steps, cfg.lr, cfg.warmup, cfg, pixels, pad, log, on_step, proc,
-                    (cfg.lens_loss_layer, cfg.lens_loss_weight), extra)
+                    (cfg.lens_loss_layer, cfg.lens_loss_weight), extra, cfg.tune_label_smoothing)
     for p in top:
         p.requires_grad_(True)
     model.eval()
