@@ -560,10 +560,12 @@ def _queries(w, qs, ing, cmd):
     w(f"Command: `{cmd}` (section `queries`: bench/query_latency.py, pandas versions in bench/pandas_queries.py). "
       f"Store: `queries.testing.build_synthetic_store` ({st['samples']:,} samples x {st['tokens_per_sample']} "
       f"generated tokens x 33 layers, top-10, planted critical layers and mutation events; built in "
-      f"{_f(st['build_s'])} s). Every named query through `queries.run` (DuckDB) with its defaults; compare-* "
-      "compare the store with itself. 'first' is the first run (cold metadata), then DuckDB and pandas run "
-      "interleaved; pandas reads the same Parquet files (only the columns it needs) and its answer is checked "
-      "against DuckDB's.")
+      f"{_f(st['build_s'])} s). Every named query through `queries.run` (DuckDB) with its defaults, on the store "
+      "opened once; the two-store queries (compare-*, align-tokens) compare the store with itself, on one pair "
+      "opened once (`open_stores`; runs before 2026-12-04 opened the pair anew for every run, paying a fresh "
+      "connection's cold Parquet metadata each time). 'first' is the first run (cold metadata), then DuckDB "
+      "and pandas run interleaved; pandas reads the same Parquet files (only the columns it needs) and its "
+      "answer is checked against DuckDB's.")
     w("")
     w("| query | rows | first (s) | DuckDB best (s) | < 1 s | pandas best (s) | pandas / DuckDB | same answer |")
     w("|---|---|---|---|---|---|---|---|")
