@@ -792,12 +792,15 @@ class HiddenReader:
             fd = os.open(self.fs.full(f"{HIDDEN_DIR}/{key}"), os.O_RDONLY)
             try:
                 index = self._shard_index(fd, key)
+                body = self.index[key][1] - index.size * 8 - 4  # the file's size (checked) less its index
                 for c in cs.tolist():
                     off, n = (int(x) for x in index[c - s * per_shard])
                     if off == sh.MAX_U64 and n == sh.MAX_U64:
                         continue  # an absent chunk: the fill value 0, as the mapping already holds
                     if n != step + 4:
                         raise ValueError(f"inner chunk {c - s * per_shard} of {key} is {n} bytes, not {step + 4}")
+                    if off + n > body:  # a mapping past the end of the file would fault when read
+                        raise ValueError(f"inner chunk {c - s * per_shard} of {key} lies outside the shard")
                     at = (c - first) * step
                     chunk = m.buf[at: at + step]
                     if not m.map(at, fd, off, step):  # an unpadded (older) shard, or no mapping left: copied

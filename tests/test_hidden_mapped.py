@@ -181,3 +181,21 @@ def test_verify_finds_a_changed_byte_in_the_padding_that_reads_never_touch(tmp_p
         assert np.array_equal(s.hidden(np.arange(64), layers=[1])[:, 0], written[:, 1])
     rep = verify_store(path)
     assert not rep.ok and any(sh.shard_key(0, 1) in p and "not zeros" in p for p in rep.problems), rep.problems
+
+
+def test_an_index_pointing_past_the_file_is_refused_not_mapped(tmp_path):
+    """A shard index with a valid crc32c whose offset points past the end of the file (a hostile store):
+    mapping it would fault (SIGBUS) when the crc32c pass reads it; the read refuses it by name."""
+    path = tmp_path / "s.kevo"
+    _write(path, [64])
+    shard = path / "hidden" / sh.shard_key(1, 0)
+    data = bytearray(shard.read_bytes())
+    isz = 16 * (ST // CT)
+    index = np.frombuffer(bytes(data[-4 - isz: -4]), "<u8").reshape(-1, 2).copy()
+    index[1, 0] = (len(data) // sh.PAGE + 10) * sh.PAGE  # page-aligned, far past the end
+    ib = index.tobytes()
+    data[-4 - isz:] = ib + sh.crc32c(ib)
+    shard.write_bytes(bytes(data))
+    with open_store(path) as s:
+        with pytest.raises(CorruptStoreError, match=r"hidden/hidden/c/1/0/0"):
+            s.hidden(np.arange(64), layers=[0])
