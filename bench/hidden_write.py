@@ -20,8 +20,9 @@ of 4,096, not all 33). And: the store as its own commit protocol leaves it (no f
 any flush (page-cache speed), and reads: one layer across every token through ``Store.hidden`` (every
 shard checked) against a raw sequential read of the same number of bytes (8 MiB reads into a reused
 buffer, the target's baseline; and one read into a new array of the layer's size, which, like
-``Store.hidden``'s result, must first be faulted into memory: once from ``np.empty``, once from
-``kevo_store.memory.new_array``, the huge-page mapping ``Store.hidden`` returns), and 1,000 random tokens
+a copied result, must first be faulted into memory: once from ``np.empty``, once from
+``kevo_store.memory.new_array``, the huge-page mapping ``Store.hidden`` copies into when it cannot map
+the shards' chunks), and 1,000 random tokens
 at one layer. Reads run on a warm page cache (dropping it needs root on a shared machine), both sides alike.
 """
 

@@ -7,8 +7,7 @@ generated tokens x 33 layers, top-10; planted critical layers and mutation event
 states. Every named query runs through ``queries.run`` (DuckDB) with its defaults; the two-store
 queries (compare-*, align-tokens) compare the store with itself, on one pair of stores opened once
 (``open_stores``), as the single-store queries run on one opened store (until 2026-12-04 the pair was
-opened anew for every run, so each run of a two-store query also paid a fresh DuckDB connection's
-cold Parquet metadata: 0.2-0.3 s on align-tokens). Each query's first run is reported apart (cold
+opened anew for every run: a fresh DuckDB connection each time). Each query's first run is reported apart (cold
 Parquet metadata); then DuckDB and the pandas version (bench/pandas_queries.py) run interleaved and
 the ratio is taken between their fastest runs. The pandas answer is checked against DuckDB's.
 (bench/queries_bench.py is the queries package's standalone DuckDB-only version of this table.)

@@ -449,9 +449,8 @@ def _hidden(w, h, cmd):
       "asked for (`new_array`); the `raw read into a new array` figures below are that floor (into `np.empty` "
       "and into `new_array`). At 4,096 tokens the fixed costs (chunk index, one open per shard, a mapping per "
       "chunk) still weigh. Shards are read on "
-      f"{h.get('read_threads', '?')} threads. On a "
-      "virtual machine the first touch of memory the guest has not used before can also wait for the host "
-      "to back it: the slow outliers among a column's runs (the ratios take each column's best).")
+      f"{h.get('read_threads', '?')} threads. The runs of a column can differ several-fold (the "
+      "first run most often, on either side); the ratios take each column's best.")
     w(f"- crc32c implementation in this run: `{h.get('crc32c_impl', '?')}` (the `fast` extra's `crc32c` package: "
       "hardware crc32c that releases the GIL on arrays, so the reading and writing threads check shards in "
       "parallel; without the extra kevo uses google-crc32c, Zarr's own, which holds the GIL on arrays).")
@@ -562,8 +561,8 @@ def _queries(w, qs, ing, cmd):
       f"generated tokens x 33 layers, top-10, planted critical layers and mutation events; built in "
       f"{_f(st['build_s'])} s). Every named query through `queries.run` (DuckDB) with its defaults, on the store "
       "opened once; the two-store queries (compare-*, align-tokens) compare the store with itself, on one pair "
-      "opened once (`open_stores`; runs before 2026-12-04 opened the pair anew for every run, paying a fresh "
-      "connection's cold Parquet metadata each time). 'first' is the first run (cold metadata), then DuckDB "
+      "opened once (`open_stores`; runs before 2026-12-04 opened the pair anew for every run, a fresh DuckDB "
+      "connection each time). 'first' is the first run (cold metadata), then DuckDB "
       "and pandas run interleaved; pandas reads the same Parquet files (only the columns it needs) and its "
       "answer is checked against DuckDB's.")
     w("")

@@ -47,7 +47,7 @@ from . import memory
 from . import shards as sh
 from .errors import CorruptStoreError, KevoError, SchemaError, StoreError
 from .fs import LocalFS, StoreFS
-from .memory import Mapping, new_array, pread_into
+from .memory import PAGE, Mapping, new_array
 
 HIDDEN_DIR = "hidden"
 # v2's own files beside the shards (chunk index parts, tails): in the array's directory, which Zarr
@@ -299,12 +299,8 @@ class HiddenWriter:
                     (fs.rmtree if arr == sh.ARRAY else fs.remove)(f"{HIDDEN_DIR}/{arr}/c/{name}")
                 elif ".tmp-" in name:  # a coordinate chunk being written (shards.write_file)
                     fs.remove(f"{HIDDEN_DIR}/{arr}/c/{name}")
-        if zr % self.st:  # the partial last shard may have been being rewritten: its temporary files
-            d = f"{HIDDEN_DIR}/{sh.ARRAY}/c/{zr // self.st}"
-            for j in fs.listdir(d):
-                for name in fs.listdir(f"{d}/{j}"):
-                    if ".tmp-" in name:
-                        fs.remove(f"{d}/{j}/{name}")
+        # (a shard being written, under its temporary name, is always in an orphan shard's directory: shards
+        # are only written from the committed zarr_rows on, and those directories go whole just above)
         committed = set(self.sec["index"]) | set(self.sec.get("tails") or [])
         for name in fs.listdir(f"{META_DIR}/index"):
             if f"{META_DIR}/index/{name}" not in committed:
@@ -553,6 +549,23 @@ def open_v2_array(fs: StoreFS, name: str = sh.ARRAY):
         raise StoreError(f"{fs.full(rel)}: cannot open the Zarr array ({type(e).__name__}: {e})") from None
 
 
+def _pread_all(fd: int, iov: list[np.ndarray], offset: int) -> None:
+    """Fill the buffers ``iov`` (contiguous uint8 arrays, in file order) from ``offset`` of ``fd``, or
+    raise: ``preadv`` may return short, and takes at most IOV_MAX buffers a call."""
+    want = sum(x.nbytes for x in iov)
+    got = 0
+    while got < want:
+        done = os.preadv(fd, iov[:1024], offset + got)
+        if done <= 0:
+            raise ValueError(f"shard ends {want - got} bytes early")
+        got += done
+        while iov and done >= iov[0].nbytes:
+            done -= iov[0].nbytes
+            iov.pop(0)
+        if done:
+            iov[0] = iov[0][done:]
+
+
 class HiddenReader:
     """Reads rows of ``hidden`` by token_uid (either format), checking every file it reads."""
 
@@ -760,14 +773,16 @@ class HiddenReader:
         self._run(one, jobs)
         return out
 
-    def _shard_index(self, fd: int, key: str) -> np.ndarray:
-        """Shard ``key``'s index, (inner chunks, 2) of (offset, length), its crc32c checked."""
+    def _shard_index(self, fd: int, key: str) -> tuple[np.ndarray, int]:
+        """Shard ``key``'s index, (inner chunks, 2) of (offset, length), its crc32c checked, and where it
+        starts in the file (the end of the bytes the chunks may occupy)."""
         n_inner = self.sec["shard_tokens"] // self.sec["chunk_tokens"]
         ilen = n_inner * 16 + 4
-        ib = os.pread(fd, ilen, self.index[key][1] - ilen)
+        body = self.index[key][1] - ilen  # the file's size is the index's (checked before any read)
+        ib = os.pread(fd, ilen, body)
         if len(ib) != ilen or sh.crc32c(ib[:-4]) != ib[-4:]:
             raise ValueError(f"shard index of {key}: crc32c mismatch")
-        return np.frombuffer(ib[:-4], dtype="<u8").reshape(n_inner, 2)
+        return np.frombuffer(ib[:-4], dtype="<u8").reshape(n_inner, 2), body
 
     def _map_rows(self, uniq: np.ndarray, lidx: list[int]) -> np.ndarray | None:
         """``_select_direct`` without a copy, for a one-layer read of consecutive rows from an inner
@@ -778,7 +793,7 @@ class HiddenReader:
         ct, d, st = self.sec["chunk_tokens"], self.sec["hidden_size"], self.sec["shard_tokens"]
         dt = np.dtype(self.sec["dtype"])
         step = ct * d * dt.itemsize
-        if (len(lidx) != 1 or step % sh.PAGE or uniq.size * d * dt.itemsize < memory.MAP_MIN_BYTES
+        if (len(lidx) != 1 or step % PAGE or uniq.size * d * dt.itemsize < memory.MAP_MIN_BYTES
                 or not memory.can_map() or int(uniq[0]) % ct or int(uniq[-1]) - int(uniq[0]) + 1 != uniq.size):
             return None
         first, n_chunks, per_shard, j = int(uniq[0]) // ct, -(-uniq.size // ct), st // ct, lidx[0]
@@ -791,8 +806,7 @@ class HiddenReader:
             key = sh.shard_key(s, j)
             fd = os.open(self.fs.full(f"{HIDDEN_DIR}/{key}"), os.O_RDONLY)
             try:
-                index = self._shard_index(fd, key)
-                body = self.index[key][1] - index.size * 8 - 4  # the file's size (checked) less its index
+                index, body = self._shard_index(fd, key)
                 for c in cs.tolist():
                     off, n = (int(x) for x in index[c - s * per_shard])
                     if off == sh.MAX_U64 and n == sh.MAX_U64:
@@ -802,10 +816,12 @@ class HiddenReader:
                     if off + n > body:  # a mapping past the end of the file would fault when read
                         raise ValueError(f"inner chunk {c - s * per_shard} of {key} lies outside the shard")
                     at = (c - first) * step
-                    chunk = m.buf[at: at + step]
-                    if not m.map(at, fd, off, step):  # an unpadded (older) shard, or no mapping left: copied
-                        pread_into(fd, chunk, off)
-                    if sh.crc32c(chunk) != os.pread(fd, 4, off + step):
+                    chunk, crc = m.buf[at: at + step], np.empty(4, np.uint8)
+                    if m.map(at, fd, off, step):
+                        _pread_all(fd, [crc], off + step)
+                    else:  # an unpadded (older) shard, or no mapping left: read in, with its crc32c
+                        _pread_all(fd, [chunk, crc], off)
+                    if sh.crc32c(chunk) != crc.tobytes():
                         raise ValueError(f"inner chunk {c - s * per_shard} of {key}: crc32c mismatch")
             finally:
                 os.close(fd)
@@ -839,7 +855,7 @@ class HiddenReader:
         whole = dest.flags.c_contiguous and len(rows) == len(inner) * ct
         fd = os.open(self.fs.full(f"{HIDDEN_DIR}/{key}"), os.O_RDONLY)
         try:
-            index = self._shard_index(fd, key)
+            index, _ = self._shard_index(fd, key)
             buf = dest.reshape(len(inner), ct * d) if whole else np.empty((len(inner), ct * d), dt)
             crcs = np.empty((len(inner), 4), np.uint8)
             run: list[int] = []  # positions in ``inner`` of chunks end to end in the file
@@ -869,19 +885,7 @@ class HiddenReader:
     @staticmethod
     def _preadv(fd: int, buf: np.ndarray, crcs: np.ndarray, run: list[int], offset: int) -> None:
         """Read chunks ``run`` (each followed by its crc32c in the file) from ``offset`` into their rows."""
-        iov = [x for q in run for x in (buf[q].view(np.uint8), crcs[q])]
-        want = sum(x.nbytes for x in iov)
-        got = 0
-        while got < want:  # preadv may return short (and at most IOV_MAX buffers per call)
-            done = os.preadv(fd, iov[:1024], offset + got)
-            if done <= 0:
-                raise ValueError(f"shard ends {want - got} bytes early")
-            got += done
-            while iov and done >= iov[0].nbytes:
-                done -= iov[0].nbytes
-                iov.pop(0)
-            if done:
-                iov[0] = iov[0][done:]
+        _pread_all(fd, [x for q in run for x in (buf[q].view(np.uint8), crcs[q])], offset)
 
     @staticmethod
     def _select(arr, uniq: np.ndarray, lidx: list[int], out: np.ndarray | None = None) -> np.ndarray:

@@ -24,7 +24,6 @@ still alive, and the rest of a read is copied.
 from __future__ import annotations
 
 import mmap
-import os
 import sys
 import threading
 import weakref
@@ -32,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+PAGE = mmap.PAGESIZE
+"""The memory page: a mapped file range must start on one (in the file and in memory)."""
 HUGE_ARRAY_BYTES = 8 << 20
 """From this size on :func:`new_array` gives an array its own huge-page mapping."""
 MAP_MIN_BYTES = 8 << 20
@@ -121,7 +122,7 @@ class Mapping:
         process's mapping budget spent, the kernel refusing): the caller then reads the bytes in."""
         global _live
         fn = _mmap_fn()
-        if fn is None or at % mmap.PAGESIZE or offset % mmap.PAGESIZE or at + nbytes > len(self.buf):
+        if fn is None or at % PAGE or offset % PAGE or at + nbytes > len(self.buf):
             return False
         with _lock:
             if _live >= MAX_MAPPED:
@@ -139,14 +140,3 @@ class Mapping:
 
     def array(self, dtype: Any) -> np.ndarray:
         return self.buf.view(np.dtype(dtype))
-
-
-def pread_into(fd: int, dest: np.ndarray, offset: int) -> None:
-    """Read ``dest.nbytes`` bytes of ``fd`` from ``offset`` into ``dest`` (contiguous), or raise."""
-    mv = memoryview(dest).cast("B")
-    got = 0
-    while got < len(mv):
-        n = os.preadv(fd, [mv[got:]], offset + got)
-        if n <= 0:
-            raise ValueError(f"file ends {len(mv) - got} bytes early")
-        got += n

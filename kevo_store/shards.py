@@ -10,8 +10,9 @@ The group holds four arrays (paths relative to the store):
   memory pages (D = 4,096 in float16: 2 MiB) start on a page boundary, the crc32c followed by zeros up
   to the next page (Zarr reads a chunk by the index's offset and length, so the gap is invisible to
   it), so that a reader can map a chunk's bytes into memory instead of copying them
-  (``HiddenReader._map_rows``). So every byte of a shard is covered by a crc32c that
-  Zarr checks when it reads it. The chunk index gives each shard a *tree digest* over those crc32c
+  (``HiddenReader._map_rows``). So every byte of a shard but that padding is covered by a crc32c that
+  Zarr checks when it reads it (the padding, which no read uses, must be zeros: :func:`shard_digest`).
+  The chunk index gives each shard a *tree digest* over those crc32c
   (:func:`shard_digest`): the sha256 of the shard index and of every inner chunk's crc32c, so checking
   a shard (verify, pull) is a crc32c pass over its bytes, not a sha256 of every byte (stores written
   before this carry a plain sha256 of the file, which stays valid).
@@ -25,13 +26,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mmap
 import os
 from typing import Any
 
 import numpy as np
 
 from .fs import LocalFS
+from .memory import PAGE
 
 GROUP = "hidden"
 ARRAY = "hidden"  # the hidden-state array's name inside the group
@@ -47,9 +48,6 @@ MAX_U64 = 2**64 - 1
 _LE = {"name": "bytes", "configuration": {"endian": "little"}}
 _CRC = {"name": "crc32c"}
 _ZSTD = {"name": "zstd", "configuration": {"level": 1, "checksum": False}}
-
-
-PAGE = mmap.PAGESIZE
 
 
 def chunk_stride(step: int) -> int:
