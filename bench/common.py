@@ -19,7 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "bench" / "out"  # scratch (git-ignored): models, stores, raw-write files
+# scratch (git-ignored): models, stores, raw files; KEVO_BENCH_OUT moves it (tests/test_bench_gpu_tiny.py)
+OUT = Path(os.environ.get("KEVO_BENCH_OUT") or ROOT / "bench" / "out")
 
 
 def scratch(name: str, clean: bool = True) -> Path:

@@ -5,6 +5,14 @@ logit lens with top-10 of every generated token), and their ratio, side by side 
     bench/gpu.sh                      # fp16 (and bf16 with --bf16), writes bench/out/gpu-results.json
     python bench/gpu_bench.py --tiny  # the same logic on a tiny config, on the CPU (a smoke test)
 
+With the first dtype it also measures what issue "hidden states at disk speed" asks of a GPU (skip with
+``--no-ingest``): the full ``kevo ingest`` (``run_ingest``: capture, background store writes, commits) with
+every layer's hidden states against the same ingest with ``--hidden none`` and a plain generate loop, over
+16 random images; capture's peak device memory on a long prompt (the image + a long text, about 2,000
+tokens) with and without ``--capture-prompt``, hooks against the former ``output_hidden_states`` path; and
+the store's hidden-state write throughput against a raw sequential write on that machine's disk
+(bench/hidden_write.py, 2,048 tokens x 33 x 4,096).
+
 Self-contained, no download: the model is built from its config directly on the GPU (random
 normal weights, std 1/sqrt(fan_in), drawn on the device so a 7B model initialises in seconds), the
 tokenizer is bench/models.py's 32,000-entry word-level one, the images are random. The lm_head row
@@ -119,6 +127,76 @@ def measure(ad, U, batch: int, new_tokens: int, reps: int, device: str, lens_chu
     return res
 
 
+def ingest_ratio(ad, batch: int, new_tokens: int, reps: int, device: str, n_images: int) -> dict:
+    """Full ``run_ingest`` with every layer's hidden states / with ``--hidden none`` / a plain generate loop
+    (bench/ingest_bench.py ``full_ingest``, here on the pre-built model and its device)."""
+    import torch
+
+    from bench import ingest_bench
+    from bench.common import OUT
+    from bench.models import make_images
+
+    images = make_images(OUT / "images-gpu", n_images)
+    dtype = str(ad.model.dtype).removeprefix("torch.")
+    # run_ingest reads the checkpoint's config (dimensions, disk estimate, fingerprint) before it uses the
+    # model it is given: the random model's config and processor, without weights, stand for the checkpoint
+    conf = OUT / "models" / f"{ad.model_id}-config"
+    ad.model.config.save_pretrained(str(conf))
+    ad.processor.save_pretrained(str(conf))
+    res = ingest_bench.full_ingest(conf, images, batch, new_tokens, reps, name="gpu-ingest-stores", hidden_none=True,
+                                   adapter=ad, dtype=dtype, device=device)
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return res
+
+
+def capture_memory(ad, U, device: str, prompt_words: int) -> dict:
+    """Capture's peak device memory on a long prompt: (hooks | output_hidden_states) x (capture_prompt off | on).
+    On CUDA the allocator's own peak (``max_memory_allocated`` after a reset) minus what was allocated just
+    before the capture; on the CPU (``--tiny``) the arms run but memory is not measured."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    import ingest.residual as residual
+    from bench.models import PROMPT
+    from ingest.capture import CaptureSettings, capture
+
+    cuda = device.startswith("cuda")
+    im = Image.fromarray(np.random.default_rng(1).integers(0, 256, (336, 336, 3), dtype=np.uint8))
+    long_text = " ".join([PROMPT] * max(1, prompt_words // len(PROMPT.split())))
+    text = ad.build_prompt(long_text, has_image=True)
+    n_prompt = int(ad.encode([text], [im]).prompt_lengths[0])
+    dtype = "bfloat16" if ad.model.dtype == torch.bfloat16 else "float16"
+    arms = []
+    saved = residual._OUTPUT_HIDDEN_STATES
+    try:
+        for prompt in (False, True):
+            for path in ("output_hidden_states", "hooks"):
+                residual._OUTPUT_HIDDEN_STATES = path == "output_hidden_states"
+                settings = CaptureSettings(max_new_tokens=4, top_k=10, capture_prompt=prompt, hidden_dtype=dtype)
+                if cuda:
+                    torch.cuda.synchronize()
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
+                    before = torch.cuda.memory_allocated()
+                caps = capture(ad, [text], [im], settings, unembedding=U)
+                arm = {"path": path, "capture_prompt": prompt, "rows": int(caps[0].n_tokens)}
+                if cuda:
+                    torch.cuda.synchronize()
+                    arm["peak_over_before_mib"] = (torch.cuda.max_memory_allocated() - before) / 2**20
+                arms.append(arm)
+                del caps
+    finally:
+        residual._OUTPUT_HIDDEN_STATES = saved
+    out = {"prompt_tokens": n_prompt, "arms": arms,
+           "prompt_hidden_states_mib": (ad.n_layers + 1) * n_prompt * ad.hidden_size * ad.model.dtype.itemsize / 2**20}
+    if cuda:
+        by = {(a["path"], a["capture_prompt"]): a["peak_over_before_mib"] for a in arms}
+        out["saved_without_prompt_mib"] = by[("output_hidden_states", False)] - by[("hooks", False)]
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="tiny config on the CPU: checks the logic, not a benchmark")
@@ -128,6 +206,9 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--lens-chunk-mib", type=int, default=None,
                     help="the lens's device temporaries per chunk (default: kevo's CaptureSettings default)")
+    ap.add_argument("--no-ingest", action="store_true",
+                    help="skip the full-ingest ratio, the capture memory and the store's write throughput")
+    ap.add_argument("--ingest-images", type=int, default=16, help="images of the full-ingest comparison")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "gpu-results.json"))
     args = ap.parse_args()
 
@@ -143,6 +224,7 @@ def main() -> int:
         if args.new_tokens == 256:
             args.new_tokens = 8
         args.batch = min(args.batch, 2)
+        args.ingest_images = min(args.ingest_images, 4)
     else:
         if not torch.cuda.is_available():
             print("bench/gpu_bench.py: no CUDA device (use --tiny to check the logic on the CPU)", file=sys.stderr)
@@ -161,11 +243,31 @@ def main() -> int:
         print(f"{r['dtype']}: generate {r['generate_tokens_per_s']:.1f} tok/s, kevo capture "
               f"{r['capture_tokens_per_s']:.1f} tok/s, ratio {r['ratio_capture_vs_generate']:.3f}, "
               f"same tokens {r['same_tokens_as_generate']}", flush=True)
+        if not args.no_ingest and dt == dtypes[0]:
+            ing = ingest_ratio(ad, args.batch, args.new_tokens, 1 if args.tiny else args.reps, device,
+                               args.ingest_images)
+            out["ingest"] = {"dtype": r["dtype"], **ing}
+            print(f"{r['dtype']}: kevo ingest all hidden / --hidden none {ing['ratio_hidden_all_vs_none']:.3f}, "
+                  f"/ generate loop {ing['ratio_ingest_vs_generate']:.3f}", flush=True)
+            mem = capture_memory(ad, U, device, prompt_words=40 if args.tiny else 1400)
+            out["capture_memory"] = {"dtype": r["dtype"], **mem}
+            arms = ", ".join(f"{a['path']}/prompt={int(a['capture_prompt'])} "
+                             f"{a.get('peak_over_before_mib', float('nan')):.0f} MiB" for a in mem["arms"])
+            print(f"{r['dtype']}: capture memory on {mem['prompt_tokens']} prompt tokens: {arms}", flush=True)
         del ad, U
         if device == "cuda":
             torch.cuda.empty_cache()
+    if not args.no_ingest:  # the disk, on its own (no model in memory)
+        from bench import hidden_write
+
+        hw = hidden_write.run(tokens=1024 if args.tiny else 2048, batch_tokens=512, reps=1 if args.tiny else 2,
+                              d=256 if args.tiny else 4096)
+        out["hidden_write"] = {k: hw[k] for k in ("tokens", "layers", "hidden", "batch_tokens", "mib_per_s",
+                                                  "ratio_store_vs_raw", "ratio_store_unaligned_vs_raw", "read")}
+        print(f"hidden-state writes / raw disk: {hw['ratio_store_vs_raw']} (512-token batches), "
+              f"{hw['ratio_store_unaligned_vs_raw']} (800)", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
+    Path(args.out).write_text(json.dumps(out, indent=1, default=str))
     print(f"wrote {args.out}")
     return 0
 

@@ -187,9 +187,12 @@ def paper_comparison(ad, texts, ims, U, gc_hidden, settings_paper, new_tokens: i
 
 
 def full_ingest(model_dir: Path, images: list[Path], batch: int, new_tokens: int, reps: int,
-                prompt: str | None = None, name: str = "ingest-stores", hidden_none: bool = False) -> dict:
+                prompt: str | None = None, name: str = "ingest-stores", hidden_none: bool = False,
+                adapter=None, dtype: str = "float32", device: str = "cpu") -> dict:
     """``run_ingest`` (store writes included) vs a plain generate loop over the same image files; with
-    ``hidden_none`` also ``run_ingest --hidden none`` (the same run without the hidden-state array)."""
+    ``hidden_none`` also ``run_ingest --hidden none`` (the same run without the hidden-state array).
+    ``adapter``: a model already built (bench/gpu_bench.py's random 7B architecture on the GPU), used instead
+    of loading the one in ``model_dir`` (whose config the ingest still reads)."""
     import torch
     from PIL import Image
 
@@ -200,7 +203,7 @@ def full_ingest(model_dir: Path, images: list[Path], batch: int, new_tokens: int
     from ingest.models import load_adapter
     from ingest.runner import IngestConfig, run_ingest
 
-    ad = load_adapter(str(model_dir), dtype="float32", device="cpu")
+    ad = adapter if adapter is not None else load_adapter(str(model_dir), dtype=dtype, device=device)
     img_dir = images[0].parent
     gc = _plain_config(ad, new_tokens)
     work = scratch(name)
@@ -213,13 +216,14 @@ def full_ingest(model_dir: Path, images: list[Path], batch: int, new_tokens: int
             chunk = images[s : s + batch]
             ims = [Image.open(p).convert("RGB") for p in chunk]
             texts = [ad.build_prompt(prompt, has_image=True)] * len(chunk)
-            ad.model.generate(**ad.generate_inputs(ad.encode(texts, ims)), generation_config=gc)
+            out = ad.model.generate(**ad.generate_inputs(ad.encode(texts, ims)), generation_config=gc)
+            out.cpu()  # the tokens on the host, as the ingest has them (and the device's queue drained)
 
     def kevo(hidden: str = "all"):
         counter["i"] += 1
         out = work / f"run{counter['i']}.kevo"
-        cfg = IngestConfig(model=str(model_dir), out=str(out), batch_size=batch, max_new_tokens=new_tokens,
-                           dtype="float32", device="cpu", progress=False, hidden=hidden)
+        cfg = IngestConfig(model=str(model_dir), out=str(out), batch_size=batch,
+                           max_new_tokens=new_tokens, dtype=dtype, device=device, progress=False, hidden=hidden)
         r = run_ingest(folder.dataset(img_dir, prompt), cfg, echo=lambda m: None, adapter=ad)
         result["n_tokens"] = r.n_tokens
         if hidden == "all":

@@ -46,6 +46,16 @@ def _head(w, title: str, sec: dict | None, end: str = "") -> bool:
     return True
 
 
+def _ran(sec: dict, cmd: str) -> str:
+    """The command that produced a section, and where recorded when and where it ran."""
+    c = f"`{sec.get('command') or cmd}`"
+    ran = sec.get("ran")
+    if ran:
+        c += (f" (run {ran['date_utc']}, git {ran.get('git_commit') or '?'}, {ran['cpu']}, load average "
+              f"{ran['load_avg_start'][0]} at its start)")
+    return c
+
+
 def render(r: dict) -> str:
     m = r["machine"]
     S = r["sections"]
@@ -54,8 +64,13 @@ def render(r: dict) -> str:
     w = L.append
     w("# kevo benchmarks")
     w("")
+    reruns = sorted({sec.get("command") for sec in S.values() if isinstance(sec, dict)
+                     and sec.get("command") and sec.get("command") != cmd})
     w(f"Produced by `{cmd}` (bench/run.py; `bench/run.py --quick` is a 3-minute smoke run, "
-      "`--only SECTION` runs one section). Machine-readable: `bench/results.json` (every run's time, not only the "
+      "`--only SECTION` runs one section)" + (
+          "; sections re-run since (" + ", ".join(f"`{c}`" for c in reruns) + ") name their own command, and "
+          "where recorded their date, git commit and CPU, under their heading" if reruns else "") + ". "
+      "Machine-readable: `bench/results.json` (every run's time, not only the "
       "best). Benchmarks are not tests; the one correctness guard that runs in the test suite is "
       "`tests/test_bench_smoke.py` (the paper's method and kevo's lens give the same values).")
     w("")
@@ -113,7 +128,7 @@ def render(r: dict) -> str:
     _tsne(w, S.get("tsne"), cmd)
     from bench.trace_report import render_trace
 
-    render_trace(w, S.get("trace"), cmd, _f, _head)
+    render_trace(w, S.get("trace"), _ran(S.get("trace") or {}, cmd), _f, _head)
     _gpu(w, r.get("gpu"))
     return "\n".join(L) + "\n"
 
@@ -227,6 +242,22 @@ def _summary(r: dict) -> list[list[str]]:
             out.append(["7", f"GPU ({g['device']}), LLaVA-1.5-7B arch, {run['dtype']}, batch {run['batch']} x "
                         f"{run['new_tokens']}", f"{_f(run['ratio_capture_vs_generate'])}x, "
                         f"{_f(run['capture_tokens_per_s'])} tok/s", "—", "reported"])
+        ing, mem, hw = g.get("ingest"), g.get("capture_memory"), g.get("hidden_write")
+        if ing:
+            r_ = ing["ratio_hidden_all_vs_none"]
+            out.append(["7", f"GPU: full `kevo ingest`, every layer's hidden states / `--hidden none`, LLaVA-1.5-7B "
+                        f"arch, {ing['dtype']}", f"{_f(r_)}x", "≤ 1.10", "**met**" if r_ <= 1.10 else "**missed**"])
+        if mem and "saved_without_prompt_mib" in mem:
+            by = {(a["path"], a["capture_prompt"]): a["peak_over_before_mib"] for a in mem["arms"]}
+            out.append(["7", f"GPU: capture's peak device memory, {mem['prompt_tokens']:,}-token prompt, no prompt "
+                        "positions: hooks / output_hidden_states",
+                        f"{_f(by[('hooks', False)])} vs {_f(by[('output_hidden_states', False)])} MiB", "—",
+                        "reported"])
+        if hw:
+            r_ = hw["ratio_store_vs_raw"]
+            out.append(["7", "GPU machine's disk: hidden-state writes / raw sequential write, both flushed",
+                        f"{_f(r_)} (800-token batches {_f(hw['ratio_store_unaligned_vs_raw'])})", "≥ 0.5",
+                        "**met**" if min(r_, hw["ratio_store_unaligned_vs_raw"]) >= 0.5 else "**missed**"])
     else:
         out.append(["7", "GPU: LLaVA-1.5-7B architecture, fp16, batch 8 x 256 tokens (bench/gpu.sh)",
                     "not measured: no GPU in this session", "—", "not measured"])
@@ -238,7 +269,7 @@ def _ingest(w, sec, cmd):
         return
     o = sec["overhead"]
     mo = o["model"]
-    w(f"Command: `{cmd}` (section `ingest`: bench/ingest_bench.py). Model: a random-weight "
+    w(f"Command: {_ran(sec, cmd)} (section `ingest`: bench/ingest_bench.py). Model: a random-weight "
       f"`LlavaForConditionalGeneration` built by bench/models.py (CLIP tower + projector + Llama decoder, "
       f"L={mo['layers']}, D={mo['hidden']}, V={mo['vocab']:,}), float32 on the CPU; batch {o['batch']}, "
       f"{o['prompt_tokens']} prompt tokens (image tokens included), {o['new_tokens']} new tokens per sample "
@@ -354,7 +385,7 @@ def _organism(w, sec, cmd):
         return
     o = sec["overhead"]
     fi = sec["full_ingest"]
-    w(f"Command: `{cmd}` (section `organism`). Model `{sec['model']}` (L={o['model']['layers']}, "
+    w(f"Command: {_ran(sec, cmd)} (section `organism`). Model `{sec['model']}` (L={o['model']['layers']}, "
       f"D={o['model']['hidden']}, V={o['model']['vocab']:,}), rendered test scenes, batch {o['batch']}, up to "
       f"{o['new_tokens']} new tokens ({o['generated_tokens']} generated): **capture / generate "
       f"{_f(o['ratio_capture_vs_generate'])}x** (floor {_f(o['floor_ratio'])}x; target ≤ 1.5x: "
@@ -377,7 +408,8 @@ def _hidden(w, h, cmd):
     if not _head(w, "## 3. Hidden-state write throughput", h):
         return
     mb = h["mib_per_s"]
-    w(f"Command: `{cmd}` (section `hidden_write`: bench/hidden_write.py). {h['tokens']:,} tokens x {h['layers']} "
+    w(f"Command: {_ran(h, cmd)} (section `hidden_write`: bench/hidden_write.py). "
+      f"{h['tokens']:,} tokens x {h['layers']} "
       f"layers x {h['hidden']:,} (LLaVA-1.5-7B's shape), random fp16 = {h['bytes_fp16'] / 2**20:,.0f} MiB, in batches "
       f"of {h['batch_tokens']} tokens, into bench/out on the same disk; {h['reps']} interleaved repetitions.")
     w("")
@@ -480,7 +512,7 @@ def _capture_memory(w, cm, cmd):
     if not _head(w, "### 3b. Capture memory on a long prompt", cm):
         return
     z = cm["size"]
-    w(f"Command: `{cmd}` (section `capture_memory`: bench/capture_memory.py). A random LLaVA-1.5-architecture "
+    w(f"Command: {_ran(cm, cmd)} (section `capture_memory`: bench/capture_memory.py). A random LLaVA-1.5-architecture "
       f"model (L={z['layers']}, D={z['hidden']}, V={z['vocab']:,}, images {z['image_size']}px / patch {z['patch']}), "
       f"float32 on the CPU, one image: a {cm['prompt_tokens']:,}-token prompt, 4 new tokens. Each arm in its own "
       "subprocess; the figure is the process's peak resident set during the capture (`VmHWM`, reset just "
@@ -510,7 +542,7 @@ def _ingest_hidden(w, ih, cmd):
     if not _head(w, "### 3c. Full ingest with and without hidden states", ih):
         return
     z = ih["size"]
-    w(f"Command: `{cmd}` (section `ingest_hidden`: bench/ingest_bench.py `full_ingest`). `run_ingest` on a "
+    w(f"Command: {_ran(ih, cmd)} (section `ingest_hidden`: bench/ingest_bench.py `full_ingest`). `run_ingest` on a "
       f"folder of {ih['images']} PNGs, batch {ih['batch']}, {ih['new_tokens']} new tokens, random LLaVA "
       f"(L={z['layers']}, D={z['hidden']}), with every layer's hidden states (the default) and with "
       f"`--hidden none`, interleaved with a plain generate loop; {ih['reps']} repetitions. Runs (s): "
@@ -532,7 +564,7 @@ def _query_scaling(w, sc, cmd):
         return
     scales = [str(k) for k in sc["scales"]]
     built = {k: v for k, v in sc["stores"].items() if "error" not in v}
-    w(f"Command: `{sc.get('command', cmd)}` (section `query_scaling`: bench/query_latency.py `scaling`). Synthetic "
+    w(f"Command: {_ran(sc, cmd)} (section `query_scaling`: bench/query_latency.py `scaling`). Synthetic "
       "stores as above at " + ", ".join(f"{k}x ({v['samples']:,} samples, built in {_f(v['build_s'])} s)"
                                         for k, v in built.items())
       + "; every single-store named query with its defaults, warm (after one run), best of the runs. b is the "
@@ -556,7 +588,8 @@ def _queries(w, qs, ing, cmd):
     if not _head(w, "## 4-5. Query latency and storage", qs):
         return
     st = qs["store"]
-    w(f"Command: `{cmd}` (section `queries`: bench/query_latency.py, pandas versions in bench/pandas_queries.py). "
+    w(f"Command: {_ran(qs, cmd)} (section `queries`: bench/query_latency.py, pandas versions in "
+      "bench/pandas_queries.py). "
       f"Store: `queries.testing.build_synthetic_store` ({st['samples']:,} samples x {st['tokens_per_sample']} "
       f"generated tokens x 33 layers, top-10, planted critical layers and mutation events; built in "
       f"{_f(st['build_s'])} s). Every named query through `queries.run` (DuckDB) with its defaults, on the store "
@@ -626,7 +659,7 @@ def _tsne(w, t, cmd):
     if not _head(w, "## 6. openTSNE", t):
         return
     s = t["small"]
-    w(f"Command: `{cmd}` (section `tsne`: bench/tsne_bench.py). Synthetic hidden states (per-layer centres, "
+    w(f"Command: {_ran(t, cmd)} (section `tsne`: bench/tsne_bench.py). Synthetic hidden states (per-layer centres, "
       f"per-image spread), float32, {s.get('n_jobs', '?')} job(s).")
     w("")
     w(f"- {s['points']} points x {s['dims']:,} (12 images x 32 layers) through `queries.embed.embed_points` (exact "
@@ -665,7 +698,10 @@ def _gpu(w, g):
           "(bench/gpu_bench.py) builds the LLaVA-1.5-7B architecture (Vicuna-7B decoder: 32 layers, D=4,096, "
           "V=32,000; CLIP ViT-L/14-336 tower, 576 image tokens) with random weights directly on the GPU (no "
           "download), runs fp16 and bf16 at batch 8 x 256 new tokens, and reports tokens/s of plain generate and of "
-          "kevo's capture (all 33 hidden states + the lens with top-10) and their ratio, interleaved after a warm-up. "
+          "kevo's capture (all 33 hidden states + the lens with top-10) and their ratio, interleaved after a warm-up; "
+          "then, in fp16, the full `kevo ingest` with every layer's hidden states against `--hidden none`, capture's "
+          "peak device memory on a 2,000-token prompt with and without prompt positions, and the store's write "
+          "throughput against the raw disk on that machine. "
           "Its logic was checked on the CPU with `bench/gpu.sh --tiny` (tiny config, float32 and bfloat16: both "
           "sides generate the same tokens, lens values finite). Run it on a GPU machine, then `bench/run.py` "
           "folds bench/out/gpu-results.json into this page.")
@@ -680,3 +716,33 @@ def _gpu(w, g):
           f"{_f(run['capture_tokens_per_s'])} | {_f(run['ratio_capture_vs_generate'])} | "
           f"{_f(run['same_tokens_as_generate'])} |")
     w("")
+    ing = g.get("ingest")
+    if ing:
+        w(f"**Full `kevo ingest`** ({ing['images']} random images, batch {ing['batch']}, {ing['new_tokens']} new "
+          f"tokens, {ing['dtype']}; bench/ingest_bench.py `full_ingest` on the model above): every layer's hidden "
+          f"states / `--hidden none` **{_f(ing['ratio_hidden_all_vs_none'])}x** (target ≤ 1.10); kevo ingest / "
+          "plain generate "
+          f"loop {_f(ing['ratio_ingest_vs_generate'])}x; runs (s) {ing['times_s']}; hidden states "
+          f"{ing['hidden_bytes_per_token']:,} B per token.")
+        w("")
+    mem = g.get("capture_memory")
+    if mem and "saved_without_prompt_mib" in mem:
+        w(f"**Capture's peak device memory** on a {mem['prompt_tokens']:,}-token prompt (the image + a long text), "
+          f"4 new tokens, `torch.cuda.max_memory_allocated` over what was allocated before the capture:")
+        w("")
+        w("| hidden states from | prompt positions | rows stored | peak over before (MiB) |")
+        w("|---|---|---|---|")
+        for a in mem["arms"]:
+            w(f"| {a['path']} | {'captured' if a['capture_prompt'] else 'not captured'} | {a['rows']:,} | "
+              f"{_f(a['peak_over_before_mib'])} |")
+        w("")
+        w(f"Without prompt positions the hooks save {_f(mem['saved_without_prompt_mib'])} MiB at the peak (the "
+          f"prompt's hidden states of every layer: {_f(mem['prompt_hidden_states_mib'])} MiB).")
+        w("")
+    hw = g.get("hidden_write")
+    if hw:
+        w(f"**Hidden-state writes on that machine's disk** (bench/hidden_write.py, {hw['tokens']:,} tokens x "
+          f"{hw['layers']} x {hw['hidden']:,} fp16, both sides flushed): store / raw sequential write "
+          f"**{_f(hw['ratio_store_vs_raw'])}** in batches of {hw['batch_tokens']} tokens, "
+          f"{_f(hw['ratio_store_unaligned_vs_raw'])} in batches of 800 (MiB/s: {hw['mib_per_s']}).")
+        w("")

@@ -81,7 +81,8 @@ def main(argv=None) -> int:
     if base is not None:
         # --only re-runs some sections of the existing results: the others, and the history, stay.
         results["sections"] = dict(base.get("sections", {}))
-        results["command"] = f"{base.get('command', 'make bench')}, then {cmd}"
+        # the page's command stays the full run's; every section carries the command that produced it
+        results["command"] = base.get("command", "make bench").split(", then ")[0]
     t_all = time.perf_counter()
 
     def section(name, fn):
@@ -96,6 +97,9 @@ def main(argv=None) -> int:
             print(f"[bench] {name} FAILED: {res['error']}", flush=True)
         res["section_s"] = round(time.perf_counter() - t, 1)
         res["command"] = cmd
+        m = machine()  # where and when this section ran (a re-run section may be on another day, another CPU)
+        res["ran"] = {"date_utc": m["date_utc"], "cpu": m["cpu"], "git_commit": m.get("git_commit"),
+                      "load_avg_start": m["load_avg_start"]}
         results["sections"][name] = res
         print(f"[bench] {name} done in {res['section_s']} s", flush=True)
         # write as we go: a long run that dies late still leaves its numbers

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 
 def render_trace(w, t, cmd, _f, head) -> None:
+    """``cmd``: the section's command line as the page prints it (backticks and where it ran included)."""
     if not head(w, "## Causal tracing (`kevo trace`) against the naive reference",
                 t if t is not None else {"skipped": "not run (`python -m bench.run --only trace`)"}):
         return
     s = t["side_by_side"]
-    w(f"Command: `{t.get('command', cmd)}` (section `trace`: bench/trace_bench.py). {t['settings']}, on "
+    w(f"Command: {cmd} (section `trace`: bench/trace_bench.py). {t['settings']}, on "
       f"`{t['model']}`. The naive reference (tests/trace_reference.py) runs one full forward of the whole model "
       "per restored row (vision tower included, no cache); `kevo trace`'s engine runs the same rows with its exact "
       "shortcuts (docs/tracing.md). Both in the same process, one after the other.")
