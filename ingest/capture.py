@@ -292,15 +292,25 @@ def capture(adapter: Adapter, prompt_texts: list[str], images: list | None, sett
         sl = slice(start, start + n_rows)
         start += n_rows
         gen = m["gen"].cpu().numpy().astype(np.int64)
-        caps.append(SampleCapture(
-            prompt_text=prompt_texts[i], input_ids=m["input_ids"].cpu().numpy().astype(np.int64),
-            generated_ids=gen, response=adapter.tokenizer.decode(gen, skip_special_tokens=True),
-            stop_reason=m["stop"], n_prompt_tokens=m["n_prompt"],
-            step=np.concatenate(m["step"]), position=np.concatenate(m["position"]),
-            role=np.concatenate(m["role"]), token_id=np.concatenate(m["tok"]),
-            patch_row=np.concatenate(m["prow"]), patch_col=np.concatenate(m["pcol"]),
-            lens={mode: r.select(sl) for mode, r in lens.items()},
-            hidden=None if hidden_np is None else hidden_np[sl], hidden_layers=hidden_layers,
-            fp16_overflow=None if overflow is None else overflow[sl].sum(axis=0).astype(np.int64),
-        ))
+        caps.append(sample_capture(adapter, prompt_texts[i], m, gen, m["stop"], sl, lens, hidden_np, overflow,
+                                   hidden_layers))
     return caps
+
+
+def sample_capture(adapter: Adapter, prompt_text: str, m: dict, gen: np.ndarray, stop: str, sl: slice,
+                   lens: dict, hidden_np: np.ndarray | None, overflow: np.ndarray | None, hidden_layers: list[int],
+                   **extra) -> SampleCapture:
+    """One sample's capture from its rows ``sl`` of the batch's lens and hidden states and its per-row
+    columns in ``m`` (lists of arrays, one per forward pass); ``extra``: further fields (teacher forcing)."""
+    return SampleCapture(
+        prompt_text=prompt_text, input_ids=m["input_ids"].cpu().numpy().astype(np.int64),
+        generated_ids=gen, response=adapter.tokenizer.decode(gen, skip_special_tokens=True),
+        stop_reason=stop, n_prompt_tokens=m["n_prompt"],
+        step=np.concatenate(m["step"]), position=np.concatenate(m["position"]),
+        role=np.concatenate(m["role"]), token_id=np.concatenate(m["tok"]),
+        patch_row=np.concatenate(m["prow"]), patch_col=np.concatenate(m["pcol"]),
+        lens={mode: r.select(sl) for mode, r in lens.items()},
+        hidden=None if hidden_np is None else hidden_np[sl], hidden_layers=hidden_layers,
+        fp16_overflow=None if overflow is None else overflow[sl].sum(axis=0).astype(np.int64),
+        **extra,
+    )

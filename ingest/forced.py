@@ -38,6 +38,7 @@ from .capture import (
     CaptureSettings,
     SampleCapture,
     prompt_row_columns,
+    sample_capture,
     stored_hidden,
 )
 from .lens import Unembedding, compute_lens
@@ -231,18 +232,8 @@ def capture_forced(adapter: Adapter, prompt_texts: list[str], images: list | Non
         is_gen = np.concatenate(m["role"]) == ROLE_GENERATED
         match = np.zeros(n_rows, bool)
         match[is_gen] = greedy[sl][is_gen] == gen
-        caps.append(SampleCapture(
-            prompt_text=prompt_texts[i], input_ids=m["input_ids"].cpu().numpy().astype(np.int64),
-            generated_ids=gen, response=adapter.tokenizer.decode(gen, skip_special_tokens=True),
-            stop_reason=stops[i], n_prompt_tokens=m["n_prompt"],
-            step=np.concatenate(m["step"]), position=np.concatenate(m["position"]),
-            role=np.concatenate(m["role"]), token_id=np.concatenate(m["tok"]),
-            patch_row=np.concatenate(m["prow"]), patch_col=np.concatenate(m["pcol"]),
-            lens={mode: r.select(sl) for mode, r in lens.items()},
-            hidden=None if hidden_np is None else hidden_np[sl], hidden_layers=hidden_layers,
-            fp16_overflow=None if overflow is None else overflow[sl].sum(axis=0).astype(np.int64),
-            mode=MODE_FORCED, greedy_match=match,
-        ))
+        caps.append(sample_capture(adapter, prompt_texts[i], m, gen, stops[i], sl, lens, hidden_np, overflow,
+                                   hidden_layers, mode=MODE_FORCED, greedy_match=match))
     return caps
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tests.llava_reference import expand2square
 from tests.model_helpers import tiny_image, tiny_model_dir
 
 KEVO = str(Path(sys.executable).with_name("kevo"))
@@ -81,18 +82,6 @@ def generated_ids(store: Path) -> dict[str, list[int]]:
     return out
 
 
-def _expand2square(image, background):
-    from PIL import Image
-
-    w, h = image.size
-    if w == h:
-        return image
-    side = max(w, h)
-    out = Image.new(image.mode, (side, side), background)
-    out.paste(image, ((side - w) // 2, 0) if w < h else (0, (side - h) // 2))
-    return out
-
-
 def greedy_reference(model_dir: Path, prompt_text: str, image_path: Path | None, max_new_tokens: int) -> list[int]:
     """model.generate (greedy) on the exact templated text, with plain transformers classes."""
     import torch
@@ -109,7 +98,7 @@ def greedy_reference(model_dir: Path, prompt_text: str, image_path: Path | None,
             model = AutoModelForImageTextToText.from_pretrained(str(model_dir), dtype=torch.float32).eval()
             image = Image.open(image_path).convert("RGB")
             # the original LLaVA pads to a square with the CLIP mean colour before the processor
-            image = _expand2square(image, tuple(int(x * 255) for x in proc.image_processor.image_mean))
+            image = expand2square(image, tuple(int(x * 255) for x in proc.image_processor.image_mean))
             inputs = proc(text=[prompt_text], images=[image], return_tensors="pt")
         out = model.generate(**inputs, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens)
         return out[0, inputs["input_ids"].shape[1]:].tolist()

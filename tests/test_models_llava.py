@@ -10,26 +10,8 @@ from transformers import LlavaProcessor, PreTrainedTokenizerFast
 
 from ingest.models import load_adapter
 from ingest.models.llava import LlavaAdapter, expand2square
+from tests.llava_reference import IMAGE_TOKEN_INDEX, tokenizer_image_token
 from tests.model_helpers import CORPUS, tiny_image, tiny_model_dir
-
-IMAGE_TOKEN_INDEX = -200
-
-
-def tokenizer_image_token(prompt, tokenizer, image_token_index=IMAGE_TOKEN_INDEX):
-    """Verbatim from haotian-liu/LLaVA llava/mm_utils.py (return_tensors=None)."""
-    prompt_chunks = [tokenizer(chunk).input_ids for chunk in prompt.split("<image>")]
-
-    def insert_separator(X, sep):
-        return [ele for sublist in zip(X, [sep] * len(X)) for ele in sublist][:-1]
-
-    input_ids = []
-    offset = 0
-    if len(prompt_chunks) > 0 and len(prompt_chunks[0]) > 0 and prompt_chunks[0][0] == tokenizer.bos_token_id:
-        offset = 1
-        input_ids.append(prompt_chunks[0][0])
-    for x in insert_separator(prompt_chunks, [image_token_index] * (offset + 1)):
-        input_ids.extend(x[offset:])
-    return input_ids
 
 
 def _sentencepiece_like_tokenizer():

@@ -2,8 +2,8 @@
 
 The tokenizers are the real files (tests/tokenizers_fetch.py: npm, sha256-checked, cached outside
 the repository); every test skips, saying why, where they have not been fetched. References are
-independent of kevo: LLaVA's own ``tokenizer_image_token`` (re-implemented below from its published
-definition) and the byte-range reference of tests/test_labels_align.py.
+independent of kevo: LLaVA's own ``tokenizer_image_token`` (tests/llava_reference.py, re-implemented
+from its published definition) and the byte-range reference of tests/test_labels_align.py.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import pytest
 from ingest.labels.align import label_columns, word_columns
 from ingest.labels.words import split_words
 from ingest.spans import token_char_spans
+from tests.llava_reference import IMAGE_TOKEN_INDEX, tokenizer_image_token
 from tests.real_tokenizer_helpers import load_real, real_tokenizer
 from tests.test_labels_align import _reference, _token_bytes
 from tests.tokenizers_fetch import TOKENIZERS, FetchError, fetch, problems, tokenizer_dir
@@ -68,26 +69,7 @@ def test_the_llama_tokenizer_is_a_sentencepiece_bpe_with_byte_fallback():
 
 
 # --------------------------------------------------------------------------------------------
-# LLaVA's prompt, as the original code tokenizes it
-
-IMAGE_TOKEN_INDEX = -200  # llava.constants
-
-
-def tokenizer_image_token(prompt, tokenizer, image_token_index=IMAGE_TOKEN_INDEX):
-    """llava.mm_utils.tokenizer_image_token (haotian-liu/LLaVA), as published."""
-    prompt_chunks = [tokenizer(chunk).input_ids for chunk in prompt.split("<image>")]
-
-    def insert_separator(X, sep):
-        return [ele for sublist in zip(X, [sep] * len(X)) for ele in sublist][:-1]
-
-    input_ids = []
-    offset = 0
-    if len(prompt_chunks) > 0 and len(prompt_chunks[0]) > 0 and prompt_chunks[0][0] == tokenizer.bos_token_id:
-        offset = 1
-        input_ids.append(prompt_chunks[0][0])
-    for x in insert_separator(prompt_chunks, [image_token_index] * (offset + 1)):
-        input_ids.extend(x[offset:])
-    return input_ids
+# LLaVA's prompt, as the original code tokenizes it (tests/llava_reference.py)
 
 
 @pytest.mark.parametrize("user_prompt", ["Please describe this image in detail.",

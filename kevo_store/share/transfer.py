@@ -74,15 +74,3 @@ def read_source_manifest(fs, root: str, where: str) -> tuple[dict, bytes]:
 def store_layout(rel: str) -> bool:
     """A path a store (or an interrupted push of one) may hold: leftovers a new push replaces."""
     return rel.startswith(("tables/", "hidden/", "derived/", f"{MANIFEST}.tmp-"))
-
-
-def list_sizes(fs, root: str) -> dict[str, int]:
-    try:
-        found = fs.find(root, detail=True, withdirs=False)
-    except FileNotFoundError:
-        return {}
-    prefix = root.rstrip("/") + "/"
-    return {name[len(prefix):]: int(info.get("size") or 0) for name, info in found.items()
-            if name.startswith(prefix) and info.get("type", "file") == "file"}
-
-
