@@ -721,8 +721,7 @@ def _gpu(w, g):
         w(f"**Full `kevo ingest`** ({ing['images']} random images, batch {ing['batch']}, {ing['new_tokens']} new "
           f"tokens, {ing['dtype']}; bench/ingest_bench.py `full_ingest` on the model above): every layer's hidden "
           f"states / `--hidden none` **{_f(ing['ratio_hidden_all_vs_none'])}x** (target ≤ 1.10); kevo ingest / "
-          "plain generate "
-          f"loop {_f(ing['ratio_ingest_vs_generate'])}x; runs (s) {ing['times_s']}; hidden states "
+          f"plain generate loop {_f(ing['ratio_ingest_vs_generate'])}x; runs (s) {ing['times_s']}; hidden states "
           f"{ing['hidden_bytes_per_token']:,} B per token.")
         w("")
     mem = g.get("capture_memory")
