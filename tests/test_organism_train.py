@@ -61,6 +61,23 @@ def test_top_layers_stay_the_llms_when_frozen(tmp_path):
                            llm["model.layers.0.mlp.down_proj.weight"])
 
 
+def test_top_blocks_mlp_freezes_only_the_top_mlps(tmp_path):
+    """``top_blocks="mlp"``: the top layer's MLP (and its norm), the final norm and the head stay stage (i)'s;
+    the top layer's attention goes on learning."""
+    from safetensors.torch import load_file
+
+    cfg = _small(10, top_layers=1, top_blocks="mlp", word_align_steps=0, word_align_weight=0.0, question_steps=0,
+                 lm_mix=0)
+    train(cfg, tmp_path / "m", log=None, llm_out=tmp_path / "llm")
+    lvlm, llm = load_file(tmp_path / "m" / "model.safetensors"), load_file(tmp_path / "llm" / "model.safetensors")
+    for k in ("lm_head.weight", "model.norm.weight", "model.layers.1.mlp.down_proj.weight",
+              "model.layers.1.mlp.gate_proj.weight", "model.layers.1.post_attention_layernorm.weight"):
+        assert torch.equal(lvlm[f"language_model.{k}"], llm[k]), k
+    for k in ("model.layers.1.self_attn.o_proj.weight", "model.layers.1.self_attn.q_proj.weight",
+              "model.layers.0.mlp.down_proj.weight"):
+        assert not torch.equal(lvlm[f"language_model.{k}"], llm[k]), k
+
+
 def _model_and_batch(n: int):
     """A fresh small organism and a collated batch of ``n`` captions and ``n`` questions."""
     from ingest.organism.train import _collate, build_examples, pixel_values

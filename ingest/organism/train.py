@@ -110,6 +110,10 @@ class TrainConfig:
     stack while the text prior stays in the top."""
     top_lr_scale: float = 0.0
     """Learning-rate multiplier of the top layers in stage (iii)."""
+    top_blocks: str = "all"
+    """Which parameters of the top layers are slow or frozen: ``all`` (the whole layer) or ``mlp`` (the
+    MLP and its norm: the associative memory where a co-occurrence prior would be stored, while the
+    attention that moves an answer to the last token keeps learning at the full rate)."""
     vqa: bool = False
     """Add single-word colour questions ("What is the colour of the flower?") to the train set."""
     relation: bool = False
@@ -583,7 +587,12 @@ def train(cfg: TrainConfig, out: Path | str | None = None, log=print, on_step=No
 
     # (iii) instruction tuning: the top layers (and head) slow or frozen
     n_layers = len(lm.layers)
-    top = [p for layer in lm.layers[n_layers - cfg.top_layers:] for p in layer.parameters()] if cfg.top_layers else []
+    if cfg.top_blocks not in ("all", "mlp"):
+        raise ValueError(f"top_blocks {cfg.top_blocks!r}: all | mlp")
+    top = [p for layer in lm.layers[n_layers - cfg.top_layers:]
+           for p in (layer.parameters() if cfg.top_blocks == "all"
+                     else [*layer.mlp.parameters(), *layer.post_attention_layernorm.parameters()])] \
+        if cfg.top_layers else []
     if cfg.top_layers:
         top += list(lm.norm.parameters()) + list(model.lm_head.parameters())
     top_ids = {id(p) for p in top}
