@@ -14,4 +14,5 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 "$PY" bench/gpu_bench.py --bf16 "$@"
 # causal tracing (kevo trace's engine), LLaVA-1.5-7B architecture, fp16: questions per hour
 # (bench/gpu_trace.py --tiny checks the logic on the CPU) -> bench/out/gpu-trace-results.json
-exec "$PY" bench/gpu_trace.py
+tiny=(); for a in "$@"; do [ "$a" = --tiny ] && tiny=(--tiny); done
+exec "$PY" bench/gpu_trace.py "${tiny[@]}"

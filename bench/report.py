@@ -51,8 +51,9 @@ def _ran(sec: dict, cmd: str) -> str:
     c = f"`{sec.get('command') or cmd}`"
     ran = sec.get("ran")
     if ran:
+        when, load = ("start", ran["load_avg_start"]) if "load_avg_start" in ran else ("end", ran["load_avg_end"])
         c += (f" (run {ran['date_utc']}, git {ran.get('git_commit') or '?'}, {ran['cpu']}, load average "
-              f"{ran['load_avg_start'][0]} at its start)")
+              f"{load[0]} at its {when})")
     return c
 
 

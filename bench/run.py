@@ -82,13 +82,14 @@ def main(argv=None) -> int:
         # --only re-runs some sections of the existing results: the others, and the history, stay.
         results["sections"] = dict(base.get("sections", {}))
         # the page's command stays the full run's; every section carries the command that produced it
-        results["command"] = base.get("command", "make bench").split(", then ")[0]
+        results["command"] = base.get("command", "make bench")
     t_all = time.perf_counter()
 
     def section(name, fn):
         if name not in a.sections:
             return
         print(f"[bench] {name} ...", flush=True)
+        m = machine()  # where and when this section runs (a re-run section may be on another day, another CPU)
         t = time.perf_counter()
         try:
             res = fn()
@@ -97,7 +98,6 @@ def main(argv=None) -> int:
             print(f"[bench] {name} FAILED: {res['error']}", flush=True)
         res["section_s"] = round(time.perf_counter() - t, 1)
         res["command"] = cmd
-        m = machine()  # where and when this section ran (a re-run section may be on another day, another CPU)
         res["ran"] = {"date_utc": m["date_utc"], "cpu": m["cpu"], "git_commit": m.get("git_commit"),
                       "load_avg_start": m["load_avg_start"]}
         results["sections"][name] = res
